@@ -1,0 +1,1 @@
+"""Shared types and the Qt-free fusion engine."""

@@ -1,0 +1,22 @@
+"""Errors raised for bad input: each names the problem (and the file when there is one)."""
+from __future__ import annotations
+
+
+class EdofError(ValueError):
+    """Any problem with the user's input that napari-edof detected and can explain."""
+
+
+class StackError(EdofError):
+    """The stack cannot be fused as given (shape, dtype, axes, values)."""
+
+
+class ReadError(EdofError):
+    """A file or folder could not be read as a focus stack."""
+
+
+class MethodError(EdofError):
+    """Unknown method or a parameter outside what the method declares."""
+
+
+class Cancelled(Exception):
+    """Raised inside a run when the consumer stopped it between tiles."""

@@ -1,0 +1,92 @@
+"""The one result type every fusion method produces, and the progress record of a run."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a run: ``done`` of ``total`` units (tiles) finished in ``stage``."""
+
+    done: int
+    total: int
+    stage: str = "fuse"
+    frame: int = 0
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+
+@dataclass
+class FusionResult:
+    """What a fusion produced.
+
+    Attributes
+    ----------
+    fused : ndarray, ([T,] Y, X[, C]), the input dtype
+        The all-in-focus image. Colour is gathered from the source planes, never invented.
+    index : ndarray, ([T,] Y, X), float32
+        Focus-index (height) map: the 0-based plane each pixel was taken from, sub-plane where the
+        method gives it.
+    confidence : ndarray, ([T,] Y, X), float32 in [0, 1]
+        How clearly one plane won at each pixel (0: no plane is sharper than the others).
+    n_planes : int
+        Number of planes the stack had.
+    provenance : dict
+        Method, parameters, package version, tiling and timing.
+    pixel_size, z_step, unit :
+        Physical scale carried over from the input stack.
+    """
+
+    fused: Any
+    index: Any
+    confidence: Any
+    n_planes: int
+    provenance: dict = field(default_factory=dict)
+    pixel_size: tuple[float, float] | None = None
+    z_step: float | None = None
+    unit: str = "pixel"
+    rgb: bool = False
+
+    def labels(self) -> np.ndarray:
+        """Decision map as labels: source plane + 1 (uint16), the form napari's Labels layer edits."""
+        return labels_from_index(self.index, self.n_planes)
+
+    def masks(self) -> np.ndarray:
+        """One boolean mask per plane, ([T,] Z, Y, X): True where that plane was chosen.
+
+        For a pair this is the binary decision map and its complement.
+        """
+        return masks_from_labels(self.labels(), self.n_planes)
+
+    def height(self) -> np.ndarray:
+        """The focus map in physical units (index * z_step) when the z-step is known, else the index."""
+        if self.z_step is None:
+            return np.asarray(self.index, dtype=np.float32)
+        return np.asarray(self.index, dtype=np.float32) * np.float32(self.z_step)
+
+    def summary(self) -> str:
+        p = self.provenance
+        return (
+            f"method {p.get('method')}: {self.n_planes} planes of "
+            f"{'x'.join(map(str, np.shape(self.index)[-2:]))} in {p.get('seconds', float('nan')):.2f} s "
+            f"({p.get('mvoxel_per_s', float('nan')):.1f} Mvoxel/s)"
+        )
+
+
+def labels_from_index(index, n_planes: int) -> np.ndarray:
+    lab = np.rint(np.asarray(index, dtype=np.float32))
+    np.clip(lab, 0, n_planes - 1, out=lab)
+    return lab.astype(np.uint16) + np.uint16(1)
+
+
+def masks_from_labels(labels, n_planes: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    planes = np.arange(1, n_planes + 1, dtype=labels.dtype)
+    if labels.ndim == 3:  # (T, Y, X) -> (T, Z, Y, X)
+        return labels[:, None, :, :] == planes[None, :, None, None]
+    return labels[None, :, :] == planes[:, None, None]

@@ -1,0 +1,154 @@
+"""The method registry: the only list of fusion methods.
+
+Each method lives in its own file, declares a :class:`MethodSpec` and registers a class with
+:func:`register`. The widget's choices, the CLI's ``--method`` and the test over every method are
+all generated from this registry.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..core.errors import MethodError
+
+
+@dataclass(frozen=True)
+class Param:
+    """A typed, bounded parameter of a method (the widget and the CLI are generated from these)."""
+
+    name: str
+    type: type
+    default: Any
+    help: str = ""
+    min: float | None = None
+    max: float | None = None
+    choices: tuple | None = None
+
+    def validate(self, value, method: str):
+        if self.choices is not None:
+            if value not in self.choices:
+                raise MethodError(
+                    f"{method}: {self.name}={value!r} is not one of {', '.join(map(str, self.choices))}"
+                )
+            return value
+        try:
+            if self.type is bool and isinstance(value, str):
+                v = value.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                v = self.type(value)
+        except (TypeError, ValueError):
+            raise MethodError(f"{method}: {self.name}={value!r} is not a valid {self.type.__name__}") from None
+        if self.type in (int, float):
+            if self.min is not None and v < self.min:
+                raise MethodError(f"{method}: {self.name}={v} is below its minimum {self.min}")
+            if self.max is not None and v > self.max:
+                raise MethodError(f"{method}: {self.name}={v} is above its maximum {self.max}")
+        return v
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Third-party or shipped weights: where to get them and how to check them."""
+
+    filename: str
+    urls: tuple[str, ...] = ()
+    sha256: str = ""
+    licence: str = ""
+    citation: str = ""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method declares about itself.
+
+    ``halo(params)`` is its receptive field in pixels (how far outside a tile it reads);
+    ``tile_multiple`` is the alignment of tile origins it needs to be tile-exact (pyramids);
+    ``backend`` is "numpy" (runs in threads, releases the GIL) or "torch".
+    """
+
+    name: str
+    summary: str
+    family: str  # "classical" or "learned"
+    params: tuple[Param, ...] = ()
+    halo: Callable[[dict], int] = lambda p: 0
+    tile_multiple: Callable[[dict], int] = lambda p: 1
+    devices: tuple[str, ...] = ("cpu",)
+    backend: str = "numpy"
+    weights: WeightsSpec | None = None
+    citation: str = ""
+    paper: str = ""
+
+    def defaults(self) -> dict:
+        return {p.name: p.default for p in self.params}
+
+    def resolve(self, params: dict | None) -> dict:
+        """Defaults overridden by ``params``, each validated; unknown names are refused."""
+        params = dict(params or {})
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise MethodError(
+                f"method {self.name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                f"it takes: {', '.join(known) or 'none'}"
+            )
+        out = self.defaults()
+        for k, v in params.items():
+            out[k] = known[k].validate(v, self.name)
+        return out
+
+
+_REGISTRY: dict[str, tuple[MethodSpec, type]] = {}
+_LOADED = False
+
+
+def register(spec: MethodSpec):
+    """Class decorator: register a method class under ``spec.name``."""
+
+    def deco(cls):
+        if spec.name in _REGISTRY and _REGISTRY[spec.name][1] is not cls:
+            raise RuntimeError(f"method {spec.name!r} registered twice")
+        cls.spec = spec
+        _REGISTRY[spec.name] = (spec, cls)
+        return cls
+
+    return deco
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def _load_all() -> None:
+    """Import every module in ``napari_edof.methods`` so that each registers itself."""
+    global _LOADED
+    if _LOADED:
+        return
+    from .. import methods as pkg
+
+    for m in pkgutil.iter_modules(pkg.__path__):
+        if not m.name.startswith("_"):
+            importlib.import_module(f"{pkg.__name__}.{m.name}")
+    _LOADED = True
+
+
+def list_methods(family: str | None = None) -> list[MethodSpec]:
+    """Every registered method's spec, the default first, then by name."""
+    _load_all()
+    specs = [s for s, _ in _REGISTRY.values() if family is None or s.family == family]
+    return sorted(specs, key=lambda s: (s.name != DEFAULT_METHOD, s.family, s.name))
+
+
+def get_method(name: str):
+    """The spec and class registered under ``name`` (a clear error listing the choices otherwise)."""
+    _load_all()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise MethodError(
+            f"unknown method {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+DEFAULT_METHOD = "focus-select"

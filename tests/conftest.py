@@ -1,0 +1,49 @@
+"""Shared fixtures. GUI tests run under Xvfb (pytest-xvfb); data from ../shared/data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED_DATA = SHARED / "data"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    # pytest-xvfb has set DISPLAY by now when Xvfb is available; napari's canvas needs a real
+    # X server (the offscreen platform cannot draw), so only fall back to it without one.
+    if os.environ.get("DISPLAY"):
+        os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
+    else:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real focus stacks not found at {SHARED_DATA} (the shared/ folder beside the repo)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def sample_grey():
+    from napari_edof import sample_stack
+
+    return sample_stack(n_planes=8, shape=(96, 96), seed=1)
+
+
+@pytest.fixture(scope="session")
+def sample_rgb():
+    from napari_edof import sample_stack
+
+    return sample_stack(n_planes=6, shape=(80, 88), rgb=True, dtype=np.uint8, seed=2)
+
+
+def psnr(a, b, peak) -> float:
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    mse = np.mean((a - b) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
