@@ -3,12 +3,23 @@ from __future__ import annotations
 
 from .core.engine import fuse, fuse_iter
 from .core.errors import EdofError
+from .core.inspect import focus_curve, recompose
 from .core.result import FusionResult, Progress
 from .core.stack import Stack, as_stack
 from .data import sample_stack
-from .io import open_stack
 from .methods import get_method as _get_method
 from .methods import list_methods
+
+
+def open_stack(source, *, axes: str | None = None, name: str | None = None) -> Stack:
+    """Open a focus stack lazily (TIFF, OME-TIFF, ImageJ, a folder, glob or list of 2D images).
+
+    See :func:`napari_edof.io.readers.open_stack`; imported on first use so that
+    ``import napari_edof`` stays light.
+    """
+    from .io import open_stack as _open
+
+    return _open(source, axes=axes, name=name)
 
 
 def get_method(name: str):
@@ -24,6 +35,8 @@ __all__ = [
     "as_stack",
     "fuse",
     "fuse_iter",
+    "focus_curve",
+    "recompose",
     "get_method",
     "list_methods",
     "open_stack",

@@ -34,7 +34,6 @@ from .result import FusionResult, Progress
 from .stack import Stack, as_stack, is_dask
 from .tiling import Canvas, plan_tiles, read_window
 
-DEFAULT_TILE = 512
 
 
 def resolve_device(device: str | None, devices: tuple[str, ...], backend: str) -> str:
@@ -79,7 +78,7 @@ def fuse_iter(
     method: str = DEFAULT_METHOD,
     params: dict | None = None,
     axes: str | None = None,
-    tile: int | None = DEFAULT_TILE,
+    tile: int | str | None = "auto",
     overlap: int | None = None,
     device: str | None = None,
     guide="auto",
@@ -95,8 +94,8 @@ def fuse_iter(
         A registered method (see :func:`napari_edof.list_methods`).
     params : dict
         The method's parameters (defaults for those not given; unknown names are refused).
-    tile : int or None
-        Tile side in pixels (None or 0: the whole image at once).
+    tile : int, "auto" or None
+        Tile side in pixels ("auto": the method's default, None or 0: the whole image at once).
     overlap : int
         Pixels each tile's output extends into its neighbours', blended with a feathered ramp
         (default: 8, or 0 for a single tile).
@@ -111,6 +110,8 @@ def fuse_iter(
     p = spec.resolve(params)
     dev = resolve_device(device, spec.devices, spec.backend)
     g = resolve_guide(guide, stack.n_channels, stack.rgb)
+    if tile == "auto":
+        tile = spec.default_tile
     if tile is not None and tile != 0 and int(tile) < 16:
         raise StackError(f"tile={tile} is too small: use at least 16 pixels (or 0 for no tiling)")
     halo = int(spec.halo(p))

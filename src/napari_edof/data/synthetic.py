@@ -33,23 +33,28 @@ class Sample:
 
 
 def _scene(shape, rng, channels):
+    """Cell-like blobs with bright rims over band-pass texture, values in [0, 1]."""
     Y, X = shape
-    img = np.zeros((Y, X, channels), np.float32)
-    # fine texture: band-pass noise
-    for c in range(channels):
+    img = np.empty((Y, X, channels), np.float32)
+    for c in range(channels):  # fine texture: band-pass noise
         n = rng.standard_normal((Y, X)).astype(np.float32)
         tex = ndi.gaussian_filter(n, 1.0) - ndi.gaussian_filter(n, 3.0)
-        img[..., c] = 0.5 + 0.9 * tex
-    # cell-like blobs with bright rims
-    n_cells = max(4, (Y * X) // 1500)
-    yy, xx = np.mgrid[0:Y, 0:X].astype(np.float32)
-    colours = rng.uniform(0.2, 1.0, (n_cells, channels)).astype(np.float32)
-    for i in range(n_cells):
+        img[..., c] = 0.5 + 0.6 * tex
+    n_cells = max(4, (Y * X) // 3000)
+    colours = rng.uniform(-0.3, 0.3, (n_cells, channels)).astype(np.float32)
+    rmax = max(6.0, min(Y, X) / 10, 1.0)
+    rmax = min(rmax, 40.0)
+    for i in range(n_cells):  # each cell drawn in its own bounding box
         cy, cx = rng.uniform(0, Y), rng.uniform(0, X)
-        r = rng.uniform(4, max(6, min(Y, X) / 10))
+        r = rng.uniform(4, rmax)
+        y0, y1 = max(int(cy - 1.5 * r), 0), min(int(cy + 1.5 * r) + 1, Y)
+        x0, x1 = max(int(cx - 1.5 * r), 0), min(int(cx + 1.5 * r) + 1, X)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
         d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / r
-        ring = np.exp(-((d - 1) ** 2) / 0.02) * 0.6 + (d < 1) * 0.25
-        img += ring[..., None] * (colours[i] - 0.4)
+        ring = np.exp(-((d - 1) ** 2) / 0.02) * 0.5 + (d < 1) * 0.2
+        img[y0:y1, x0:x1] += ring[..., None] * colours[i]
     return np.clip(img, 0, 1)
 
 
@@ -81,16 +86,16 @@ def layered_defocus(image: np.ndarray, depth: np.ndarray, n_planes: int, *, sigm
         squeeze = False
     edges = np.linspace(0, 1, n_planes + 1)
     index = np.clip(np.digitize(depth, edges[1:-1]), 0, n_planes - 1)
-    blurred = [image]
+    # blur levels incrementally: a Gaussian of sigma_j is one of sigma_{j-1} and sqrt(s_j^2 - s_{j-1}^2)
+    blurred = np.empty((n_planes,) + image.shape, np.float32)
+    blurred[0] = image
     for j in range(1, n_planes):
-        s = sigma_step * j
-        blurred.append(ndi.gaussian_filter(image, (s, s, 0), mode="reflect"))
+        ds = sigma_step * np.sqrt(j * j - (j - 1) ** 2)
+        blurred[j] = ndi.gaussian_filter(blurred[j - 1], (ds, ds, 0), mode="reflect")
     stack = np.empty((n_planes,) + image.shape, np.float32)
     for k in range(n_planes):
-        dist = np.abs(index - k)
-        for j in np.unique(dist):
-            m = dist == j
-            stack[k][m] = blurred[j][m]
+        dist = np.abs(index - k)[None, ..., None]
+        stack[k] = np.take_along_axis(blurred, dist, axis=0)[0]
     if squeeze:
         stack = stack[..., 0]
     return stack, index

@@ -65,7 +65,8 @@ class MethodSpec:
 
     ``halo(params)`` is its receptive field in pixels (how far outside a tile it reads);
     ``tile_multiple`` is the alignment of tile origins it needs to be tile-exact (pyramids);
-    ``backend`` is "numpy" (runs in threads, releases the GIL) or "torch".
+    ``backend`` is "numpy" (runs in threads, releases the GIL) or "torch";
+    ``default_tile`` is the tile side used when the caller does not choose one.
     """
 
     name: str
@@ -76,6 +77,7 @@ class MethodSpec:
     tile_multiple: Callable[[dict], int] = lambda p: 1
     devices: tuple[str, ...] = ("cpu",)
     backend: str = "numpy"
+    default_tile: int = 256
     weights: WeightsSpec | None = None
     citation: str = ""
     paper: str = ""
@@ -134,9 +136,15 @@ def _load_all() -> None:
 
 
 def list_methods(family: str | None = None) -> list[MethodSpec]:
-    """Every registered method's spec, the default first, then by name."""
+    """Every registered method's spec, the default first, then by name.
+
+    Names starting with "_" (private, e.g. methods registered by tests) are not listed.
+    """
     _load_all()
-    specs = [s for s, _ in _REGISTRY.values() if family is None or s.family == family]
+    specs = [
+        s for s, _ in _REGISTRY.values()
+        if not s.name.startswith("_") and (family is None or s.family == family)
+    ]
     return sorted(specs, key=lambda s: (s.name != DEFAULT_METHOD, s.family, s.name))
 
 

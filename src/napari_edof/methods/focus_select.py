@@ -2,8 +2,8 @@
 
 The classical depth-from-focus pipeline: a focus measure per plane (Laplacian energy by default),
 argmax over planes with a sub-plane parabolic refinement, a median filter on the index map, and a
-soft blend between planes where the choice changes (so seams do not show). Confidence is
-``1 - second best / best``.
+soft blend between planes where the choice changes (so seams do not show). Confidence is how far
+the best plane's sharpness stands above the mean over planes.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..core.colour import gather
-from ..core.focus import MEASURES, box_sum_valid, measure_radius, measure_valid
+from ..core.focus import MEASURES, laplacian_energy_valid, measure_radius, measure_valid
 from ._registry import MethodSpec, Param, register
 
 
@@ -37,70 +37,98 @@ SPEC = MethodSpec(
 
 
 def select_planes(guide: np.ndarray, p: dict):
-    """Running argmax of the focus measure over planes.
+    """Argmax of the focus measure over planes, with sub-plane refinement and confidence.
 
-    Returns (idx int16, offset float32 sub-plane in [-0.49, 0.49], confidence float32), each
-    of the guide's shape cropped by the measure's radius.
+    Returns (idx int16, offset float32 in [-0.49, 0.49], confidence float32, measures), each map
+    of the guide's shape cropped by the measure's radius; ``measures`` is the (Z, h, w) volume.
+    Confidence is how far the peak stands above the mean over planes, scaled to [0, 1]
+    (0: every plane equally sharp, 1: only one plane has any detail).
     """
-    kw = dict(radius=p["radius"], step=p["step"], threshold=p["threshold"])
-    meas = p["measure"]
-    best = measure_valid(guide[0], meas, **kw)
-    shape = best.shape
-    second = np.zeros(shape, np.float32)
-    idx = np.zeros(shape, np.int16)
-    left = np.zeros(shape, np.float32)
-    right = np.zeros(shape, np.float32)
-    prev, prev_upd = best, np.ones(shape, bool)
-    keep = np.empty(shape, bool)
-    for k in range(1, guide.shape[0]):
-        m = measure_valid(guide[k], meas, **kw)
-        upd = m > best
-        np.greater(prev_upd, upd, out=keep)  # best was the previous plane and stays: m is its right
-        np.copyto(right, m, where=keep)
-        np.maximum(second, np.minimum(m, best), out=second)
-        np.copyto(left, prev, where=upd)
-        np.maximum(best, m, out=best)
-        np.copyto(idx, k, where=upd)
-        prev, prev_upd = m, upd
-    # parabolic sub-plane refinement where both neighbours exist
+    meas, radius = p["measure"], p["radius"]
+    kw = dict(step=p["step"], threshold=p["threshold"])
     n = guide.shape[0]
+    r = measure_radius(meas, radius, p["step"])
+    h, w = guide.shape[1] - 2 * r, guide.shape[2] - 2 * r
+    vol = np.empty((n, h, w), np.float32)
+    best = np.empty((h, w), np.float32)
+    idx = np.zeros((h, w), np.int16)
+    total = np.zeros((h, w), np.float32)
+    upd = np.empty((h, w), bool)
+    for k in range(n):
+        m = vol[k]
+        if meas == "laplacian":  # the hot path: flat contiguous loops, no masked copies
+            laplacian_energy_valid(guide[k], radius, out=m)
+        else:
+            m[...] = measure_valid(guide[k], meas, radius=radius, **kw)
+        total += m
+        if k == 0:
+            best[...] = m
+            continue
+        np.greater(m, best, out=upd)
+        np.maximum(best, m, out=best)
+        np.maximum(idx, upd * np.int16(k), out=idx)  # planes come in order: the last update wins
+    # sub-plane refinement: a parabola through the best plane and its neighbours
+    flat = vol.reshape(n, -1)
+    pos = np.arange(h * w)
+    i = idx.ravel().astype(np.intp)
+    left = np.take(flat, np.maximum(i - 1, 0) * (h * w) + pos).reshape(h, w)
+    right = np.take(flat, np.minimum(i + 1, n - 1) * (h * w) + pos).reshape(h, w)
+    mean = total / np.float32(n)
     denom = left - 2 * best + right
     with np.errstate(divide="ignore", invalid="ignore"):
         off = np.where(denom < 0, 0.5 * (left - right) / denom, 0).astype(np.float32)
+        conf = np.where(best > 0, (best - mean) / (best * (1 - 1 / n)), 0).astype(np.float32)
     off[(idx == 0) | (idx == n - 1)] = 0
     np.clip(off, -0.49, 0.49, out=off)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        conf = np.where(best > 0, 1 - second / best, 0).astype(np.float32)
-    return idx, off, conf
+    return idx, off, conf, vol
+
+
+def median3(a: np.ndarray) -> np.ndarray:
+    """3x3 median, valid part, by a 19-comparison sorting network on shifted views."""
+    h, w = a.shape[0] - 2, a.shape[1] - 2
+    v = [a[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)]
+    mn, mx = np.minimum, np.maximum
+
+    def s(i, j):
+        v[i], v[j] = mn(v[i], v[j]), mx(v[i], v[j])
+
+    for i, j in ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3),
+                 (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2)):
+        s(i, j)
+    return v[4]
+
+
+def median_valid(a: np.ndarray, radius: int) -> np.ndarray:
+    if radius == 1:
+        return median3(a)
+    return ndi.median_filter(a, size=2 * radius + 1)[radius:-radius, radius:-radius]
 
 
 def soft_gather(planes: np.ndarray, labels: np.ndarray, blend: int, crop: int) -> np.ndarray:
-    """Blend source planes with weights = box-smoothed one-hot labels (radius ``blend``).
+    """Gather source pixels by ``labels``, blending planes where the label changes.
 
-    ``labels`` is larger than the output by ``blend`` on each side; ``planes`` by ``crop``.
-    Pixels whose neighbourhood has a single label are a plain gather.
+    Each output pixel is the mean of the source planes named by the labels in its
+    (2 * blend + 1)^2 neighbourhood (box-smoothed one-hot weights), so a seam between two planes
+    becomes a short ramp. ``labels`` is larger than the output by ``blend`` on each side and
+    ``planes`` by ``crop``. Only pixels near a transition are touched by the blend.
     """
     h, w = labels.shape[0] - 2 * blend, labels.shape[1] - 2 * blend
     src = planes[:, crop : crop + h, crop : crop + w]
     core = labels[blend : blend + h, blend : blend + w]
-    if blend == 0:
-        return gather(src, core).astype(np.float32)
-    lo = ndi.minimum_filter(labels, size=2 * blend + 1)[blend : blend + h, blend : blend + w]
-    hi = ndi.maximum_filter(labels, size=2 * blend + 1)[blend : blend + h, blend : blend + w]
     out = gather(src, core).astype(np.float32)
-    mixed = lo != hi
-    if not mixed.any():
+    if blend == 0:
         return out
+    mixed = np.zeros((h, w), bool)
+    offsets = [(dy, dx) for dy in range(2 * blend + 1) for dx in range(2 * blend + 1)]
+    for dy, dx in offsets:
+        mixed |= labels[dy : dy + h, dx : dx + w] != core
     ys, xs = np.nonzero(mixed)
+    if len(ys) == 0:
+        return out
     acc = np.zeros((len(ys), src.shape[-1]), np.float32)
-    norm = np.float32((2 * blend + 1) ** 2)
-    present = np.flatnonzero(np.bincount(labels.ravel(), minlength=planes.shape[0]))
-    for k in present:
-        wk = box_sum_valid((labels == k).astype(np.float32), blend)[ys, xs] / norm
-        sel = wk > 0
-        if sel.any():
-            acc[sel] += wk[sel, None] * src[k, ys[sel], xs[sel]].astype(np.float32)
-    out[ys, xs] = acc
+    for dy, dx in offsets:
+        acc += src[labels[ys + dy, xs + dx], ys, xs]
+    out[ys, xs] = acc / np.float32(len(offsets))
     return out
 
 
@@ -112,10 +140,10 @@ class FocusSelect:
     def fuse_tile(self, planes, guide, *, halo, stats=None):
         p = self.p
         r = measure_radius(p["measure"], p["radius"], p["step"])
-        idx, off, conf = select_planes(guide, p)
+        idx, off, conf, _ = select_planes(guide, p)
         s, b = p["smooth"], p["blend"]
         if s:
-            sm = ndi.median_filter(idx, size=2 * s + 1)[s:-s, s:-s]
+            sm = median_valid(idx, s)
             changed = sm != idx[s:-s, s:-s]
             off = off[s:-s, s:-s]
             off[changed] = 0

@@ -1,0 +1,77 @@
+"""Looking at decisions after the fact: focus curves per pixel and re-rendering from edited labels."""
+from __future__ import annotations
+
+import numpy as np
+
+from .colour import gather, make_guide, resolve_guide
+from .errors import StackError
+from .focus import measure_radius, measure_valid
+from .stack import as_stack
+from .tiling import read_window
+
+
+def _frame(stack, t: int):
+    canon = stack.canonical()
+    if not 0 <= t < canon.shape[0]:
+        raise StackError(f"time point {t} does not exist: the stack has {canon.shape[0]}")
+    return canon[t]
+
+
+def focus_curve(stack, y: int, x: int, *, t: int = 0, measure: str = "laplacian", radius: int = 4,
+                step: int = 1, threshold: float = 0.0, guide="auto", axes: str | None = None) -> np.ndarray:
+    """The focus measure of every plane at pixel (y, x): a (Z,) float32 curve.
+
+    Reads only a small window around the pixel (lazy stacks stay lazy).
+    """
+    stack = as_stack(stack, axes=axes)
+    Y, X = stack.yx_shape
+    if not (0 <= y < Y and 0 <= x < X):
+        raise StackError(f"pixel ({y}, {x}) is outside the {Y}x{X} image")
+    r = measure_radius(measure, radius, step)
+    frame = _frame(stack, t)
+    win = (y - r, y + r + 1, x - r, x + r + 1)
+    planes = read_window(frame, win) if not hasattr(frame, "compute") else _read_lazy(frame, win, Y, X)
+    g = make_guide(np.asarray(planes), resolve_guide(guide, stack.n_channels, stack.rgb))
+    m = measure_valid(g, measure, radius=radius, step=step, threshold=threshold)
+    return m[:, 0, 0].astype(np.float32)
+
+
+def _read_lazy(frame, win, Y, X):
+    y0, y1, x0, x1 = win
+    cy0, cy1, cx0, cx1 = max(y0, 0), min(y1, Y), max(x0, 0), min(x1, X)
+    block = np.asarray(frame[:, cy0:cy1, cx0:cx1])
+    # reflect the clipped block back out to the window (numpy 'reflect' at the image border)
+    return np.pad(block, ((0, 0), (cy0 - y0, y1 - cy1), (cx0 - x0, x1 - cx1), (0, 0)), mode="reflect")
+
+
+def recompose(stack, labels, *, fill=None, axes: str | None = None) -> np.ndarray:
+    """Re-render the fused image from a decision map without recomputing focus measures.
+
+    ``labels`` is ([T,] Y, X) with label = source plane + 1 (what napari's Labels layer edits);
+    label 0 (erased) takes ``fill`` (e.g. the previous fused image) or plane 0 when ``fill`` is None.
+    Returns ([T,] Y, X[, C]) in the stack's dtype.
+    """
+    stack = as_stack(stack, axes=axes)
+    labels = np.asarray(labels)
+    T = stack.n_times
+    lab = labels if labels.ndim == 3 else labels[None]
+    if lab.shape[1:] != stack.yx_shape or lab.shape[0] != T:
+        raise StackError(f"labels of shape {labels.shape} do not match the stack's "
+                         f"{'(%d, ' % T if T > 1 else '('}{stack.yx_shape[0]}, {stack.yx_shape[1]})")
+    if lab.max(initial=0) > stack.n_planes:
+        raise StackError(f"label {int(lab.max())} names a plane that does not exist (the stack has {stack.n_planes}; labels are plane + 1)")
+    out = []
+    for t in range(T):
+        frame = np.asarray(_frame(stack, t))
+        idx = np.maximum(lab[t].astype(np.intp) - 1, 0)
+        f = gather(frame, idx)
+        if fill is not None:
+            fl = np.asarray(fill)
+            fl = fl if (T > 1) else fl[None]
+            fl = fl[t].reshape(f.shape)
+            f = np.where((lab[t] == 0)[..., None], fl, f)
+        out.append(f)
+    res = np.stack(out)
+    if "C" not in stack.axes:
+        res = res[..., 0]
+    return res if "T" in stack.axes else res[0]

@@ -1,0 +1,79 @@
+"""Every registered method, through the engine: accuracy on ground truth, tiling, dtypes, colour."""
+import numpy as np
+import pytest
+
+import napari_edof as ne
+from napari_edof.core.errors import MethodError
+
+from ..conftest import psnr
+
+METHODS = [s.name for s in ne.list_methods()]
+
+
+def test_registry_lists_the_classical_methods():
+    assert {"focus-select", "pyramid", "wavelet"} <= set(METHODS)
+    assert METHODS[0] == "focus-select"  # the default comes first
+    for spec in ne.list_methods():
+        assert spec.summary and spec.family in ("classical", "learned")
+        assert spec.halo(spec.defaults()) >= 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_accuracy_on_ground_truth(method, sample_grey):
+    s = sample_grey
+    r = ne.fuse(s.stack, method=method)
+    assert r.fused.shape == s.all_in_focus.shape and r.fused.dtype == s.stack.dtype
+    assert r.index.dtype == np.float32 and r.confidence.dtype == np.float32
+    assert 0 <= r.confidence.min() and r.confidence.max() <= 1
+    near = np.abs(np.rint(r.index) - s.index) <= 1
+    assert near.mean() > 0.85, f"{method}: only {near.mean():.3f} of pixels within one plane"
+    assert psnr(r.fused, s.all_in_focus, 60000) > 30
+    # a broken method (e.g. always plane 0) is far below these floors
+    blind = np.take(s.stack.data, 0, axis=0)
+    assert psnr(blind, s.all_in_focus, 60000) < 25
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_tiled_equals_untiled(method, sample_grey):
+    s = sample_grey
+    whole = ne.fuse(s.stack, method=method, tile=None)
+    tiled = ne.fuse(s.stack, method=method, tile=32)
+    assert tiled.provenance["tiles"] > 4
+    assert np.abs(whole.fused.astype(np.int64) - tiled.fused).max() <= 1
+    np.testing.assert_allclose(whole.index, tiled.index, atol=1e-3)
+    np.testing.assert_allclose(whole.confidence, tiled.confidence, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_dtype_round_trip(method, dtype):
+    s = ne.sample_stack(n_planes=5, shape=(48, 40), dtype=dtype, seed=3)
+    r = ne.fuse(s.stack, method=method)
+    assert r.fused.dtype == np.dtype(dtype)
+    assert r.fused.shape == (48, 40)
+    peak = 1.0 if np.dtype(dtype).kind == "f" else (255 if dtype == np.uint8 else 60000)
+    assert psnr(r.fused, s.all_in_focus, peak) > 25
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rgb_colour_comes_from_the_sources(method, sample_rgb):
+    s = sample_rgb
+    r = ne.fuse(s.stack, method=method)
+    assert r.fused.shape == s.all_in_focus.shape and r.fused.dtype == np.uint8
+    assert psnr(r.fused, s.all_in_focus, 255) > 27
+    # each output pixel's colour lies within the range of the source planes' colours there
+    lo = s.stack.data.min(axis=0).astype(int) - 2
+    hi = s.stack.data.max(axis=0).astype(int) + 2
+    inside = (r.fused >= lo) & (r.fused <= hi)
+    assert inside.mean() > 0.97
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_unknown_parameter_is_refused(method, sample_grey):
+    with pytest.raises(MethodError, match="no parameter"):
+        ne.fuse(sample_grey.stack, method=method, params={"no_such_option": 1})
+
+
+def test_unknown_method_lists_the_choices(sample_grey):
+    with pytest.raises(MethodError, match="focus-select"):
+        ne.fuse(sample_grey.stack, method="nope")
