@@ -1,0 +1,125 @@
+"""The command-line tool end to end."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+import napari_edof as ne
+from napari_edof import cli
+
+
+@pytest.fixture
+def stack_tif(tmp_path):
+    s = ne.sample_stack(n_planes=6, shape=(64, 72), seed=4)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, s.stack.data)
+    return path, s
+
+
+def test_fuse_writes_every_output(stack_tif, tmp_path, capsys):
+    path, s = stack_tif
+    out = tmp_path / "out"
+    assert cli.main(["fuse", str(path), "-o", str(out), "--tile", "32"]) == 0
+    text = capsys.readouterr().out
+    assert "focus-select" in text and "6 planes of 64x72" in text and "Mvoxel/s" in text and str(out) in text
+    fused = tifffile.imread(out / "fused.tif")
+    assert fused.dtype == np.uint16 and fused.shape == (64, 72)
+    np.testing.assert_array_equal(fused, ne.fuse(s.stack, tile=32).fused)
+    index = tifffile.imread(out / "focus_index.tif")
+    assert index.dtype == np.float32 and index.shape == (64, 72)
+    masks = tifffile.imread(out / "masks.tif")
+    assert masks.shape == (6, 64, 72)
+    labels = tifffile.imread(out / "decision.tif")
+    assert labels.min() >= 1 and labels.max() <= 6
+    assert (out / "focus_index.png").stat().st_size > 0
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["method"] == "focus-select" and prov["tile"] == 32
+    # inputs untouched, no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "stack.tif"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+def test_params_and_method(stack_tif, tmp_path):
+    path, _ = stack_tif
+    out = tmp_path / "o"
+    assert cli.main(["fuse", str(path), "-o", str(out), "-m", "pyramid", "-p", "levels=2", "-q"]) == 0
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["method"] == "pyramid" and prov["params"]["levels"] == 2
+
+
+def test_batch(stack_tif, tmp_path):
+    path, s = stack_tif
+    second = tmp_path / "second.tif"
+    tifffile.imwrite(second, s.stack.data[::-1])
+    out = tmp_path / "batch"
+    assert cli.main(["fuse", str(path), str(second), "-o", str(out), "--batch", "-q"]) == 0
+    assert (out / "stack" / "fused.tif").exists() and (out / "second" / "fused.tif").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["-m", "nope"], "unknown method"),
+        (["-p", "radius=-3"], "minimum"),
+        (["-p", "bogus=1"], "no parameter"),
+        (["--tile", "big"], "--tile"),
+    ],
+)
+def test_bad_options_exit_2(stack_tif, tmp_path, capsys, extra, message):
+    path, _ = stack_tif
+    assert cli.main(["fuse", str(path), "-o", str(tmp_path / "x"), "-q"] + extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_inputs_exit_2(tmp_path, capsys):
+    missing = tmp_path / "missing.tif"
+    assert cli.main(["fuse", str(missing), "-o", str(tmp_path / "o")]) == 2
+    assert "missing.tif" in capsys.readouterr().err
+    flat = tmp_path / "flat.tif"
+    tifffile.imwrite(flat, np.zeros((16, 16), np.uint8))
+    assert cli.main(["fuse", str(flat), "-o", str(tmp_path / "o")]) == 2
+    assert "flat.tif" in capsys.readouterr().err
+    assert cli.main(["fuse", "-o", str(tmp_path / "o")]) == 2
+
+
+def test_unwritable_output_exits_3(stack_tif, tmp_path, capsys):
+    path, _ = stack_tif
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert cli.main(["fuse", str(path), "-o", str(blocker / "sub"), "-q"]) == 3
+    assert "file" in capsys.readouterr().err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_interrupt_leaves_no_files(stack_tif, tmp_path, monkeypatch, capsys):
+    path, _ = stack_tif
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr("napari_edof.core.engine.fuse_iter", boom)
+    out = tmp_path / "o"
+    assert cli.main(["fuse", str(path), "-o", str(out)]) == 130
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_methods_lists_the_registry(capsys):
+    assert cli.main(["methods", "-v"]) == 0
+    text = capsys.readouterr().out
+    for spec in ne.list_methods():
+        assert spec.name in text
+    assert "--param radius=4" in text
+
+
+def test_entry_point_sample(tmp_path):
+    out = tmp_path / "edof-out"
+    exe = [sys.executable, "-m", "napari_edof.cli", "fuse", "--sample", "-o", str(out)]
+    done = subprocess.run(exe, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "16 planes of 512x512" in done.stdout
+    assert {"fused.tif", "focus_index.tif", "masks.tif", "decision.tif"} <= {p.name for p in out.iterdir()}
