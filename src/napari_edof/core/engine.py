@@ -98,7 +98,7 @@ def fuse_iter(
         Tile side in pixels ("auto": the method's default, None or 0: the whole image at once).
     overlap : int
         Pixels each tile's output extends into its neighbours', blended with a feathered ramp
-        (default: 8, or 0 for a single tile).
+        (default: the method's ``default_overlap``; 0 for a single tile).
     device : "auto", "cpu", "cuda", "cuda:N", "mps"
     guide : "auto", "luminance", "mean" or a channel number
         What focus is measured on; one index is applied to every channel.
@@ -118,7 +118,7 @@ def fuse_iter(
     mult = int(spec.tile_multiple(p))
     Y, X = stack.yx_shape
     single = not tile or tile >= max(Y, X)
-    ov = (0 if single else 8) if overlap is None else int(overlap)
+    ov = (0 if single else spec.default_overlap) if overlap is None else int(overlap)
     if ov < 0:
         raise StackError(f"overlap={ov} must be 0 or more")
     tiles = plan_tiles((Y, X), tile, halo=halo, overlap=ov, multiple=mult)

@@ -81,12 +81,13 @@ def _sum_axis(a: np.ndarray, n: int, axis: int, out: np.ndarray | None = None) -
     return res
 
 
-def _flat_box(a: np.ndarray, n: int, stride: int) -> np.ndarray:
+def _flat_box(a: np.ndarray, n: int, stride: int, out: np.ndarray | None = None) -> np.ndarray:
     """out[i] = sum(a[i + j * stride] for j < n) on a 1D contiguous array, by doubling.
 
     Working on the flattened image keeps every operation a contiguous 1D numpy loop (2D views
     shifted along x are several times slower); out-of-row terms only reach pixels that the
-    caller crops away.
+    caller crops away. With ``out`` (at most as long as the result), the leading part of the
+    result is written there.
     """
     L = a.shape[0] - (n - 1) * stride
     res = None
@@ -94,8 +95,13 @@ def _flat_box(a: np.ndarray, n: int, stride: int) -> np.ndarray:
     while rem:
         if rem & 1:
             piece = cur[offset * stride : offset * stride + L]
+            last = rem == 1
             if res is None:
-                res = piece.copy()
+                res = piece.copy() if not (last and out is not None) else np.copyto(out, piece[: len(out)]) or out
+            elif last and out is not None:
+                M = len(out)
+                np.add(res[:M], piece[:M], out=out)
+                res = out
             else:
                 res += piece
             offset += span
@@ -107,11 +113,12 @@ def _flat_box(a: np.ndarray, n: int, stride: int) -> np.ndarray:
     return res
 
 
-def laplacian_energy_valid(g: np.ndarray, radius: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Window mean of the squared 4-neighbour Laplacian of a 2D plane, valid part.
+def laplacian_energy_flat(g: np.ndarray, radius: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Window sums of the squared Laplacian of a 2D plane, in the flat layout.
 
-    Same values as ``measure_valid(g, "laplacian", radius=radius)``, computed on the flattened
-    plane (the hot loop of the default method).
+    Returns a 1D array of length ``(H - n) * W`` (n = 2r + 1): reshaped to ``(H - n, W)``, its
+    ``[1:, 1 : W - n]`` part is the valid measure (see :func:`flat_crop`); the other columns are
+    scratch. Keeping this layout through the argmax saves a strided copy per plane.
     """
     g = np.ascontiguousarray(g, dtype=np.float32)
     H, W = g.shape
@@ -129,9 +136,28 @@ def laplacian_energy_valid(g: np.ndarray, radius: int, out: np.ndarray | None = 
     np.multiply(seg, seg, out=seg)
     e[:lo] = 0
     e[hi:] = 0
-    b = _flat_box(_flat_box(e, n, 1), n, W) if n > 1 else e
-    # b[i] is the window whose top-left pixel is flat i; valid windows start at rows/cols 1..
-    view = b[: (H - n) * W].reshape(H - n, W)[1:, 1 : W - n]
+    M = (H - n) * W
+    if n == 1:
+        b = e[:M]
+        return b if out is None else (np.copyto(out, b) or out)
+    return _flat_box(_flat_box(e, n, 1), n, W, out=out)[:M]
+
+
+def flat_crop(flat: np.ndarray, shape: tuple[int, int], radius: int) -> np.ndarray:
+    """The valid (H - 2 - 2r, W - 2 - 2r) view of a :func:`laplacian_energy_flat` layout."""
+    H, W = shape
+    n = 2 * radius + 1
+    return flat.reshape(flat.shape[:-1] + (H - n, W))[..., 1:, 1 : W - n]
+
+
+def laplacian_energy_valid(g: np.ndarray, radius: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Window mean of the squared 4-neighbour Laplacian of a 2D plane, valid part.
+
+    Same values as ``measure_valid(g, "laplacian", radius=radius)``, computed on the flattened
+    plane (see :func:`laplacian_energy_flat`).
+    """
+    n = 2 * radius + 1
+    view = flat_crop(laplacian_energy_flat(g, radius), g.shape, radius)
     if out is None:
         out = np.empty(view.shape, np.float32)
     np.multiply(view, np.float32(1.0 / (n * n)), out=out)

@@ -58,6 +58,38 @@ def _scene(shape, rng, channels):
     return np.clip(img, 0, 1)
 
 
+_PHOTOS = ("camera", "brick", "grass", "gravel", "moon", "astronaut", "immunohistochemistry",
+           "hubble_deep_field", "coffee", "rocket", "chelsea", "coins")
+
+
+def _photo_scene(shape, rng, channels):
+    """A mosaic of scikit-image's bundled photographs (no download), values in [0, 1]."""
+    from skimage import data as skdata
+    from skimage.color import gray2rgb, rgb2gray
+
+    Y, X = shape
+    t = 512
+    img = np.empty((Y, X, channels), np.float32)
+    order = rng.permutation(len(_PHOTOS))
+    k = 0
+    for y0 in range(0, Y, t):
+        for x0 in range(0, X, t):
+            a = getattr(skdata, _PHOTOS[order[k % len(order)]])()
+            k += 1
+            a = a.astype(np.float32) / 255.0
+            if channels == 1 and a.ndim == 3:
+                a = rgb2gray(a)
+            if channels == 3 and a.ndim == 2:
+                a = gray2rgb(a)
+            a = a.reshape(a.shape[0], a.shape[1], -1)
+            h, w = min(t, Y - y0, a.shape[0]), min(t, X - x0, a.shape[1])
+            block = np.zeros((min(t, Y - y0), min(t, X - x0), channels), np.float32)
+            reps = (-(-block.shape[0] // a.shape[0]), -(-block.shape[1] // a.shape[1]), 1)
+            block[...] = np.tile(a, reps)[: block.shape[0], : block.shape[1]]
+            img[y0 : y0 + block.shape[0], x0 : x0 + block.shape[1]] = block
+    return img
+
+
 def _depth(shape, rng):
     Y, X = shape
     yy, xx = np.mgrid[0:Y, 0:X].astype(np.float32)
@@ -102,11 +134,20 @@ def layered_defocus(image: np.ndarray, depth: np.ndarray, n_planes: int, *, sigm
 
 
 def sample_stack(*, n_planes: int = 8, shape: tuple[int, int] = (256, 256), rgb: bool = False,
-                 dtype=np.uint16, seed: int = 0, sigma_step: float = 1.0) -> Sample:
-    """The built-in synthetic focus stack with its ground truth (deterministic for a seed)."""
+                 dtype=np.uint16, seed: int = 0, sigma_step: float = 1.0, scene: str = "cells") -> Sample:
+    """The built-in synthetic focus stack with its ground truth (deterministic for a seed).
+
+    ``scene`` is "cells" (procedural cell-like blobs over texture) or "photo" (a mosaic of
+    scikit-image's bundled photographs, as in the other tools' benchmark of ``specs/peers.md``).
+    """
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(seed)
-    img = _scene(shape, rng, 3 if rgb else 1)
+    if scene == "cells":
+        img = _scene(shape, rng, 3 if rgb else 1)
+    elif scene == "photo":
+        img = _photo_scene(shape, rng, 3 if rgb else 1)
+    else:
+        raise ValueError(f"scene must be 'cells' or 'photo', not {scene!r}")
     depth = _depth(shape, rng)
     stack, index = layered_defocus(img if rgb else img[..., 0], depth, n_planes, sigma_step=sigma_step)
     aif = img if rgb else img[..., 0]

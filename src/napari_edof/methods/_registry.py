@@ -66,7 +66,10 @@ class MethodSpec:
     ``halo(params)`` is its receptive field in pixels (how far outside a tile it reads);
     ``tile_multiple`` is the alignment of tile origins it needs to be tile-exact (pyramids);
     ``backend`` is "numpy" (runs in threads, releases the GIL) or "torch";
-    ``default_tile`` is the tile side used when the caller does not choose one.
+    ``default_tile`` is the tile side used when the caller does not choose one, and
+    ``default_overlap`` the feathered overlap between tiles: 0 for methods whose halo covers their
+    whole receptive field (tiles then agree exactly), more for networks whose normalisation sees
+    the whole input.
     """
 
     name: str
@@ -78,6 +81,7 @@ class MethodSpec:
     devices: tuple[str, ...] = ("cpu",)
     backend: str = "numpy"
     default_tile: int = 256
+    default_overlap: int = 0
     weights: WeightsSpec | None = None
     citation: str = ""
     paper: str = ""

@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..core.colour import gather
-from ..core.focus import MEASURES, laplacian_energy_valid, measure_radius, measure_valid
+from ..core.focus import MEASURES, flat_crop, laplacian_energy_flat, measure_radius, measure_valid
 from ._registry import MethodSpec, Param, register
 
 
@@ -40,39 +40,45 @@ def select_planes(guide: np.ndarray, p: dict):
     """Argmax of the focus measure over planes, with sub-plane refinement and confidence.
 
     Returns (idx int16, offset float32 in [-0.49, 0.49], confidence float32, measures), each map
-    of the guide's shape cropped by the measure's radius; ``measures`` is the (Z, h, w) volume.
+    of the guide's shape cropped by the measure's radius; ``measures`` is the (Z, P) volume in
+    its working layout.
     Confidence is how far the peak stands above the mean over planes, scaled to [0, 1]
     (0: every plane equally sharp, 1: only one plane has any detail).
     """
     meas, radius = p["measure"], p["radius"]
     kw = dict(step=p["step"], threshold=p["threshold"])
     n = guide.shape[0]
-    r = measure_radius(meas, radius, p["step"])
-    h, w = guide.shape[1] - 2 * r, guide.shape[2] - 2 * r
-    vol = np.empty((n, h, w), np.float32)
-    best = np.empty((h, w), np.float32)
-    idx = np.zeros((h, w), np.int16)
-    total = np.zeros((h, w), np.float32)
-    upd = np.empty((h, w), bool)
-    for k in range(n):
+    if meas == "laplacian":
+        # the hot path: flat contiguous loops, no strided copies or masked writes per plane
+        H, W = guide.shape[1:]
+        P = (H - 2 * radius - 1) * W
+        vol = np.empty((n, P), np.float32)
+        for k in range(n):
+            laplacian_energy_flat(guide[k], radius, out=vol[k])
+        crop = lambda a: flat_crop(a, (H, W), radius)  # noqa: E731
+    else:
+        vol = np.stack([measure_valid(guide[k], meas, radius=radius, **kw) for k in range(n)])
+        hw = vol.shape[1:]
+        vol = vol.reshape(n, -1)
+        crop = lambda a: a.reshape(a.shape[:-1] + hw)  # noqa: E731
+    P = vol.shape[1]
+    best = vol[0].copy()
+    total = vol[0].copy()
+    idx = np.zeros(P, np.int16)
+    upd = np.empty(P, bool)
+    for k in range(1, n):
         m = vol[k]
-        if meas == "laplacian":  # the hot path: flat contiguous loops, no masked copies
-            laplacian_energy_valid(guide[k], radius, out=m)
-        else:
-            m[...] = measure_valid(guide[k], meas, radius=radius, **kw)
         total += m
-        if k == 0:
-            best[...] = m
-            continue
         np.greater(m, best, out=upd)
         np.maximum(best, m, out=best)
         np.maximum(idx, upd * np.int16(k), out=idx)  # planes come in order: the last update wins
+    pos = np.arange(P)
+    i = idx.astype(np.intp)
+    left = np.take(vol, np.maximum(i - 1, 0) * P + pos)
+    right = np.take(vol, np.minimum(i + 1, n - 1) * P + pos)
+    idx, best, total, left, right = (crop(a) for a in (idx, best, total, left, right))
+    h, w = idx.shape
     # sub-plane refinement: a parabola through the best plane and its neighbours
-    flat = vol.reshape(n, -1)
-    pos = np.arange(h * w)
-    i = idx.ravel().astype(np.intp)
-    left = np.take(flat, np.maximum(i - 1, 0) * (h * w) + pos).reshape(h, w)
-    right = np.take(flat, np.minimum(i + 1, n - 1) * (h * w) + pos).reshape(h, w)
     mean = total / np.float32(n)
     denom = left - 2 * best + right
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -80,7 +86,7 @@ def select_planes(guide: np.ndarray, p: dict):
         conf = np.where(best > 0, (best - mean) / (best * (1 - 1 / n)), 0).astype(np.float32)
     off[(idx == 0) | (idx == n - 1)] = 0
     np.clip(off, -0.49, 0.49, out=off)
-    return idx, off, conf, vol
+    return np.ascontiguousarray(idx), off, conf, vol
 
 
 def median3(a: np.ndarray) -> np.ndarray:

@@ -1,0 +1,485 @@
+"""Writing results: TIFF (ImageJ-compatible where the dtype allows), PNG, and a whole FusionResult.
+
+Every file is written atomically: to a temporary file in the same folder, then moved over the
+target with :func:`os.replace`. A failed write leaves no partial file and never truncates an
+existing one. Errors are :class:`~napari_edof.core.errors.EdofError` naming the file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..core.errors import EdofError
+from .metadata import imagej_unit, normalise_unit
+
+__all__ = ["colourise", "write_png", "write_result", "write_tiff"]
+
+#: dtypes ImageJ reads as such; others are written as plain TIFF with JSON metadata.
+_IMAGEJ_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+_WRITE_AXES = "TZCYXS"
+
+# viridis (matplotlib's, CC0: van der Walt, Smith & Firing) at entries 0, 5, 10, ..., 255 of its
+# 256; linear interpolation between them is within 1.5 levels of the original.
+_VIRIDIS_52 = np.array(
+    [
+        [68, 1, 84], [70, 8, 92], [71, 16, 99], [72, 23, 105], [72, 29, 111], [72, 36, 117],
+        [71, 42, 122], [70, 48, 126], [69, 55, 129], [67, 61, 132], [65, 66, 135], [63, 72, 137],
+        [61, 78, 138], [58, 83, 139], [56, 89, 140], [53, 94, 141], [51, 99, 141], [49, 104, 142],
+        [46, 109, 142], [44, 113, 142], [42, 118, 142], [41, 123, 142], [39, 128, 142], [37, 132, 142],
+        [35, 137, 142], [33, 142, 141], [32, 146, 140], [31, 151, 139], [30, 156, 137], [31, 161, 136],
+        [33, 165, 133], [36, 170, 131], [40, 174, 128], [46, 179, 124], [53, 183, 121], [61, 188, 116],
+        [70, 192, 111], [80, 196, 106], [90, 200, 100], [101, 203, 94], [112, 207, 87], [124, 210, 80],
+        [137, 213, 72], [149, 216, 64], [162, 218, 55], [176, 221, 47], [189, 223, 38], [202, 225, 31],
+        [216, 226, 25], [229, 228, 25], [241, 229, 29], [253, 231, 37],
+    ],
+    dtype=np.float64,
+)
+
+
+def _interp_lut(anchors: np.ndarray, n: int = 256, at=None) -> np.ndarray:
+    """(n, 3) uint8 table through ``anchors`` placed at ``at`` (default: evenly over 0..n-1)."""
+    anchors = np.asarray(anchors, np.float64)
+    x = np.linspace(0, n - 1, len(anchors)) if at is None else np.asarray(at, np.float64)
+    t = np.arange(n, dtype=np.float64)
+    lut = np.stack([np.interp(t, x, anchors[:, k]) for k in range(3)], axis=1)
+    return np.clip(np.rint(lut), 0, 255).astype(np.uint8)
+
+
+_LUTS: dict[str, np.ndarray] = {}
+
+
+def _lut(cmap) -> np.ndarray:
+    if isinstance(cmap, str):
+        key = cmap.lower()
+        if key in ("grey", "gray", "greys_r", "gray_r"):
+            key = "gray"
+        if key not in _LUTS:
+            if key == "viridis":
+                _LUTS[key] = _interp_lut(_VIRIDIS_52, 256, at=np.arange(0, 256, 5))
+            elif key == "gray":
+                _LUTS[key] = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+            else:
+                raise EdofError(f"unknown colour map {cmap!r}: use 'viridis' or 'gray' (or an (N, 3) array)")
+        return _LUTS[key]
+    lut = np.asarray(cmap)
+    if lut.ndim != 2 or lut.shape[1] != 3 or len(lut) < 2:
+        raise EdofError(f"a colour map array must be (N, 3) with N >= 2, not {lut.shape}")
+    if lut.dtype.kind == "f":
+        lut = lut * 255.0 if lut.max() <= 1.0 else lut
+    return _interp_lut(lut, 256)
+
+
+# --- public -----------------------------------------------------------------------------------
+
+
+def colourise(index, n_planes: int, *, cmap="viridis") -> np.ndarray:
+    """Colour-map a focus-index map: plane 0 -> the map's first colour, plane n-1 -> its last.
+
+    Parameters
+    ----------
+    index : array-like, ([T,] Y, X), float or int
+        0-based focus index (sub-plane values are allowed). Values outside 0..n_planes-1 are
+        clipped; NaN and infinite values come out black.
+    n_planes : int
+        Number of planes of the stack (sets the contrast to 0..n_planes-1).
+    cmap : "viridis", "gray" or an (N, 3) array
+        A viridis-like table is built in (no matplotlib needed). An array holds N colours,
+        uint8 0..255 or float 0..1.
+
+    Returns
+    -------
+    ndarray, ([T,] Y, X, 3), uint8
+    """
+    try:
+        n = int(n_planes)
+    except (TypeError, ValueError):
+        raise EdofError(f"n_planes must be a whole number, not {n_planes!r}") from None
+    if n < 1:
+        raise EdofError(f"n_planes must be 1 or more, not {n_planes}")
+    lut = _lut(cmap)
+    idx = np.asarray(index, dtype=np.float32)
+    finite = np.isfinite(idx)
+    scale = 255.0 / (n - 1) if n > 1 else 0.0
+    v = np.where(finite, idx, 0).astype(np.float32) * np.float32(scale)
+    np.clip(v, 0, 255, out=v)
+    out = lut[np.rint(v).astype(np.uint8)]
+    if not finite.all():
+        out[~finite] = 0
+    return out
+
+
+def write_tiff(
+    path,
+    data,
+    *,
+    axes: str | None = None,
+    pixel_size: tuple[float, float] | None = None,
+    z_step: float | None = None,
+    unit: str | None = None,
+    description: str | None = None,
+) -> Path:
+    """Write an array to a TIFF file atomically, keeping its dtype.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write (its folder must exist). An existing file is replaced only once the
+        new one is complete.
+    data : array-like (numpy or dask), 2D to 6D
+        uint8/16/32, int8/16/32/64, float16/32/64.
+    axes : str, optional
+        One letter per dimension from ``"TZCYXS"``; ``S`` holds RGB(A) samples (written with
+        photometric RGB). By default: ``YX``; ``YXS`` for (Y, X, 3|4); ``ZYX``; ``ZYXS`` for
+        (Z, Y, X, 3|4).
+    pixel_size : (float, float), optional
+        Physical (y, x) pixel size in ``unit``.
+    z_step : float, optional
+        Physical distance between planes in ``unit``.
+    unit : str, optional
+        For example ``"µm"``.
+    description : str, optional
+        Free text stored with the image (ImageJ "Info" property, or in the JSON description).
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Notes
+    -----
+    uint8, uint16 and float32 data (RGB: uint8 only) are written as an ImageJ hyperstack
+    (axes reordered to ImageJ's TZCYXS order; resolution tags from ``pixel_size``, ``unit`` and
+    ``spacing`` in the ImageJ description). Other dtypes are written as a plain TIFF whose JSON
+    description (tifffile's) holds ``axes``, ``pixel_size``, ``z_step``, ``unit`` and
+    ``description``; :func:`~napari_edof.io.open_stack` reads both back.
+    """
+    import tifffile
+
+    path = Path(path)
+    a = _materialise(data, path)
+    ax = _write_axes(a.shape, axes, path)
+    dt = a.dtype.newbyteorder("=")
+    if dt.kind not in "uif" or dt.itemsize > 8:
+        raise EdofError(f"cannot write {path}: pixel type {a.dtype} is not supported (use integers or floats)")
+    a = a.astype(dt, copy=False)
+    u = normalise_unit(unit)
+    ps = _pixel_size(pixel_size, path)
+    zs = _positive(z_step, "z_step", path)
+    s_size = a.shape[ax.index("S")] if "S" in ax else 0
+    if "S" in ax and s_size not in (3, 4):
+        raise EdofError(f"cannot write {path}: the S (RGB) axis has {s_size} values; use 3 or 4, or call it C")
+
+    imagej = dt in _IMAGEJ_DTYPES and (s_size == 0 or (dt == np.uint8 and s_size == 3))
+    if imagej:
+        order = [ax.index(c) for c in _WRITE_AXES if c in ax]
+        a2 = np.transpose(a, order)
+        ij_axes = "".join(ax[i] for i in order)
+        meta: dict[str, Any] = {"axes": ij_axes}
+        if u is not None:
+            meta["unit"] = imagej_unit(u)
+        if zs is not None:
+            meta["spacing"] = zs
+        if description:
+            meta["Info"] = str(description)
+        kwargs: dict[str, Any] = dict(imagej=True, metadata=meta, photometric="rgb" if s_size else "minisblack")
+        if ps is not None:
+            kwargs["resolution"] = (1.0 / ps[1], 1.0 / ps[0])
+    else:
+        if "S" in ax and ax[-1] != "S":
+            k = ax.index("S")
+            a2 = np.moveaxis(a, k, -1)
+            ax = ax[:k] + ax[k + 1 :] + "S"
+        else:
+            a2 = a
+        meta = {"axes": ax}
+        if ps is not None:
+            meta["pixel_size"] = [ps[0], ps[1]]
+        if zs is not None:
+            meta["z_step"] = zs
+        if u is not None:
+            meta["unit"] = u
+        if description:
+            meta["description"] = str(description)
+        kwargs = dict(metadata=meta, photometric="rgb" if s_size else "minisblack")
+        if s_size == 4:
+            kwargs["extrasamples"] = ("unassalpha",)
+
+    def write(tmp: Path) -> None:
+        tifffile.imwrite(tmp, a2, **kwargs)
+
+    return _atomic_write(path, write)
+
+
+def write_png(path, rgb_uint8) -> Path:
+    """Write a uint8 image to a PNG file atomically.
+
+    Parameters
+    ----------
+    path : str or path-like
+    rgb_uint8 : array-like, (Y, X, 3) RGB, (Y, X, 4) RGBA or (Y, X) grey, uint8
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    a = _materialise(rgb_uint8, path)
+    if a.dtype != np.uint8:
+        raise EdofError(f"cannot write {path}: a PNG needs uint8 pixels, not {a.dtype} (see colourise())")
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+        raise EdofError(f"cannot write {path}: a PNG needs (Y, X), (Y, X, 3) or (Y, X, 4) pixels, not {a.shape}")
+    img = Image.fromarray(np.ascontiguousarray(a))
+
+    def write(tmp: Path) -> None:
+        img.save(tmp, format="PNG")
+
+    return _atomic_write(path, write)
+
+
+def write_result(result, outdir, *, stem: str | None = None) -> dict[str, Path]:
+    """Write everything a fusion produced into a folder.
+
+    Parameters
+    ----------
+    result : FusionResult
+    outdir : str or path-like
+        Created (with its parents) if missing.
+    stem : str, optional
+        Prefix of every file name; ``"_"`` is added unless it ends with ``_``, ``-`` or ``.``.
+
+    Returns
+    -------
+    dict of str to Path
+        ``"fused"``: ``<stem>fused.tif``, the input dtype, with the pixel size;
+        ``"focus_index"``: ``<stem>focus_index.tif``, float32 0-based plane index;
+        ``"focus_index_png"``: ``<stem>focus_index.png``, the index colour-mapped (viridis)
+        (with a T axis: ``"focus_index_png_t000"`` ... ``<stem>focus_index_t000.png``, one per
+        time point);
+        ``"decision"``: ``<stem>decision.tif``, uint16 labels (plane + 1);
+        ``"masks"``: ``<stem>masks.tif``, uint8 0/255, (Z, Y, X) or (T, Z, Y, X);
+        ``"confidence"``: ``<stem>confidence.tif``, float32 0..1;
+        ``"provenance"``: ``<stem>provenance.json``, ``result.provenance`` made JSON-safe.
+
+    Raises
+    ------
+    EdofError
+        The folder cannot be created or written to, or a file cannot be written (no partial
+        file is left; an existing file is replaced only by a complete one).
+    """
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise EdofError(f"cannot write the results to {outdir}: it is a file, not a folder")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdofError(f"cannot create the output folder {outdir}: {_oserror(e)}") from None
+    if not os.access(outdir, os.W_OK | os.X_OK):
+        raise EdofError(f"cannot write the results to {outdir}: the folder is not writable")
+
+    prefix = "" if not stem else (str(stem) if str(stem)[-1] in "_-." else f"{stem}_")
+    index = np.asarray(result.index, dtype=np.float32)
+    if index.ndim not in (2, 3):
+        raise EdofError(f"the result's focus index must be (Y, X) or (T, Y, X), not {index.shape}")
+    has_t = index.ndim == 3
+    base = "TYX" if has_t else "YX"
+    fused = np.asarray(result.fused)
+    if fused.ndim == index.ndim + 1:
+        c = fused.shape[-1]
+        fused_axes = base + ("S" if getattr(result, "rgb", False) and c in (3, 4) else "C")
+    elif fused.ndim == index.ndim:
+        fused_axes = base
+    else:
+        raise EdofError(f"the result's fused image {fused.shape} does not match its focus index {index.shape}")
+    n = int(result.n_planes)
+    unit = normalise_unit(getattr(result, "unit", None))
+    pixel_size = getattr(result, "pixel_size", None) if unit is not None else None
+    scale = dict(pixel_size=pixel_size, unit=unit)
+
+    out: dict[str, Path] = {}
+    out["fused"] = write_tiff(
+        outdir / f"{prefix}fused.tif", fused, axes=fused_axes, description="napari-edof fused image", **scale
+    )
+    out["focus_index"] = write_tiff(
+        outdir / f"{prefix}focus_index.tif",
+        index,
+        axes=base,
+        description=f"napari-edof focus index: 0-based source plane of {n} (float32)",
+        **scale,
+    )
+    colour = colourise(index, n)
+    if has_t:
+        for t in range(colour.shape[0]):
+            out[f"focus_index_png_t{t:03d}"] = write_png(outdir / f"{prefix}focus_index_t{t:03d}.png", colour[t])
+    else:
+        out["focus_index_png"] = write_png(outdir / f"{prefix}focus_index.png", colour)
+    labels = np.asarray(result.labels(), dtype=np.uint16)
+    out["decision"] = write_tiff(
+        outdir / f"{prefix}decision.tif",
+        labels,
+        axes=base,
+        description=f"napari-edof decision map: source plane + 1 (1..{n})",
+        **scale,
+    )
+    masks = np.asarray(result.masks()).astype(np.uint8) * np.uint8(255)
+    out["masks"] = write_tiff(
+        outdir / f"{prefix}masks.tif",
+        masks,
+        axes="TZYX" if has_t else "ZYX",
+        z_step=getattr(result, "z_step", None) if unit is not None else None,
+        description="napari-edof decision masks: 255 where the plane was chosen",
+        **scale,
+    )
+    out["confidence"] = write_tiff(
+        outdir / f"{prefix}confidence.tif",
+        np.asarray(result.confidence, dtype=np.float32),
+        axes=base,
+        description="napari-edof confidence (0..1)",
+        **scale,
+    )
+    text = json.dumps(json_safe(result.provenance or {}), indent=2, ensure_ascii=False, allow_nan=False)
+
+    def write_json(tmp: Path) -> None:
+        tmp.write_text(text + "\n", encoding="utf-8")
+
+    out["provenance"] = _atomic_write(outdir / f"{prefix}provenance.json", write_json)
+    return out
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with numpy values, tuples, paths and non-finite floats turned into JSON values.
+
+    NaN and infinities become the strings "nan", "inf", "-inf"; unknown objects their ``str``.
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (int, np.integer)) and not isinstance(obj, np.bool_):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        if math.isfinite(f):
+            return f
+        return "nan" if math.isnan(f) else ("inf" if f > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        if obj.size <= 10000:
+            return json_safe(obj.tolist())
+        return f"<array {obj.shape} {obj.dtype}>"
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (complex, np.complexfloating)):
+        return str(obj)
+    return str(obj)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _oserror(e: OSError) -> str:
+    return e.strerror or str(e) or type(e).__name__
+
+
+def _materialise(data, path: Path) -> np.ndarray:
+    try:
+        if hasattr(data, "compute") and not isinstance(data, np.ndarray):
+            data = data.compute()
+        return np.asarray(data)
+    except EdofError:
+        raise
+    except Exception as e:
+        raise EdofError(f"cannot write {path}: the data cannot be turned into an array ({e})") from None
+
+
+def _write_axes(shape: tuple[int, ...], axes: str | None, path: Path) -> str:
+    nd = len(shape)
+    if axes is None:
+        if nd == 2:
+            return "YX"
+        if nd == 3:
+            return "YXS" if shape[-1] in (3, 4) else "ZYX"
+        if nd == 4 and shape[-1] in (3, 4):
+            return "ZYXS"
+        raise EdofError(f"cannot write {path}: pass axes= for data of shape {shape}")
+    ax = str(axes).upper()
+    if len(ax) != nd:
+        raise EdofError(f"cannot write {path}: axes={axes!r} has {len(ax)} letters but the data is {nd}D {shape}")
+    bad = set(ax) - set(_WRITE_AXES)
+    if bad:
+        raise EdofError(f"cannot write {path}: unknown axis letter(s) {''.join(sorted(bad))!r}; use {_WRITE_AXES}")
+    if len(set(ax)) != len(ax):
+        raise EdofError(f"cannot write {path}: repeated axis letter in {axes!r}")
+    if "Y" not in ax or "X" not in ax:
+        raise EdofError(f"cannot write {path}: axes {axes!r} need Y and X")
+    return ax
+
+
+def _positive(v, what: str, path: Path) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise EdofError(f"cannot write {path}: {what}={v!r} is not a number") from None
+    if not (math.isfinite(f) and f > 0):
+        raise EdofError(f"cannot write {path}: {what}={v!r} must be a positive number")
+    return f
+
+
+def _pixel_size(ps, path: Path) -> tuple[float, float] | None:
+    if ps is None:
+        return None
+    if np.isscalar(ps):
+        f = _positive(ps, "pixel_size", path)
+        return (f, f)
+    try:
+        y, x = ps
+    except (TypeError, ValueError):
+        raise EdofError(f"cannot write {path}: pixel_size must be (y, x), not {ps!r}") from None
+    return (_positive(y, "pixel_size", path), _positive(x, "pixel_size", path))
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a new file beside ``path``, then move it over ``path``."""
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise EdofError(f"cannot write {path}: it is a folder")
+    if not folder.is_dir():
+        raise EdofError(f"cannot write {path}: the folder {folder} does not exist")
+    tmp = folder / f".{path.name}.{secrets.token_hex(6)}.part"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.close(fd)
+    except OSError as e:
+        raise EdofError(f"cannot write {path}: {_oserror(e)} (is the folder {folder} writable?)") from None
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, EdofError) or not isinstance(e, Exception):
+            raise
+        if isinstance(e, OSError):
+            raise EdofError(f"cannot write {path}: {_oserror(e)}") from None
+        raise EdofError(f"cannot write {path}: {type(e).__name__}: {e}") from e
+    return path
