@@ -34,10 +34,11 @@ def test_accuracy_on_ground_truth(method, sample_grey):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_tiled_equals_untiled(method, sample_grey):
+@pytest.mark.parametrize("overlap", [None, 8])
+def test_tiled_equals_untiled(method, sample_grey, overlap):
     s = sample_grey
     whole = ne.fuse(s.stack, method=method, tile=None)
-    tiled = ne.fuse(s.stack, method=method, tile=32)
+    tiled = ne.fuse(s.stack, method=method, tile=32, overlap=overlap)
     assert tiled.provenance["tiles"] > 4
     assert np.abs(whole.fused.astype(np.int64) - tiled.fused).max() <= 1
     np.testing.assert_allclose(whole.index, tiled.index, atol=1e-3)
