@@ -22,6 +22,13 @@ def open_stack(source, *, axes: str | None = None, name: str | None = None) -> S
     return _open(source, axes=axes, name=name)
 
 
+def available_devices() -> list[str]:
+    """Devices fusion can run on here: "cuda:N", "mps" (when torch sees them) and "cpu"."""
+    from .nn.device import available_devices as _devices
+
+    return _devices()
+
+
 def get_method(name: str):
     """The :class:`~napari_edof.methods.MethodSpec` registered under ``name``."""
     return _get_method(name)[0]
@@ -33,6 +40,7 @@ __all__ = [
     "Progress",
     "Stack",
     "as_stack",
+    "available_devices",
     "fuse",
     "fuse_iter",
     "focus_curve",

@@ -1,0 +1,669 @@
+"""The "Fuse focus stack" dock widget.
+
+Pick an Image layer, its z axis (and channel axis / guide channel), a method — whose parameter
+widgets are generated from the method's declared :class:`Param`s — a device and a tile size, and
+press Run. Fusion runs ``napari_edof.api.fuse_iter`` in a napari ``thread_worker`` (one progress
+step per tile, per time point for a time-lapse); Cancel stops it before the next tile. Results
+appear as layers beside the input (see :mod:`napari_edof._qt.layers`); a re-run updates them.
+
+``FusionWidget.run(sync=True)`` drains the same generator in the calling thread (tests, scripts).
+Errors are shown as napari notifications with their message, never raised.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from napari.layers import Image
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_edof import api
+
+from .layers import add_or_update_result_layers, guess_axes, is_result_layer
+
+_INT_LIMIT = 2**31 - 1
+_UNIT_NAMES = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
+               "pixel": "pixel"}
+
+
+# --------------------------------------------------------------------------------------------
+# parameter widgets generated from a method's Params
+# --------------------------------------------------------------------------------------------
+class ParamWidget:
+    """A Qt editor for one :class:`Param` (combo for choices, check box for bool, spin boxes)."""
+
+    def __init__(self, param):
+        self.param = param
+        t = param.type
+        if param.choices is not None:
+            w = QComboBox()
+            for c in param.choices:
+                w.addItem(str(c), c)
+            i = list(param.choices).index(param.default) if param.default in param.choices else 0
+            w.setCurrentIndex(i)
+        elif t is bool:
+            w = QCheckBox()
+            w.setChecked(bool(param.default))
+        elif t is int:
+            w = QSpinBox()
+            lo = int(param.min) if param.min is not None else -_INT_LIMIT
+            hi = int(param.max) if param.max is not None else _INT_LIMIT
+            w.setRange(lo, hi)
+            w.setValue(int(param.default))
+        elif t is float:
+            w = QDoubleSpinBox()
+            lo = float(param.min) if param.min is not None else -1e12
+            hi = float(param.max) if param.max is not None else 1e12
+            default = float(param.default)
+            # enough decimals to show the default (and small bounds) exactly
+            small = [abs(v) for v in (default, param.min, param.max) if v not in (None, 0)]
+            digits = max([4] + [3 - math.floor(math.log10(v)) for v in small if v < 1])
+            w.setDecimals(min(digits, 12))
+            w.setRange(lo, hi)
+            bounded = param.min is not None and param.max is not None
+            span = (hi - lo) if bounded else (abs(default) or 1.0)
+            w.setSingleStep(10.0 ** math.floor(math.log10(max(span, 1e-12))) / 10)
+            w.setValue(default)
+        else:
+            w = QLineEdit(str(param.default) if param.default is not None else "")
+        w.setObjectName(f"param_{param.name}")
+        tip = param.help
+        if param.min is not None or param.max is not None:
+            tip += f" [{'' if param.min is None else param.min} .. {'' if param.max is None else param.max}]"
+        w.setToolTip(tip.strip())
+        self.widget = w
+
+    def value(self):
+        w, p = self.widget, self.param
+        if isinstance(w, QComboBox):
+            return w.currentData()
+        if isinstance(w, QCheckBox):
+            return w.isChecked()
+        if isinstance(w, QSpinBox):
+            return int(w.value())
+        if isinstance(w, QDoubleSpinBox):
+            return float(w.value())
+        text = w.text()
+        if p.type is str:
+            return text
+        try:
+            return p.type(text)
+        except (TypeError, ValueError):
+            raise api.EdofError(f"{p.name}={text!r} is not a valid {getattr(p.type, '__name__', p.type)}") from None
+
+    def set_value(self, v) -> None:
+        w = self.widget
+        if isinstance(w, QComboBox):
+            i = w.findData(v)
+            if i < 0:
+                raise api.EdofError(f"{self.param.name}={v!r} is not one of {', '.join(map(str, self.param.choices))}")
+            w.setCurrentIndex(i)
+        elif isinstance(w, QCheckBox):
+            w.setChecked(bool(v))
+        elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
+            w.setValue(v)
+        else:
+            w.setText(str(v))
+
+
+class _DeviceCombo(QComboBox):
+    """auto / cpu / the GPUs torch sees — torch is asked only when the list is opened."""
+
+    def __init__(self):
+        super().__init__()
+        self.addItem("auto", "auto")
+        self.addItem("cpu", "cpu")
+        self._queried = False
+
+    def refresh(self) -> None:
+        if self._queried:
+            return
+        self._queried = True
+        devices = _available_devices()
+        cur = self.currentData()
+        for d in devices:
+            if self.findData(d) < 0:
+                self.addItem(d, d)
+        i = self.findData(cur)
+        self.setCurrentIndex(max(i, 0))
+
+    def showPopup(self):  # noqa: N802 (Qt name)
+        self.refresh()
+        super().showPopup()
+
+
+def _available_devices() -> list[str]:
+    fn = getattr(api, "available_devices", None)
+    if fn is None:  # not re-exported by api yet: the Qt-free helper (imports torch lazily)
+        from napari_edof.nn.device import available_devices as fn
+    try:
+        return list(fn())
+    except Exception:  # a broken torch install must not break the widget
+        return ["cpu"]
+
+
+# --------------------------------------------------------------------------------------------
+# the widget
+# --------------------------------------------------------------------------------------------
+@dataclass
+class FusionJob:
+    """Everything one run needs (made in the main thread before fusion starts)."""
+
+    layer: Any
+    stack: Any
+    axes: str
+    z_axis: int
+    kwargs: dict = field(default_factory=dict)
+
+
+class _Failure:
+    """An exception caught inside the worker (kept out of napari's traceback notifications)."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def _drive(gen):
+    """Generator run in the worker thread: relay fuse_iter's progress, return its result."""
+    try:
+        result = yield from gen
+    except Exception as exc:  # noqa: BLE001 - shown to the user as a notification
+        return _Failure(exc)
+    return result
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, api.EdofError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "napari-edof: out of memory while fusing; use a smaller tile size or a smaller stack"
+    return f"napari-edof: fusion failed: {type(exc).__name__}: {exc}"
+
+
+class FusionWidget(QWidget):
+    """Dock widget: fuse an Image layer's focus stack into an all-in-focus image.
+
+    Signals
+    -------
+    fusion_done(dict) : emitted after result layers were added or updated, with
+        ``{"result": FusionResult, "layers": {role: layer}, "source": layer}``.
+    progressed(Progress) : emitted (in the main thread) for every tile done.
+    run_finished() : emitted when a threaded run is over (done, cancelled or failed) and the
+        widget is idle again.
+    """
+
+    fusion_done = Signal(object)
+    progressed = Signal(object)
+    run_finished = Signal()
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._worker = None
+        self._gen = None
+        self._pbar = None
+        self._cancelled = False
+        self._active = False
+        self._n_frames = 1
+        self._param_widgets: dict[str, ParamWidget] = {}
+        self.last_result = None
+        self.last_layers: dict = {}
+
+        lay = QVBoxLayout(self)
+
+        # --- input ---------------------------------------------------------------------
+        box = QGroupBox("Input")
+        form = QFormLayout(box)
+        self.layer_combo = QComboBox()
+        self.layer_combo.setToolTip("The Image layer holding the focus stack")
+        self.z_combo = QComboBox()
+        self.z_combo.setToolTip("The axis along which the planes are focused at different depths")
+        self.channel_combo = QComboBox()
+        self.channel_combo.setToolTip("An axis holding channels (one focus index is shared by all)")
+        self.guide_combo = QComboBox()
+        self.guide_combo.setToolTip("What focus is measured on for colour / multichannel data")
+        self.axes_label = QLabel("")
+        form.addRow("layer", self.layer_combo)
+        form.addRow("z axis", self.z_combo)
+        form.addRow("channel axis", self.channel_combo)
+        form.addRow("guide", self.guide_combo)
+        form.addRow("axes", self.axes_label)
+        lay.addWidget(box)
+
+        # --- method --------------------------------------------------------------------
+        box = QGroupBox("Method")
+        v = QVBoxLayout(box)
+        self.method_combo = QComboBox()
+        for spec in api.list_methods():
+            self.method_combo.addItem(spec.name, spec.name)
+            self.method_combo.setItemData(self.method_combo.count() - 1, spec.summary, Qt.ItemDataRole.ToolTipRole)
+        self.method_summary = QLabel("")
+        self.method_summary.setWordWrap(True)
+        self.params_box = QWidget()
+        self.params_form = QFormLayout(self.params_box)
+        self.params_form.setContentsMargins(0, 0, 0, 0)
+        v.addWidget(self.method_combo)
+        v.addWidget(self.method_summary)
+        v.addWidget(self.params_box)
+        lay.addWidget(box)
+
+        # --- run options ---------------------------------------------------------------
+        box = QGroupBox("Run")
+        form = QFormLayout(box)
+        self.device_combo = _DeviceCombo()
+        self.device_combo.setToolTip("auto: a GPU when the method can use one, else the CPU")
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 16384)
+        self.tile_spin.setSingleStep(64)
+        self.tile_spin.setValue(512)
+        self.tile_spin.setSpecialValueText("whole image")
+        self.tile_spin.setSuffix(" px")
+        self.tile_spin.setToolTip("Tile side in pixels (0: the whole image at once); at least 16")
+        form.addRow("device", self.device_combo)
+        form.addRow("tile size", self.tile_spin)
+        lay.addWidget(box)
+
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        row.addWidget(self.run_button)
+        row.addWidget(self.cancel_button)
+        lay.addLayout(row)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+
+        # --- connections ---------------------------------------------------------------
+        self.layer_combo.currentIndexChanged.connect(self._on_layer_changed)
+        self.z_combo.currentIndexChanged.connect(self._on_axes_changed)
+        self.channel_combo.currentIndexChanged.connect(self._on_axes_changed)
+        self.method_combo.currentIndexChanged.connect(self._on_method_changed)
+        self.run_button.clicked.connect(lambda: self.run())
+        self.cancel_button.clicked.connect(self.cancel)
+        ev = self.viewer.layers.events
+        for name in ("inserted", "removed", "moved", "reordered"):
+            emitter = getattr(ev, name, None)
+            if emitter is not None:
+                emitter.connect(self._refresh_layers)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._refresh_layers)
+
+        self._on_method_changed()
+        self._refresh_layers()
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Image) and not is_result_layer(active):
+            self.set_layer(active)
+
+    # ------------------------------------------------------------------ layer & axes choices
+    def _refresh_layers(self, event=None):
+        if event is not None and getattr(event, "type", "") == "inserted":
+            try:
+                event.value.events.name.connect(self._refresh_layers)
+            except AttributeError:
+                pass
+        cur = self.layer_combo.currentData()
+        self.layer_combo.blockSignals(True)
+        self.layer_combo.clear()
+        for layer in self.viewer.layers:
+            if isinstance(layer, Image) and not is_result_layer(layer):
+                self.layer_combo.addItem(layer.name, layer)
+        i = next((k for k in range(self.layer_combo.count()) if self.layer_combo.itemData(k) is cur), -1)
+        if i < 0 and self.layer_combo.count():
+            # prefer a layer that looks like a stack (3D or more)
+            i = next((k for k in range(self.layer_combo.count()) if self.layer_combo.itemData(k).ndim >= 3), 0)
+        self.layer_combo.setCurrentIndex(i)
+        self.layer_combo.blockSignals(False)
+        if self.layer_combo.currentData() is not cur:
+            self._on_layer_changed()
+
+    def current_layer(self):
+        return self.layer_combo.currentData()
+
+    def set_layer(self, layer) -> None:
+        """Choose the input layer (it must be an Image layer in the viewer)."""
+        for k in range(self.layer_combo.count()):
+            if self.layer_combo.itemData(k) is layer:
+                self.layer_combo.setCurrentIndex(k)
+                return
+        raise api.EdofError(f"layer {getattr(layer, 'name', layer)!r} is not an Image layer in the viewer")
+
+    def _default_axes(self, layer) -> tuple[int, int | None]:
+        """(z axis, channel axis) for a layer: from the reader's metadata, else Z before Y, X."""
+        nd = layer.ndim
+        md = layer.metadata.get("napari_edof", {}) if isinstance(layer.metadata, dict) else {}
+        axes = md.get("layer_axes") or md.get("axes")
+        if isinstance(axes, str):
+            dims = axes[:-1] if layer.rgb and axes.endswith("C") else axes
+            if len(dims) == nd and "Z" in dims and dims.endswith("YX"):
+                c = dims.index("C") if "C" in dims else None
+                return dims.index("Z"), c
+        return max(nd - 3, 0), None
+
+    def _on_layer_changed(self, *_):
+        layer = self.current_layer()
+        for c in (self.z_combo, self.channel_combo):
+            c.blockSignals(True)
+            c.clear()
+        if layer is not None:
+            shape = layer.data[0].shape if layer.multiscale else layer.data.shape
+            nd = layer.ndim
+            lead = max(nd - 2, 0)
+            for i in range(lead):
+                self.z_combo.addItem(f"{i} (size {shape[i]})", i)
+            if layer.rgb:
+                self.channel_combo.addItem("RGB (colour in the last axis)", None)
+            else:
+                self.channel_combo.addItem("none", None)
+                for i in range(lead):
+                    self.channel_combo.addItem(f"{i} (size {shape[i]})", i)
+            z, c = self._default_axes(layer)
+            self.z_combo.setCurrentIndex(max(self.z_combo.findData(z), 0))
+            if c is not None:
+                self.channel_combo.setCurrentIndex(max(self.channel_combo.findData(c), 0))
+        self.channel_combo.setEnabled(layer is not None and not layer.rgb)
+        for c in (self.z_combo, self.channel_combo):
+            c.blockSignals(False)
+        self._on_axes_changed()
+
+    def _n_channels(self) -> int:
+        layer = self.current_layer()
+        if layer is None:
+            return 1
+        shape = layer.data[0].shape if layer.multiscale else layer.data.shape
+        if layer.rgb:
+            return shape[-1]
+        c = self.channel_combo.currentData()
+        return shape[c] if c is not None and c < len(shape) else 1
+
+    def _on_axes_changed(self, *_):
+        layer = self.current_layer()
+        text = ""
+        if layer is not None:
+            try:
+                text = self.axes()
+            except api.EdofError as exc:
+                text = f"<i>{exc}</i>"
+        self.axes_label.setText(text)
+        cur = self.guide_combo.currentData()
+        self.guide_combo.clear()
+        self.guide_combo.addItem("auto", "auto")
+        n = self._n_channels()
+        if layer is not None and layer.rgb and n in (3, 4):
+            self.guide_combo.addItem("luminance", "luminance")
+        if n > 1:
+            self.guide_combo.addItem("mean", "mean")
+            for i in range(n):
+                self.guide_combo.addItem(f"channel {i}", i)
+        self.guide_combo.setCurrentIndex(max(self.guide_combo.findData(cur), 0))
+        self.guide_combo.setEnabled(n > 1)
+
+    def axes(self) -> str:
+        """The axes string of the chosen layer's data for the current z/channel choice."""
+        layer = self.current_layer()
+        if layer is None:
+            raise api.EdofError("no Image layer to fuse: open a focus stack first")
+        z = self.z_combo.currentData()
+        if z is None:
+            raise api.EdofError(
+                f"layer {layer.name!r} is a {layer.ndim}D image, not a focus stack: it needs a z axis plus Y and X"
+            )
+        return guess_axes(layer.ndim, bool(layer.rgb), z, self.channel_combo.currentData())
+
+    # ------------------------------------------------------------------ method & parameters
+    def current_method(self):
+        return api.get_method(self.method_combo.currentData())
+
+    def _on_method_changed(self, *_):
+        while self.params_form.rowCount():
+            self.params_form.removeRow(0)
+        self._param_widgets = {}
+        name = self.method_combo.currentData()
+        if name is None:
+            return
+        spec = api.get_method(name)
+        self.method_summary.setText(spec.summary)
+        for p in spec.params:
+            pw = ParamWidget(p)
+            self._param_widgets[p.name] = pw
+            label = QLabel(p.name)
+            label.setToolTip(p.help)
+            self.params_form.addRow(label, pw.widget)
+        gpu = self._update_device_enabled()
+        if not gpu:
+            self.device_combo.setCurrentIndex(0)
+        self.device_combo.setToolTip(
+            "auto: a GPU when the method can use one, else the CPU" if gpu
+            else f"{spec.name} runs on the CPU only"
+        )
+
+    def set_method(self, name: str) -> None:
+        i = self.method_combo.findData(name)
+        if i < 0:
+            api.get_method(name)  # raises the registry's clear error for an unknown name
+            self.method_combo.addItem(name, name)  # registered after the widget was built
+            i = self.method_combo.count() - 1
+        self.method_combo.setCurrentIndex(i)
+
+    def param_widget(self, name: str):
+        """The Qt editor generated for parameter ``name`` of the current method."""
+        return self._param_widgets[name].widget
+
+    def params(self) -> dict:
+        """The current method's parameter values, as the widgets show them."""
+        return {k: pw.value() for k, pw in self._param_widgets.items()}
+
+    def set_params(self, **values) -> None:
+        for k, v in values.items():
+            if k not in self._param_widgets:
+                raise api.EdofError(f"method {self.method_combo.currentData()!r} has no parameter {k!r}")
+            self._param_widgets[k].set_value(v)
+
+    # ------------------------------------------------------------------ running
+    def _physical(self, layer, axes: str, z: int):
+        """(pixel_size, z_step, unit) from the layer's scale and units (metadata as a fallback)."""
+        dims = axes[:-1] if layer.rgb else axes
+        md = layer.metadata.get("napari_edof", {}) if isinstance(layer.metadata, dict) else {}
+        scale = tuple(float(s) for s in layer.scale)
+        units = [str(u) for u in (getattr(layer, "units", None) or ())]
+        unit = _UNIT_NAMES.get(units[-1], units[-1]) if units else "pixel"
+        if unit == "pixel":
+            unit = md.get("unit") or "pixel"
+        known = unit != "pixel"
+        py, px = scale[dims.index("Y")], scale[dims.index("X")]
+        pixel_size = (py, px) if (known or (py, px) != (1.0, 1.0)) else None
+        sz = scale[dims.index("Z")]
+        z_step = sz if (known or sz != 1.0) else md.get("z_step")
+        return pixel_size, z_step, unit
+
+    def prepare(self) -> FusionJob:
+        """Check the choices and build the stack and fuse options (raises EdofError)."""
+        layer = self.current_layer()
+        axes = self.axes()
+        z = self.z_combo.currentData()
+        data = layer.data[0] if layer.multiscale else layer.data
+        pixel_size, z_step, unit = self._physical(layer, axes, z)
+        stack = api.as_stack(data, axes=axes, rgb=bool(layer.rgb), name=layer.name,
+                             pixel_size=pixel_size, z_step=z_step, unit=unit)
+        tile = int(self.tile_spin.value()) or None
+        device = self.device_combo.currentData() if self.device_combo.isEnabled() else "auto"
+        kwargs = dict(method=self.method_combo.currentData(), params=self.params(), tile=tile,
+                      device=device, guide=self._guide())
+        return FusionJob(layer=layer, stack=stack, axes=axes, z_axis=z, kwargs=kwargs)
+
+    def _guide(self):
+        g = self.guide_combo.currentData()
+        return "auto" if g is None else g
+
+    @property
+    def is_running(self) -> bool:
+        return self._worker is not None
+
+    def run(self, sync: bool = False):
+        """Fuse the chosen layer.
+
+        ``sync=False`` (the Run button): start a napari thread worker and return it; the
+        widget's ``run_finished`` signal fires once the layers are updated, or after a cancel or
+        an error, with the widget idle again.
+        ``sync=True``: fuse in this thread and return the FusionResult (None after an error).
+        Errors are shown as napari notifications, never raised.
+        """
+        if self._worker is not None:
+            show_info("napari-edof: a fusion is already running")
+            return None
+        try:
+            job = self.prepare()
+            gen = api.fuse_iter(job.stack, **job.kwargs)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return None
+        self._cancelled = False
+        self._active = True
+        self._n_frames = job.stack.n_times
+        self.status.setText(f"fusing {job.stack.describe()} with {job.kwargs['method']}…")
+        if sync:
+            return self._run_sync(job, gen)
+        return self._run_threaded(job, gen)
+
+    def _run_sync(self, job: FusionJob, gen):
+        try:
+            while True:
+                try:
+                    step = next(gen)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                self._on_progress(step)
+            self._close_pbar()
+            return self._on_result(job, result)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return None
+        finally:
+            gen.close()
+            self._active = False
+            self._close_pbar()
+
+    def _run_threaded(self, job: FusionJob, gen):
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(_drive, gen, _start_thread=False)
+        self._worker, self._gen = worker, gen
+        # connect every signal before start()
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda value, job=job: self._on_returned(job, value))
+        worker.finished.connect(self._on_finished)
+        self._set_running(True)
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop a running fusion before its next tile (nothing is added to the viewer)."""
+        if self._worker is None:
+            return
+        self._cancelled = True
+        self.status.setText("cancelling…")
+        self.cancel_button.setEnabled(False)
+        self._worker.quit()
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        for w in (self.layer_combo, self.z_combo, self.method_combo, self.params_box, self.tile_spin):
+            w.setEnabled(not running)
+        self.channel_combo.setEnabled(not running and not getattr(self.current_layer(), "rgb", False))
+        self.guide_combo.setEnabled(not running and self._n_channels() > 1)
+        if running:
+            self.device_combo.setEnabled(False)
+        else:
+            self._update_device_enabled()
+
+    def _update_device_enabled(self) -> bool:
+        """The device choice is on only for methods that can run on something else than the CPU."""
+        name = self.method_combo.currentData()
+        spec = api.get_method(name) if name is not None else None
+        gpu = spec is not None and (spec.backend == "torch" or any(d != "cpu" for d in spec.devices))
+        self.device_combo.setEnabled(gpu)
+        return gpu
+
+    def _on_progress(self, step) -> None:
+        if not self._active or self._cancelled:
+            return  # a late signal after finish/cancel (napari's progress may process events)
+        pbar = self._pbar
+        if pbar is None:
+            pbar = self._pbar = napari_progress(total=step.total, desc="napari-edof")
+        frames = f", frame {step.frame + 1}/{self._n_frames}" if self._n_frames > 1 else ""
+        self.status.setText(f"{step.stage}: {step.done}/{step.total} tiles{frames}")
+        pbar.set_description(f"napari-edof {step.stage}{frames}")
+        pbar.update(step.done - pbar.n)
+        self.progressed.emit(step)
+
+    def _close_pbar(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+
+    def _on_returned(self, job: FusionJob, value) -> None:
+        if self._cancelled:
+            return
+        if isinstance(value, _Failure):
+            self._fail(value.exc)
+            return
+        if value is None:
+            return
+        try:
+            self._on_result(job, value)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def _on_finished(self) -> None:
+        worker = self._worker
+        if worker is not None and worker.abort_requested:  # also napari's activity-dock cancel
+            self._cancelled = True
+        gen, self._gen = self._gen, None
+        if gen is not None:
+            try:
+                gen.close()  # cancel: stop fuse_iter (its tile pool) now, in this thread
+            except Exception:  # noqa: BLE001
+                pass
+        self._worker = None
+        self._active = False
+        self._close_pbar()
+        if self._cancelled:
+            self.status.setText("cancelled")
+        self._set_running(False)
+        self.run_finished.emit()
+
+    def closeEvent(self, event):  # noqa: N802 (Qt name)
+        self.cancel()
+        super().closeEvent(event)
+
+    def _on_result(self, job: FusionJob, result):
+        layers = add_or_update_result_layers(self.viewer, job.layer, result, z_axis=job.z_axis, axes=job.axes)
+        self.last_result, self.last_layers = result, layers
+        self.status.setText(result.summary())
+        self.fusion_done.emit({"result": result, "layers": layers, "source": job.layer})
+        return result
+
+    def _fail(self, exc: BaseException) -> None:
+        msg = _message(exc)
+        self.status.setText(msg)
+        show_error(msg)
