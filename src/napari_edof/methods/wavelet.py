@@ -1,0 +1,274 @@
+"""Stationary-wavelet fusion, in the spirit of Fiji's complex-wavelet EDF (Forster et al. 2004).
+
+Forster et al. fuse in a complex (Daubechies) wavelet domain because the decimated real wavelet
+transform is shift-variant: its coefficients, hence the per-pixel choice of plane, change when
+the image moves by one pixel, which shows as blocky artefacts. The ``dtcwt`` package cannot be
+used here (it pins numpy < 2), so this method takes the other classical route to shift
+invariance: the *stationary* (undecimated, "a trous") wavelet transform, ``pywt.swt2``. Its
+coefficients at every pixel and level exist for every plane, so the choice of plane is made per
+pixel without aliasing, and a shift of the image shifts the result (which is also what makes
+tiling exact).
+
+Per detail level the guide's three sub-bands give an energy ``H^2 + V^2 + D^2`` (the analogue of
+the complex coefficient's squared modulus), summed over a ``(2 window + 1)^2`` neighbourhood
+(``window=0``: plain maximum modulus). The plane of largest energy is selected per pixel, and a
+3x3 majority filter on the selection map is the consistency check (as Fiji's EDF does). The
+approximation band is the plane average (default) or the plane of largest local variance. The
+guide's selections are applied to every channel (colour is copied from the source planes'
+coefficients, never invented) and each channel is inverted with ``pywt.iswt2``.
+
+The focus index is the finest level's consistent selection map (0-based plane), the confidence
+``1 - second / best`` of the finest level's local energy.
+
+The default wavelet is Haar with 4 levels. Undecimated, Haar is shift-invariant like the others,
+and being the shortest filter it spreads a defocused plane's content least across a depth edge:
+on the built-in sample (8 planes, 128x128, seeds 1-3, mean PSNR against the all-in-focus image)
+Haar gave 37.9 dB, bior2.2 36.4, db2 and sym4 34.8, db4 30.6, with index accuracies of 90-96%.
+The longer wavelets remain a parameter (smoother for noisy data).
+
+Two passes over the planes of a tile, one plane at a time: the guide's transforms give the
+selections (a running argmax per band), then every channel's transforms are computed again and
+the selected coefficients copied. The stationary transform holds ``3 levels + 1`` full-size
+bands per plane, so memory stays a few planes' worth whatever the number of planes.
+
+Tiling: ``pywt.swt2`` needs sizes divisible by ``2**levels`` (``tile_multiple``; the aligned tile
+origins it also brings make ``pywt.iswt2`` average its phases in the same order in every tile, so
+tiled and untiled results are bit-identical) and extends the window periodically; ``halo`` is how far that wrap can reach into the result through the
+analysis filters, the selection windows and the synthesis filters of every level, measured
+from ``pywt``'s own 1D impulse responses (see :func:`_reach`), a tight bound for any wavelet
+(17 pixels for the default, all of which the sample stack was measured to reach).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pywt
+from scipy import ndimage as ndi
+
+from ._registry import MethodSpec, Param, register
+
+WAVELETS = ("haar", "db2", "db3", "db4", "sym4", "coif1", "bior2.2")
+
+
+@lru_cache(maxsize=64)
+def _reach(wavelet: str, levels: int, norm: bool):
+    """Per-axis dependency intervals (offsets ``o``: position ``q`` depends on ``q + o``) of
+    ``pywt``'s stationary transform, measured from 1D impulse responses at every phase.
+
+    Returns ``(ana, syn)``: ``ana[j]`` is where the level-j coefficients (approximation or detail)
+    read the input, ``syn[j]`` where the output reads the level-j coefficients (j = 1..levels).
+    """
+    wav = pywt.Wavelet(wavelet)
+    F = max(wav.dec_len, wav.rec_len)
+    period = 2**levels
+    N = period * (4 * F + 8)  # comfortably wider than any support, so nothing wraps
+    q0 = N // 2
+    phases = np.arange(period)
+    x = np.zeros((period, N))
+    x[phases, q0 + phases] = 1.0
+    coeffs = pywt.swt(x, wav, level=levels, axis=-1, trim_approx=True, norm=norm)
+    # coeffs = [A_L, D_L, ..., D_1]; also A_j for j < L from shorter transforms
+    approx = {levels: coeffs[0]}
+    for j in range(1, levels):
+        approx[j] = pywt.swt(x, wav, level=j, axis=-1, trim_approx=True, norm=norm)[0]
+    detail = {levels - i: coeffs[1 + i] for i in range(levels)}
+
+    def span(resp, centre):  # row ph: the response to an impulse at centre + ph
+        lo, hi = 0, 0
+        for ph in phases:
+            nz = np.flatnonzero(resp[ph])  # exactly 0 outside the support
+            if len(nz):
+                o = (centre + ph) - nz  # output at nz depends on input at centre + ph
+                lo, hi = min(lo, int(o.min())), max(hi, int(o.max()))
+        return lo, hi
+
+    ana, syn = {}, {}
+    for j in range(1, levels + 1):
+        a1, a2 = span(approx[j], q0)
+        d1, d2 = span(detail[j], q0)
+        ana[j] = (min(a1, d1), max(a2, d2))
+        # synthesis of a j-level transform from one impulse in A_j or in D_j
+        los, his = [], []
+        for band in (0, 1):
+            cc = [np.zeros((period, N)) for _ in range(j + 1)]
+            cc[band][phases, q0 + phases] = 1.0
+            y = pywt.iswt(cc, wav, norm=norm, axis=-1)
+            lo_, hi_ = span(y, q0)
+            los.append(lo_)
+            his.append(hi_)
+        syn[j] = (min(los), max(his))
+    return ana, syn
+
+
+def _halo(p: dict) -> int:
+    """How far (pixels) the window's periodic wrap can reach into the result.
+
+    Every band's chain, per axis: analysis (``_reach``), the selection windows (energy radius,
+    majority filter, the approximation's variance window) in the coefficient domain, synthesis.
+    The wrap reaches an output pixel only through these dependencies, so their widest extent
+    bounds it (for the default, the sample stack was measured to reach all of it).
+    """
+    L, w = p["levels"], p["window"]
+    cons = 1 if p["consistency"] else 0
+    norm = bool(pywt.Wavelet(p["wavelet"]).orthogonal)
+    ana, syn = _reach(p["wavelet"], L, norm)
+    sel = w + cons
+    reach = sel + max(-ana[1][0], ana[1][1])  # the index and the confidence (finest selection)
+    for j in range(1, L + 1):
+        lo = ana[j][0] - sel + syn[j][0]
+        hi = ana[j][1] + sel + syn[j][1]
+        reach = max(reach, -lo, hi)
+    a_sel = (w + 1 + cons) if p["approx"] == "variance" else 0
+    reach = max(reach, -(ana[L][0] - a_sel + syn[L][0]), ana[L][1] + a_sel + syn[L][1])
+    return int(reach)
+
+
+SPEC = MethodSpec(
+    name="wavelet",
+    summary="Stationary-wavelet fusion: max-energy sub-band selection with a majority consistency check.",
+    family="classical",
+    params=(
+        Param("wavelet", str, "haar", "analysis wavelet (pywt name; haar, the shortest, blurs depth edges least)",
+              choices=WAVELETS),
+        Param("levels", int, 4, "decomposition levels (the tile alignment is 2**levels)", min=1, max=6),
+        Param("window", int, 1, "local-energy window radius (0: maximum modulus)", min=0, max=4),
+        Param("consistency", bool, True, "3x3 majority filter on every selection map"),
+        Param("approx", str, "average", "approximation band: plane average, or the plane of largest local variance",
+              choices=("average", "variance")),
+    ),
+    halo=_halo,
+    tile_multiple=lambda p: 2 ** p["levels"],
+    default_tile=512,  # the halo is 32 pixels (rounded up to the alignment): larger tiles waste less
+    citation=(
+        "Forster, Van De Ville, Berent, Sage & Unser, 'Complex wavelets for extended depth-of-field: "
+        "a new method for the fusion of multichannel microscopy images', Microsc. Res. Tech. 65(1-2), 2004; "
+        "Nason & Silverman, 'The stationary wavelet transform and some statistical applications', 1995."
+    ),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# selection helpers (a method file knows no other method, so these are local)
+# --------------------------------------------------------------------------------------------
+def _box(a: np.ndarray, r: int) -> np.ndarray:
+    """Sum over a (2r+1)^2 window of the last two axes (direct sums: position-independent)."""
+    if r == 0:
+        return a
+    ones = np.ones(2 * r + 1)
+    a = ndi.correlate1d(a, ones, axis=-2, mode="reflect")
+    return ndi.correlate1d(a, ones, axis=-1, mode="reflect")
+
+
+def majority(sel: np.ndarray) -> np.ndarray:
+    """3x3 majority filter of a label map: the most frequent label of each neighbourhood.
+
+    A tie keeps the pixel's own label when it is among the most frequent. Works on the nine
+    shifted maps, so its cost does not grow with the number of planes.
+    """
+    h, w = sel.shape
+    pad = np.pad(sel, 1, mode="reflect")
+    nb = [pad[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)]
+    counts = np.zeros((9, h, w), np.int8)
+    for i in range(9):
+        for j in range(i, 9):
+            eq = nb[i] == nb[j]
+            counts[i] += eq
+            if j != i:
+                counts[j] += eq
+    top = counts.max(axis=0)
+    best = np.take_along_axis(np.stack(nb), counts.argmax(axis=0)[None], axis=0)[0]
+    return np.where(counts[4] == top, sel, best)
+
+
+class RunningArgmax:
+    """Per-pixel argmax over planes fed one at a time (the first plane wins ties, as np.argmax),
+    with the runner-up value for the confidence."""
+
+    def __init__(self):
+        self.best = self.second = self.arg = None
+
+    def update(self, e: np.ndarray, z: int) -> None:
+        if self.best is None:
+            self.best = e.astype(np.float32, copy=True)
+            self.second = np.zeros_like(self.best)
+            self.arg = np.zeros(e.shape, np.int16)
+            return
+        upd = e > self.best
+        np.maximum(self.second, np.minimum(e, self.best), out=self.second)
+        np.maximum(self.best, e, out=self.best)
+        self.arg[upd] = z
+
+    def confidence(self) -> np.ndarray:
+        """``1 - second best / best`` (0 where every plane is flat)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.best > 0, 1.0 - self.second / self.best, 0.0).astype(np.float32)
+
+
+@register(SPEC)
+class WaveletFusion:
+    def __init__(self, params: dict, *, device: str = "cpu"):
+        self.p = params
+        self.wavelet = pywt.Wavelet(params["wavelet"])
+        # an energy-preserving transform for orthogonal wavelets (pywt warns for the others)
+        self.norm = bool(self.wavelet.orthogonal)
+
+    def _swt(self, a: np.ndarray):
+        """[A_L, (H, V, D)_L, ..., (H, V, D)_1] of (..., h, w) float32."""
+        return pywt.swt2(a, self.wavelet, level=self.p["levels"], axes=(-2, -1), trim_approx=True, norm=self.norm)
+
+    def fuse_tile(self, planes, guide, *, halo, stats=None):
+        p = self.p
+        L, w = p["levels"], p["window"]
+        Z, h, wd = guide.shape
+        C = planes.shape[-1]
+        g = np.asarray(guide, np.float32)
+        select_approx = p["approx"] == "variance"
+
+        # pass 1: the guide's transform, one plane at a time -> per-band argmax of local energy
+        # (track[0]: approximation, track[i]: detail level L + 1 - i, so track[L] is the finest)
+        track = [RunningArgmax() for _ in range(L + 1)]
+        for z in range(Z):
+            coeffs = self._swt(g[z])
+            if select_approx:
+                a = coeffs[0]
+                n = (2 * w + 3) ** 2
+                m = _box(a, w + 1) / n
+                track[0].update(_box(a * a, w + 1) / n - m * m, z)
+            for i in range(1, L + 1):
+                hh, vv, dd = coeffs[i]
+                e = hh * hh
+                e += vv * vv
+                e += dd * dd
+                track[i].update(_box(e, w), z)
+        first = 0 if select_approx else 1
+        sel = {i: (majority(track[i].arg) if p["consistency"] else track[i].arg) for i in range(first, L + 1)}
+
+        # pass 2: every channel's transform, one plane at a time; copy the selected coefficients
+        fused = None
+        for z in range(Z):
+            if C == 1:  # the guide of a single-channel stack is that channel (make_guide)
+                data = g[z][None]
+            else:
+                data = np.moveaxis(np.asarray(planes[z]), -1, 0).astype(np.float32)  # (C, h, w)
+            coeffs = self._swt(data)
+            if fused is None:
+                fused = [np.zeros_like(coeffs[0])] + [tuple(np.zeros_like(b) for b in lvl) for lvl in coeffs[1:]]
+            if select_approx:
+                np.copyto(fused[0], coeffs[0], where=(sel[0] == z)[None])
+            else:
+                fused[0] += coeffs[0]
+            for i in range(1, L + 1):
+                mask = (sel[i] == z)[None]
+                for dst, src in zip(fused[i], coeffs[i]):
+                    np.copyto(dst, src, where=mask)
+        if not select_approx:
+            fused[0] /= np.float32(Z)
+        out = pywt.iswt2(fused, self.wavelet, norm=self.norm, axes=(-2, -1)).astype(np.float32, copy=False)
+
+        crop = (slice(halo, h - halo), slice(halo, wd - halo))
+        return {
+            "fused": np.moveaxis(out, 0, -1)[crop],
+            "index": sel[L][crop].astype(np.float32),
+            "confidence": track[L].confidence()[crop],
+        }
