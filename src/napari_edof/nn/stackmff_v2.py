@@ -1,0 +1,389 @@
+"""StackMFF-V2 (seed paper 002): a state-dict-compatible implementation, written from the paper
+and ``shared/specs/stackmff_v2.md``.
+
+Three stages:
+
+1. intra-layer focus estimation (``feature_extraction``): a small U-Net applied to every plane on
+   its own -> an 8-channel focus probability volume ``(B, N, 8, H, W)``;
+2. inter-layer focus estimation (``layer_interaction``): a bidirectional ConvGRU (hidden 16)
+   along the planes, max over the hidden channels -> focus logits ``(B, N, H, W)``;
+3. focus-map regression (no parameters, :func:`regress`): softmax over planes, then a decision
+   rule (the official expectation + global min-max, or a local argmax).
+
+``StackMFFV2.forward`` is differentiable (training); :meth:`StackMFFV2.infer_logits` is the
+inference path: no autograd, planes in chunks through stage 1, and the recurrent pass run in
+row strips with an exact halo so that the 16-channel hidden states are never held for the whole
+image. Both give the same logits to float32 round-off.
+
+torch is imported by this module: import it lazily (only torch methods and training do).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: channel widths of the intra-layer U-Net
+CHANNELS = (8, 16, 24, 32, 48, 64)
+HIDDEN = 16
+FEATURES = 8
+#: H and W must be multiples of this (five 2x poolings)
+MULTIPLE = 32
+
+
+# --------------------------------------------------------------------------------------------
+# stage 1: intra-layer focus estimation
+# --------------------------------------------------------------------------------------------
+class InceptionDW(nn.Module):
+    """1x1 channel adjustment, then depthwise 3x3 / 1x11 / 11x1 convs on three small slices."""
+
+    def __init__(self, cin: int, cout: int, square: int = 3, band: int = 11, ratio: float = 1 / 8):
+        super().__init__()
+        g = max(1, int(cout * ratio))
+        self.split = (cout - 3 * g, g, g, g)
+        self.channel_adj = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.dwconv_hw = nn.Conv2d(g, g, square, padding=square // 2, groups=g)
+        self.dwconv_w = nn.Conv2d(g, g, (1, band), padding=(0, band // 2), groups=g)
+        self.dwconv_h = nn.Conv2d(g, g, (band, 1), padding=(band // 2, 0), groups=g)
+
+    def forward(self, x):
+        x = self.channel_adj(x)
+        keep, a, b, c = torch.split(x, self.split, dim=1)
+        return torch.cat((keep, self.dwconv_hw(a), self.dwconv_w(b), self.dwconv_h(c)), dim=1)
+
+
+class SpatialBridge(nn.Module):
+    """One 7x7 (dilation 3) conv on [channel mean, channel max], shared by every scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared_conv2d = nn.Sequential(nn.Conv2d(2, 1, 7, padding=9, dilation=3), nn.Sigmoid())
+
+    def forward(self, ts):
+        out = []
+        for t in ts:
+            stat = torch.cat((t.mean(dim=1, keepdim=True), t.amax(dim=1, keepdim=True)), dim=1)
+            out.append(self.shared_conv2d(stat))
+        return out
+
+
+class ChannelBridge(nn.Module):
+    """Global average pool of every scale -> 1D conv over the joined vector -> one FC per scale."""
+
+    def __init__(self, widths=CHANNELS[:5]):
+        super().__init__()
+        total = sum(widths)
+        self.get_all_att = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        for i, w in enumerate(widths, 1):
+            setattr(self, f"att{i}", nn.Linear(total, w))
+        self.n = len(widths)
+
+    def forward(self, ts):
+        pooled = torch.cat([t.mean(dim=(2, 3)) for t in ts], dim=1)  # (B, 128)
+        joint = self.get_all_att(pooled[:, None, :])[:, 0, :]  # (B, 128)
+        return [torch.sigmoid(getattr(self, f"att{i}")(joint))[:, :, None, None] for i in range(1, self.n + 1)]
+
+
+class AttentionBridge(nn.Module):
+    """Spatial then channel attention on the five skip tensors (scab)."""
+
+    def __init__(self):
+        super().__init__()
+        self.catt = ChannelBridge()
+        self.satt = SpatialBridge()
+
+    def forward(self, ts):
+        spatial = [a * t for a, t in zip(self.satt(ts), ts)]
+        mixed = [s + t for s, t in zip(spatial, ts)]
+        return [c * m + s for c, m, s in zip(self.catt(mixed), mixed, spatial)]
+
+
+class IntraLayer(nn.Module):
+    """ULDA-Net: (P, 1, H, W) planes -> (P, 8, H, W) focus probabilities (sigmoid)."""
+
+    def __init__(self):
+        super().__init__()
+        c = CHANNELS
+        self.encoder1 = nn.Sequential(nn.Conv2d(1, c[0], 3, padding=1))
+        for k in range(1, 6):
+            setattr(self, f"encoder{k + 1}", nn.Sequential(InceptionDW(c[k - 1], c[k])))
+        for k in range(1, 6):
+            setattr(self, f"decoder{k}", nn.Sequential(InceptionDW(c[6 - k], c[5 - k])))
+        self.scab = AttentionBridge()
+        for k in range(1, 6):
+            setattr(self, f"ebn{k}", nn.GroupNorm(4, c[k - 1]))
+            setattr(self, f"dbn{k}", nn.GroupNorm(4, c[5 - k]))
+        self.final = nn.Conv2d(c[0], FEATURES, 1)
+
+    def forward(self, x):
+        skips = []
+        out = x
+        for k in range(1, 6):
+            enc = getattr(self, f"encoder{k}")
+            norm = getattr(self, f"ebn{k}")
+            out = F.gelu(F.max_pool2d(norm(enc(out)), 2))
+            skips.append(out)
+        bottom = F.gelu(self.encoder6(out))
+        skips = self.scab(skips)
+        out = F.gelu(self.dbn1(self.decoder1(bottom))) + skips[4]
+        for k in range(2, 6):
+            y = getattr(self, f"dbn{k}")(getattr(self, f"decoder{k}")(out))
+            out = F.gelu(_up2(y)) + skips[5 - k]
+        return torch.sigmoid(_up2(self.final(out)))
+
+
+def _up2(x):
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)
+
+
+# --------------------------------------------------------------------------------------------
+# stage 2: inter-layer focus estimation (bidirectional ConvGRU)
+# --------------------------------------------------------------------------------------------
+class ConvGRUCell(nn.Module):
+    """A ConvGRU cell whose parameters match the official ``conv_gates`` / ``conv_can``.
+
+    The convolutions act on ``cat[x, h]``; they are applied here as an x part plus an h part
+    (:meth:`split_weights`), so the x part can be computed for every plane at once and no
+    concatenation happens per step.
+    """
+
+    def __init__(self, cin: int = FEATURES, hidden: int = HIDDEN, k: int = 3):
+        super().__init__()
+        self.cin, self.hidden, self.k = cin, hidden, k
+        self.conv_gates = nn.Conv2d(cin + hidden, 2 * hidden, k, padding=k // 2)
+        self.conv_can = nn.Conv2d(cin + hidden, hidden, k, padding=k // 2)
+
+    def split_weights(self):
+        """(x weights (3h, cin, k, k), bias (3h,), h->gates (2h, h, k, k), h->cand (h, h, k, k))."""
+        c = self.cin
+        wx = torch.cat((self.conv_gates.weight[:, :c], self.conv_can.weight[:, :c]), dim=0)
+        bx = torch.cat((self.conv_gates.bias, self.conv_can.bias), dim=0)
+        return wx, bx, self.conv_gates.weight[:, c:], self.conv_can.weight[:, c:]
+
+
+def gru_direction(xconv, wh_g, wh_c, hidden: int, order, h=None):
+    """Run one direction. ``xconv``: (N, P, 3h, H, W) precomputed x part (bias included).
+
+    Yields (n, h_n) in ``order``. Autograd-friendly (no in-place ops on tensors it needs).
+    """
+    pad = wh_g.shape[-1] // 2
+    for n in order:
+        xg = xconv[n]
+        if h is None:  # h = 0: the h-part convolutions vanish
+            z = torch.sigmoid(xg[:, hidden : 2 * hidden])
+            h = z * torch.tanh(xg[:, 2 * hidden :])
+        else:
+            g = xg[:, : 2 * hidden] + F.conv2d(h, wh_g, padding=pad)
+            r = torch.sigmoid(g[:, :hidden])
+            z = torch.sigmoid(g[:, hidden:])
+            cand = torch.tanh(xg[:, 2 * hidden :] + F.conv2d(r * h, wh_c, padding=pad))
+            h = h + z * (cand - h)
+        yield n, h
+
+
+class BiConvGRU(nn.Module):
+    def __init__(self, cin: int = FEATURES, hidden: int = HIDDEN, k: int = 3):
+        super().__init__()
+        self.hidden = hidden
+        self.forward_cell_list = nn.ModuleList([ConvGRUCell(cin, hidden, k)])
+        self.backward_cell_list = nn.ModuleList([ConvGRUCell(cin, hidden, k)])
+
+    def xconv(self, feats):
+        """feats (B, N, C, H, W) -> forward and backward x parts, each (N, B, 3h, H, W)."""
+        B, N, C, H, W = feats.shape
+        wf, bf, _, _ = self.forward_cell_list[0].split_weights()
+        wb, bb, _, _ = self.backward_cell_list[0].split_weights()
+        w = torch.cat((wf, wb), dim=0)
+        b = torch.cat((bf, bb), dim=0)
+        flat = feats.transpose(0, 1).reshape(N * B, C, H, W)
+        xc = F.conv2d(flat, w, b, padding=w.shape[-1] // 2).reshape(N, B, 2, 3 * self.hidden, H, W)
+        return xc[:, :, 0], xc[:, :, 1]
+
+    def forward(self, feats):
+        """(B, N, 8, H, W) -> (B, N, H, W) logits = max over channels of h_fwd + h_bwd."""
+        N = feats.shape[1]
+        xf, xb = self.xconv(feats)
+        _, _, whg_f, whc_f = self.forward_cell_list[0].split_weights()
+        _, _, whg_b, whc_b = self.backward_cell_list[0].split_weights()
+        hf = [h for _, h in gru_direction(xf, whg_f, whc_f, self.hidden, range(N))]
+        out = [None] * N
+        for n, h in gru_direction(xb, whg_b, whc_b, self.hidden, range(N - 1, -1, -1)):
+            out[n] = (hf[n] + h).amax(dim=1)
+        return torch.stack(out, dim=1)
+
+
+class InterLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer_interaction_depth = BiConvGRU()
+
+    def forward(self, feats):
+        return self.layer_interaction_depth(feats)
+
+
+# --------------------------------------------------------------------------------------------
+# the network
+# --------------------------------------------------------------------------------------------
+class StackMFFV2(nn.Module):
+    """StackMFF-V2: ``forward(x (B, N, H, W) in [0, 1]) -> focus logits (B, N, H, W)``.
+
+    H and W should be multiples of 32; other sizes are reflection-padded to the next multiple
+    and the logits cropped back (the official code resizes instead).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.feature_extraction = IntraLayer()
+        self.layer_interaction = InterLayer()
+
+    # -- training / reference path ------------------------------------------------------------
+    def intra(self, x):
+        """(B, N, H, W) -> (B, N, 8, H, W) intra-layer focus probabilities."""
+        B, N, H, W = x.shape
+        p = self.feature_extraction(x.reshape(B * N, 1, H, W))
+        return p.reshape(B, N, FEATURES, H, W)
+
+    def forward(self, x):
+        x, crop = pad_to_multiple(x)
+        logits = self.layer_interaction(self.intra(x))
+        return logits[..., : crop[0], : crop[1]]
+
+    def stages(self, x) -> dict:
+        """Intermediate tensors, named as in the reference file (H, W multiples of 32)."""
+        probs = self.intra(x)
+        logits = self.layer_interaction(probs)
+        return {"intra_layer_probs": probs, "inter_layer_logits": logits}
+
+    # -- inference path -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def infer_logits(self, x, *, plane_chunk: int = 4, strip_budget: int = 96 << 20,
+                     channels_last: bool | None = None):
+        """Logits of a (N, H, W) or (1, N, H, W) stack, with bounded working memory.
+
+        Stage 1 runs ``plane_chunk`` planes at a time. The recurrent pass runs in row strips:
+        each strip is computed with an exact halo of 2 rows per recurrent step (the ConvGRU's
+        receptive field), so the strips agree with the whole image to round-off, and the
+        hidden states held at once are ``N x 16 x strip_rows x W`` floats (``strip_budget``
+        bytes at most, unless one strip is already larger).
+        """
+        if x.ndim == 3:
+            x = x[None]
+        if x.shape[0] != 1:
+            return torch.cat([self.infer_logits(xi, plane_chunk=plane_chunk, strip_budget=strip_budget,
+                                                channels_last=channels_last) for xi in x])
+        x, crop = pad_to_multiple(x)
+        _, N, H, W = x.shape
+        cl = (x.device.type == "cpu") if channels_last is None else channels_last
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        feats = torch.empty((N, FEATURES, H, W), dtype=x.dtype, device=x.device)
+        for s in range(0, N, plane_chunk):
+            e = min(N, s + plane_chunk)
+            xin = x[0, s:e, None].contiguous(memory_format=fmt)
+            feats[s:e] = self.feature_extraction(xin)
+        logits = self.infer_recurrent(feats, strip_budget=strip_budget, channels_last=cl)
+        return logits[None, :, : crop[0], : crop[1]]
+
+    @torch.inference_mode()
+    def infer_recurrent(self, feats, *, strip_budget: int = 96 << 20, channels_last: bool = False):
+        """(N, 8, H, W) intra-layer probabilities -> (N, H, W) logits, in row strips."""
+        N, C, H, W = feats.shape
+        gru = self.layer_interaction.layer_interaction_depth
+        hid = gru.hidden
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        wf, bf, whg_f, whc_f = gru.forward_cell_list[0].split_weights()
+        wb, bb, whg_b, whc_b = gru.backward_cell_list[0].split_weights()
+        wx = torch.cat((wf, wb)).contiguous(memory_format=fmt)
+        bx = torch.cat((bf, bb))
+        whg_f, whc_f, whg_b, whc_b = (w.contiguous(memory_format=fmt) for w in (whg_f, whc_f, whg_b, whc_b))
+        halo = 2 * N + 2
+        bytes_per_row = N * hid * W * feats.element_size()
+        rows = max(32, int(strip_budget // max(1, bytes_per_row)))
+        out = torch.empty((N, H, W), dtype=feats.dtype, device=feats.device)
+        for y0, y1, a, b in _strips(H, rows, halo):
+            f = feats[:, :, a:b].contiguous(memory_format=fmt)
+            xc = F.conv2d(f, wx, bx, padding=1).reshape(N, 1, 2, 3 * hid, b - a, W)
+            xf, xb = xc[:, :, 0], xc[:, :, 1]
+            hf = [None] * N
+            for n, h in gru_direction(xf, whg_f, whc_f, hid, range(N)):
+                hf[n] = h
+            del xf
+            for n, h in gru_direction(xb, whg_b, whc_b, hid, range(N - 1, -1, -1)):
+                hf[n] += h
+                out[n, y0:y1] = hf[n][0, :, y0 - a : y1 - a].amax(dim=0)
+                hf[n] = None
+        return out
+
+
+def _strips(H: int, rows: int, halo: int) -> Iterator[tuple[int, int, int, int]]:
+    """Row strips (y0, y1) of at most ``rows`` rows with their haloed windows (a, b)."""
+    if rows >= H:
+        yield 0, H, 0, H
+        return
+    n = math.ceil(H / rows)
+    step = math.ceil(H / n)
+    for y0 in range(0, H, step):
+        y1 = min(H, y0 + step)
+        yield y0, y1, max(0, y0 - halo), min(H, y1 + halo)
+
+
+def pad_to_multiple(x, multiple: int = MULTIPLE):
+    """Reflection-pad the last two axes up to a multiple (replicate where too small to reflect)."""
+    H, W = x.shape[-2:]
+    ph, pw = (-H) % multiple, (-W) % multiple
+    if ph == 0 and pw == 0:
+        return x, (H, W)
+    mode = "reflect" if ph < H and pw < W else "replicate"
+    shape = x.shape
+    y = F.pad(x.reshape(-1, 1, H, W), (0, pw, 0, ph), mode=mode)
+    return y.reshape(shape[:-2] + y.shape[-2:]), (H, W)
+
+
+# --------------------------------------------------------------------------------------------
+# stage 3: focus-map regression
+# --------------------------------------------------------------------------------------------
+def expectation(logits, dim: int = -3):
+    """E = sum_n (n + 1) P_n with P = softmax over planes (1-based, as the official code)."""
+    p = torch.softmax(logits, dim=dim)
+    n = logits.shape[dim]
+    shape = [1] * logits.ndim
+    shape[dim] = n
+    w = torch.arange(1, n + 1, dtype=logits.dtype, device=logits.device).reshape(shape)
+    return (p * w).sum(dim=dim)
+
+
+def official_index(logits):
+    """The official rule on (B, N, H, W) logits: (depth normalised (B, 1, H, W), index (B, H, W)).
+
+    E is min-max normalised over each whole image, scaled by N - 1 and rounded.
+    """
+    N = logits.shape[1]
+    e = expectation(logits, dim=1)[:, None]
+    lo = e.amin(dim=(2, 3), keepdim=True)
+    hi = e.amax(dim=(2, 3), keepdim=True)
+    dm = (e - lo) / (hi - lo)
+    return dm, torch.round(dm * (N - 1))[:, 0].to(torch.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# weights
+# --------------------------------------------------------------------------------------------
+def clean_state_dict(sd: dict) -> dict:
+    """Strip the DataParallel ``module.`` prefix."""
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
+def load_model(path: str | Path, *, device="cpu") -> StackMFFV2:
+    """A StackMFFV2 in eval mode with the weights in ``path`` (loaded strictly, weights only).
+
+    ``path`` must already be trusted (hash-checked): see :mod:`napari_edof.nn.weights`.
+    """
+    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    model = StackMFFV2()
+    model.load_state_dict(clean_state_dict(sd), strict=True)
+    return model.eval().to(device)

@@ -1,0 +1,103 @@
+"""StackMFF-V2 network: state-dict compatibility and stage-by-stage reference reproduction."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_edof.nn import stackmff_v2 as sm  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def official_path():
+    from tests.conftest import SHARED
+
+    p = SHARED / "weights" / "stackmff_v2_official.pth"
+    if not p.is_file():
+        pytest.skip(f"official StackMFF-V2 weights not found at {p} (the shared/ folder beside the repo)")
+    return p
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from tests.conftest import SHARED
+
+    p = SHARED / "reference" / "stackmff_v2_reference.npz"
+    if not p.is_file():
+        pytest.skip(f"StackMFF-V2 reference outputs not found at {p}")
+    return dict(np.load(p))
+
+
+@pytest.fixture(scope="module")
+def model(official_path):
+    return sm.load_model(official_path)
+
+
+def test_parameter_count_and_keys():
+    m = sm.StackMFFV2()
+    assert sum(p.numel() for p in m.parameters()) == 51524
+    keys = set(m.state_dict())
+    assert "layer_interaction.layer_interaction_depth.forward_cell_list.0.conv_gates.weight" in keys
+    assert "feature_extraction.scab.catt.get_all_att.weight" in keys
+
+
+def test_state_dict_loads_strictly(official_path):
+    sd = torch.load(official_path, map_location="cpu", weights_only=True)
+    assert all(k.startswith("module.") for k in sd)
+    m = sm.StackMFFV2()
+    res = m.load_state_dict(sm.clean_state_dict(sd), strict=True)
+    assert not res.missing_keys and not res.unexpected_keys
+
+
+@pytest.fixture(scope="module")
+def stages(model, reference):
+    x = torch.from_numpy(reference["stack"])[None]
+    with torch.no_grad():
+        return model.stages(x)
+
+
+def test_intra_layer_probs(stages, reference):
+    np.testing.assert_allclose(stages["intra_layer_probs"].numpy(), reference["intra_layer_probs"], atol=1e-5, rtol=0)
+
+
+def test_inter_layer_logits(stages, reference):
+    np.testing.assert_allclose(stages["inter_layer_logits"].numpy(), reference["inter_layer_logits"], atol=2e-5, rtol=0)
+
+
+def test_official_rule_depth_index_fused(stages, reference):
+    dm, idx = sm.official_index(stages["inter_layer_logits"])
+    np.testing.assert_allclose(dm.numpy(), reference["depth_map_normalized"], atol=2e-5, rtol=0)
+    np.testing.assert_array_equal(idx.numpy(), reference["index"])
+    stack = torch.from_numpy(reference["stack"])[None]
+    fused = torch.gather(stack, 1, idx[:, None])
+    np.testing.assert_array_equal(fused.numpy(), reference["fused"])
+
+
+def test_inference_path_in_strips_matches(model, reference):
+    x = torch.from_numpy(reference["stack"])
+    whole = model.infer_logits(x, strip_budget=1 << 40)
+    strips = model.infer_logits(x, strip_budget=1)  # 32-row strips with the exact halo
+    np.testing.assert_allclose(whole.numpy(), reference["inter_layer_logits"], atol=2e-5, rtol=0)
+    np.testing.assert_allclose(strips.numpy(), whole.numpy(), atol=2e-5, rtol=0)
+
+
+def test_forward_is_differentiable_and_pads():
+    torch.manual_seed(0)
+    m = sm.StackMFFV2()
+    x = torch.rand(2, 3, 40, 36, requires_grad=True)
+    y = m(x)
+    assert y.shape == (2, 3, 40, 36)
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_forward_equals_inference_path():
+    torch.manual_seed(1)
+    m = sm.StackMFFV2().eval()
+    x = torch.rand(1, 5, 64, 96)
+    with torch.no_grad():
+        a = m(x)
+    b = m.infer_logits(x, strip_budget=1, plane_chunk=2)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=0)
