@@ -65,6 +65,15 @@ def _to_dtype(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return a.astype(dtype)
 
 
+def _cast_tile(key: str, v: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """A tile's output converted for direct writing into the result (no-overlap path)."""
+    if key == "fused":
+        return _to_dtype(v, dst.dtype)
+    if key == "confidence":
+        return np.clip(v, 0, 1)
+    return v
+
+
 def _check_finite(guide: np.ndarray, stack: Stack, t: int) -> None:
     if not np.isfinite(guide).all():
         where = f" (time point {t})" if stack.n_times > 1 else ""
@@ -166,7 +175,9 @@ def fuse_iter(
                 yield Progress(done, total, "pass 1", t_index)
             stats = impl.reduce(canvas.result())
 
-        canvas = Canvas((Y, X), {"fused": ((C,), acc), "index": ((), np.float32), "confidence": ((), np.float32)}, ov_r)
+        outs = {"fused": fused[t_index], "index": index[t_index], "confidence": conf[t_index]}
+        canvas = Canvas((Y, X), {"fused": ((C,), acc), "index": ((), np.float32), "confidence": ((), np.float32)},
+                        ov_r, out=outs, cast=_cast_tile)
 
         def job(t_):
             planes, gd = window(frame, t_)
@@ -179,9 +190,11 @@ def fuse_iter(
             done += 1
             yield Progress(done, total, "fuse", t_index)
         res = canvas.result()
-        fused[t_index] = _to_dtype(res["fused"], dtype)
-        index[t_index] = res["index"]
-        np.clip(res["confidence"], 0, 1, out=conf[t_index])
+        if res["fused"] is not outs["fused"]:  # blended overlaps: convert the accumulators once
+            fused[t_index] = _to_dtype(res["fused"], dtype)
+            index[t_index] = res["index"]
+            np.clip(res["confidence"], 0, 1, out=conf[t_index])
+        del res, canvas
         del frame
 
     seconds = time.perf_counter() - t_start

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Callable
+
 import numpy as np
 
 
@@ -110,10 +112,18 @@ def feather(h: int, w: int, overlap: int) -> np.ndarray:
 class Canvas:
     """Accumulates tiles' outputs into whole-image arrays, blending overlaps."""
 
-    def __init__(self, shape_yx, specs: dict[str, tuple[tuple[int, ...], np.dtype]], overlap: int):
+    def __init__(self, shape_yx, specs: dict[str, tuple[tuple[int, ...], np.dtype]], overlap: int,
+                 out: dict[str, np.ndarray] | None = None, cast: Callable | None = None):
+        """``out``: arrays to write into directly when there is no overlap (no accumulator copy),
+        each tile's value passed through ``cast(key, value, dst)`` first when given."""
         self.Y, self.X = shape_yx
         self.overlap = overlap
-        self.arrays = {k: np.zeros((self.Y, self.X) + tuple(extra), dtype=dt) for k, (extra, dt) in specs.items()}
+        self.cast = cast
+        if overlap == 0 and out is not None:
+            self.arrays = dict(out)
+        else:
+            self.arrays = {k: np.zeros((self.Y, self.X) + tuple(extra), dtype=dt)
+                           for k, (extra, dt) in specs.items()}
         self.weight = np.zeros((self.Y, self.X), np.float32) if overlap > 0 else None
 
     def add(self, tile: Tile, outputs: dict[str, np.ndarray]) -> None:
@@ -124,7 +134,8 @@ class Canvas:
         dst = (slice(cy0, cy1), slice(cx0, cx1))
         if self.weight is None:
             for k, a in self.arrays.items():
-                a[dst] = outputs[k][sl]
+                v = outputs[k][sl]
+                a[dst] = self.cast(k, v, a) if self.cast is not None else v
             return
         w = feather(oy1 - oy0, ox1 - ox0, self.overlap)[sl]
         self.weight[dst] += w
