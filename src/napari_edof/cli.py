@@ -1,4 +1,4 @@
-"""The command-line tool: ``napari-edof fuse | methods | sample``.
+"""The command-line tool: ``napari-edof fuse | methods | train``.
 
 Exit codes: 0 done, 1 unexpected failure, 2 bad usage or bad input, 3 the output could not be
 written, 130 interrupted (Ctrl-C; no partial output files are left behind).
@@ -56,7 +56,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("methods", help="list the fusion methods")
     m.add_argument("-v", "--verbose", action="store_true", help="show each method's parameters")
+
+    t = sub.add_parser("train", help="train a network on synthetic focus stacks (needs torch)")
+    t.add_argument("model", help="what to train: stackmff-v2")
+    t.add_argument("--steps", type=int, required=True, help="total optimisation steps")
+    t.add_argument("--out", required=True, help="folder for checkpoints, log and final weights.pt")
+    t.add_argument("--seed", type=int, default=0, help="seed of the data and the initialisation")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists")
+    t.add_argument("--batch-size", type=int, default=2)
+    t.add_argument("--crop", type=int, default=128, help="training crop side in pixels")
+    t.add_argument("--n-min", type=int, default=4, help="fewest planes per stack")
+    t.add_argument("--n-max", type=int, default=12, help="most planes per stack")
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
+    t.add_argument("--ckpt-every", type=int, default=50, help="checkpoint every K steps")
+    t.add_argument("--init", default=None, help="starting weights file (fine-tuning); default: from scratch")
+    t.add_argument("--ce-weight", type=float, default=0.1,
+                   help="weight of the per-pixel cross-entropy added to the paper's loss (0: paper's loss only)")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     return p
+
+
+def cmd_train(args) -> int:
+    try:
+        from .training.train import RECIPES
+    except ImportError as e:  # torch missing
+        print(f"napari-edof: error: training needs torch ({e})", file=sys.stderr)
+        return EXIT_INPUT
+    if args.model not in RECIPES:
+        print(f"napari-edof: error: cannot train {args.model!r}; one of {', '.join(RECIPES)}", file=sys.stderr)
+        return EXIT_INPUT
+    if args.init and not Path(args.init).is_file():
+        print(f"napari-edof: error: --init {args.init} is not a file", file=sys.stderr)
+        return EXIT_INPUT
+    try:
+        s = RECIPES[args.model](steps=args.steps, out=args.out, seed=args.seed, resume=args.resume,
+                                batch_size=args.batch_size, crop=args.crop, n_min=args.n_min, n_max=args.n_max,
+                                lr=args.lr, warmup=args.warmup, ckpt_every=args.ckpt_every, init=args.init,
+                                ce_weight=args.ce_weight, threads=args.threads, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"napari-edof: interrupted; resume with --resume (checkpoint in {args.out})", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as e:
+        print(f"napari-edof: error: {e}", file=sys.stderr)
+        return EXIT_OUTPUT
+    if not args.quiet:
+        print(f"napari-edof: trained {args.model} to step {s['step']}/{s['steps']} in {s['seconds']:.1f} s; "
+              f"weights: {s['weights']}")
+    return EXIT_OK
 
 
 def _progress_bar(quiet: bool, desc: str):
@@ -194,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_fuse(args)
     if args.command == "methods":
         return cmd_methods(args)
+    if args.command == "train":
+        return cmd_train(args)
     return EXIT_FAIL
 
 

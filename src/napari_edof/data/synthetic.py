@@ -105,11 +105,14 @@ def _depth(shape, rng):
     return d.astype(np.float32)
 
 
-def layered_defocus(image: np.ndarray, depth: np.ndarray, n_planes: int, *, sigma_step: float = 1.0):
+def layered_defocus(image: np.ndarray, depth: np.ndarray, n_planes: int, *, sigma_step: float = 1.0,
+                    sigmas=None, mode: str = "reflect"):
     """Seed paper 002's layered defocus: (Y, X[, C]) float image + depth in [0, 1] -> stack.
 
     Returns (stack (Z, Y, X[, C]) float32, index (Y, X) int) with plane k showing depth bin i
-    blurred by a Gaussian of sigma ``sigma_step * |i - k|``.
+    blurred by a Gaussian of sigma ``sigma_step * |i - k|``, or of ``sigmas[|i - k|]`` when a
+    non-decreasing sequence of ``n_planes`` blur levels is given (``sigmas[0]`` must be 0, so that
+    every pixel is exact in its own plane; see ``napari_edof.training.synth`` for schedules).
     """
     if image.ndim == 2:
         image = image[..., None]
@@ -119,11 +122,21 @@ def layered_defocus(image: np.ndarray, depth: np.ndarray, n_planes: int, *, sigm
     edges = np.linspace(0, 1, n_planes + 1)
     index = np.clip(np.digitize(depth, edges[1:-1]), 0, n_planes - 1)
     # blur levels incrementally: a Gaussian of sigma_j is one of sigma_{j-1} and sqrt(s_j^2 - s_{j-1}^2)
+    if sigmas is not None:
+        sigmas = np.asarray(sigmas, np.float64)
+        if sigmas.shape != (n_planes,) or sigmas[0] != 0 or np.any(np.diff(sigmas) < 0):
+            raise ValueError("sigmas must be n_planes non-decreasing blur levels starting at 0")
     blurred = np.empty((n_planes,) + image.shape, np.float32)
     blurred[0] = image
     for j in range(1, n_planes):
-        ds = sigma_step * np.sqrt(j * j - (j - 1) ** 2)
-        blurred[j] = ndi.gaussian_filter(blurred[j - 1], (ds, ds, 0), mode="reflect")
+        if sigmas is None:
+            ds = sigma_step * np.sqrt(j * j - (j - 1) ** 2)
+        else:
+            ds = float(np.sqrt(max(sigmas[j] ** 2 - sigmas[j - 1] ** 2, 0.0)))
+        if ds == 0:
+            blurred[j] = blurred[j - 1]
+            continue
+        blurred[j] = ndi.gaussian_filter(blurred[j - 1], (ds, ds, 0), mode=mode)
     stack = np.empty((n_planes,) + image.shape, np.float32)
     for k in range(n_planes):
         dist = np.abs(index - k)[None, ..., None]
