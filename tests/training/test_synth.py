@@ -157,3 +157,15 @@ def test_pair_dataset():
     m = grey["mask"] > 0
     np.testing.assert_array_equal(grey["near"][m], grey["aif"][m])
     np.testing.assert_array_equal(grey["far"][~m], grey["aif"][~m])
+
+
+def test_dataset_ground_truth_is_consistent():
+    """Crops, flips and far-to-near reversal keep stack, index, depth and aif together."""
+    cfg = synth.SynthConfig(models={"layered": 1}, flicker=0, noise_p=0)
+    ds = StackDataset(seed=2, crop=(40, 40), n_range=(4, 7), synth=cfg)
+    for i in range(8):
+        it = ds[i]
+        np.testing.assert_array_equal(np.take_along_axis(it["stack"], it["index"][None], 0)[0], it["aif"])
+        # the index runs with the depth (either stack order): monotone, within its bin
+        lo, hi = it["index"] / it["n"], (it["index"] + 1) / it["n"]
+        assert ((it["depth"] >= lo - 1e-6) & (it["depth"] <= hi + 1e-6)).all()

@@ -6,7 +6,8 @@ reads batch ``t`` as items ``t * B .. t * B + B - 1`` resumes exactly.
 
 - :class:`StackDataset`: ``ds[i]`` -> dict with ``stack`` (N, H, W) float32 in [0, 1] (or
   (N, H, W, 3) with ``rgb=True``), ``aif`` (H, W[, 3]) the clean all-in-focus image, ``index``
-  (H, W) int64 ground-truth plane, ``depth`` (H, W) float32 normalised depth in [0, 1], ``n``,
+  (H, W) int64 ground-truth plane, ``depth`` (H, W) float32 normalised depth in [0, 1] (it runs
+  with the plane index: stacks randomly reversed far-to-near get ``1 - depth``), ``n``,
   ``scene`` and ``info``. ``N`` is drawn per item from ``n_range``, or per batch by
   :meth:`StackDataset.batch` (networks batch stacks of equal N).
 - :class:`PairDataset`: near/far pairs of the same scene and depth with the decision mask
@@ -45,6 +46,7 @@ class StackDataset:
     scenes: dict = field(default_factory=lambda: dict(DEFAULT_SCENES))
     rgb: bool = False
     augment: bool = True                     # random flips / transposes of the scene
+    reverse_p: float = 0.5                   # with augment: planes far-to-near this often
     margin: int = 8                          # rendered around the crop, so blur sees real borders
     synth: SynthConfig = field(default_factory=SynthConfig)
 
@@ -82,6 +84,8 @@ class StackDataset:
                 img, depth = img.transpose(1, 0, 2), depth.T
             img, depth = np.ascontiguousarray(img), np.ascontiguousarray(depth)
         s = synthesize(img, depth, n, rng, self.synth, rgb=self.rgb)
+        if self.augment and rng.random() < self.reverse_p:  # the stack ordered far to near
+            s.stack, s.index, s.depth = s.stack[::-1], n - 1 - s.index, 1 - s.depth
         sl = (slice(m, m + H), slice(m, m + W))
         return {
             "stack": np.ascontiguousarray(s.stack[(slice(None),) + sl]),

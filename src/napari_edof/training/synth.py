@@ -143,8 +143,8 @@ class SynthConfig:
     colour_p: float = 0.5
     flicker: float = 0.02                # per-plane gain in 1 +- flicker (0: none)
     noise_p: float = 0.8
-    peak: tuple = (20.0, 3000.0)         # photons at 1.0, log-uniform
-    read: tuple = (0.0, 0.02)
+    peak: tuple = (60.0, 6000.0)         # photons at 1.0, log-uniform
+    read: tuple = (0.0, 0.01)
 
 
 @dataclass
