@@ -9,8 +9,10 @@ The validation set is :func:`napari_edof.training.datasets.validation_set` with 
 defocus models (layered and thin-lens), exposure/colour jitter and Poisson-Gaussian noise, grey
 float32 stacks in [0, 1] fed to the network as they are.
 
-For each model and decision rule (``argmax``: per-pixel argmax of the logits, local;
-``official``: expectation + global min-max + round, as the authors' code), and for the classical
+For each model, decision rule (``argmax``: per-pixel argmax of the logits, local;
+``official``: expectation + global min-max + round, as the authors' code) and input scaling
+(``range``: the method's default robust min/max stretch; ``dtype``: the float stack as given,
+the authors' convention), whole image (no tiling), and for the classical
 ``focus-select`` through ``napari_edof.api.fuse``, it prints: index accuracy (the exact true
 plane), accuracy within one plane, and the PSNR of the fused image (the stack gathered at the
 chosen index) against the clean all-in-focus image (data range 1), all averaged over stacks;
@@ -49,13 +51,17 @@ def score(item: dict, index: np.ndarray) -> dict:
             "psnr": psnr(gather(item["stack"], index), item["aif"])}
 
 
-def net_rules(model, stack: np.ndarray) -> dict:
+def net_rules(model, stack: np.ndarray, normalise: str = "range") -> dict:
     import torch
 
     from napari_edof.nn.stackmff_v2 import official_index
 
+    if normalise == "range":  # the method's default input scaling
+        from napari_edof.methods.stackmff_v2 import normalise_guide
+
+        stack = normalise_guide(stack, stack.dtype, "range")
     with torch.inference_mode():
-        logits = model(torch.from_numpy(stack)[None])
+        logits = model(torch.from_numpy(np.ascontiguousarray(stack, np.float32))[None])
         _, off = official_index(logits)
     return {"argmax": logits[0].argmax(0).numpy(), "official": off[0].numpy()}
 
@@ -80,6 +86,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ours", default=str(DEFAULT_OURS))
     ap.add_argument("--official", default=str(DEFAULT_OFFICIAL))
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=PATH", help="more weights to compare")
+    ap.add_argument("--normalise", nargs="+", default=["range", "dtype"], choices=["range", "dtype"],
+                    help="network input scaling: the method's default robust 'range' stretch and/or "
+                         "'dtype' (float stacks as given)")
     ap.add_argument("--json", default=None, help="also write the per-stack figures here")
     args = ap.parse_args(argv)
 
@@ -109,8 +118,9 @@ def main(argv=None) -> int:
         model = load(path)
         t = time.perf_counter()
         for it in val:
-            for rule, idx in net_rules(model, it["stack"]).items():
-                rows.setdefault(f"StackMFF-V2 {name} / {rule}", []).append(score(it, idx))
+            for norm in args.normalise:
+                for rule, idx in net_rules(model, it["stack"], norm).items():
+                    rows.setdefault(f"StackMFF-V2 {name} / {rule} / {norm}", []).append(score(it, idx))
         secs[name] = time.perf_counter() - t
     t = time.perf_counter()
     for it in val:

@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init", default=None, help="starting weights file (fine-tuning); default: from scratch")
     t.add_argument("--ce-weight", type=float, default=0.1,
                    help="weight of the per-pixel cross-entropy added to the paper's loss (0: paper's loss only)")
+    t.add_argument("--range-p", type=float, default=0.5,
+                   help="fraction of stacks contrast-stretched like the method's normalise=range")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     return p
@@ -94,7 +96,8 @@ def cmd_train(args) -> int:
         s = RECIPES[args.model](steps=args.steps, out=args.out, seed=args.seed, resume=args.resume,
                                 batch_size=args.batch_size, crop=args.crop, n_min=args.n_min, n_max=args.n_max,
                                 lr=args.lr, warmup=args.warmup, ckpt_every=args.ckpt_every, init=args.init,
-                                ce_weight=args.ce_weight, threads=args.threads, progress=not args.quiet)
+                                ce_weight=args.ce_weight, range_p=args.range_p, threads=args.threads,
+                                progress=not args.quiet)
     except KeyboardInterrupt:
         print(f"napari-edof: interrupted; resume with --resume (checkpoint in {args.out})", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -170,6 +170,15 @@ def train_loop(model: torch.nn.Module, make_batch: Callable[[int], object],
 
 
 # ------------------------------------------------------------------------------- recipes
+def stretch(stack: np.ndarray, q: float = 0.0005) -> np.ndarray:
+    """Robust min/max contrast stretch of a (N, H, W) stack to [0, 1] (quantiles q, 1 - q), as the
+    StackMFF-V2 method's ``normalise="range"`` input scaling."""
+    lo, hi = np.quantile(stack, (q, 1 - q))
+    if not hi > lo:
+        return stack
+    return np.clip((stack - np.float32(lo)) * np.float32(1 / (hi - lo)), 0, 1).astype(np.float32)
+
+
 def load_init(model: torch.nn.Module, init: str | Path) -> None:
     """Load starting weights (a plain state dict or {"state_dict": ...}; ``module.`` stripped)."""
     sd = torch.load(str(init), map_location="cpu", weights_only=True)
@@ -182,12 +191,14 @@ def load_init(model: torch.nn.Module, init: str | Path) -> None:
 def train_stackmff_v2(*, steps: int, out: str | Path, seed: int = 0, resume: bool = False,
                       batch_size: int = 2, crop: int = 128, n_min: int = 4, n_max: int = 12,
                       lr: float = 1e-4, warmup: int = 0, ckpt_every: int = 50, init: str | None = None,
-                      ce_weight: float = 0.1, threads: int | None = None, scenes: dict | None = None,
-                      progress: bool = True, stop_after: int | None = None) -> dict:
+                      ce_weight: float = 0.1, range_p: float = 0.5, threads: int | None = None,
+                      scenes: dict | None = None, progress: bool = True, stop_after: int | None = None) -> dict:
     """Train (or fine-tune, with ``init`` = a weights file) StackMFF-V2 on synthetic stacks.
 
     Loss: the paper's MSE between min-max normalised expected index and normalised depth, plus
     ``ce_weight`` x per-pixel cross-entropy on the true plane (0 for the paper's loss alone).
+    A fraction ``range_p`` of the stacks is contrast-stretched as the fusion method's default
+    ``normalise="range"`` does at run time (:func:`stretch`); the rest is fed as synthesised.
     """
     from ..nn.stackmff_v2 import StackMFFV2
     from .datasets import DEFAULT_SCENES, StackDataset
@@ -196,7 +207,7 @@ def train_stackmff_v2(*, steps: int, out: str | Path, seed: int = 0, resume: boo
     if threads:
         torch.set_num_threads(int(threads))
     config = {"recipe": "stackmff-v2", "steps": steps, "seed": seed, "batch_size": batch_size, "crop": crop,
-              "n_range": [n_min, n_max], "lr": lr, "warmup": warmup, "ce_weight": ce_weight,
+              "n_range": [n_min, n_max], "lr": lr, "warmup": warmup, "ce_weight": ce_weight, "range_p": range_p,
               "init": str(init) if init else None, "scenes": scenes or dict(DEFAULT_SCENES)}
     seed_everything(seed)
     model = StackMFFV2()
@@ -206,7 +217,12 @@ def train_stackmff_v2(*, steps: int, out: str | Path, seed: int = 0, resume: boo
 
     def make_batch(step: int):
         b = ds.batch(step, batch_size)
-        return (torch.from_numpy(b["stack"]), torch.from_numpy(b["depth"]), torch.from_numpy(b["index"]))
+        x = b["stack"]
+        rng = np.random.default_rng([int(seed), 7, int(step)])
+        for i in range(len(x)):
+            if rng.random() < range_p:
+                x[i] = stretch(x[i])
+        return (torch.from_numpy(x), torch.from_numpy(b["depth"]), torch.from_numpy(b["index"]))
 
     def loss_fn(m, batch):
         x, depth, index = batch
