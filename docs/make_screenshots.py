@@ -161,13 +161,13 @@ def main(argv=None) -> int:
         # results in a 2x2 grid: fused | focus index / decision | confidence
         if want("results-grid"):
             only(viewer, [L["fused"], L["index"], L["decision"], L["confidence"]])
-            viewer.grid.enabled = True
-            viewer.grid.shape = (2, 2)
+            viewer.canvas.grid.enabled = True
+            viewer.canvas.grid.shape = (2, 2)
             viewer.reset_view()
             settle(viewer)
             save(viewer.screenshot(canvas_only=True, flash=False), out / "results-grid.png", 480, 96, crop=True)
-            viewer.grid.enabled = False
-            viewer.grid.shape = (-1, -1)
+            viewer.canvas.grid.enabled = False
+            viewer.canvas.grid.shape = (-1, -1)
 
         # ---------------------------------------------------------------- the inspector
         if fw is not None:

@@ -181,6 +181,20 @@ def write_tiff(path: str, data, attributes: dict) -> list[str]:
     rgb = bool(attributes.get("rgb", False))
     ndim = len(np.shape(data))
     meta = dict((attributes.get("metadata") or {}).get("napari_edof") or {})
+    la = meta.get("layer_axes")
+    if (meta.get("role") in ("fused", "index", "decision", "confidence") and isinstance(la, str)
+            and "Z" in la and len(la) == ndim and np.shape(data)[la.index("Z")] == 1):
+        # a time-lapse result keeps a single-plane Z axis for alignment in napari: not in the file
+        zi = la.index("Z")
+        data = np.take(np.asarray(data), 0, axis=zi)
+        scale = attributes.get("scale")
+        if scale is not None and len(scale) > zi:
+            attributes = {**attributes, "scale": [v for i, v in enumerate(scale) if i != zi]}
+        units = attributes.get("units")
+        if units is not None and len(units) > zi:
+            attributes = {**attributes, "units": [v for i, v in enumerate(units) if i != zi]}
+        meta["layer_axes"] = la.replace("Z", "")
+        ndim -= 1
     axes = None
     for key in ("layer_axes", "axes"):
         cand = meta.get(key)

@@ -304,11 +304,25 @@ def test_timelapse_input(viewer, qtbot, errors):
     assert errors == []
     assert sorted(set(frames)) == [0, 1]
     layers = find_result_layers(viewer, "movie")
-    assert layers["fused"].data.shape == (2, 40, 40)
-    assert layers["decision"].data.shape == (2, 40, 40)
-    np.testing.assert_allclose(layers["index"].scale, (1, 0.5, 0.5))
+    # outputs keep a single-plane Z stretched over the 4 planes, so T stays on the T slider
+    assert layers["fused"].data.shape == (2, 1, 40, 40)
+    assert layers["decision"].data.shape == (2, 1, 40, 40)
+    assert layers["index"].metadata["napari_edof"]["layer_axes"] == "TZYX"
+    np.testing.assert_allclose(layers["index"].scale, (1, 12.0, 0.5, 0.5))
+    np.testing.assert_allclose(layers["index"].translate, (0, 4.5, 0, 0))
     assert layers["index"].metadata["napari_edof"]["z_step"] == 3.0
-    np.testing.assert_array_equal(layers["fused"].data[1], np.asarray(res.fused)[1])
+    np.testing.assert_array_equal(layers["fused"].data[1, 0], np.asarray(res.fused)[1])
+    assert viewer.dims.ndim == 4 and viewer.dims.range[1].stop == 9.0  # the input's z range is kept
+    # every z position shows the fused frame of the current time point
+    for role in ROLES:
+        layers[role].visible = True  # napari slices visible layers only
+    for z in range(4):
+        viewer.dims.current_step = (1, z, 0, 0)
+        for role in ROLES:
+            ly = layers[role]
+            shown = np.asarray(ly._slice.image.raw)
+            assert shown.shape == (40, 40), (role, z)
+            np.testing.assert_array_equal(shown, np.asarray(ly.data)[1, 0])
 
 
 def test_channel_axis_input(viewer, qtbot, errors):
@@ -323,7 +337,7 @@ def test_channel_axis_input(viewer, qtbot, errors):
     assert errors == []
     assert res.provenance["guide"] == 0
     layers = find_result_layers(viewer, "cells")
-    assert layers["fused"].data.shape == (2, 64, 64)  # one layer, channel axis kept first
+    assert layers["fused"].data.shape == (2, 1, 64, 64)  # one layer, channel axis kept first (and Z as one plane)
     assert layers["index"].data.shape == (64, 64)
     # one index shared by both channels: channel 1 is channel 0 halved
     f = layers["fused"].data.astype(np.int64)
@@ -364,7 +378,7 @@ def test_reader_metadata_sets_default_axes(viewer, qtbot, tmp_path, errors):
     res = w.run(sync=True)
     assert errors == []
     assert res.z_step == 3.0 and res.pixel_size == (0.5, 0.5)
-    assert find_result_layers(viewer, src.name)["fused"].data.shape == (2, 32, 32)
+    assert find_result_layers(viewer, src.name)["fused"].data.shape == (2, 1, 32, 32)
 
 
 def test_layer_list_follows_viewer(viewer, qtbot):
@@ -379,3 +393,53 @@ def test_layer_list_follows_viewer(viewer, qtbot):
     assert [w.layer_combo.itemText(i) for i in range(w.layer_combo.count())] == ["renamed"]
     viewer.layers.remove(src)
     assert all(w.layer_combo.itemData(i) is not src for i in range(w.layer_combo.count()))
+
+
+def test_painting_the_decision_retouches_after_a_run(viewer, qtbot, errors):
+    """The widget connects retouching: painting label = plane + 1 re-renders the fused image."""
+    a = api.sample_stack(n_planes=4, shape=(40, 40), seed=5).stack.data
+    b = api.sample_stack(n_planes=4, shape=(40, 40), seed=6).stack.data
+    movie = np.stack([a, b])
+    src = viewer.add_image(movie, name="movie")
+    w = _widget(viewer, qtbot, src)
+    assert w.retouch_check.isChecked()
+    w.run(sync=True)
+    layers = find_result_layers(viewer, "movie")
+    dec, fused, index = layers["decision"], layers["fused"], layers["index"]
+    dec.visible = True  # napari paints the displayed slice only
+    before = np.array(fused.data)
+    changed = np.asarray(dec.data)[1, 0, 10:20, 10:20] != 3
+    assert changed.sum() > 20
+    ts, ys, xs = np.mgrid[1:2, 10:20, 10:20]
+    dec.data_setitem((ts.ravel(), np.zeros(ts.size, int), ys.ravel(), xs.ravel()), 3)  # plane 2, frame 1
+    assert errors == []
+    np.testing.assert_array_equal(fused.data[1, 0, 10:20, 10:20][changed], movie[1, 2, 10:20, 10:20][changed])
+    np.testing.assert_array_equal(index.data[1, 0, 10:20, 10:20][changed], 2.0)
+    np.testing.assert_array_equal(fused.data[0], before[0])  # the other frame is untouched
+    dec.undo()
+    np.testing.assert_array_equal(fused.data, before)
+    # switched off: painting changes only the labels
+    w.retouch_check.setChecked(False)
+    w.run(sync=True)
+    from napari_edof._qt.retouch import disconnect_retouch
+
+    disconnect_retouch(dec)
+    snap = np.array(fused.data)
+    dec.data_setitem((ts.ravel(), np.zeros(ts.size, int), ys.ravel(), xs.ravel()), 1)
+    np.testing.assert_array_equal(fused.data, snap)
+
+
+def test_timelapse_result_saves_without_the_alignment_axis(viewer, qtbot, errors, tmp_path):
+    import tifffile
+
+    movie = np.stack([api.sample_stack(n_planes=3, shape=(32, 32), seed=s).stack.data for s in (1, 2)])
+    src = viewer.add_image(movie, name="movie", scale=(1, 2.0, 0.5, 0.5))
+    w = _widget(viewer, qtbot, src)
+    res = w.run(sync=True)
+    layers = find_result_layers(viewer, "movie")
+    viewer.layers.selection = {layers["fused"]}
+    out = viewer.layers.save(str(tmp_path / "fused.tif"), selected=True, plugin="napari-edof")
+    assert out == [str(tmp_path / "fused.tif")]
+    back = tifffile.imread(tmp_path / "fused.tif")
+    assert back.shape == (2, 32, 32)
+    np.testing.assert_array_equal(back, res.fused)

@@ -134,11 +134,11 @@ def test_mask_overlay_follows_the_plane(setup):
 def test_side_by_side_grid(setup):
     viewer, w, src, layers, res = setup
     w.grid_btn.setChecked(True)
-    assert viewer.grid.enabled
+    assert viewer.canvas.grid.enabled
     visible = {ly.name for ly in viewer.layers if ly.visible}
     assert visible == {"stack", "stack fused"}
     w.grid_btn.setChecked(False)
-    assert not viewer.grid.enabled
+    assert not viewer.canvas.grid.enabled
     assert all(ly.visible for ly in viewer.layers)  # visibility restored
 
 

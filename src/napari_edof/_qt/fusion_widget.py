@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 from napari_edof import api
 
 from .layers import add_or_update_result_layers, guess_axes, is_result_layer
+from .retouch import connect_retouch
 
 _INT_LIMIT = 2**31 - 1
 _UNIT_NAMES = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
@@ -272,12 +273,18 @@ class FusionWidget(QWidget):
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 16384)
         self.tile_spin.setSingleStep(64)
-        self.tile_spin.setValue(512)
-        self.tile_spin.setSpecialValueText("whole image")
+        self.tile_spin.setValue(0)
+        self.tile_spin.setSpecialValueText("auto")
         self.tile_spin.setSuffix(" px")
-        self.tile_spin.setToolTip("Tile side in pixels (0: the whole image at once); at least 16")
+        self.tile_spin.setToolTip("Tile side in pixels, at least 16 (auto: the method's own default; "
+                                  "a size at least the image's: the whole image at once)")
+        self.retouch_check = QCheckBox("painting the decision layer re-renders the fused image")
+        self.retouch_check.setChecked(True)
+        self.retouch_check.setToolTip("Retouch: paint label = plane + 1 on the decision layer with napari's "
+                                      "label tools; the fused image and focus map follow (napari's undo works)")
         form.addRow("device", self.device_combo)
         form.addRow("tile size", self.tile_spin)
+        form.addRow("retouch", self.retouch_check)
         lay.addWidget(box)
 
         row = QHBoxLayout()
@@ -503,7 +510,7 @@ class FusionWidget(QWidget):
         pixel_size, z_step, unit = self._physical(layer, axes, z)
         stack = api.as_stack(data, axes=axes, rgb=bool(layer.rgb), name=layer.name,
                              pixel_size=pixel_size, z_step=z_step, unit=unit)
-        tile = int(self.tile_spin.value()) or None
+        tile = int(self.tile_spin.value()) or "auto"
         device = self.device_combo.currentData() if self.device_combo.isEnabled() else "auto"
         kwargs = dict(method=self.method_combo.currentData(), params=self.params(), tile=tile,
                       device=device, guide=self._guide())
@@ -659,6 +666,8 @@ class FusionWidget(QWidget):
     def _on_result(self, job: FusionJob, result):
         layers = add_or_update_result_layers(self.viewer, job.layer, result, z_axis=job.z_axis, axes=job.axes)
         self.last_result, self.last_layers = result, layers
+        if self.retouch_check.isChecked():
+            connect_retouch(self.viewer, layers["decision"])
         self.status.setText(result.summary())
         self.fusion_done.emit({"result": result, "layers": layers, "source": job.layer})
         return result

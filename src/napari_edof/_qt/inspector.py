@@ -351,7 +351,7 @@ class FocusInspector(QWidget):
                     viewer.layers.events.moved]
         for em in emitters:
             em.connect(on_layers)
-        viewer.grid.events.enabled.connect(on_grid)
+        _grid(viewer).events.enabled.connect(on_grid)
         self._callbacks = (on_drag, on_move)
 
         def cleanup(*_):
@@ -360,7 +360,7 @@ class FocusInspector(QWidget):
                     lst.remove(cb)
             for em in emitters:
                 em.disconnect(on_layers)
-            viewer.grid.events.enabled.disconnect(on_grid)
+            _grid(viewer).events.enabled.disconnect(on_grid)
 
         self._cleanup = cleanup
         self.destroyed.connect(cleanup)
@@ -666,7 +666,8 @@ class FocusInspector(QWidget):
                 self.viewer.layers.remove(ly)
             return
         k = int(self.plane_spin.value())
-        mask = (np.asarray(layer_array(layer)) == k + 1).astype(np.uint8)
+        # the decision layer's own data and geometry (with a time-lapse's alignment Z axis, if any)
+        mask = (np.asarray(layer.data) == k + 1).astype(np.uint8)
         name = f"{meta['source']} mask plane {k}"
         if existing:
             ml = existing[0]
@@ -681,7 +682,7 @@ class FocusInspector(QWidget):
             contrast_limits=(0, 1), scale=layer.scale, translate=layer.translate,
             **({"units": layer.units} if getattr(layer, "units", None) is not None else {}),
             metadata={"napari_edof": {"role": "mask", "source": meta["source"], "plane": k,
-                                      "n_planes": meta["n_planes"]}},
+                                      "n_planes": meta["n_planes"], "layer_axes": meta.get("layer_axes")}},
         )
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
@@ -740,12 +741,12 @@ class FocusInspector(QWidget):
         self.exit_mode()
         self._hide_all_but([src, fused])
         self._mode = "grid"
-        self.viewer.grid.enabled = True
+        _grid(self.viewer).enabled = True
         self._set_checked(self.grid_btn, True)
         return True
 
     def _on_grid_changed_outside(self) -> None:
-        if self._mode == "grid" and not self.viewer.grid.enabled:
+        if self._mode == "grid" and not _grid(self.viewer).enabled:
             self.exit_mode()
 
     # ---------------------------------------------------------------- 3D height view
@@ -844,7 +845,7 @@ class FocusInspector(QWidget):
         """Leave side by side / 3D height view: back to 2D, the layers' visibility restored."""
         mode, self._mode = self._mode, None
         if mode == "grid":
-            self.viewer.grid.enabled = False
+            _grid(self.viewer).enabled = False
         elif mode == "3d":
             self.viewer.dims.ndisplay = 2
             surf = self.height_layer
@@ -867,6 +868,13 @@ class FocusInspector(QWidget):
         btn.blockSignals(True)
         btn.setChecked(on)
         btn.blockSignals(False)
+
+
+def _grid(viewer):
+    """The viewer's grid model (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    grid = getattr(canvas, "grid", None)
+    return grid if grid is not None else viewer.grid
 
 
 def _pick(layer, t, y, x):

@@ -19,7 +19,10 @@ name                       type     content
 
 Each output has the input's dimensions minus Z (and minus the channel axis for index, decision
 and confidence), with the input's scale, translate, units and axis labels for those dimensions.
-A time-lapse input (T, Z, Y, X) gives (T, Y, X) outputs.
+When an axis comes before Z in the input (a time-lapse T, Z, Y, X or channels C, Z, Y, X), the
+outputs keep Z as one plane stretched over the input's whole z range (T, 1, Y, X), because
+napari aligns layers by their trailing dimensions: without it, T would sit on the Z slider.
+:func:`squeeze_z` gives the data without that axis.
 
 Every output carries ``layer.metadata["napari_edof"]``::
 
@@ -85,10 +88,30 @@ def guess_axes(ndim: int, rgb: bool, z_axis: int, channel_axis: int | None = Non
 
 
 def _to_layer_order(arr, have: str, want: str):
-    """Transpose ``arr`` whose axes are ``have`` into the order ``want`` (same letters)."""
+    """Transpose ``arr`` whose axes are ``have`` into the order ``want`` (same letters, except a
+    "Z" in ``want`` only, which becomes a new axis of size 1)."""
+    arr = np.asarray(arr)
+    if "Z" in want and "Z" not in have:
+        return np.expand_dims(_to_layer_order(arr, have, want.replace("Z", "")), want.index("Z"))
     if have == want:
-        return np.asarray(arr)
-    return np.transpose(np.asarray(arr), [have.index(a) for a in want])
+        return arr
+    return np.transpose(arr, [have.index(a) for a in want])
+
+
+def squeeze_z(layer, data=None):
+    """A result layer's data without the single-plane Z axis it may keep for alignment (a view).
+
+    Other layers' data is returned as it is.
+    """
+    data = layer.data if data is None else data
+    md = getattr(layer, "metadata", None)
+    md = md.get("napari_edof") if isinstance(md, dict) else None
+    la = (md or {}).get("layer_axes")
+    if isinstance(la, str) and "Z" in la and len(la) == np.ndim(data) and (md or {}).get("role") in ROLES + ("mask",):
+        zi = la.index("Z")
+        if np.shape(data)[zi] == 1:
+            return data[(slice(None),) * zi + (0,)]
+    return data
 
 
 def _pick(seq, dims: str, keep: str):
@@ -155,8 +178,13 @@ def add_or_update_result_layers(viewer, source_layer, result, *, z_axis: int, ax
     # engine order of the result arrays
     eng_img = ("T" if "T" in axes else "") + "YX" + ("C" if "C" in axes else "")
     eng_map = ("T" if "T" in axes else "") + "YX"
-    fused_axes = axes.replace("Z", "")
-    map_axes = fused_axes.replace("C", "")
+    # napari aligns layers by their trailing dimensions: when an axis comes before Z in the input
+    # (TZYX, CZYX), outputs without Z would put their leading axis on the input's Z slider. They
+    # then keep Z as a single plane stretched over the whole z range (scale N x dz), so that they
+    # show at every z and move with the input's T / C sliders.
+    before_z = layer_dims[: layer_dims.index("Z")]
+    fused_axes = axes if before_z else axes.replace("Z", "")
+    map_axes = (axes if before_z.replace("C", "") else axes.replace("Z", "")).replace("C", "")
     fused_dims = fused_axes[:-1] if rgb else fused_axes
 
     scale = tuple(source_layer.scale)
@@ -166,6 +194,10 @@ def add_or_update_result_layers(viewer, source_layer, result, *, z_axis: int, ax
 
     def geometry(dims: str) -> dict:
         g = {"scale": _pick(scale, layer_dims, dims), "translate": _pick(translate, layer_dims, dims)}
+        if "Z" in dims and g["scale"] is not None and g["translate"] is not None:
+            zi, dz = dims.index("Z"), scale[layer_dims.index("Z")]
+            g["scale"] = tuple(v * n if i == zi else v for i, v in enumerate(g["scale"]))
+            g["translate"] = tuple(v + (n - 1) / 2 * dz if i == zi else v for i, v in enumerate(g["translate"]))
         u = _pick(units, layer_dims, dims)
         if u is not None:
             g["units"] = tuple(str(x) for x in u)

@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from ..api import EdofError, as_stack, recompose
+from .layers import squeeze_z
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,12 @@ def find_source_layer(viewer, source: str):
 
 
 def layer_array(layer):
-    """A layer's full-resolution data (the first level of a multiscale layer)."""
+    """A layer's full-resolution data (the first level of a multiscale layer), without the
+    single-plane Z axis that result layers of a time-lapse keep for alignment (a view)."""
     data = layer.data
     if getattr(layer, "multiscale", False):
         data = data[0]
-    return data
+    return squeeze_z(layer, data)
 
 
 def source_stack(viewer, decision_layer):
@@ -314,14 +316,12 @@ class RetouchHandle:
         """
         if layer is None:
             return None, False
-        data = layer_array(layer)
         owned = self._owned.get(id(layer))
-        if owned is not None and owned is data:
-            return data, False
-        own = np.array(data, copy=True)
-        layer.data = own
+        if owned is not None and owned is layer.data:
+            return layer_array(layer), False
+        layer.data = np.array(layer.data, copy=True)
         self._owned[id(layer)] = layer.data
-        return layer.data, True
+        return layer_array(layer), True
 
 
 def engine_view(arr: np.ndarray, layer, meta: dict) -> np.ndarray:
@@ -331,6 +331,8 @@ def engine_view(arr: np.ndarray, layer, meta: dict) -> np.ndarray:
     ``metadata["napari_edof"]["layer_axes"]`` says so. Without it the engine's order is assumed.
     """
     la = ((edof_meta(layer) or {}).get("layer_axes") or "").upper()
+    if "Z" in la and arr.ndim == len(la) - 1:  # already squeezed by layer_array
+        la = la.replace("Z", "")
     if not la or len(la) != arr.ndim:
         return arr
     want = "".join(a for a in "TYXC" if a in la)
