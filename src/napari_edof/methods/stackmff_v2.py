@@ -1,0 +1,244 @@
+"""StackMFF-V2 (seed paper 002): one network pass over the whole stack regresses the focal plane.
+
+The network (:mod:`napari_edof.nn.stackmff_v2`) gives per-pixel focus logits over the planes;
+a decision rule turns them into the focus index, and the fused image gathers the source pixels
+(every channel) at that index. The network runs on the guide (luminance for RGB), scaled to
+[0, 1]; H and W are reflection-padded to multiples of 32 (the authors resize).
+
+Decision rules (``rule``):
+
+- ``argmax``: the plane with the highest logit (local, so tiles need no second pass);
+- ``official``: the authors' rule, expectation E = sum (n + 1) P_n, min-max normalised over the
+  *whole image* to [0, N - 1] and rounded. Not local: when tiled, pass 1 stitches E over every
+  tile and one global min/max is taken before pass 2 rounds and gathers;
+- ``matched``: the official expectation, linearly stretched so that its robust range (1st..99th
+  percentile over the whole image) matches that of the argmax index, instead of the full
+  0..N-1 (two passes when tiled, like the official rule). The official stretch assumes that
+  every plane is sharp somewhere in the image; this one does not;
+- ``smooth-argmax``: the plane with the highest softmax probability after a small spatial box
+  average of the probabilities (local).
+
+See ``docs/stackmff_v2.md`` for the measurements behind the defaults (rule, tile, overlap).
+torch is imported lazily (only when the method runs).
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import numpy as np
+
+from ..core.colour import gather
+from ._registry import MethodSpec, Param, WeightsSpec, register
+
+CITATION = ("Xie, X. et al., 'StackMFF V2: One-shot multi-focus image stack fusion via focal depth "
+            "regression' (seed paper 002); code and weights: github.com/Xinzhe99/StackMFF-V2 (MIT).")
+
+#: weights a user can choose with ``weights=``; a spec without URLs is shipped in the package
+#: (``napari_edof/weights/<filename>``), hash-checked like a download.
+MODELS: dict[str, WeightsSpec] = {
+    "official": WeightsSpec(
+        filename="stackmff_v2_official.pth",
+        urls=("https://github.com/Xinzhe99/StackMFF-V2/raw/main/model.pth",),
+        sha256="cb923ed0265765e8471c7fcb15a08d1cee296809254e03e97418c664d655d179",
+        licence="MIT",
+        citation=CITATION,
+    ),
+}
+
+RULES = ("argmax", "official", "matched", "smooth-argmax")
+GLOBAL_RULES = ("official", "matched")
+QUANTILES = (0.01, 0.99)
+NORMALISE = ("range", "dtype")
+DEFAULT_RULE = "official"
+
+
+def _halo(p: dict) -> int:
+    return int(p["context"])
+
+
+SPEC = MethodSpec(
+    name="stackmff-v2",
+    summary="StackMFF-V2 network (seed paper 002): one-shot focal-plane regression over the whole stack.",
+    family="learned",
+    params=(
+        Param("rule", str, DEFAULT_RULE,
+              "decision rule: argmax of the logits (local); the official expectation + global "
+              "min-max; the expectation matched to the argmax's range (both two passes when "
+              "tiled); or the argmax of box-smoothed probabilities (local)", choices=RULES),
+        Param("weights", str, "official", "network weights", choices=tuple(MODELS)),
+        Param("normalise", str, "range",
+              "input scaling to [0, 1]: 'range' (robust min/max of the tile's window) or 'dtype' "
+              "(divide integers by their maximum, floats as given: the authors' convention)",
+              choices=NORMALISE),
+        Param("context", int, 32, "extra pixels read around each tile (and reflected around the image)",
+              min=0, max=1024),
+        Param("smooth", int, 2, "box radius for rule='smooth-argmax' (pixels)", min=1, max=16),
+    ),
+    halo=_halo,
+    devices=("cuda", "mps", "cpu"),
+    backend="torch",
+    default_tile=1024,
+    default_overlap=64,
+    weights=MODELS["official"],
+    citation=CITATION,
+    paper="002",
+)
+
+
+_MODELS: dict = {}
+_LOCK = threading.Lock()
+
+
+def get_model(name: str, device: str):
+    """The network with the ``name`` weights on ``device`` (loaded once, hash-checked)."""
+    key = (name, device)
+    with _LOCK:
+        if key not in _MODELS:
+            from ..nn.stackmff_v2 import StackMFFV2
+            from ..nn.weights import load_state_dict
+
+            m = StackMFFV2()
+            m.load_state_dict(load_state_dict(MODELS[name]), strict=True)
+            _MODELS[key] = m.eval().to(device)
+        return _MODELS[key]
+
+
+def normalise_guide(guide: np.ndarray, dtype: np.dtype, mode: str) -> np.ndarray:
+    """(Z, h, w) float32 guide in input units -> network input in [0, 1] (float32)."""
+    dtype = np.dtype(dtype)
+    if mode == "dtype":
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            return (guide - np.float32(max(info.min, 0))) / np.float32(info.max - max(info.min, 0))
+        return guide
+    sub = guide[:, ::4, ::4] if guide[0].size > 1 << 16 else guide
+    lo, hi = np.quantile(sub, (0.0005, 0.9995))
+    if not hi > lo:
+        lo, hi = float(guide.min()), float(guide.max())
+        if not hi > lo:
+            return np.zeros_like(guide)
+    out = (guide - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def box_mean(p, r: int):
+    """Box average of radius ``r`` over the last two axes of a (N, H, W) torch tensor (reflected)."""
+    import torch.nn.functional as F
+
+    k = 2 * r + 1
+    x = F.pad(p[:, None], (r, r, r, r), mode="replicate")
+    return F.avg_pool2d(x, k, stride=1)[:, 0]
+
+
+@register(SPEC)
+class StackMFFV2Method:
+    def __init__(self, params: dict, *, device: str = "cpu"):
+        self.p = params
+        self.device = device
+        self.model = get_model(params["weights"], device)
+        self._cache: dict = {}
+        if params["rule"] in GLOBAL_RULES:  # a whole-image statistic: the engine runs two passes
+            self.pass1 = self._pass1
+            self.pass1_keys = ("expectation", "argmax")
+            self.reduce = self._reduce
+
+    # -- the network on one window ---------------------------------------------------------------
+    def logits(self, guide, dtype, halo):
+        """Focus logits of a window's guide, cropped by ``halo``: (N, h', w') torch tensor."""
+        import torch
+
+        x = normalise_guide(guide, dtype, self.p["normalise"])
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        logits = self.model.infer_logits(xt)[0]
+        if halo:
+            logits = logits[:, halo:-halo, halo:-halo]
+        return logits
+
+    def _key(self, guide, halo):
+        g = np.ascontiguousarray(guide)
+        return (g.shape, halo, hashlib.blake2b(memoryview(g).cast("B"), digest_size=16).digest())
+
+    def _maps(self, planes, guide, halo):
+        return decide(self.logits(guide, planes.dtype, halo), self.p)
+
+    # -- the official rule's two passes -----------------------------------------------------------
+    def _pass1(self, planes, guide, *, halo):
+        maps = self._maps(planes, guide, halo)
+        self._cache[self._key(guide, halo)] = maps
+        self._n = planes.shape[0]
+        return {"expectation": maps["expectation"], "argmax": maps["index"].astype(np.float32)}
+
+    def _reduce(self, maps):
+        return global_stats(maps["expectation"], maps["argmax"], self.p["rule"], self._n)
+
+    # -- the tile ------------------------------------------------------------------------------
+    def fuse_tile(self, planes, guide, *, halo, stats=None):
+        n = planes.shape[0]
+        maps = None
+        rule = self.p["rule"]
+        if rule in GLOBAL_RULES:
+            maps = self._cache.pop(self._key(guide, halo), None)
+        if maps is None:
+            maps = self._maps(planes, guide, halo)
+        if rule in GLOBAL_RULES:
+            if stats is None:  # called without pass 1: the window's own statistics
+                stats = global_stats(maps["expectation"], maps["index"], rule, n)
+            idx = rescale(maps["expectation"], stats, n)
+        else:
+            idx = maps["index"]
+        src = planes[:, halo : planes.shape[1] - halo, halo : planes.shape[2] - halo] if halo else planes
+        fused = gather(src, idx)
+        return {"fused": fused, "index": idx.astype(np.float32), "confidence": maps["confidence"]}
+
+
+def decide(logits, p: dict) -> dict:
+    """Numpy maps from (N, H, W) torch logits: "expectation" (1-based E of the softmax),
+    "confidence" (peak probability rescaled to [0, 1]) and "index" (the local rule's choice;
+    the argmax for the global rules, which rescale E from whole-image statistics)."""
+    import torch
+
+    with torch.inference_mode():
+        n = logits.shape[0]
+        prob = torch.softmax(logits, dim=0)
+        w = torch.arange(1, n + 1, dtype=prob.dtype, device=prob.device)[:, None, None]
+        e = (prob * w).sum(dim=0)
+        rule = p["rule"]
+        if rule == "smooth-argmax":
+            idx = box_mean(prob, p["smooth"]).argmax(dim=0)
+        else:  # argmax, and the argmax statistics of the global rules
+            idx = logits.argmax(dim=0)
+        peak = prob.amax(dim=0)
+        conf = (peak - 1.0 / n) / (1.0 - 1.0 / n) if n > 1 else torch.ones_like(peak)
+        return {"expectation": e.cpu().numpy(), "confidence": conf.float().cpu().numpy(),
+                "index": idx.to(torch.int16).cpu().numpy()}
+
+
+def global_stats(e: np.ndarray, argmax: np.ndarray, rule: str, n: int) -> dict:
+    """The whole-image statistics of a global rule: E's range and the index range it maps to."""
+    if rule == "official":
+        return {"lo": float(e.min()), "hi": float(e.max()), "k0": 0.0, "k1": float(n - 1)}
+    lo, hi = np.quantile(e, QUANTILES)
+    k0, k1 = np.quantile(argmax, QUANTILES)
+    return {"lo": float(lo), "hi": float(hi), "k0": float(k0), "k1": float(k1)}
+
+
+def rescale(e: np.ndarray, stats: dict, n: int) -> np.ndarray:
+    """round(k0 + (E - lo) / (hi - lo) * (k1 - k0)), clipped to the planes.
+
+    With lo, hi = min, max of E and k0, k1 = 0, N - 1 this is the official rule, computed in
+    float32 in the official order (ties to even)."""
+    lo, hi, k0, k1 = stats["lo"], stats["hi"], stats["k0"], stats["k1"]
+    if not hi > lo:
+        return np.full(e.shape, int(round((k0 + k1) / 2)), np.int16)
+    dm = (e - np.float32(lo)) / (np.float32(hi) - np.float32(lo))
+    x = dm * np.float32(k1 - k0)
+    if k0:
+        x += np.float32(k0)
+    return np.clip(np.rint(x), 0, n - 1).astype(np.int16)
+
+
+def official_rule(e: np.ndarray, lo: float, hi: float, n: int) -> np.ndarray:
+    """The authors' rule: round((E - lo) / (hi - lo) * (N - 1)) with lo, hi = min, max of E."""
+    return rescale(e, {"lo": lo, "hi": hi, "k0": 0.0, "k1": float(n - 1)}, n)

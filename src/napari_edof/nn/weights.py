@@ -1,0 +1,138 @@
+"""Network weights: a hash-pinned cache, filled at run time from the upstream URL.
+
+Third-party weights are never shipped: the first use downloads them into the cache folder,
+checks their sha256 and only then loads them (always with ``torch.load(weights_only=True)``).
+Weights shipped inside the package (``napari_edof/weights/``, a :class:`WeightsSpec` without
+URLs) are hash-checked the same way.
+
+The cache folder is ``$NAPARI_EDOF_WEIGHTS`` when set (a folder), otherwise
+``<user cache dir>/napari-edof/weights``. To install a file by hand (offline machines), copy it
+there under the name the error message gives.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..core.errors import EdofError
+from ..methods._registry import WeightsSpec
+
+ENV = "NAPARI_EDOF_WEIGHTS"
+PACKAGED = Path(__file__).resolve().parents[1] / "weights"
+TIMEOUT_S = 60
+
+
+class WeightsError(EdofError):
+    """Weights could not be found, downloaded or trusted."""
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights live: ``$NAPARI_EDOF_WEIGHTS`` or the user cache folder."""
+    env = os.environ.get(ENV)
+    if env:
+        return Path(env).expanduser()
+    try:
+        from platformdirs import user_cache_dir
+
+        base = Path(user_cache_dir("napari-edof"))
+    except ImportError:  # pragma: no cover - platformdirs comes with napari / pooch
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "napari-edof"
+    return base / "weights"
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check(path: Path, spec: WeightsSpec) -> Path:
+    if spec.sha256:
+        got = sha256_of(path)
+        if got != spec.sha256.lower():
+            raise WeightsError(
+                f"{path} does not match the pinned sha256 of {spec.filename} "
+                f"(expected {spec.sha256}, found {got}); refusing to load it. Delete the file "
+                f"so that it is downloaded again{_manual(spec, path)}"
+            )
+    return path
+
+
+def _manual(spec: WeightsSpec, dest: Path) -> str:
+    if not spec.urls:
+        return "."
+    return (f", or download {spec.urls[0]} on a connected machine and copy it to {dest} "
+            f"(or into the folder named by ${ENV}, as {spec.filename})")
+
+
+def _download(url: str, dest: Path) -> None:
+    """Fetch ``url`` into ``dest`` (the caller checks the hash). Replaced in tests."""
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"User-Agent": "napari-edof"})
+    with urllib.request.urlopen(req, timeout=TIMEOUT_S) as r, open(dest, "wb") as f:
+        shutil.copyfileobj(r, f)
+
+
+def fetch(spec: WeightsSpec, *, download: bool = True) -> Path:
+    """The path of a hash-checked copy of ``spec``'s weights, downloading them if needed.
+
+    Raises :class:`WeightsError` when the file is absent and cannot be downloaded (naming the
+    URL and where to put the file by hand) or when a file does not match the pinned hash.
+    """
+    if not spec.urls:  # shipped in the package
+        path = PACKAGED / spec.filename
+        if not path.is_file():
+            raise WeightsError(f"the packaged weights {spec.filename} are missing from {PACKAGED}; reinstall napari-edof")
+        return _check(path, spec)
+    folder = cache_dir()
+    path = folder / spec.filename
+    if path.is_file():
+        return _check(path, spec)
+    if not download:
+        raise WeightsError(f"{spec.filename} is not in the weights cache {folder}{_manual(spec, path)}")
+    errors = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WeightsError(f"cannot create the weights cache folder {folder} ({e}); set ${ENV} to a writable folder") from None
+    for url in spec.urls:
+        fd, tmp = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=folder)
+        os.close(fd)
+        tmp = Path(tmp)
+        try:
+            _download(url, tmp)
+            got = sha256_of(tmp)
+            if spec.sha256 and got != spec.sha256.lower():
+                errors.append(f"{url}: sha256 {got} does not match the pinned {spec.sha256}")
+                continue
+            os.replace(tmp, path)
+            return path
+        except WeightsError:
+            raise
+        except Exception as e:  # network, HTTP, disk
+            errors.append(f"{url}: {type(e).__name__}: {e}")
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    raise WeightsError(
+        f"could not download {spec.filename} ({'; '.join(errors)}). Without a network connection, "
+        f"download {spec.urls[0]} elsewhere and copy it to {path} "
+        f"(or into the folder named by ${ENV}, as {spec.filename}); expected sha256 {spec.sha256}"
+    )
+
+
+def load_state_dict(spec: WeightsSpec, *, download: bool = True) -> dict:
+    """The checked weights of ``spec`` as a state dict (``module.`` prefixes stripped)."""
+    import torch
+
+    path = fetch(spec, download=download)
+    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
