@@ -44,8 +44,8 @@ from functools import lru_cache
 
 import numpy as np
 import pywt
-from scipy import ndimage as ndi
 
+from ..core.select import RunningArgmax, box_sum, local_variance, majority
 from ._registry import MethodSpec, Param, register
 
 WAVELETS = ("haar", "db2", "db3", "db4", "sym4", "coif1", "bior2.2")
@@ -151,60 +151,6 @@ SPEC = MethodSpec(
 # --------------------------------------------------------------------------------------------
 # selection helpers (a method file knows no other method, so these are local)
 # --------------------------------------------------------------------------------------------
-def _box(a: np.ndarray, r: int) -> np.ndarray:
-    """Sum over a (2r+1)^2 window of the last two axes (direct sums: position-independent)."""
-    if r == 0:
-        return a
-    ones = np.ones(2 * r + 1)
-    a = ndi.correlate1d(a, ones, axis=-2, mode="reflect")
-    return ndi.correlate1d(a, ones, axis=-1, mode="reflect")
-
-
-def majority(sel: np.ndarray) -> np.ndarray:
-    """3x3 majority filter of a label map: the most frequent label of each neighbourhood.
-
-    A tie keeps the pixel's own label when it is among the most frequent. Works on the nine
-    shifted maps, so its cost does not grow with the number of planes.
-    """
-    h, w = sel.shape
-    pad = np.pad(sel, 1, mode="reflect")
-    nb = [pad[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)]
-    counts = np.zeros((9, h, w), np.int8)
-    for i in range(9):
-        for j in range(i, 9):
-            eq = nb[i] == nb[j]
-            counts[i] += eq
-            if j != i:
-                counts[j] += eq
-    top = counts.max(axis=0)
-    best = np.take_along_axis(np.stack(nb), counts.argmax(axis=0)[None], axis=0)[0]
-    return np.where(counts[4] == top, sel, best)
-
-
-class RunningArgmax:
-    """Per-pixel argmax over planes fed one at a time (the first plane wins ties, as np.argmax),
-    with the runner-up value for the confidence."""
-
-    def __init__(self):
-        self.best = self.second = self.arg = None
-
-    def update(self, e: np.ndarray, z: int) -> None:
-        if self.best is None:
-            self.best = e.astype(np.float32, copy=True)
-            self.second = np.zeros_like(self.best)
-            self.arg = np.zeros(e.shape, np.int16)
-            return
-        upd = e > self.best
-        np.maximum(self.second, np.minimum(e, self.best), out=self.second)
-        np.maximum(self.best, e, out=self.best)
-        self.arg[upd] = z
-
-    def confidence(self) -> np.ndarray:
-        """``1 - second best / best`` (0 where every plane is flat)."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(self.best > 0, 1.0 - self.second / self.best, 0.0).astype(np.float32)
-
-
 @register(SPEC)
 class WaveletFusion:
     def __init__(self, params: dict, *, device: str = "cpu"):
@@ -231,16 +177,13 @@ class WaveletFusion:
         for z in range(Z):
             coeffs = self._swt(g[z])
             if select_approx:
-                a = coeffs[0]
-                n = (2 * w + 3) ** 2
-                m = _box(a, w + 1) / n
-                track[0].update(_box(a * a, w + 1) / n - m * m, z)
+                track[0].update(local_variance(coeffs[0], w + 1), z)
             for i in range(1, L + 1):
                 hh, vv, dd = coeffs[i]
                 e = hh * hh
                 e += vv * vv
                 e += dd * dd
-                track[i].update(_box(e, w), z)
+                track[i].update(box_sum(e, w), z)
         first = 0 if select_approx else 1
         sel = {i: (majority(track[i].arg) if p["consistency"] else track[i].arg) for i in range(first, L + 1)}
 
