@@ -24,6 +24,13 @@ HERE = Path(__file__).resolve().parent
 WINDOW = (1280, 820)
 
 
+def _remove_dock(viewer, name: str) -> None:
+    """Remove the dock widget called ``name`` (napari's public ``dock_widgets`` holds the inner
+    widgets; the dock wrapper is their parent)."""
+    inner = viewer.window.dock_widgets[name]
+    viewer.window.remove_dock_widget(inner.parent() or inner)
+
+
 def _ensure_display():
     if os.environ.get("DISPLAY") or sys.platform in ("darwin", "win32"):
         return None
@@ -171,7 +178,7 @@ def main(argv=None) -> int:
 
         # ---------------------------------------------------------------- the inspector
         if fw is not None:
-            viewer.window.remove_dock_widget(viewer.window._dock_widgets["Fuse focus stack"])
+            _remove_dock(viewer, "Fuse focus stack")
         insp = FocusInspector(viewer)
         viewer.window.add_dock_widget(insp, name="Focus inspector", area="right")
         only(viewer, [L["fused"]])
@@ -230,12 +237,13 @@ def main(argv=None) -> int:
             insp.exag_spin.setValue(4.0)
             insp.show_height_surface()
             viewer.reset_view()
-            viewer.camera.angles = (-35.0, 30.0, 145.0)
-            viewer.camera.zoom = viewer.camera.zoom * 0.95
+            camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari 0.9 / older
+            camera.angles = (-35.0, 30.0, 145.0)
+            camera.zoom = camera.zoom * 0.95
             settle(viewer, 10)
             save(viewer.screenshot(canvas_only=False, flash=False), out / "height-3d.png", 760, 32)
             insp.exit_mode()
-        viewer.window.remove_dock_widget(viewer.window._dock_widgets["Focus inspector"])
+        _remove_dock(viewer, "Focus inspector")
 
         # ---------------------------------------------------------------- RGB
         if want("rgb"):
@@ -246,8 +254,8 @@ def main(argv=None) -> int:
                 if "ground-truth" in ly.name:
                     viewer.layers.remove(ly)
             fw2, L2 = fuse_with_widget(viewer, src)
-            for name in list(viewer.window._dock_widgets):
-                viewer.window.remove_dock_widget(viewer.window._dock_widgets[name])
+            for name in list(viewer.window.dock_widgets):
+                _remove_dock(viewer, name)
             viewer.dims.set_current_step(0, 2)
             shots = []
             for ly in (src, L2["fused"]):  # one plane | the fused image, stitched
