@@ -77,7 +77,7 @@ def test_official_rule_depth_index_fused(stages, reference):
 def test_inference_path_in_strips_matches(model, reference):
     x = torch.from_numpy(reference["stack"])
     whole = model.infer_logits(x, strip_budget=1 << 40)
-    strips = model.infer_logits(x, strip_budget=1)  # 32-row strips with the exact halo
+    strips = model.infer_logits(x, strip_budget=1)  # 56-row strips with the exact halo
     np.testing.assert_allclose(whole.numpy(), reference["inter_layer_logits"], atol=2e-5, rtol=0)
     np.testing.assert_allclose(strips.numpy(), whole.numpy(), atol=2e-5, rtol=0)
 

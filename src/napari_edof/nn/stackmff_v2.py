@@ -125,7 +125,7 @@ class IntraLayer(nn.Module):
         for k in range(1, 6):
             enc = getattr(self, f"encoder{k}")
             norm = getattr(self, f"ebn{k}")
-            out = F.gelu(F.max_pool2d(norm(enc(out)), 2))
+            out = F.gelu(_pool2(norm(enc(out))))
             skips.append(out)
         bottom = F.gelu(self.encoder6(out))
         skips = self.scab(skips)
@@ -134,6 +134,15 @@ class IntraLayer(nn.Module):
             y = getattr(self, f"dbn{k}")(getattr(self, f"decoder{k}")(out))
             out = F.gelu(_up2(y)) + skips[5 - k]
         return torch.sigmoid(_up2(self.final(out)))
+
+
+def _pool2(x):
+    """2x2 max pooling; as the max of four strided views (equal values, several times faster
+    than ``max_pool2d`` on CPU, in either memory format)."""
+    if x.shape[-1] % 2 or x.shape[-2] % 2:
+        return F.max_pool2d(x, 2)
+    return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 1::2, 0::2]),
+                         torch.maximum(x[..., 0::2, 1::2], x[..., 1::2, 1::2]))
 
 
 def _up2(x):
@@ -260,15 +269,15 @@ class StackMFFV2(nn.Module):
 
     # -- inference path -------------------------------------------------------------------------
     @torch.inference_mode()
-    def infer_logits(self, x, *, plane_chunk: int = 4, strip_budget: int = 96 << 20,
+    def infer_logits(self, x, *, plane_chunk: int = 1, strip_budget: int = 512 << 20,
                      channels_last: bool | None = None):
         """Logits of a (N, H, W) or (1, N, H, W) stack, with bounded working memory.
 
-        Stage 1 runs ``plane_chunk`` planes at a time. The recurrent pass runs in row strips:
-        each strip is computed with an exact halo of 2 rows per recurrent step (the ConvGRU's
-        receptive field), so the strips agree with the whole image to round-off, and the
-        hidden states held at once are ``N x 16 x strip_rows x W`` floats (``strip_budget``
-        bytes at most, unless one strip is already larger).
+        Stage 1 runs ``plane_chunk`` planes at a time (GroupNorm needs whole planes); its
+        8-channel output is the only per-plane volume kept besides the logits. The recurrent
+        pass (:meth:`infer_recurrent`) walks the planes in row chunks that stay in cache; when
+        its stored hidden states (16 channels per plane) would exceed ``strip_budget`` bytes,
+        it runs in row strips with an exact halo instead.
         """
         if x.ndim == 3:
             x = x[None]
@@ -279,43 +288,91 @@ class StackMFFV2(nn.Module):
         _, N, H, W = x.shape
         cl = (x.device.type == "cpu") if channels_last is None else channels_last
         fmt = torch.channels_last if cl else torch.contiguous_format
-        feats = torch.empty((N, FEATURES, H, W), dtype=x.dtype, device=x.device)
+        # stage 1 writes into a buffer with 2 zero rows above and below (the recurrent pass's padding)
+        fp = torch.zeros((N, FEATURES, H + 4, W), dtype=x.dtype, device=x.device).contiguous(memory_format=fmt)
         for s in range(0, N, plane_chunk):
             e = min(N, s + plane_chunk)
             xin = x[0, s:e, None].contiguous(memory_format=fmt)
-            feats[s:e] = self.feature_extraction(xin)
-        logits = self.infer_recurrent(feats, strip_budget=strip_budget, channels_last=cl)
+            fp[s:e, :, 2 : H + 2] = self.feature_extraction(xin)
+        logits = self._recurrent(fp, strip_budget, fmt)
         return logits[None, :, : crop[0], : crop[1]]
 
     @torch.inference_mode()
-    def infer_recurrent(self, feats, *, strip_budget: int = 96 << 20, channels_last: bool = False):
-        """(N, 8, H, W) intra-layer probabilities -> (N, H, W) logits, in row strips."""
+    def infer_recurrent(self, feats, *, strip_budget: int = 512 << 20, channels_last: bool = True):
+        """(N, 8, H, W) intra-layer probabilities -> (N, H, W) logits (inference path)."""
         N, C, H, W = feats.shape
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        fp = torch.zeros((N, C, H + 4, W), dtype=feats.dtype, device=feats.device).contiguous(memory_format=fmt)
+        fp[:, :, 2 : H + 2] = feats
+        return self._recurrent(fp, strip_budget, fmt)
+
+    def _recurrent(self, fp, strip_budget, fmt):
+        """Recurrent pass over (N, 8, H + 4, W) row-padded features, in exact-halo strips if large.
+
+        A strip's output rows depend on the features at most 2 rows per recurrent step away
+        (each step is a 3x3 conv on h, then a 3x3 conv on r * h): a halo of 2N + 2 rows makes
+        every strip equal to the whole image to round-off.
+        """
+        N, C, H4, W = fp.shape
+        H = H4 - 4
         gru = self.layer_interaction.layer_interaction_depth
         hid = gru.hidden
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        wf, bf, whg_f, whc_f = gru.forward_cell_list[0].split_weights()
-        wb, bb, whg_b, whc_b = gru.backward_cell_list[0].split_weights()
-        wx = torch.cat((wf, wb)).contiguous(memory_format=fmt)
-        bx = torch.cat((bf, bb))
-        whg_f, whc_f, whg_b, whc_b = (w.contiguous(memory_format=fmt) for w in (whg_f, whc_f, whg_b, whc_b))
+        cells = []
+        for cell in (gru.forward_cell_list[0], gru.backward_cell_list[0]):
+            wx, bx, whg, whc = cell.split_weights()
+            cells.append((wx.contiguous(memory_format=fmt), bx, whg.contiguous(memory_format=fmt),
+                          whc.contiguous(memory_format=fmt)))
         halo = 2 * N + 2
-        bytes_per_row = N * hid * W * feats.element_size()
-        rows = max(32, int(strip_budget // max(1, bytes_per_row)))
-        out = torch.empty((N, H, W), dtype=feats.dtype, device=feats.device)
+        bytes_per_row = N * hid * W * fp.element_size()
+        rows = max(32, 4 * halo, int(strip_budget // max(1, bytes_per_row)))
+        out = torch.empty((N, H, W), dtype=fp.dtype, device=fp.device)
         for y0, y1, a, b in _strips(H, rows, halo):
-            f = feats[:, :, a:b].contiguous(memory_format=fmt)
-            xc = F.conv2d(f, wx, bx, padding=1).reshape(N, 1, 2, 3 * hid, b - a, W)
-            xf, xb = xc[:, :, 0], xc[:, :, 1]
-            hf = [None] * N
-            for n, h in gru_direction(xf, whg_f, whc_f, hid, range(N)):
-                hf[n] = h
-            del xf
-            for n, h in gru_direction(xb, whg_b, whc_b, hid, range(N - 1, -1, -1)):
-                hf[n] += h
-                out[n, y0:y1] = hf[n][0, :, y0 - a : y1 - a].amax(dim=0)
-                hf[n] = None
+            res = _recurrent_rows(fp[:, :, a : b + 4], cells, hid, fmt)
+            out[:, y0:y1] = res[:, y0 - a : y1 - a]
         return out
+
+
+def _recurrent_rows(fp, cells, hid: int, fmt):
+    """Bidirectional ConvGRU over (N, C, h + 4, W) features whose first and last 2 rows are
+    padding (zeros at the image border), walking each plane in row chunks that stay in cache.
+
+    The forward hidden states of every plane are kept (16 channels, with 2 zero rows above and
+    below, so that each chunk's convolutions read its neighbours without copies); the backward
+    pass keeps two states and writes the logits max_c(h_fwd + h_bwd) chunk by chunk.
+    """
+    N, C, H4, W = fp.shape
+    H = H4 - 4
+    chunk = max(8, 16384 // max(W, 1))
+    kw = dict(dtype=fp.dtype, device=fp.device)
+    store = torch.zeros((N, hid, H4, W), **kw).contiguous(memory_format=fmt)
+    back = [torch.zeros((1, hid, H4, W), **kw).contiguous(memory_format=fmt) for _ in range(2)]
+    out = torch.empty((N, H, W), **kw)
+    spans = [(r0, min(H, r0 + chunk)) for r0 in range(0, H, chunk)]
+
+    def step(dst, prev, n, weights):
+        wx, bx, whg, whc = weights
+        for r0, r1 in spans:
+            xg = F.conv2d(fp[n : n + 1, :, r0 : r1 + 4], wx, bx, padding=(0, 1))  # rows r0-1 .. r1+1
+            if prev is None:  # h = 0: the h-part convolutions vanish
+                z = torch.sigmoid(xg[:, hid : 2 * hid, 1:-1])
+                c = xg[:, 2 * hid :, 1:-1].mul(2).sigmoid_().mul_(2).sub_(1)  # tanh
+                dst[:, :, r0 + 2 : r1 + 2] = c.mul_(z)
+                continue
+            hp = prev[:, :, r0 : r1 + 4]  # rows r0-2 .. r1+2 of h_{n-1} (zeros outside the image)
+            g = F.conv2d(hp, whg, padding=(0, 1))  # rows r0-1 .. r1+1
+            g.add_(xg[:, : 2 * hid]).sigmoid_()  # [reset, update]
+            c = F.conv2d(g[:, :hid] * hp[:, :, 1:-1], whc, padding=(0, 1))  # rows r0 .. r1
+            c.add_(xg[:, 2 * hid :, 1:-1]).mul_(2).sigmoid_().mul_(2).sub_(1)  # tanh = 2 sigmoid(2x) - 1
+            dst[:, :, r0 + 2 : r1 + 2] = torch.lerp(hp[:, :, 2:-2], c, g[:, hid:, 1:-1])
+
+    for i in range(N):
+        step(store[i : i + 1], store[i - 1 : i] if i else None, i, cells[0])
+    for i, n in enumerate(range(N - 1, -1, -1)):
+        cur, prev = back[i % 2], back[(i + 1) % 2]
+        step(cur, prev if i else None, n, cells[1])
+        for r0, r1 in spans:
+            out[n, r0:r1] = (store[n, :, r0 + 2 : r1 + 2] + cur[0, :, r0 + 2 : r1 + 2]).amax(dim=0)
+    return out
 
 
 def _strips(H: int, rows: int, halo: int) -> Iterator[tuple[int, int, int, int]]:
