@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import Callable, Generator, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Generator, Iterator
 
 import numpy as np
 
@@ -32,7 +33,7 @@ from .colour import make_guide, resolve_guide
 from .errors import StackError
 from .result import FusionResult, Progress
 from .stack import Stack, as_stack, is_dask
-from .tiling import Canvas, plan_tiles, read_window
+from .tiling import Canvas, Tile, plan_tiles, read_window
 
 
 
@@ -81,6 +82,80 @@ def _check_finite(guide: np.ndarray, stack: Stack, t: int) -> None:
                          "replace them (for example with 0) before fusing")
 
 
+@dataclass(frozen=True)
+class FusionPlan:
+    """Everything decided before the first tile: the method, its parameters, the tiles."""
+
+    stack: Stack
+    spec: Any
+    cls: Any
+    params: dict
+    device: str
+    guide: Any
+    tile: int | None
+    tiles: list
+    halo: int
+    overlap: int
+    workers: int
+
+    def make_impl(self):
+        return self.cls(self.params, device=self.device)
+
+    @property
+    def two_pass(self) -> bool:
+        return hasattr(self.cls, "pass1")
+
+
+def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = None, axes: str | None = None,
+                tile: int | str | None = "auto", overlap: int | None = None, device: str | None = None,
+                guide="auto", workers: int | None = None) -> FusionPlan:
+    """Check the options and plan the tiles (no pixel is read). Raises EdofError subclasses."""
+    stack = as_stack(stack, axes=axes)
+    spec, cls = get_method(method)
+    p = spec.resolve(params)
+    dev = resolve_device(device, spec.devices, spec.backend)
+    g = resolve_guide(guide, stack.n_channels, stack.rgb)
+    if tile == "auto":
+        tile = spec.default_tile
+    if tile is not None and tile != 0 and int(tile) < 16:
+        raise StackError(f"tile={tile} is too small: use at least 16 pixels (or 0 for no tiling)")
+    halo = int(spec.halo(p))
+    mult = int(spec.tile_multiple(p))
+    Y, X = stack.yx_shape
+    single = not tile or tile >= max(Y, X)
+    ov = (0 if single else spec.default_overlap) if overlap is None else int(overlap)
+    if ov < 0:
+        raise StackError(f"overlap={ov} must be 0 or more")
+    tiles = plan_tiles((Y, X), tile, halo=halo, overlap=ov, multiple=mult)
+    nw = 1 if spec.backend == "torch" else max(1, int(workers or os.cpu_count() or 1))
+    return FusionPlan(stack=stack, spec=spec, cls=cls, params=p, device=dev, guide=g,
+                      tile=None if single else int(tile), tiles=tiles,
+                      halo=tiles[0].halo, overlap=tiles[0].overlap, workers=nw)
+
+
+def provenance(pl: FusionPlan, seconds: float) -> dict:
+    """The provenance dictionary of a finished run."""
+    stack, spec = pl.stack, pl.spec
+    prov = {
+        "method": spec.name,
+        "params": pl.params,
+        "version": __version__,
+        "device": pl.device,
+        "guide": pl.guide,
+        "tile": pl.tile,
+        "overlap": pl.overlap,
+        "halo": pl.halo,
+        "tiles": len(pl.tiles),
+        "input": stack.name,
+        "source": list(stack.source),
+        "seconds": seconds,
+        "mvoxel_per_s": stack.nbytes / stack.dtype.itemsize / 1e6 / max(seconds, 1e-9),
+    }
+    if spec.weights is not None:
+        prov["weights_sha256"] = spec.weights.sha256
+    return prov
+
+
 def fuse_iter(
     stack,
     *,
@@ -114,47 +189,26 @@ def fuse_iter(
     workers : int
         Threads for CPU methods (default: the number of cores).
     """
-    stack = as_stack(stack, axes=axes)
-    spec, cls = get_method(method)
-    p = spec.resolve(params)
-    dev = resolve_device(device, spec.devices, spec.backend)
-    g = resolve_guide(guide, stack.n_channels, stack.rgb)
-    if tile == "auto":
-        tile = spec.default_tile
-    if tile is not None and tile != 0 and int(tile) < 16:
-        raise StackError(f"tile={tile} is too small: use at least 16 pixels (or 0 for no tiling)")
-    halo = int(spec.halo(p))
-    mult = int(spec.tile_multiple(p))
+    pl = plan_fusion(stack, method=method, params=params, axes=axes, tile=tile, overlap=overlap,
+                     device=device, guide=guide, workers=workers)
+    stack, g, tiles = pl.stack, pl.guide, pl.tiles
     Y, X = stack.yx_shape
-    single = not tile or tile >= max(Y, X)
-    ov = (0 if single else spec.default_overlap) if overlap is None else int(overlap)
-    if ov < 0:
-        raise StackError(f"overlap={ov} must be 0 or more")
-    tiles = plan_tiles((Y, X), tile, halo=halo, overlap=ov, multiple=mult)
-    halo_r, ov_r = tiles[0].halo, tiles[0].overlap
-    impl = cls(p, device=dev)
+    halo_r, ov_r = pl.halo, pl.overlap
+    impl = pl.make_impl()
     two_pass = hasattr(impl, "pass1")
-    nw = 1 if spec.backend == "torch" else max(1, int(workers or os.cpu_count() or 1))
+    nw = pl.workers
 
     T, Z, C = stack.n_times, stack.n_planes, stack.n_channels
     canon = stack.canonical()
     dtype = stack.dtype
-    acc = _acc_dtype(dtype)
     fused = np.empty((T, Y, X, C), dtype)
     index = np.empty((T, Y, X), np.float32)
     conf = np.empty((T, Y, X), np.float32)
     per_frame = len(tiles) * (2 if two_pass else 1)
     total = T * per_frame
-    done = 0
     t_start = time.perf_counter()
 
-    def window(frame, t_):
-        planes = read_window(frame, t_.window)
-        gd = make_guide(planes, g)
-        if dtype.kind == "f":
-            _check_finite(gd, stack, t_index)
-        return planes, gd
-
+    counter = [0]
     for t_index in range(T):
         frame = canon[t_index]
         if is_dask(frame):
@@ -162,39 +216,12 @@ def fuse_iter(
         frame = np.asarray(frame)
         stats = None
         if two_pass:
-            keys = impl.pass1_keys
-            canvas = Canvas((Y, X), {k: ((), np.float32) for k in keys}, ov_r)
-
-            def job1(t_):
-                planes, gd = window(frame, t_)
-                return impl.pass1(planes, gd, halo=halo_r)
-
-            for t_, out in _run_tiles(tiles, job1, nw):
-                canvas.add(t_, out)
-                done += 1
-                yield Progress(done, total, "pass 1", t_index)
-            stats = impl.reduce(canvas.result())
-
+            maps = yield from _counted(run_region(pl, impl, frame, r0=0, s0=0, s1=Y, tiles=tiles, t_index=t_index,
+                                                  pass1=True), counter, total, "pass 1", t_index)
+            stats = impl.reduce(maps)
         outs = {"fused": fused[t_index], "index": index[t_index], "confidence": conf[t_index]}
-        canvas = Canvas((Y, X), {"fused": ((C,), acc), "index": ((), np.float32), "confidence": ((), np.float32)},
-                        ov_r, out=outs, cast=_cast_tile)
-
-        def job(t_):
-            planes, gd = window(frame, t_)
-            out = impl.fuse_tile(planes, gd, halo=halo_r, stats=stats)
-            out["fused"] = np.asarray(out["fused"]).reshape(out["index"].shape + (C,))
-            return out
-
-        for t_, out in _run_tiles(tiles, job, nw):
-            canvas.add(t_, out)
-            done += 1
-            yield Progress(done, total, "fuse", t_index)
-        res = canvas.result()
-        if res["fused"] is not outs["fused"]:  # blended overlaps: convert the accumulators once
-            fused[t_index] = _to_dtype(res["fused"], dtype)
-            index[t_index] = res["index"]
-            np.clip(res["confidence"], 0, 1, out=conf[t_index])
-        del res, canvas
+        yield from _counted(run_region(pl, impl, frame, r0=0, s0=0, s1=Y, tiles=tiles, t_index=t_index,
+                                       stats=stats, out=outs), counter, total, "fuse", t_index)
         del frame
 
     seconds = time.perf_counter() - t_start
@@ -202,23 +229,7 @@ def fuse_iter(
         fused = fused[..., 0]
     if "T" not in stack.axes:
         fused, index, conf = fused[0], index[0], conf[0]
-    prov = {
-        "method": spec.name,
-        "params": p,
-        "version": __version__,
-        "device": dev,
-        "guide": g,
-        "tile": None if single else int(tile),
-        "overlap": ov_r,
-        "halo": halo_r,
-        "tiles": len(tiles),
-        "input": stack.name,
-        "source": list(stack.source),
-        "seconds": seconds,
-        "mvoxel_per_s": stack.nbytes / dtype.itemsize / 1e6 / max(seconds, 1e-9),
-    }
-    if spec.weights is not None:
-        prov["weights_sha256"] = spec.weights.sha256
+    prov = provenance(pl, seconds)
     return FusionResult(
         fused=fused,
         index=index,
@@ -230,6 +241,71 @@ def fuse_iter(
         unit=stack.unit,
         rgb=stack.rgb,
     )
+
+
+def _shift(t: Tile, dy: int) -> Tile:
+    return replace(t, y0=t.y0 + dy, y1=t.y1 + dy)
+
+
+def run_region(pl: FusionPlan, impl, frame: np.ndarray, *, r0: int, s0: int, s1: int, tiles, t_index: int = 0,
+               stats=None, pass1: bool = False, out: dict | None = None):
+    """Run ``tiles`` of one time point and blend them into the rows ``[s0, s1)`` of the image.
+
+    ``frame`` (Z, R, X, C) holds the image's rows ``r0 .. r0 + R`` (rows outside the image already
+    reflected), enough for every tile's window; the whole frame is ``r0 = 0, R = Y``. A generator:
+    it yields once per tile and returns the outputs for the rows ``[s0, s1)``: the dict ``out``
+    (arrays of those rows, written in place) or new arrays; with ``pass1``, the method's pass-1
+    maps.
+    """
+    stack = pl.stack
+    dtype, C = stack.dtype, stack.n_channels
+    X = stack.yx_shape[1]
+    halo, g, check = pl.halo, pl.guide, dtype.kind == "f"
+    if pass1:
+        specs = {k: ((), np.float32) for k in impl.pass1_keys}
+        canvas = Canvas((s1 - s0, X), specs, pl.overlap)
+    else:
+        specs = {"fused": ((C,), _acc_dtype(dtype)), "index": ((), np.float32), "confidence": ((), np.float32)}
+        if out is None:
+            out = {"fused": np.empty((s1 - s0, X, C), dtype), "index": np.empty((s1 - s0, X), np.float32),
+                   "confidence": np.empty((s1 - s0, X), np.float32)}
+        canvas = Canvas((s1 - s0, X), specs, pl.overlap, out=out, cast=_cast_tile)
+
+    def job(t_):
+        planes = read_window(frame, _shift(t_, -r0).window)
+        gd = make_guide(planes, g)
+        if check:
+            _check_finite(gd, stack, t_index)
+        if pass1:
+            return impl.pass1(planes, gd, halo=halo)
+        res = impl.fuse_tile(planes, gd, halo=halo, stats=stats)
+        res["fused"] = np.asarray(res["fused"]).reshape(res["index"].shape + (C,))
+        return res
+
+    for t_, res in _run_tiles(tiles, job, pl.workers):
+        canvas.add(_shift(t_, -s0), res)
+        yield
+    res = canvas.result()
+    if pass1 or res["fused"] is out["fused"]:
+        return res
+    out["fused"][...] = _to_dtype(res["fused"], dtype)  # blended overlaps: convert the accumulators once
+    out["index"][...] = res["index"]
+    np.clip(res["confidence"], 0, 1, out=out["confidence"])
+    return out
+
+
+def _counted(gen, counter: list, total: int, stage: str, t_index: int):
+    """Re-yield a region's per-tile steps as :class:`Progress`; return its result."""
+    try:
+        while True:
+            try:
+                next(gen)
+            except StopIteration as e:
+                return e.value
+            counter[0] += 1
+            yield Progress(counter[0], total, stage, t_index)
+    finally:
+        gen.close()  # a cancelled run stops the region's tile pool now, not at garbage collection
 
 
 def _run_tiles(tiles, job: Callable, workers: int) -> Iterator:
