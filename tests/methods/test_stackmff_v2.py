@@ -126,3 +126,20 @@ def test_confidence_is_higher_where_the_choice_is_right():
     r = ne.fuse(s.stack, method="stackmff-v2", tile=None)
     right = r.index == s.index
     assert r.confidence[right].mean() > r.confidence[~right].mean()
+
+
+def test_decision_masks_one_plane_per_pixel():
+    s = ne.sample_stack(n_planes=4, shape=(64, 64), seed=10)
+    r = ne.fuse(s.stack, method="stackmff-v2", tile=None)
+    m = r.masks()
+    assert m.shape == (4, 64, 64) and (m.sum(axis=0) == 1).all()
+    np.testing.assert_array_equal(np.argmax(m, axis=0), r.index.astype(int))
+
+
+def test_cuda_request_without_a_gpu_is_a_clear_error():
+    from napari_edof.core.errors import StackError
+
+    s = ne.sample_stack(n_planes=3, shape=(32, 32), seed=11)
+    if not torch.cuda.is_available():
+        with pytest.raises(StackError, match="not available"):
+            ne.fuse(s.stack, method="stackmff-v2", device="cuda")

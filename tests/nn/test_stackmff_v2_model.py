@@ -80,6 +80,8 @@ def test_inference_path_in_strips_matches(model, reference):
     strips = model.infer_logits(x, strip_budget=1)  # 56-row strips with the exact halo
     np.testing.assert_allclose(whole.numpy(), reference["inter_layer_logits"], atol=2e-5, rtol=0)
     np.testing.assert_allclose(strips.numpy(), whole.numpy(), atol=2e-5, rtol=0)
+    threads = model.infer_logits(x, workers=2)  # planes and row strips in two threads
+    np.testing.assert_allclose(threads.numpy(), whole.numpy(), atol=2e-5, rtol=0)
 
 
 def test_forward_is_differentiable_and_pads():

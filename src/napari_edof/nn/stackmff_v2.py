@@ -270,44 +270,57 @@ class StackMFFV2(nn.Module):
     # -- inference path -------------------------------------------------------------------------
     @torch.inference_mode()
     def infer_logits(self, x, *, plane_chunk: int = 1, strip_budget: int = 512 << 20,
-                     channels_last: bool | None = None):
+                     channels_last: bool | None = None, workers: int = 1):
         """Logits of a (N, H, W) or (1, N, H, W) stack, with bounded working memory.
 
         Stage 1 runs ``plane_chunk`` planes at a time (GroupNorm needs whole planes); its
         8-channel output is the only per-plane volume kept besides the logits. The recurrent
-        pass (:meth:`infer_recurrent`) walks the planes in row chunks that stay in cache; when
-        its stored hidden states (16 channels per plane) would exceed ``strip_budget`` bytes,
-        it runs in row strips with an exact halo instead.
+        pass walks the planes in row chunks that stay in cache; when its stored hidden states
+        (16 channels per plane) would exceed ``strip_budget`` bytes, it runs in row strips with
+        an exact halo instead.
+
+        On the CPU, ``workers`` > 1 threads each run single-threaded torch on their own planes
+        (stage 1) and row strips (stage 2, exact halo) instead of torch's intra-op threads (on
+        2 shared cores this measured no faster, so the default is 1).
         """
         if x.ndim == 3:
             x = x[None]
         if x.shape[0] != 1:
             return torch.cat([self.infer_logits(xi, plane_chunk=plane_chunk, strip_budget=strip_budget,
-                                                channels_last=channels_last) for xi in x])
+                                                channels_last=channels_last, workers=workers) for xi in x])
         x, crop = pad_to_multiple(x)
         _, N, H, W = x.shape
-        cl = (x.device.type == "cpu") if channels_last is None else channels_last
+        cpu = x.device.type == "cpu"
+        cl = cpu if channels_last is None else channels_last
         fmt = torch.channels_last if cl else torch.contiguous_format
-        # stage 1 writes into a buffer with 2 zero rows above and below (the recurrent pass's padding)
-        fp = torch.zeros((N, FEATURES, H + 4, W), dtype=x.dtype, device=x.device).contiguous(memory_format=fmt)
-        for s in range(0, N, plane_chunk):
-            e = min(N, s + plane_chunk)
-            xin = x[0, s:e, None].contiguous(memory_format=fmt)
-            fp[s:e, :, 2 : H + 2] = self.feature_extraction(xin)
-        logits = self._recurrent(fp, strip_budget, fmt)
+        nw = max(1, int(workers)) if cpu else 1
+        with _single_threaded(nw > 1):
+            # stage 1 writes into a buffer with 2 zero rows above and below (the recurrent pass's padding)
+            fp = torch.zeros((N, FEATURES, H + 4, W), dtype=x.dtype, device=x.device).contiguous(memory_format=fmt)
+
+            def intra(s):
+                with torch.inference_mode():
+                    e = min(N, s + plane_chunk)
+                    fp[s:e, :, 2 : H + 2] = self.feature_extraction(x[0, s:e, None].contiguous(memory_format=fmt))
+
+            _run(intra, range(0, N, plane_chunk), nw)
+            logits = self._recurrent(fp, strip_budget, fmt, nw)
         return logits[None, :, : crop[0], : crop[1]]
 
     @torch.inference_mode()
-    def infer_recurrent(self, feats, *, strip_budget: int = 512 << 20, channels_last: bool = True):
+    def infer_recurrent(self, feats, *, strip_budget: int = 512 << 20, channels_last: bool = True,
+                        workers: int = 1):
         """(N, 8, H, W) intra-layer probabilities -> (N, H, W) logits (inference path)."""
         N, C, H, W = feats.shape
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         fp = torch.zeros((N, C, H + 4, W), dtype=feats.dtype, device=feats.device).contiguous(memory_format=fmt)
         fp[:, :, 2 : H + 2] = feats
-        return self._recurrent(fp, strip_budget, fmt)
+        with _single_threaded(workers > 1):
+            return self._recurrent(fp, strip_budget, fmt, workers)
 
-    def _recurrent(self, fp, strip_budget, fmt):
-        """Recurrent pass over (N, 8, H + 4, W) row-padded features, in exact-halo strips if large.
+    def _recurrent(self, fp, strip_budget, fmt, workers: int = 1):
+        """Recurrent pass over (N, 8, H + 4, W) row-padded features, in exact-halo strips when
+        large (or one strip per worker).
 
         A strip's output rows depend on the features at most 2 rows per recurrent step away
         (each step is a 3x3 conv on h, then a 3x3 conv on r * h): a halo of 2N + 2 rows makes
@@ -324,12 +337,49 @@ class StackMFFV2(nn.Module):
                           whc.contiguous(memory_format=fmt)))
         halo = 2 * N + 2
         bytes_per_row = N * hid * W * fp.element_size()
-        rows = max(32, 4 * halo, int(strip_budget // max(1, bytes_per_row)))
+        rows = max(32, 4 * halo, int(strip_budget // max(1, bytes_per_row * workers)))
+        if workers > 1:  # a strip per worker at least, unless the halo would dominate
+            rows = min(rows, max(2 * halo, -(-H // workers)))
         out = torch.empty((N, H, W), dtype=fp.dtype, device=fp.device)
-        for y0, y1, a, b in _strips(H, rows, halo):
-            res = _recurrent_rows(fp[:, :, a : b + 4], cells, hid, fmt)
-            out[:, y0:y1] = res[:, y0 - a : y1 - a]
+
+        def strip(s):
+            y0, y1, a, b = s
+            with torch.inference_mode():
+                res = _recurrent_rows(fp[:, :, a : b + 4], cells, hid, fmt)
+                out[:, y0:y1] = res[:, y0 - a : y1 - a]
+
+        _run(strip, list(_strips(H, rows, halo)), workers)
         return out
+
+
+class _single_threaded:
+    """Run torch single-threaded inside (when ``on``), restoring the thread count after."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __enter__(self):
+        if self.on:
+            self.n = torch.get_num_threads()
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.on:
+            torch.set_num_threads(self.n)
+
+
+def _run(fn, items, workers: int) -> None:
+    """``fn(item)`` for every item, in ``workers`` threads (torch releases the GIL in its ops)."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        for it in items:
+            fn(it)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="stackmff") as pool:
+        for f in [pool.submit(fn, it) for it in items]:
+            f.result()
 
 
 def _recurrent_rows(fp, cells, hid: int, fmt):
@@ -342,7 +392,7 @@ def _recurrent_rows(fp, cells, hid: int, fmt):
     """
     N, C, H4, W = fp.shape
     H = H4 - 4
-    chunk = max(8, 16384 // max(W, 1))
+    chunk = max(8, 32768 // max(W, 1))
     kw = dict(dtype=fp.dtype, device=fp.device)
     store = torch.zeros((N, hid, H4, W), **kw).contiguous(memory_format=fmt)
     back = [torch.zeros((1, hid, H4, W), **kw).contiguous(memory_format=fmt) for _ in range(2)]
