@@ -19,7 +19,10 @@ def sharpness(img) -> float:
 def test_epfl_rgb_stack_is_sharper_than_every_plane(shared_data, method):
     st = ne.open_stack(shared_data / "epfl_edf_skeleton_zeiss" / "stack.tif")
     assert st.rgb and st.n_planes == 3
-    r = ne.fuse(st, method=method, tile=64)
+    lazy = ne.fuse(st, method=method, tile=64)  # a lazily opened stack gives a lazy result
+    assert lazy.is_lazy
+    r = lazy.compute()
+    assert not r.is_lazy
     planes = np.asarray(st.data)
     assert r.fused.shape == planes.shape[1:] and r.fused.dtype == np.uint8
     assert sharpness(r.fused) > 0.95 * max(sharpness(p) for p in planes)

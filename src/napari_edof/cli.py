@@ -51,7 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     f.add_argument("--axes", default=None, help="axes of the input when its metadata does not say, e.g. ZYX, TZYX, CZYX")
     f.add_argument("--guide", default="auto", help="auto, luminance, mean or a channel number")
-    f.add_argument("--workers", type=int, default=None, help="threads for CPU methods (default: all cores)")
+    f.add_argument("--threads", type=int, default=None, help="threads for CPU methods (default: all cores)")
+    f.add_argument("--format", choices=("tiff", "zarr"), default="tiff",
+                   help="tiff (default): TIFF and PNG files, the stack fused in memory; zarr: OME-Zarr images "
+                        "written stripe by stripe, for stacks larger than memory (memory stays one stripe)")
+    f.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on a dask.distributed scheduler (e.g. tcp://host:8786): stacks and time points "
+                        "are spread over its workers")
+    f.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run on a local dask cluster of N worker processes")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
     m = sub.add_parser("methods", help="list the fusion methods")
@@ -120,6 +128,14 @@ def _progress_bar(quiet: bool, desc: str):
 
 def _run_one(stack, outdir: Path, args, params: dict) -> dict:
     from .core.engine import fuse_iter
+
+    bar = _progress_bar(args.quiet, stack.name)
+    result = _drain_with_bar(fuse_iter(stack, workers=args.threads, **_options(args, params)), bar)
+    return {"result": result, "stack": stack}
+
+
+def _options(args, params: dict) -> dict:
+    from .core.errors import EdofError
     from .methods import DEFAULT_METHOD
 
     tile = args.tile
@@ -127,20 +143,18 @@ def _run_one(stack, outdir: Path, args, params: dict) -> dict:
         try:
             tile = int(tile)
         except ValueError:
-            from .core.errors import EdofError
-
             raise EdofError(f"--tile must be a number of pixels, 'auto' or 0, not {tile!r}") from None
-    bar = _progress_bar(args.quiet, stack.name)
-    gen = fuse_iter(stack, method=args.method or DEFAULT_METHOD, params=params, tile=tile,
-                    overlap=args.overlap, device=None if args.device == "auto" else args.device,
-                    guide=_guide(args.guide), workers=args.workers)
+    return dict(method=args.method or DEFAULT_METHOD, params=params, tile=tile, overlap=args.overlap,
+                device=None if args.device == "auto" else args.device, guide=_guide(args.guide))
+
+
+def _drain_with_bar(gen, bar):
     try:
         while True:
             try:
                 step = next(gen)
             except StopIteration as stop:
-                result = stop.value
-                break
+                return stop.value
             if bar is not None:
                 bar.total = step.total
                 bar.n = step.done
@@ -149,7 +163,55 @@ def _run_one(stack, outdir: Path, args, params: dict) -> dict:
         gen.close()
         if bar is not None:
             bar.close()
-    return {"result": result, "stack": stack}
+
+
+def _run_zarr(stack, outdir: Path, args, params: dict) -> dict:
+    """Stream one stack into OME-Zarr images (memory: one stripe)."""
+    from .io.zarr_io import fuse_to_zarr_iter
+
+    opts = _options(args, params)
+    bar = _progress_bar(args.quiet, stack.name)
+    result, files = _drain_with_bar(fuse_to_zarr_iter(stack, outdir, workers=args.threads, **opts), bar)
+    return {"result": result, "stack": stack, "paths": files}
+
+
+def _run_cluster(jobs, args, params: dict) -> list[dict]:
+    """Every stack on a dask cluster, one progress bar over all their stripes."""
+    from .cluster import connect, fuse_many_iter
+
+    opts = _options(args, params)
+    with connect(args.scheduler, args.workers) as client:
+        bar = _progress_bar(args.quiet, f"{len(jobs)} stack{'s' if len(jobs) > 1 else ''} on {len(client.nthreads())} workers")
+        results = _drain_with_bar(fuse_many_iter([st for st, _ in jobs], client, **opts), bar)
+    return [{"result": r, "stack": st} for r, (st, _) in zip(results, jobs)]
+
+
+def _write(run: dict, dest: Path, fmt: str) -> dict:
+    if fmt == "zarr":
+        import numpy as np
+
+        from .io.zarr_io import create_outputs
+
+        r, st = run["result"], run["stack"]
+        outs = create_outputs(dest, shape_tyx=(st.n_times,) + tuple(st.yx_shape), channels=st.n_channels,
+                              dtype=st.dtype, axes=st.axes, rows_per_chunk=512, pixel_size=st.pixel_size,
+                              z_step=st.z_step, unit=st.unit, name=st.name)
+        try:
+            for role, a in (("fused", r.fused), ("index", r.index), ("confidence", r.confidence)):
+                a = np.asarray(a)
+                if "T" not in st.axes:
+                    a = a[None]
+                if role == "fused" and "C" not in st.axes:
+                    a = a[..., None]
+                for t in range(a.shape[0]):
+                    outs.arrays[role][t, slice(None)] = a[t]
+        except BaseException:
+            outs.abort()
+            raise
+        return outs.commit(r.provenance)
+    from .io import write_result
+
+    return write_result(run["result"], dest)
 
 
 def _guide(g: str):
@@ -195,14 +257,23 @@ def cmd_fuse(args) -> int:
             else:
                 src = args.inputs[0] if len(args.inputs) == 1 else list(args.inputs)
                 jobs = [(open_stack(src, axes=args.axes), out)]
-        for st, dest in jobs:
+        for _, dest in jobs:
             if dest.exists() and not dest.is_dir():
                 raise OSError(f"{dest} exists and is not a folder")
-            run = _run_one(st, dest, args, params)
+        if args.scheduler or args.workers:
+            runs = _run_cluster(jobs, args, params)
+        else:
+            runs = None
+        for i, (st, dest) in enumerate(jobs):
+            if runs is not None:
+                run = runs[i]
+            elif args.format == "zarr":
+                run = _run_zarr(st, dest, args, params)
+            else:
+                run = _run_one(st, dest, args, params)
             try:
-                from .io import write_result
-
-                run["paths"] = write_result(run["result"], dest)
+                if "paths" not in run:
+                    run["paths"] = _write(run, dest, args.format)
             except EdofError as e:
                 print(f"napari-edof: error: {e}", file=sys.stderr)
                 return EXIT_OUTPUT

@@ -612,7 +612,10 @@ def test_nan_in_float_tiff_is_reported_with_the_file_name(tmp_path):
     tifffile.imwrite(path, a, photometric="minisblack")
     s = open_stack(path)  # cannot be checked lazily: the engine checks each tile
     with pytest.raises(EdofError, match=r"has_nan\.tif.*NaN"):
-        napari_edof.fuse(s)
+        napari_edof.fuse(s, lazy=False)
+    lazy = napari_edof.fuse(s)  # a lazy result: the check runs when the stripes do
+    with pytest.raises(EdofError, match=r"has_nan\.tif.*NaN"):
+        lazy.compute()
 
 
 def test_inputs_are_not_modified(tmp_path):

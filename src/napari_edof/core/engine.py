@@ -31,6 +31,8 @@ from .. import __version__
 from ..methods._registry import DEFAULT_METHOD, get_method
 from .colour import make_guide, resolve_guide
 from .errors import StackError
+from .policy import OutOfMemory, check_memory, free_accelerator_memory, is_oom, smaller_tile
+from .registration import parse_register, register_stack
 from .result import FusionResult, Progress
 from .stack import Stack, as_stack, is_dask
 from .tiling import Canvas, Tile, plan_tiles, read_window
@@ -167,6 +169,7 @@ def fuse_iter(
     device: str | None = None,
     guide="auto",
     workers: int | None = None,
+    register=None,
 ) -> Generator[Progress, None, FusionResult]:
     """Fuse a focus stack tile by tile, yielding progress; returns the :class:`FusionResult`.
 
@@ -188,9 +191,24 @@ def fuse_iter(
         What focus is measured on; one index is applied to every channel.
     workers : int
         Threads for CPU methods (default: the number of cores).
+    register : None, "translation", "similarity", "affine" or a dict
+        Align the planes first (see :func:`napari_edof.core.registration.register_stack`; a dict
+        holds its options, e.g. ``{"mode": "similarity", "scale": False, "edges": "edge"}``); the
+        report goes to ``provenance["registration"]``.
+
+    A run that would not fit in memory is refused before anything large is allocated
+    (:class:`~napari_edof.core.policy.OutOfMemory`). A GPU method that runs out of memory on a
+    tile is run again with tiles half as large, down to 32 pixels.
     """
-    pl = plan_fusion(stack, method=method, params=params, axes=axes, tile=tile, overlap=overlap,
-                     device=device, guide=guide, workers=workers)
+    reg_opts = parse_register(register)
+    stack = as_stack(stack, axes=axes)
+    check_memory(stack)
+    reg = None
+    if reg_opts is not None:
+        stack, reg = register_stack(stack, **reg_opts)
+    plan_kw = dict(method=method, params=params, tile=tile, overlap=overlap, device=device, guide=guide,
+                   workers=workers)
+    pl = plan_fusion(stack, **plan_kw)
     stack, g, tiles = pl.stack, pl.guide, pl.tiles
     Y, X = stack.yx_shape
     halo_r, ov_r = pl.halo, pl.overlap
@@ -209,19 +227,36 @@ def fuse_iter(
     t_start = time.perf_counter()
 
     counter = [0]
+    oom_tiles = []
     for t_index in range(T):
         frame = canon[t_index]
         if is_dask(frame):
             frame = frame.compute()
         frame = np.asarray(frame)
-        stats = None
-        if two_pass:
-            maps = yield from _counted(run_region(pl, impl, frame, r0=0, s0=0, s1=Y, tiles=tiles, t_index=t_index,
-                                                  pass1=True), counter, total, "pass 1", t_index)
-            stats = impl.reduce(maps)
-        outs = {"fused": fused[t_index], "index": index[t_index], "confidence": conf[t_index]}
-        yield from _counted(run_region(pl, impl, frame, r0=0, s0=0, s1=Y, tiles=tiles, t_index=t_index,
-                                       stats=stats, out=outs), counter, total, "fuse", t_index)
+        while True:
+            try:
+                stats = None
+                if two_pass:
+                    maps = yield from _counted(run_region(pl, impl, frame, r0=0, s0=0, s1=Y, tiles=tiles,
+                                                          t_index=t_index, pass1=True),
+                                               counter, total, "pass 1", t_index)
+                    stats = impl.reduce(maps)
+                outs = {"fused": fused[t_index], "index": index[t_index], "confidence": conf[t_index]}
+                yield from _counted(run_region(pl, impl, frame, r0=0, s0=0, s1=Y, tiles=tiles, t_index=t_index,
+                                               stats=stats, out=outs), counter, total, "fuse", t_index)
+                break
+            except Exception as exc:  # a GPU out of memory: shrink the tiles and run this frame again
+                if pl.spec.backend != "torch" or not is_oom(exc):
+                    raise
+                new = smaller_tile(pl.tile, (Y, X), pl.halo)
+                if new is None:
+                    raise OutOfMemory(f"{stack.name}: {pl.spec.name} ran out of {pl.device} memory even with "
+                                      f"tiles of {pl.tile} pixels ({exc}); use --device cpu") from None
+                free_accelerator_memory()
+                oom_tiles.append(new)
+                pl = plan_fusion(stack, **{**plan_kw, "tile": new})
+                tiles = pl.tiles
+                total = counter[0] + (T - t_index) * len(tiles) * (2 if two_pass else 1)
         del frame
 
     seconds = time.perf_counter() - t_start
@@ -230,6 +265,10 @@ def fuse_iter(
     if "T" not in stack.axes:
         fused, index, conf = fused[0], index[0], conf[0]
     prov = provenance(pl, seconds)
+    if oom_tiles:
+        prov["out_of_memory_retries"] = oom_tiles
+    if reg is not None:
+        prov["registration"] = reg.as_dict()
     return FusionResult(
         fused=fused,
         index=index,
@@ -341,8 +380,26 @@ def _run_tiles(tiles, job: Callable, workers: int) -> Iterator:
         pool.shutdown(wait=True)
 
 
-def fuse(stack, *, progress: Callable[[Progress], None] | None = None, **kwargs) -> FusionResult:
-    """Fuse a focus stack; the synchronous form of :func:`fuse_iter` (same options)."""
+def fuse(stack, *, progress: Callable[[Progress], None] | None = None, lazy: bool | None = None,
+         **kwargs) -> FusionResult:
+    """Fuse a focus stack: numpy in gives numpy out, dask in gives dask out.
+
+    The synchronous form of :func:`fuse_iter` (same options), calling ``progress`` per tile. A lazy
+    input (a dask array, or a Stack over one, e.g. from :func:`napari_edof.open_stack`) gives a
+    lazy result instead (:func:`napari_edof.core.stream.fuse_lazy`: dask arrays, one task per
+    stripe of tiles, nothing read until computed; ``result.compute()`` computes the three arrays
+    together). ``lazy=False`` computes it now (in memory, with progress); ``lazy=True`` asks for
+    a lazy result from numpy input too.
+    """
+    if lazy is None:
+        lazy = is_dask(stack.data if isinstance(stack, Stack) else stack)
+    if lazy:
+        if progress is not None:
+            raise StackError("progress is reported by eager runs: pass lazy=False, or watch the dask "
+                             "computation (e.g. dask.diagnostics.ProgressBar or the distributed dashboard)")
+        from .stream import fuse_lazy
+
+        return fuse_lazy(stack, **kwargs)
     gen = fuse_iter(stack, **kwargs)
     while True:
         try:

@@ -127,6 +127,10 @@ def open_stack(source, *, axes: str | None = None, name: str | None = None) -> S
     path = _as_path(source)
     text = os.fspath(path)
     if path.is_dir():
+        from .zarr_io import is_zarr, open_zarr
+
+        if is_zarr(path):
+            return open_zarr(path, axes=axes, name=name)
         files = _list_folder(path)
         return _open_planes(files, axes=axes, name=name or _folder_name(path), label=str(path))
     if path.exists() or path.is_symlink():

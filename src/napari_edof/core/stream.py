@@ -1,0 +1,280 @@
+"""Out-of-core and lazy fusion: the image in stripes of tile rows.
+
+The engine's in-memory path (:func:`napari_edof.core.engine.fuse_iter`) reads a whole time point
+and keeps whole-image outputs. Here the same tiles (same plan, same halos, same blending) are
+grouped into *stripes* of consecutive tile rows, and only one stripe's source rows (its tiles'
+windows, reflected at the image border exactly as the engine does) are read at a time:
+
+* :func:`fuse_to_store_iter` streams a stack of any size from a lazy source (dask, zarr, a TIFF
+  opened lazily) into output arrays on disk (zarr), stripe by stripe; memory is bounded by the
+  stripe budget, not by the stack size. It yields progress per tile.
+* :func:`fuse_lazy` builds the same computation as a dask graph, one task per stripe (and per
+  time point), so ``fuse(dask_array)`` returns lazy dask arrays that any dask scheduler runs,
+  ``dask.distributed`` included.
+
+Both give the results of the in-memory engine: identical where tiles do not overlap (the classical
+methods), and equal up to float rounding of the blend where they do (a stripe then also runs the
+neighbouring row of tiles that blends into it).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import numpy as np
+
+from .engine import FusionPlan, plan_fusion, provenance, run_region
+from .result import FusionResult, Progress
+from .stack import is_dask
+from .tiling import reflect_index
+
+#: default bytes of source rows read per stripe (the memory bound of a streaming run)
+STRIPE_BUDGET = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class Stripe:
+    """Output rows ``[s0, s1)`` made by ``tiles``, which read the source rows ``[r0, r1)``."""
+
+    s0: int
+    s1: int
+    r0: int
+    r1: int
+    tiles: tuple
+
+
+@dataclass(frozen=True)
+class _StackMeta:
+    """What a region needs to know of the stack (shipped to dask workers instead of the data)."""
+
+    dtype: np.dtype
+    n_channels: int
+    n_times: int
+    yx_shape: tuple
+    name: str
+
+
+def plan_stripes(pl: FusionPlan, budget: int = STRIPE_BUDGET) -> list[Stripe]:
+    """Group the plan's tile rows into stripes whose source rows fit in ``budget`` bytes."""
+    st = pl.stack
+    Y, X = st.yx_shape
+    row_bytes = X * st.n_planes * st.n_channels * st.dtype.itemsize + X * st.n_planes * 4  # + float guide
+    rows = sorted({(t.y0, t.y1) for t in pl.tiles})
+    e = pl.halo + pl.overlap
+    stripes = []
+    i = 0
+    while i < len(rows):
+        j = i + 1
+        while j < len(rows) and (rows[j][1] - rows[i][0] + 2 * e) * row_bytes <= budget:
+            j += 1
+        s0, s1 = rows[i][0], min(rows[j - 1][1], Y)
+        # every tile whose output region reaches into [s0, s1) (neighbours too when tiles overlap)
+        tiles = tuple(t for t in pl.tiles if t.out[0] < s1 and t.out[1] > s0)
+        r0 = min(t.window[0] for t in tiles)
+        r1 = max(t.window[1] for t in tiles)
+        stripes.append(Stripe(s0, s1, r0, r1, tiles))
+        i = j
+    return stripes
+
+
+def read_rows(frame, r0: int, r1: int, Y: int) -> np.ndarray:
+    """Source rows ``[r0, r1)`` of a (Z, Y, X, C) frame (numpy, dask or zarr-backed), reflected
+    outside ``[0, Y)``: one contiguous read, as numpy."""
+    idx = reflect_index(np.arange(r0, r1), Y)
+    lo, hi = int(idx.min()), int(idx.max()) + 1
+    block = frame[:, lo:hi]
+    block = block.compute() if is_dask(block) else np.asarray(block)
+    if r0 == lo and r1 == hi:
+        return block
+    return np.take(block, idx - lo, axis=1)
+
+
+def _light(pl: FusionPlan) -> FusionPlan:
+    st = pl.stack
+    meta = _StackMeta(st.dtype, st.n_channels, st.n_times, tuple(st.yx_shape), st.name)
+    return replace(pl, stack=meta, spec=None)
+
+
+@lru_cache(maxsize=8)
+def _impl_for(cls, params_key, device):
+    """One method instance per process and configuration (a network loads its weights once)."""
+    return cls(dict(params_key), device=device)
+
+
+def _impl(pl: FusionPlan):
+    try:
+        key = tuple(sorted(pl.params.items()))
+        hash(key)
+    except TypeError:
+        return pl.make_impl()
+    return _impl_for(pl.cls, key, pl.device)
+
+
+def _drain(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as e:
+            return e.value
+
+
+def _stripe_task(block, r0, stripe: Stripe, pl: FusionPlan, t_index: int, stats=None, pass1: bool = False):
+    """Fuse one stripe from its source rows (a dask task; also the streaming loop's step)."""
+    impl = _impl(pl)
+    res = _drain(run_region(pl, impl, block, r0=r0, s0=stripe.s0, s1=stripe.s1, tiles=stripe.tiles,
+                            t_index=t_index, stats=stats, pass1=pass1))
+    if pass1:
+        return res
+    return res["fused"], res["index"], res["confidence"]
+
+
+def _reduce_task(pl: FusionPlan, stripes: list[Stripe], *maps):
+    """Stitch the stripes' pass-1 maps and reduce them to the method's global statistic."""
+    Y, X = pl.stack.yx_shape
+    impl = _impl(pl)
+    full = {k: np.empty((Y, X), np.float32) for k in impl.pass1_keys}
+    for s, m in zip(stripes, maps):
+        for k in full:
+            full[k][s.s0:s.s1] = m[k]
+    return impl.reduce(full)
+
+
+def _result(pl: FusionPlan, fused, index, conf, seconds: float) -> FusionResult:
+    st = pl.stack
+    if "C" not in st.axes:
+        fused = fused[..., 0]
+    if "T" not in st.axes:
+        fused, index, conf = fused[0], index[0], conf[0]
+    return FusionResult(fused=fused, index=index, confidence=conf, n_planes=st.n_planes,
+                        provenance=provenance(pl, seconds), pixel_size=st.pixel_size, z_step=st.z_step,
+                        unit=st.unit, rgb=st.rgb)
+
+
+# --------------------------------------------------------------------------------------------
+# lazy: a dask graph
+# --------------------------------------------------------------------------------------------
+def fuse_lazy(stack, *, budget: int = STRIPE_BUDGET, **options) -> FusionResult:
+    """Fuse lazily: a :class:`FusionResult` of dask arrays, one task per stripe and time point.
+
+    Options are those of :func:`napari_edof.fuse` (checked now, before any pixel is read). Nothing
+    runs until the arrays are computed or stored; compute them together (``dask.compute(r.fused,
+    r.index, r.confidence)`` or :meth:`FusionResult.compute`) so that each stripe runs once. Each
+    task fuses its stripe with the method's tiles in one thread (``workers=1``): dask runs the
+    stripes in parallel.
+    """
+    import dask
+    import dask.array as da
+
+    options.setdefault("workers", 1)
+    pl = plan_fusion(stack, **options)
+    st = pl.stack
+    light = _light(pl)
+    Y, X = st.yx_shape
+    C = st.n_channels
+    canon = st.canonical()
+    if not is_dask(canon):
+        canon = da.from_array(canon, chunks=(1, -1, "auto", -1, -1))
+    stripes = plan_stripes(pl, budget)
+    task = dask.delayed(_stripe_task, pure=True, nout=3)
+    frames_f, frames_i, frames_c = [], [], []
+    for t in range(st.n_times):
+        frame = canon[t]
+
+        def src(s: Stripe):
+            idx = reflect_index(np.arange(s.r0, s.r1), Y)
+            lo, hi = int(idx.min()), int(idx.max()) + 1
+            block = frame[:, lo:hi]
+            if s.r0 != lo or s.r1 != hi:
+                block = block[:, idx - lo]
+            return block
+
+        stats = None
+        if pl.two_pass:
+            maps = [dask.delayed(_stripe_task, pure=True)(src(s), s.r0, s, light, t, None, True) for s in stripes]
+            stats = dask.delayed(_reduce_task, pure=True)(light, stripes, *maps)
+        parts = [task(src(s), s.r0, s, light, t, stats) for s in stripes]
+        frames_f.append(da.concatenate([da.from_delayed(p[0], (s.s1 - s.s0, X, C), st.dtype)
+                                        for p, s in zip(parts, stripes)], axis=0))
+        frames_i.append(da.concatenate([da.from_delayed(p[1], (s.s1 - s.s0, X), np.float32)
+                                        for p, s in zip(parts, stripes)], axis=0))
+        frames_c.append(da.concatenate([da.from_delayed(p[2], (s.s1 - s.s0, X), np.float32)
+                                        for p, s in zip(parts, stripes)], axis=0))
+    fused, index, conf = da.stack(frames_f), da.stack(frames_i), da.stack(frames_c)
+    res = _result(pl, fused, index, conf, float("nan"))
+    res.provenance["lazy"] = True
+    res.provenance["stripes"] = len(stripes)
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# streaming: stripe by stripe into arrays on disk
+# --------------------------------------------------------------------------------------------
+def fuse_to_store_iter(stack, out: dict, *, budget: int = STRIPE_BUDGET, **options):
+    """Fuse stripe by stripe into the arrays of ``out``; a generator of :class:`Progress`.
+
+    ``out`` maps "fused", "index" and "confidence" to arrays shaped (T, Y, X, C), (T, Y, X) and
+    (T, Y, X) that accept slice assignment (zarr arrays, numpy memory maps, numpy arrays). Only one
+    stripe of source rows (at most ``budget`` bytes, at least one row of tiles) and its outputs
+    are in memory at a time. Returns a :class:`FusionResult` whose arrays are ``out``'s (T and C
+    dropped where the input has none).
+    """
+    pl = plan_fusion(stack, **options)
+    st = pl.stack
+    Y, X = st.yx_shape
+    T = st.n_times
+    want = {"fused": (T, Y, X, st.n_channels), "index": (T, Y, X), "confidence": (T, Y, X)}
+    for k, shape in want.items():
+        if k not in out or tuple(out[k].shape) != shape:
+            got = tuple(out[k].shape) if k in out else "missing"
+            raise ValueError(f"out[{k!r}] must have the shape {shape}, not {got}")
+    stripes = plan_stripes(pl, budget)
+    impl = pl.make_impl()
+    canon = st.canonical()
+    per_frame = sum(len(s.tiles) for s in stripes) * (2 if pl.two_pass else 1)
+    total, done = T * per_frame, 0
+    t_start = time.perf_counter()
+    for t in range(T):
+        frame = canon[t]
+        stats = None
+        if pl.two_pass:
+            full = {k: np.empty((Y, X), np.float32) for k in impl.pass1_keys}
+            for s in stripes:
+                block = read_rows(frame, s.r0, s.r1, Y)
+                gen = run_region(pl, impl, block, r0=s.r0, s0=s.s0, s1=s.s1, tiles=s.tiles, t_index=t, pass1=True)
+                while True:
+                    try:
+                        next(gen)
+                    except StopIteration as e:
+                        maps = e.value
+                        break
+                    done += 1
+                    yield Progress(done, total, "pass 1", t)
+                for k in full:
+                    full[k][s.s0:s.s1] = maps[k]
+                del block
+            stats = impl.reduce(full)
+            del full
+        for s in stripes:
+            block = read_rows(frame, s.r0, s.r1, Y)
+            gen = run_region(pl, impl, block, r0=s.r0, s0=s.s0, s1=s.s1, tiles=s.tiles, t_index=t, stats=stats)
+            while True:
+                try:
+                    next(gen)
+                except StopIteration as e:
+                    res = e.value
+                    break
+                done += 1
+                yield Progress(done, total, "fuse", t)
+            out["fused"][t, s.s0:s.s1] = res["fused"]
+            out["index"][t, s.s0:s.s1] = res["index"]
+            out["confidence"][t, s.s0:s.s1] = res["confidence"]
+            del block, res
+    seconds = time.perf_counter() - t_start
+    view = {k: (out[k].to_dask() if hasattr(out[k], "to_dask") else out[k]) for k in want}
+    res = _result(pl, view["fused"], view["index"], view["confidence"], seconds)
+    res.provenance["stripes"] = len(stripes)
+    return res
+
+
+__all__ = ["Stripe", "fuse_lazy", "fuse_to_store_iter", "plan_stripes", "read_rows", "STRIPE_BUDGET"]

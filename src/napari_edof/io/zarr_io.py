@@ -1,0 +1,293 @@
+"""OME-Zarr (zarr v3) input and streamed output.
+
+Input: an OME-Zarr image (NGFF 0.5 ``"ome"`` attributes on zarr v3, or 0.4 ``"multiscales"`` on
+zarr v2) opens lazily as a :class:`Stack` with axes, pixel size and z-step from its metadata; a
+plain zarr array opens with ``axes=`` (or guessed axes).
+
+Output: :func:`create_outputs` makes the three result images of a run (``fused.ome.zarr``,
+``focus_index.ome.zarr``, ``confidence.ome.zarr``) as OME-Zarr 0.5 images in a hidden partial
+folder, chunked by stripes of rows so that a streaming run writes whole chunks;
+:meth:`ZarrOutputs.commit` moves them into place once the run has finished (an interrupted run
+leaves the previous results untouched and no partial image behind).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import ReadError, StackError
+from ..core.stack import Stack, guess_axes
+
+_LETTER = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
+_UNIT_NAMES = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "µm": "µm", "um": "µm"}
+_NGFF_UNIT = {"µm": "micrometer", "um": "micrometer", "nm": "nanometer", "mm": "millimeter"}
+
+
+def is_zarr(path) -> bool:
+    """A folder that is a zarr array or group (v3 ``zarr.json``, v2 ``.zarray``/``.zgroup``)."""
+    p = Path(path)
+    return p.is_dir() and any((p / f).exists() for f in ("zarr.json", ".zarray", ".zgroup"))
+
+
+def _multiscales(attrs: dict):
+    ome = attrs.get("ome")
+    if isinstance(ome, dict) and ome.get("multiscales"):
+        return ome["multiscales"][0]
+    if attrs.get("multiscales"):
+        return attrs["multiscales"][0]
+    return None
+
+
+def open_zarr(path, *, axes: str | None = None, name: str | None = None) -> Stack:
+    """Open a zarr array or an OME-Zarr image lazily (dask) as a :class:`Stack`."""
+    import dask.array as da
+    import zarr
+
+    p = Path(path)
+    label = str(p)
+    try:
+        node = zarr.open(store=str(p), mode="r")
+    except Exception as e:  # noqa: BLE001 - zarr raises many kinds
+        raise ReadError(f"{label}: not a readable zarr store ({type(e).__name__}: {e})") from None
+    scale, units, ax = None, {}, None
+    if isinstance(node, zarr.Group):
+        ms = _multiscales(dict(node.attrs))
+        if ms is None:
+            arrays = sorted(k for k, _ in node.arrays())
+            raise ReadError(f"{label}: a zarr group without OME multiscales metadata; open one of its "
+                            f"arrays instead ({', '.join(arrays) or 'it has none'})")
+        ds = ms["datasets"][0]
+        try:
+            arr = node[ds["path"]]
+        except KeyError:
+            raise ReadError(f"{label}: the OME metadata names the dataset {ds['path']!r}, which is missing") from None
+        names = [a["name"] if isinstance(a, dict) else str(a) for a in ms.get("axes", [])]
+        if names:
+            try:
+                ax = "".join(_LETTER[n.lower()] for n in names)
+            except KeyError as e:
+                raise StackError(f"{label}: OME axis {e.args[0]!r} is not one of t, c, z, y, x") from None
+            units = {_LETTER[a["name"].lower()]: a.get("unit") for a in ms.get("axes", [])
+                     if isinstance(a, dict) and a.get("unit")}
+        for tr in ds.get("coordinateTransformations", []):
+            if tr.get("type") == "scale":
+                scale = [float(v) for v in tr["scale"]]
+    else:
+        arr = node
+    data = da.from_zarr(arr)
+    if axes is not None:
+        ax = axes.upper()
+    if ax is None:
+        ax = guess_axes(tuple(data.shape))
+    if len(ax) != data.ndim:
+        raise StackError(f"{label}: axes {ax!r} do not match the array's {data.ndim} dimensions {tuple(data.shape)}")
+    pixel_size = z_step = None
+    unit = "pixel"
+    if scale is not None and len(scale) == len(ax):
+        if "Y" in ax and "X" in ax:
+            pixel_size = (scale[ax.index("Y")], scale[ax.index("X")])
+        if "Z" in ax:
+            z_step = scale[ax.index("Z")]
+        u = units.get("X") or units.get("Y") or units.get("Z")
+        unit = _UNIT_NAMES.get(u, u) if u else "pixel"
+    try:
+        return Stack(data=data, axes=ax, pixel_size=pixel_size, z_step=z_step, unit=unit, rgb=False,
+                     name=name or p.name.split(".")[0], source=(str(p),))
+    except StackError as e:
+        raise StackError(f"{label}: {e}") from None
+
+
+def _ome_attrs(axes: str, scale: list[float], unit: str | None, name: str) -> dict:
+    kinds = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
+    ax = []
+    for a in axes:
+        d = {"name": a.lower(), "type": kinds[a]}
+        if unit and a in "YX":
+            d["unit"] = _NGFF_UNIT.get(unit, unit)
+        ax.append(d)
+    return {"ome": {"version": "0.5", "multiscales": [{
+        "name": name, "axes": ax,
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+    }]}}
+
+
+@dataclass
+class ZarrOutputs:
+    """Result images being written; :meth:`commit` moves them into ``outdir``."""
+
+    outdir: Path
+    partial: Path
+    arrays: dict = field(default_factory=dict)  # role -> zarr array, in the engine's (T, Y, X[, C]) order
+    files: dict = field(default_factory=dict)  # role -> final path
+
+    def commit(self, provenance: dict | None = None) -> dict[str, Path]:
+        """Move the finished images into place (replacing older results of the same names)."""
+        if provenance is not None:
+            from .writers import json_safe
+
+            (self.partial / "provenance.json").write_text(json.dumps(json_safe(provenance), indent=2))
+            self.files["provenance"] = self.outdir / "provenance.json"
+        for role, final in self.files.items():
+            src = self.partial / final.name
+            old = None
+            if final.exists():
+                old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+                os.replace(final, old)
+            os.replace(src, final)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+        shutil.rmtree(self.partial, ignore_errors=True)
+        return dict(self.files)
+
+    def abort(self) -> None:
+        """Remove the partial images (the previous results stay as they were)."""
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+
+def create_outputs(outdir, *, shape_tyx: tuple[int, int, int], channels: int, dtype, axes: str,
+                   rows_per_chunk: int, pixel_size=None, z_step=None, unit: str | None = None,
+                   name: str = "fused") -> ZarrOutputs:
+    """Create the fused, focus-index and confidence OME-Zarr images in a partial folder.
+
+    ``axes`` are the input stack's; the outputs keep its T and C and drop Z. Chunks hold
+    ``rows_per_chunk`` full-width rows (the stripes of a streaming run) of one time point.
+    """
+    import zarr
+
+    outdir = Path(outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        partial = outdir / f".partial-{uuid.uuid4().hex[:12]}"
+        partial.mkdir()
+    except OSError as e:
+        raise OSError(f"cannot write to {outdir}: {e.strerror or e}") from e
+    T, Y, X = shape_tyx
+    C = channels
+    rows = max(1, min(int(rows_per_chunk), Y))
+    px = tuple(pixel_size) if pixel_size else (1.0, 1.0)
+    out = ZarrOutputs(outdir=outdir, partial=partial)
+    has_t, has_c = "T" in axes, "C" in axes
+    for role, fname, dt, with_c in (("fused", "fused.ome.zarr", np.dtype(dtype), True),
+                                    ("index", "focus_index.ome.zarr", np.dtype(np.float32), False),
+                                    ("confidence", "confidence.ome.zarr", np.dtype(np.float32), False)):
+        g = zarr.open_group(store=str(partial / fname), mode="w", zarr_format=3)
+        # on disk in OME order (t, c, y, x); the engine writes through a (T, Y, X, C) view
+        disk_axes = ("T" if has_t else "") + ("C" if (with_c and has_c) else "") + "YX"
+        disk_shape = ((T,) if has_t else ()) + ((C,) if (with_c and has_c) else ()) + (Y, X)
+        chunks = ((1,) if has_t else ()) + ((1,) if (with_c and has_c) else ()) + (rows, X)
+        arr = g.create_array(name="0", shape=disk_shape, chunks=chunks, dtype=dt, fill_value=0)
+        scale = [1.0] * len(disk_axes)
+        scale[-2], scale[-1] = float(px[0]), float(px[1])
+        g.attrs.update(_ome_attrs(disk_axes, scale, unit if pixel_size else None, f"{name} {role}"))
+        out.arrays[role] = _EngineView(arr, has_t, with_c and has_c, C if with_c else None)
+        out.files[role] = outdir / fname
+    return out
+
+
+def fuse_to_zarr_iter(stack, outdir, *, budget: int | None = None, **options):
+    """Fuse ``stack`` stripe by stripe into OME-Zarr images in ``outdir``; yields progress.
+
+    Memory stays one stripe of source rows (``budget`` bytes, see
+    :data:`napari_edof.core.stream.STRIPE_BUDGET`) whatever the stack's size. Returns
+    ``(result, files)``: a :class:`FusionResult` of dask arrays over the written images, and the
+    paths written. Closing the generator (cancel, Ctrl-C) removes the partial images.
+    """
+    from ..core.engine import plan_fusion
+    from ..core.stream import STRIPE_BUDGET, fuse_to_store_iter, plan_stripes
+
+    budget = STRIPE_BUDGET if budget is None else int(budget)
+    pl = plan_fusion(stack, **options)
+    st = pl.stack
+    rows = max(s.s1 - s.s0 for s in plan_stripes(pl, budget))
+    outs = create_outputs(outdir, shape_tyx=(st.n_times,) + tuple(st.yx_shape), channels=st.n_channels,
+                          dtype=st.dtype, axes=st.axes, rows_per_chunk=rows, pixel_size=st.pixel_size,
+                          z_step=st.z_step, unit=st.unit, name=st.name)
+    try:
+        result = yield from fuse_to_store_iter(st, outs.arrays, budget=budget, **options)
+    except BaseException:
+        outs.abort()
+        raise
+    files = outs.commit(result.provenance)
+    # re-open the committed images lazily (the partial paths are gone)
+    import zarr
+
+    views = {}
+    for role in ("fused", "index", "confidence"):
+        arr = zarr.open_group(store=str(files[role]), mode="r")["0"]
+        v = outs.arrays[role]
+        views[role] = _EngineView(arr, v.has_t, v.has_c, v.channels).to_dask()
+    fused, index, conf = views["fused"], views["index"], views["confidence"]
+    if "C" not in st.axes:
+        fused = fused[..., 0]
+    if "T" not in st.axes:
+        fused, index, conf = fused[0], index[0], conf[0]
+    result.fused, result.index, result.confidence = fused, index, conf
+    result.provenance["output"] = {k: str(v) for k, v in files.items()}
+    return result, files
+
+
+class _EngineView:
+    """A zarr array in OME order seen in the engine's order: (T, Y, X, C) or (T, Y, X)."""
+
+    def __init__(self, arr, has_t: bool, has_c: bool, channels: int | None):
+        self.arr, self.has_t, self.has_c, self.channels = arr, has_t, has_c, channels
+
+    @property
+    def shape(self):
+        s = tuple(self.arr.shape)
+        T = s[0] if self.has_t else 1
+        Y, X = s[-2:]
+        return (T, Y, X) + ((self.channels,) if self.channels is not None else ())
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def dtype(self):
+        return self.arr.dtype
+
+    def __setitem__(self, key, value):
+        """``view[t, rows] = block`` or any key of slices in the engine's order (``dask.array.store``)."""
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        value = np.asarray(value)
+        t, y, x = key[:3]
+        if isinstance(t, (int, np.integer)):
+            value = value[None]  # engine order with T kept: (T, Y, X[, C])
+            t = slice(int(t), int(t) + 1)
+        if self.channels is not None:
+            c = key[3]
+            value = np.broadcast_to(value, value.shape[:3] + (value.shape[3] if value.ndim == 4 else 1,))
+            if self.has_c:
+                value = np.moveaxis(value, -1, 1)  # (T, C, Y, X)
+                idx = ((t,) if self.has_t else ()) + (c, y, x)
+            else:
+                value = value[..., 0]
+                idx = ((t,) if self.has_t else ()) + (y, x)
+        else:
+            idx = ((t,) if self.has_t else ()) + (y, x)
+        if not self.has_t:
+            value = value[0]
+        self.arr[idx] = value
+
+    def to_dask(self):
+        """The array lazily in the engine's order (T, Y, X[, C])."""
+        import dask.array as da
+
+        a = da.from_zarr(self.arr)
+        if not self.has_t:
+            a = a[None]
+        if self.channels is not None:
+            a = da.moveaxis(a, 1, -1) if self.has_c else a[..., None]
+        return a
+
+
+__all__ = ["ZarrOutputs", "create_outputs", "fuse_to_zarr_iter", "is_zarr", "open_zarr"]

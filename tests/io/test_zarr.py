@@ -1,0 +1,106 @@
+"""OME-Zarr input and streamed OME-Zarr output (io/zarr_io.py)."""
+import json
+
+import numpy as np
+import pytest
+
+import napari_edof as ne
+from napari_edof import api
+from napari_edof.core.errors import ReadError, StackError
+from napari_edof.io.zarr_io import create_outputs, fuse_to_zarr_iter, is_zarr
+
+zarr = pytest.importorskip("zarr")
+
+
+def _ome_image(path, data, axes, scale, unit="micrometer"):
+    g = zarr.open_group(store=str(path), mode="w", zarr_format=3)
+    a = g.create_array(name="0", shape=data.shape, chunks=(1,) * (data.ndim - 2) + data.shape[-2:], dtype=data.dtype)
+    a[...] = data
+    ax = [{"name": n, "type": "space", **({"unit": unit} if n in "zyx" else {})} for n in axes]
+    g.attrs.update({"ome": {"version": "0.5", "multiscales": [{"axes": ax, "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}]}})
+    return path
+
+
+def _drain(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as e:
+            return e.value
+
+
+def test_ome_zarr_input_is_lazy_with_metadata(tmp_path):
+    s = ne.sample_stack(n_planes=4, shape=(64, 48), seed=3)
+    path = _ome_image(tmp_path / "in.ome.zarr", s.stack.data, "zyx", [2.5, 0.5, 0.25])
+    assert is_zarr(path)
+    st = ne.open_stack(path)
+    assert st.is_lazy and st.axes == "ZYX" and st.shape == (4, 64, 48)
+    assert st.pixel_size == (0.5, 0.25) and st.z_step == 2.5 and st.unit == "µm"
+    r = ne.fuse(st, tile=32)
+    assert r.is_lazy and r.z_step == 2.5
+    np.testing.assert_array_equal(r.compute().fused, ne.fuse(s.stack.data, tile=32).fused)
+
+
+def test_time_lapse_ome_zarr_axes(tmp_path):
+    data = np.stack([ne.sample_stack(n_planes=3, shape=(32, 32), seed=k).stack.data for k in (1, 2)])
+    path = _ome_image(tmp_path / "t.ome.zarr", data, "tzyx", [1.0, 2.0, 0.5, 0.5])
+    st = ne.open_stack(path)
+    assert st.axes == "TZYX" and st.n_times == 2
+
+
+def test_plain_zarr_array_needs_axes_or_guesses(tmp_path):
+    a = zarr.create_array(store=str(tmp_path / "plain.zarr"), shape=(3, 32, 32), dtype="uint8", chunks=(1, 32, 32))
+    a[...] = np.random.default_rng(0).integers(0, 255, (3, 32, 32), dtype=np.uint8)
+    st = ne.open_stack(tmp_path / "plain.zarr")
+    assert st.axes == "ZYX"
+    with pytest.raises(StackError, match="plain.zarr"):
+        ne.open_stack(tmp_path / "plain.zarr", axes="TZYX")
+
+
+def test_group_without_ome_metadata_is_refused(tmp_path):
+    g = zarr.open_group(store=str(tmp_path / "g.zarr"), mode="w")
+    g.create_array(name="raw", shape=(2, 8, 8), dtype="uint8")
+    with pytest.raises(ReadError, match=r"g\.zarr.*OME.*raw"):
+        ne.open_stack(tmp_path / "g.zarr")
+
+
+def test_fuse_to_zarr_streams_and_commits(tmp_path):
+    s = ne.sample_stack(n_planes=5, shape=(90, 70), seed=5, rgb=True)
+    st = api.as_stack(s.stack.data, axes="ZYXC", pixel_size=(0.5, 0.5), z_step=1.5, unit="µm")
+    res, files = _drain(fuse_to_zarr_iter(st, tmp_path / "out", tile=32, budget=1 << 16))
+    ref = ne.fuse(st, tile=32)
+    np.testing.assert_array_equal(np.asarray(res.fused), ref.fused)
+    np.testing.assert_array_equal(np.asarray(res.index), ref.index)
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["confidence.ome.zarr", "focus_index.ome.zarr", "fused.ome.zarr", "provenance.json"]
+    g = zarr.open_group(store=str(files["fused"]), mode="r")
+    ms = g.attrs["ome"]["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.5, 0.5]
+    assert g["0"].shape == (3, 90, 70)
+    assert json.loads((tmp_path / "out" / "provenance.json").read_text())["method"] == "focus-select"
+    # the index image reads back as a plain 2D map
+    ix = zarr.open_group(store=str(files["index"]), mode="r")["0"]
+    np.testing.assert_array_equal(ix[...], ref.index)
+
+
+def test_cancelled_run_leaves_the_previous_results(tmp_path):
+    s = ne.sample_stack(n_planes=4, shape=(96, 64), seed=6).stack.data
+    _drain(fuse_to_zarr_iter(s, tmp_path / "out", tile=16, budget=1 << 14))
+    before = zarr.open_group(store=str(tmp_path / "out" / "fused.ome.zarr"), mode="r")["0"][...]
+    gen = fuse_to_zarr_iter(s[::-1].copy(), tmp_path / "out", tile=16, budget=1 << 14)
+    next(gen), next(gen)
+    gen.close()  # cancel mid-run
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "confidence.ome.zarr", "focus_index.ome.zarr", "fused.ome.zarr", "provenance.json"]
+    after = zarr.open_group(store=str(tmp_path / "out" / "fused.ome.zarr"), mode="r")["0"][...]
+    np.testing.assert_array_equal(after, before)
+
+
+def test_create_outputs_unwritable_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError):
+        create_outputs(blocker / "out", shape_tyx=(1, 8, 8), channels=1, dtype=np.uint8, axes="ZYX",
+                       rows_per_chunk=8)

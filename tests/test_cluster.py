@@ -1,0 +1,76 @@
+"""dask.distributed: a LocalCluster of processes on loopback gives the single-process results."""
+import numpy as np
+import pytest
+import tifffile
+
+import napari_edof as ne
+from napari_edof import api, cli
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  host="127.0.0.1") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    with distributed.Client(cluster, set_as_default=False) as c:
+        yield c
+
+
+def _drain(gen):
+    steps = []
+    while True:
+        try:
+            steps.append(next(gen))
+        except StopIteration as e:
+            return steps, e.value
+
+
+def test_many_stacks_and_time_points_on_a_cluster(client):
+    from napari_edof.cluster import fuse_many_iter
+
+    stacks = [ne.sample_stack(n_planes=5, shape=(80, 72), seed=s).stack for s in (1, 2)]
+    movie = np.stack([ne.sample_stack(n_planes=4, shape=(64, 64), seed=s).stack.data for s in (3, 4, 5)])
+    jobs = stacks + [api.as_stack(movie, axes="TZYX")]
+    steps, results = _drain(fuse_many_iter(jobs, client, tile=32, budget=1 << 16))
+    assert steps and steps[-1].done == steps[-1].total and len({s.total for s in steps}) == 1  # one bar
+    refs = [ne.fuse(s, tile=32) for s in stacks] + [ne.fuse(movie, axes="TZYX", tile=32)]
+    for r, ref in zip(results, refs):
+        assert isinstance(r.fused, np.ndarray)
+        np.testing.assert_array_equal(r.fused, ref.fused)
+        np.testing.assert_array_equal(r.index, ref.index)
+        np.testing.assert_array_equal(r.confidence, ref.confidence)
+        assert r.provenance["scheduler"].startswith("tcp://127.0.0.1")
+
+
+def test_cli_batch_on_a_scheduler_address(cluster, tmp_path, capsys):
+    paths = []
+    for s in (7, 8):
+        p = tmp_path / f"stack{s}.tif"
+        tifffile.imwrite(p, ne.sample_stack(n_planes=4, shape=(48, 40), seed=s).stack.data, photometric="minisblack")
+        paths.append(str(p))
+    rc = cli.main(["fuse", *paths, "--batch", "-o", str(tmp_path / "out"), "--scheduler", cluster.scheduler_address,
+                   "--tile", "32", "-q"])
+    assert rc == 0
+    for s, p in zip((7, 8), paths):
+        got = tifffile.imread(tmp_path / "out" / f"stack{s}" / "fused.tif")
+        np.testing.assert_array_equal(got, ne.fuse(tifffile.imread(p), tile=32).fused)
+
+
+def test_cli_local_workers(tmp_path):
+    rc = cli.main(["fuse", "--sample", "-o", str(tmp_path / "o"), "--workers", "2", "-q"])
+    assert rc == 0
+    got = tifffile.imread(tmp_path / "o" / "fused.tif")
+    np.testing.assert_array_equal(got, ne.fuse(ne.sample_stack(n_planes=16, shape=(512, 512)).stack).fused)
+
+
+def test_unreachable_scheduler_is_a_clear_error(tmp_path, capsys):
+    rc = cli.main(["fuse", "--sample", "-o", str(tmp_path / "o"), "--scheduler", "tcp://127.0.0.1:9", "-q"])
+    assert rc == 2
+    assert "cannot reach the dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
