@@ -80,13 +80,13 @@ def test_store_iter_writes_every_pixel_and_reads_one_stripe_at_a_time(grey, monk
     from napari_edof.core import stream
 
     spans = []
-    real = stream.read_rows
+    real = stream.RowReader._fetch
 
-    def watched(frame, r0, r1, Y):
-        spans.append((r0, r1))
-        return real(frame, r0, r1, Y)
+    def watched(self, lo, hi):
+        spans.append((lo, hi))
+        return real(self, lo, hi)
 
-    monkeypatch.setattr(stream, "read_rows", watched)
+    monkeypatch.setattr(stream.RowReader, "_fetch", watched)
     out = _store((1, 150, 140), 1, grey.dtype)
     budget = 140 * 5 * (2 + 4) * 40  # 40 rows of source + float guide per stripe
     steps, r = _drain(fuse_to_store_iter(da.from_array(grey, chunks=(5, 10, 140)), out, tile=16, budget=budget))
@@ -95,9 +95,12 @@ def test_store_iter_writes_every_pixel_and_reads_one_stripe_at_a_time(grey, monk
     np.testing.assert_array_equal(out["index"][0], ref.index)
     np.testing.assert_array_equal(out["confidence"][0], ref.confidence)
     assert steps[-1].done == steps[-1].total == len(plan_fusion(grey, tile=16).tiles)
-    # one read per stripe, each within the budget: never the whole image at once
-    assert len(spans) == len(plan_stripes(plan_fusion(grey, tile=16), budget)) > 3
-    assert max(r1 - r0 for r0, r1 in spans) <= 40
+    # reads follow the stripes, in whole chunk rows (10 here), each source row about once:
+    # never the whole image at once
+    assert len(plan_stripes(plan_fusion(grey, tile=16), budget)) > 3
+    assert all(lo % 10 == 0 for lo, hi in spans)
+    assert max(hi - lo for lo, hi in spans) <= 40 + 2 * 10
+    assert sum(hi - lo for lo, hi in spans) <= 150 + 20
     assert hasattr(r.fused, "dask") or isinstance(r.fused, np.ndarray)
 
 

@@ -181,7 +181,8 @@ def create_outputs(outdir, *, shape_tyx: tuple[int, int, int], channels: int, dt
         disk_axes = ("T" if has_t else "") + ("C" if (with_c and has_c) else "") + "YX"
         disk_shape = ((T,) if has_t else ()) + ((C,) if (with_c and has_c) else ()) + (Y, X)
         chunks = ((1,) if has_t else ()) + ((1,) if (with_c and has_c) else ()) + (rows, X)
-        arr = g.create_array(name="0", shape=disk_shape, chunks=chunks, dtype=dt, fill_value=0)
+        arr = g.create_array(name="0", shape=disk_shape, chunks=chunks, dtype=dt, fill_value=0,
+                             compressors=None if role != "fused" else "auto")
         scale = [1.0] * len(disk_axes)
         scale[-2], scale[-1] = float(px[0]), float(px[1])
         g.attrs.update(_ome_attrs(disk_axes, scale, unit if pixel_size else None, f"{name} {role}"))
