@@ -60,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "are spread over its workers")
     f.add_argument("--workers", type=int, default=None, metavar="N",
                    help="run on a local dask cluster of N worker processes")
+    g = f.add_argument_group("registration (align the planes before fusing)")
+    g.add_argument("--register", choices=("none", "translation", "similarity", "affine"), default="none",
+                   help="translation: shifts; similarity: + scale (focus breathing) and rotation; affine: "
+                        "feature-based (default: none)")
+    g.add_argument("--register-reference", type=int, default=None, metavar="PLANE",
+                   help="the plane the others are aligned to (default: the middle one)")
+    g.add_argument("--register-edges", choices=("crop", "edge", "zero"), default="crop",
+                   help="crop to the area every plane covers (default), or pad with the edge pixels or zeros")
+    g.add_argument("--no-scale", action="store_true", help="similarity without scale (most microscopes)")
+    g.add_argument("--no-rotation", action="store_true", help="similarity without rotation")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
     m = sub.add_parser("methods", help="list the fusion methods")
@@ -214,6 +224,28 @@ def _write(run: dict, dest: Path, fmt: str) -> dict:
     return write_result(run["result"], dest)
 
 
+def _register_jobs(jobs, args):
+    """Align each stack's planes first when --register asks for it (the report goes to provenance)."""
+    if getattr(args, "register", "none") in (None, "none"):
+        return jobs
+    import math
+
+    from .core.registration import register_stack
+
+    out = []
+    for st, dest in jobs:
+        reg, rep = register_stack(st, mode=args.register, reference=args.register_reference,
+                                  scale=not args.no_scale, rotation=not args.no_rotation,
+                                  edges=args.register_edges, guide=_guide(args.guide))
+        if not args.quiet:
+            print(f"napari-edof: registered {st.name} ({args.register}): largest shift "
+                  f"{max(math.hypot(p.dy, p.dx) for p in rep.planes):.1f} px, scale "
+                  f"{min(p.scale for p in rep.planes):.4f}..{max(p.scale for p in rep.planes):.4f}, "
+                  f"largest residual {rep.max_residual:.2f} px", file=sys.stderr)
+        out.append((reg, dest))
+    return out
+
+
 def _guide(g: str):
     return int(g) if isinstance(g, str) and g.isdigit() else g
 
@@ -260,6 +292,7 @@ def cmd_fuse(args) -> int:
         for _, dest in jobs:
             if dest.exists() and not dest.is_dir():
                 raise OSError(f"{dest} exists and is not a folder")
+        jobs = _register_jobs(jobs, args)
         if args.scheduler or args.workers:
             runs = _run_cluster(jobs, args, params)
         else:

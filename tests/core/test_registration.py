@@ -159,3 +159,24 @@ def test_real_stacks_better_aligned_and_smoother(shared_data, name, factor):
     r1 = index_roughness(aligned.index, aligned.confidence > 0.7)
     assert r1 < r0
     assert rep.max_residual < 1.5
+
+
+def test_cli_register(tmp_path, scene):
+    import json
+
+    import tifffile
+
+    from napari_edof.cli import EXIT_INPUT, EXIT_OK, main
+
+    motions = [(4.0, -2.0, 1, 0), (2.0, -1.0, 1, 0), (0, 0, 1, 0), (-2.0, 1.0, 1, 0)]
+    src = tmp_path / "moved.tif"
+    tifffile.imwrite(src, np.clip(_moved(scene, motions), 0, 255).astype(np.uint8), photometric="minisblack")
+    out = tmp_path / "out"
+    assert main(["fuse", str(src), "-o", str(out), "--register", "similarity", "--no-scale", "--no-rotation",
+                 "--register-edges", "edge", "-q"]) == EXIT_OK
+    prov = json.loads((out / "provenance.json").read_text())
+    planes = prov["registration"]["planes"]
+    assert planes[0]["dy"] == pytest.approx(4.0, abs=0.25) and planes[0]["scale"] == 1.0
+    assert tifffile.imread(out / "fused.tif").shape == (256, 256)
+    assert main(["fuse", str(src), "-o", str(out), "--register", "similarity", "--register-reference", "7",
+                 "-q"]) == EXIT_INPUT

@@ -155,6 +155,8 @@ def provenance(pl: FusionPlan, seconds: float) -> dict:
     }
     if spec.weights is not None:
         prov["weights_sha256"] = spec.weights.sha256
+    if "registration" in stack.metadata:  # a stack aligned by register_stack
+        prov["registration"] = stack.metadata["registration"]
     return prov
 
 
@@ -203,9 +205,8 @@ def fuse_iter(
     reg_opts = parse_register(register)
     stack = as_stack(stack, axes=axes)
     check_memory(stack)
-    reg = None
     if reg_opts is not None:
-        stack, reg = register_stack(stack, **reg_opts)
+        stack, _ = register_stack(stack, **reg_opts)
     plan_kw = dict(method=method, params=params, tile=tile, overlap=overlap, device=device, guide=guide,
                    workers=workers)
     pl = plan_fusion(stack, **plan_kw)
@@ -267,8 +268,6 @@ def fuse_iter(
     prov = provenance(pl, seconds)
     if oom_tiles:
         prov["out_of_memory_retries"] = oom_tiles
-    if reg is not None:
-        prov["registration"] = reg.as_dict()
     return FusionResult(
         fused=fused,
         index=index,
@@ -399,6 +398,9 @@ def fuse(stack, *, progress: Callable[[Progress], None] | None = None, lazy: boo
                              "computation (e.g. dask.diagnostics.ProgressBar or the distributed dashboard)")
         from .stream import fuse_lazy
 
+        reg_opts = parse_register(kwargs.pop("register", None))
+        if reg_opts is not None:  # registration reads the planes into memory; the fusion stays lazy
+            stack, _ = register_stack(as_stack(stack, axes=kwargs.pop("axes", None)), **reg_opts)
         return fuse_lazy(stack, **kwargs)
     gen = fuse_iter(stack, **kwargs)
     while True:
