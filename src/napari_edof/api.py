@@ -29,6 +29,20 @@ def available_devices() -> list[str]:
     return _devices()
 
 
+def fuse_many_iter(stacks, *, client=None, workers: int | None = None, **options):
+    """Fuse several stacks on a dask.distributed cluster; yields :class:`Progress` per stripe.
+
+    ``client``: a ``distributed.Client`` (e.g. connected to a SLURM or Kubernetes cluster); by
+    default a local cluster of ``workers`` processes kept for the session. Returns the list of
+    numpy :class:`FusionResult`, identical to single-process runs. See :mod:`napari_edof.cluster`.
+    """
+    from . import cluster
+
+    if client is None:
+        client = cluster.local_client(workers)
+    return (yield from cluster.fuse_many_iter(stacks, client, **options))
+
+
 def get_method(name: str):
     """The :class:`~napari_edof.methods.MethodSpec` registered under ``name``."""
     return _get_method(name)[0]
@@ -43,6 +57,7 @@ __all__ = [
     "available_devices",
     "fuse",
     "fuse_iter",
+    "fuse_many_iter",
     "focus_curve",
     "recompose",
     "get_method",

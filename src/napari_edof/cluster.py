@@ -72,6 +72,10 @@ def local_client(workers: int | None = None):
         cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                            dashboard_address=None, host="127.0.0.1")
         c = distributed.Client(cluster, set_as_default=False)
+        if not _LOCAL:
+            import atexit
+
+            atexit.register(close_local_clients)
         _LOCAL[key] = c
     return c
 

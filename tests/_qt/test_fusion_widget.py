@@ -443,3 +443,32 @@ def test_timelapse_result_saves_without_the_alignment_axis(viewer, qtbot, errors
     back = tifffile.imread(tmp_path / "fused.tif")
     assert back.shape == (2, 32, 32)
     np.testing.assert_array_equal(back, res.fused)
+
+
+def test_run_on_a_local_dask_cluster_keeps_the_viewer_responsive(viewer, qtbot, errors):
+    pytest.importorskip("distributed")
+    from qtpy.QtCore import QTimer
+
+    from napari_edof.cluster import close_local_clients
+
+    movie = np.stack([api.sample_stack(n_planes=4, shape=(48, 48), seed=s).stack.data for s in (1, 2, 3)])
+    src = viewer.add_image(movie, name="movie")
+    w = _widget(viewer, qtbot, src)
+    w.cluster_check.setChecked(True)
+    w.cluster_workers.setValue(2)
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(20)
+    try:
+        with qtbot.waitSignal(w.run_finished, timeout=120000):
+            assert w.run() is not None
+            assert not w.cluster_check.isEnabled()  # locked while running
+    finally:
+        timer.stop()
+        close_local_clients()
+    assert errors == []
+    assert len(ticks) > 3  # the event loop kept running while the cluster worked
+    ref = api.fuse(movie, axes="TZYX")
+    np.testing.assert_array_equal(find_result_layers(viewer, "movie")["fused"].data[:, 0], ref.fused)
+    assert w.last_result.provenance["scheduler"].startswith("tcp://127.0.0.1")

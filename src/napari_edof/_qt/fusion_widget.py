@@ -181,6 +181,12 @@ class _Failure:
         self.exc = exc
 
 
+def _first(gen):
+    """The single result of a one-stack :func:`napari_edof.api.fuse_many_iter` run."""
+    results = yield from gen
+    return results[0]
+
+
 def _drive(gen):
     """Generator run in the worker thread: relay fuse_iter's progress, return its result."""
     try:
@@ -282,8 +288,19 @@ class FusionWidget(QWidget):
         self.retouch_check.setChecked(True)
         self.retouch_check.setToolTip("Retouch: paint label = plane + 1 on the decision layer with napari's "
                                       "label tools; the fused image and focus map follow (napari's undo works)")
+        self.cluster_check = QCheckBox("on a local dask cluster of")
+        self.cluster_check.setToolTip("Run the stripes of tiles (and the time points) in worker processes of a "
+                                      "dask.distributed LocalCluster, kept for the session (needs 'distributed')")
+        self.cluster_workers = QSpinBox()
+        self.cluster_workers.setRange(1, 256)
+        self.cluster_workers.setValue(2)
+        self.cluster_workers.setSuffix(" workers")
+        cl = QHBoxLayout()
+        cl.addWidget(self.cluster_check)
+        cl.addWidget(self.cluster_workers)
         form.addRow("device", self.device_combo)
         form.addRow("tile size", self.tile_spin)
+        form.addRow("run", cl)
         form.addRow("retouch", self.retouch_check)
         lay.addWidget(box)
 
@@ -538,7 +555,11 @@ class FusionWidget(QWidget):
             return None
         try:
             job = self.prepare()
-            gen = api.fuse_iter(job.stack, **job.kwargs)
+            if self.cluster_check.isChecked():
+                gen = _first(api.fuse_many_iter([job.stack], workers=int(self.cluster_workers.value()),
+                                                **job.kwargs))
+            else:
+                gen = api.fuse_iter(job.stack, **job.kwargs)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
             return None
@@ -594,7 +615,8 @@ class FusionWidget(QWidget):
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
-        for w in (self.layer_combo, self.z_combo, self.method_combo, self.params_box, self.tile_spin):
+        for w in (self.layer_combo, self.z_combo, self.method_combo, self.params_box, self.tile_spin,
+                  self.cluster_check, self.cluster_workers):
             w.setEnabled(not running)
         self.channel_combo.setEnabled(not running and not getattr(self.current_layer(), "rgb", False))
         self.guide_combo.setEnabled(not running and self._n_channels() > 1)
