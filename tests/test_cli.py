@@ -123,3 +123,24 @@ def test_entry_point_sample(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "16 planes of 512x512" in done.stdout
     assert {"fused.tif", "focus_index.tif", "masks.tif", "decision.tif"} <= {p.name for p in out.iterdir()}
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "tiled-tiff"])
+def test_streamed_formats_end_to_end(tmp_path, fmt):
+    s = ne.sample_stack(n_planes=4, shape=(120, 90), seed=3).stack.data
+    tifffile.imwrite(tmp_path / "in.tif", s, photometric="minisblack")
+    out = tmp_path / "out"
+    assert cli.main(["fuse", str(tmp_path / "in.tif"), "-o", str(out), "--format", fmt, "--tile", "32", "-q"]) == 0
+    ref = ne.fuse(s, tile=32)
+    if fmt == "zarr":
+        import zarr
+
+        names = sorted(p.name for p in out.iterdir())
+        assert names == ["confidence.ome.zarr", "focus_index.ome.zarr", "fused.ome.zarr", "provenance.json"]
+        got = zarr.open_group(store=str(out / "fused.ome.zarr"), mode="r")["0"][...]
+    else:
+        names = sorted(p.name for p in out.iterdir())
+        assert names == ["confidence.tif", "focus_index.tif", "fused.tif", "provenance.json"]  # no work folder left
+        got = tifffile.imread(out / "fused.tif")
+        np.testing.assert_array_equal(tifffile.imread(out / "focus_index.tif"), ref.index)
+    np.testing.assert_array_equal(got, ref.fused)

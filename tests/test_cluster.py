@@ -74,3 +74,12 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path, capsys):
     assert rc == 2
     assert "cannot reach the dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_fuse_many_api_with_a_client(client):
+    stacks = [ne.sample_stack(n_planes=3, shape=(40, 40), seed=s).stack for s in (1, 2)]
+    seen = []
+    results = api.fuse_many(stacks, client=client, progress=seen.append, tile=32)
+    assert seen and seen[-1].done == seen[-1].total
+    for r, st in zip(results, stacks):
+        np.testing.assert_array_equal(r.fused, ne.fuse(st, tile=32).fused)

@@ -43,6 +43,18 @@ def fuse_many_iter(stacks, *, client=None, workers: int | None = None, **options
     return (yield from cluster.fuse_many_iter(stacks, client, **options))
 
 
+def fuse_many(stacks, *, client=None, workers: int | None = None, progress=None, **options) -> list:
+    """:func:`fuse_many_iter` drained (``progress`` is called per finished stripe)."""
+    gen = fuse_many_iter(stacks, client=client, workers=workers, **options)
+    while True:
+        try:
+            step = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(step)
+
+
 def get_method(name: str):
     """The :class:`~napari_edof.methods.MethodSpec` registered under ``name``."""
     return _get_method(name)[0]
@@ -57,6 +69,7 @@ __all__ = [
     "available_devices",
     "fuse",
     "fuse_iter",
+    "fuse_many",
     "fuse_many_iter",
     "focus_curve",
     "recompose",

@@ -52,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--axes", default=None, help="axes of the input when its metadata does not say, e.g. ZYX, TZYX, CZYX")
     f.add_argument("--guide", default="auto", help="auto, luminance, mean or a channel number")
     f.add_argument("--threads", type=int, default=None, help="threads for CPU methods (default: all cores)")
-    f.add_argument("--format", choices=("tiff", "zarr"), default="tiff",
+    f.add_argument("--format", choices=("tiff", "zarr", "tiled-tiff"), default="tiff",
                    help="tiff (default): TIFF and PNG files, the stack fused in memory; zarr: OME-Zarr images "
-                        "written stripe by stripe, for stacks larger than memory (memory stays one stripe)")
+                        "written stripe by stripe, for stacks larger than memory (memory stays one stripe); "
+                        "tiled-tiff: the same streaming run, then tiled TIFFs written a row of tiles at a time")
     f.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on a dask.distributed scheduler (e.g. tcp://host:8786): stacks and time points "
                         "are spread over its workers")
@@ -176,12 +177,31 @@ def _drain_with_bar(gen, bar):
 
 
 def _run_zarr(stack, outdir: Path, args, params: dict) -> dict:
-    """Stream one stack into OME-Zarr images (memory: one stripe)."""
+    """Stream one stack into OME-Zarr images (memory: one stripe); tiled TIFFs from them."""
+    import shutil
+    import uuid
+
     from .io.zarr_io import fuse_to_zarr_iter
 
     opts = _options(args, params)
     bar = _progress_bar(args.quiet, stack.name)
-    result, files = _drain_with_bar(fuse_to_zarr_iter(stack, outdir, workers=args.threads, **opts), bar)
+    if args.format == "zarr":
+        result, files = _drain_with_bar(fuse_to_zarr_iter(stack, outdir, workers=args.threads, **opts), bar)
+        return {"result": result, "stack": stack, "paths": files}
+    from .io.tiled import export_result_tiled
+    from .io.writers import json_safe
+
+    work = outdir / f".work-{uuid.uuid4().hex[:8]}"
+    try:
+        result, _ = _drain_with_bar(fuse_to_zarr_iter(stack, work, workers=args.threads, **opts), bar)
+        files = export_result_tiled(result, outdir, axes=stack.axes, rgb=stack.rgb)
+        import json
+
+        prov = outdir / "provenance.json"
+        prov.write_text(json.dumps(json_safe(result.provenance), indent=2))
+        files["provenance"] = prov
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return {"result": result, "stack": stack, "paths": files}
 
 
@@ -300,7 +320,7 @@ def cmd_fuse(args) -> int:
         for i, (st, dest) in enumerate(jobs):
             if runs is not None:
                 run = runs[i]
-            elif args.format == "zarr":
+            elif args.format in ("zarr", "tiled-tiff"):
                 run = _run_zarr(st, dest, args, params)
             else:
                 run = _run_one(st, dest, args, params)
