@@ -45,14 +45,9 @@ def fuse_many_iter(stacks, *, client=None, workers: int | None = None, **options
 
 def fuse_many(stacks, *, client=None, workers: int | None = None, progress=None, **options) -> list:
     """:func:`fuse_many_iter` drained (``progress`` is called per finished stripe)."""
-    gen = fuse_many_iter(stacks, client=client, workers=workers, **options)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(step)
+    from .core.engine import drain
+
+    return drain(fuse_many_iter(stacks, client=client, workers=workers, **options), progress)
 
 
 def get_method(name: str):

@@ -160,18 +160,17 @@ def _options(args, params: dict) -> dict:
 
 
 def _drain_with_bar(gen, bar):
+    from .core.engine import drain
+
+    def show(step):
+        if bar is not None:
+            bar.total = step.total
+            bar.n = step.done
+            bar.refresh()
+
     try:
-        while True:
-            try:
-                step = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if bar is not None:
-                bar.total = step.total
-                bar.n = step.done
-                bar.refresh()
+        return drain(gen, show)
     finally:
-        gen.close()
         if bar is not None:
             bar.close()
 

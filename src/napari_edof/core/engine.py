@@ -16,6 +16,8 @@ Methods implement::
 and, for whole-image statistics (two passes), optionally ``pass1(planes, guide, *, halo) -> dict``
 of 2D maps and ``reduce(maps) -> stats``; the engine stitches pass 1 over every tile, calls
 ``reduce`` once and hands ``stats`` to every ``fuse_tile``.
+A method whose first pass depends on its parameters also defines
+``needs_pass1(params) -> bool`` (a static method); without it, ``pass1`` always runs.
 """
 from __future__ import annotations
 
@@ -105,7 +107,10 @@ class FusionPlan:
 
     @property
     def two_pass(self) -> bool:
-        return hasattr(self.cls, "pass1")
+        """The method has a first pass (``pass1``/``reduce``) and, if it says when it needs it
+        (``needs_pass1(params)``), needs it with these parameters."""
+        needs = getattr(self.cls, "needs_pass1", None)
+        return hasattr(self.cls, "pass1") and (needs is None or bool(needs(self.params)))
 
 
 def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = None, axes: str | None = None,
@@ -214,7 +219,8 @@ def fuse_iter(
     Y, X = stack.yx_shape
     halo_r, ov_r = pl.halo, pl.overlap
     impl = pl.make_impl()
-    two_pass = hasattr(impl, "pass1")
+    needs = getattr(impl, "needs_pass1", None)
+    two_pass = hasattr(impl, "pass1") and (needs is None or bool(needs(pl.params)))
     nw = pl.workers
 
     T, Z, C = stack.n_times, stack.n_planes, stack.n_channels
@@ -402,11 +408,21 @@ def fuse(stack, *, progress: Callable[[Progress], None] | None = None, lazy: boo
         if reg_opts is not None:  # registration reads the planes into memory; the fusion stays lazy
             stack, _ = register_stack(as_stack(stack, axes=kwargs.pop("axes", None)), **reg_opts)
         return fuse_lazy(stack, **kwargs)
-    gen = fuse_iter(stack, **kwargs)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(step)
+    return drain(fuse_iter(stack, **kwargs), progress)
+
+
+def drain(gen, on_step: Callable | None = None):
+    """Run a progress generator to its end, calling ``on_step`` with each step; return its value.
+
+    The generator is closed on the way out (an exception or Ctrl-C cancels it at once).
+    """
+    try:
+        while True:
+            try:
+                step = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if on_step is not None:
+                on_step(step)
+    finally:
+        gen.close()

@@ -24,8 +24,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .engine import FusionPlan, plan_fusion, provenance, run_region
-from .result import FusionResult, Progress
+from .engine import FusionPlan, _counted, drain, plan_fusion, provenance, run_region
+from .result import FusionResult
 from .stack import is_dask
 from .tiling import reflect_index
 
@@ -185,18 +185,10 @@ def _impl(pl: FusionPlan):
     return _impl_for(pl.cls, key, pl.device)
 
 
-def _drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as e:
-            return e.value
-
-
 def _stripe_task(block, r0, stripe: Stripe, pl: FusionPlan, t_index: int, stats=None, pass1: bool = False):
     """Fuse one stripe from its source rows (a dask task; also the streaming loop's step)."""
     impl = _impl(pl)
-    res = _drain(run_region(pl, impl, block, r0=r0, s0=stripe.s0, s1=stripe.s1, tiles=stripe.tiles,
+    res = drain(run_region(pl, impl, block, r0=r0, s0=stripe.s0, s1=stripe.s1, tiles=stripe.tiles,
                             t_index=t_index, stats=stats, pass1=pass1))
     if pass1:
         return res
@@ -306,7 +298,7 @@ def fuse_to_store_iter(stack, out: dict, *, budget: int = STRIPE_BUDGET, **optio
     impl = pl.make_impl()
     canon = st.canonical()
     per_frame = sum(len(s.tiles) for s in stripes) * (2 if pl.two_pass else 1)
-    total, done = T * per_frame, 0
+    total, counter = T * per_frame, [0]
     t_start = time.perf_counter()
     for t in range(T):
         frame = canon[t]
@@ -315,15 +307,8 @@ def fuse_to_store_iter(stack, out: dict, *, budget: int = STRIPE_BUDGET, **optio
             full = {k: np.empty((Y, X), np.float32) for k in impl.pass1_keys}
             for s in stripes:
                 block = read_rows(frame, s.r0, s.r1, Y)
-                gen = run_region(pl, impl, block, r0=s.r0, s0=s.s0, s1=s.s1, tiles=s.tiles, t_index=t, pass1=True)
-                while True:
-                    try:
-                        next(gen)
-                    except StopIteration as e:
-                        maps = e.value
-                        break
-                    done += 1
-                    yield Progress(done, total, "pass 1", t)
+                maps = yield from _counted(run_region(pl, impl, block, r0=s.r0, s0=s.s0, s1=s.s1, tiles=s.tiles,
+                                                      t_index=t, pass1=True), counter, total, "pass 1", t)
                 for k in full:
                     full[k][s.s0:s.s1] = maps[k]
                 del block
@@ -335,16 +320,8 @@ def fuse_to_store_iter(stack, out: dict, *, budget: int = STRIPE_BUDGET, **optio
                 block = reader.read(s.r0, s.r1)
                 if i + 1 < len(stripes):  # read the next stripe while this one is fused
                     reader.prefetch(stripes[i + 1].r0, stripes[i + 1].r1)
-                gen = run_region(pl, impl, block, r0=s.r0, s0=s.s0, s1=s.s1, tiles=s.tiles, t_index=t,
-                                 stats=stats)
-                while True:
-                    try:
-                        next(gen)
-                    except StopIteration as e:
-                        res = e.value
-                        break
-                    done += 1
-                    yield Progress(done, total, "fuse", t)
+                res = yield from _counted(run_region(pl, impl, block, r0=s.r0, s0=s.s0, s1=s.s1, tiles=s.tiles,
+                                                     t_index=t, stats=stats), counter, total, "fuse", t)
                 out["fused"][t, s.s0:s.s1] = res["fused"]
                 out["index"][t, s.s0:s.s1] = res["index"]
                 out["confidence"][t, s.s0:s.s1] = res["confidence"]
