@@ -128,3 +128,19 @@ def test_options_are_checked_before_anything_runs(grey):
         fuse_lazy(grey, params={"nope": 1})
     with pytest.raises(ne.EdofError):
         fuse_lazy(grey, tile=4)
+
+
+def test_row_reader_aligns_to_chunks_only_within_its_row_budget(grey):
+    from napari_edof.core.stream import RowReader
+
+    frame = da.from_array(grey[..., None], chunks=(5, 64, 140, 1))
+    wide = RowReader(frame, 150)
+    assert wide._span(10, 40) == (0, 64)  # whole chunk rows
+    tight = RowReader(frame, 150, max_rows=40)
+    assert tight._span(10, 40) == (10, 40)  # exact rows: memory before speed
+    for rd in (wide, tight):
+        np.testing.assert_array_equal(rd.read(10, 40)[..., 0], grey[:, 10:40])
+        rd.prefetch(30, 70)
+        np.testing.assert_array_equal(rd.read(30, 70)[..., 0], grey[:, 30:70])
+        np.testing.assert_array_equal(rd.read(-3, 5)[..., 0], np.take(grey, [3, 2, 1, 0, 1, 2, 3, 4], axis=1))
+        rd.close()

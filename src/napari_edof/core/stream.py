@@ -105,12 +105,14 @@ class RowReader:
     Each read fetches whole chunk rows of the source (a zarr/TIFF chunk is decoded whole anyway),
     keeps what the next stripe shares with this one (the halo rows and the rest of a chunk), and
     can fetch the next stripe in a background thread while the current one is fused. Memory:
-    the current stripe plus at most two chunk rows.
+    the current and the next stripe, each widened to whole chunk rows only while that stays
+    within ``max_rows`` (else the stripe's rows are read exactly).
     """
 
-    def __init__(self, frame, Y: int):
+    def __init__(self, frame, Y: int, max_rows: int | None = None):
         self.frame, self.Y = frame, Y
         self.ch = max(1, _chunk_rows(frame))
+        self.max_rows = max_rows  # above this, read the stripe's rows exactly (memory before speed)
         self.c0 = self.c1 = 0
         self.block = None
         self._pool = None
@@ -123,7 +125,10 @@ class RowReader:
     def _span(self, r0: int, r1: int) -> tuple[int, int]:
         idx = reflect_index(np.arange(r0, r1), self.Y)
         lo, hi = int(idx.min()), int(idx.max()) + 1
-        return (lo // self.ch) * self.ch, min(self.Y, -(-hi // self.ch) * self.ch)
+        alo, ahi = (lo // self.ch) * self.ch, min(self.Y, -(-hi // self.ch) * self.ch)
+        if self.max_rows is not None and ahi - alo > max(self.max_rows, hi - lo):
+            return lo, hi
+        return alo, ahi
 
     def _load(self, lo: int, hi: int):
         """A block of rows [lo, hi) reusing the cached overlap (runs in the prefetch thread)."""
@@ -314,7 +319,8 @@ def fuse_to_store_iter(stack, out: dict, *, budget: int = STRIPE_BUDGET, **optio
                 del block
             stats = impl.reduce(full)
             del full
-        reader = RowReader(frame, Y)
+        row_bytes = X * st.n_planes * st.n_channels * st.dtype.itemsize
+        reader = RowReader(frame, Y, max_rows=max(1, budget // row_bytes))
         try:
             for i, s in enumerate(stripes):
                 block = reader.read(s.r0, s.r1)
