@@ -103,11 +103,15 @@ class FusionResult:
 
 
 def labels_from_index(index, n_planes: int) -> np.ndarray:
+    """Plane + 1 (uint16); 0 (napari's "no label") where the index is NaN (masked, never in focus)."""
     if hasattr(index, "dask"):  # lazy in, lazy out
-        return (index.round().clip(0, n_planes - 1).astype(np.uint16) + np.uint16(1))
+        return index.map_blocks(labels_from_index, n_planes, dtype=np.uint16)
     lab = np.rint(np.asarray(index, dtype=np.float32))
+    nan = np.isnan(lab)
     np.clip(lab, 0, n_planes - 1, out=lab)
-    return lab.astype(np.uint16) + np.uint16(1)
+    if nan.any():
+        lab[nan] = -1
+    return (lab + 1).astype(np.uint16)
 
 
 def masks_from_labels(labels, n_planes: int) -> np.ndarray:
