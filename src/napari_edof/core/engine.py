@@ -257,8 +257,9 @@ def fuse_iter(
                     raise
                 new = smaller_tile(pl.tile, (Y, X), pl.halo)
                 if new is None:
+                    hint = "use --device cpu" if pl.device != "cpu" else "free memory or use a larger machine"
                     raise OutOfMemory(f"{stack.name}: {pl.spec.name} ran out of {pl.device} memory even with "
-                                      f"tiles of {pl.tile} pixels ({exc}); use --device cpu") from None
+                                      f"tiles of {pl.tile} pixels ({exc}); {hint}") from None
                 free_accelerator_memory()
                 oom_tiles.append(new)
                 pl = plan_fusion(stack, **{**plan_kw, "tile": new})

@@ -44,10 +44,20 @@ def fusion_memory(stack, *, frame_in_memory: bool = True) -> int:
     return int(out + frame)
 
 
-def check_memory(stack, *, frame_in_memory: bool = True, what: str = "fusing") -> int:
+def registration_memory(stack) -> int:
+    """Bytes :func:`~napari_edof.core.registration.register_stack` holds: the aligned copy, one
+    time point read from the source, and float32 work planes (guide, warped plane)."""
+    T, Z, C = stack.n_times, stack.n_planes, stack.n_channels
+    Y, X = stack.yx_shape
+    item = stack.dtype.itemsize
+    return int(T * Z * Y * X * C * item + Z * Y * X * (C * item + 8) + 2 * Y * X * 4)
+
+
+def check_memory(stack, *, frame_in_memory: bool = True, what: str = "fusing", need: int | None = None) -> int:
     """Raise :class:`OutOfMemory` naming the needed and available memory when ``stack`` would not
     fit; returns the estimate otherwise."""
-    need = fusion_memory(stack, frame_in_memory=frame_in_memory)
+    if need is None:
+        need = fusion_memory(stack, frame_in_memory=frame_in_memory)
     avail = available_memory()
     if need > MEMORY_FRACTION * avail:
         shape = "x".join(map(str, stack.shape))

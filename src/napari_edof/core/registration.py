@@ -364,7 +364,10 @@ def register_stack(stack, *, mode: str = "translation", reference: int | None = 
     With a T axis each time point is registered on its own (the crop box is the one valid for
     all of them). The data is read into memory (numpy) in the input's dtype.
     """
+    from .policy import check_memory, registration_memory
+
     stack = as_stack(stack, axes=axes)
+    check_memory(stack, what="registering", need=registration_memory(stack))
     if edges not in EDGES:
         raise StackError(f"registration edges={edges!r} is not one of {', '.join(EDGES)}")
     canon = stack.canonical()  # (T, Z, Y, X, C)

@@ -132,7 +132,21 @@ def load_state_dict(spec: WeightsSpec, *, download: bool = True) -> dict:
     import torch
 
     path = fetch(spec, download=download)
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickled objects beyond tensors, or not a checkpoint at all
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        glob = [ln for ln in lines if "Unsupported global" in ln or "GLOBAL" in ln]
+        why = (glob or lines or [type(e).__name__])[0]
+        if glob or "weights_only" in str(e) or "Unpickl" in type(e).__name__:
+            raise WeightsError(
+                f"{path}: refused: the checkpoint holds objects that only pickle could rebuild (running "
+                f"code from the file); napari-edof loads weights with weights_only=True ({why}). Save "
+                "the model's state_dict (tensors only) instead"
+            ) from None
+        raise WeightsError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {why})") from None
+    if not isinstance(sd, dict):
+        raise WeightsError(f"{path}: the checkpoint holds a {type(sd).__name__}, not a state dict of tensors")
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}

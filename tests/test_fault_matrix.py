@@ -1,0 +1,430 @@
+"""The bad-input and fault matrix: every case gets a clear error naming the problem and loses
+nothing (inputs unchanged, no partial or temporary output files, an existing result kept whole),
+and the CLI answers with its documented exit codes (0 done, 2 bad input, 3 output not writable,
+130 interrupted).
+
+Each case is one function in CASES, run by one parametrized test.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_edof import api
+from napari_edof.cli import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, main
+from napari_edof.core.errors import EdofError, MethodError, ReadError, StackError
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def _digest(path: Path) -> dict:
+    """Content hashes of a file or of every file under a folder (to show nothing changed)."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def _no_temp_files(folder: Path) -> None:
+    left = [p.name for p in Path(folder).rglob("*") if p.name.endswith(".part") or p.name.startswith(".")]
+    assert not left, f"temporary files left behind: {left}"
+
+
+def _stack_tif(path: Path, *, planes=4, shape=(48, 40), dtype=np.uint16, seed=0) -> Path:
+    from napari_edof import sample_stack
+
+    s = sample_stack(n_planes=planes, shape=shape, seed=seed)
+    tifffile.imwrite(path, np.asarray(s.stack.data).astype(dtype), photometric="minisblack")
+    return path
+
+
+def _cli_refuses(args: list[str], code: int, capsys, *words: str, out: Path | None = None) -> str:
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == code, err
+    for w in words:
+        assert w.lower() in err.lower(), err
+    if out is not None:
+        assert not out.exists() or not any(out.iterdir()), "a refused run wrote output files"
+    return err
+
+
+def _api_refuses(exc, match: str, data, **kw):
+    snapshot = np.array(data, copy=True) if isinstance(data, np.ndarray) else None
+    with pytest.raises(exc, match=match) as e:
+        api.fuse(data, **kw)
+    assert isinstance(e.value, EdofError)
+    if snapshot is not None:
+        np.testing.assert_array_equal(data, snapshot)  # the input is never modified
+    return e.value
+
+
+# --- input files ----------------------------------------------------------------------------------
+def case_truncated_tiff(tmp_path, capsys):
+    good = _stack_tif(tmp_path / "good.tif", planes=6, shape=(64, 64))
+    raw = good.read_bytes()
+    bad = tmp_path / "truncated.tif"
+    bad.write_bytes(raw[: len(raw) // 2])
+    before = _digest(bad)
+    with pytest.raises(ReadError, match="truncated.tif") as e:
+        st = api.open_stack(bad)
+        np.asarray(st.data)  # the pages cut off are read only when computed
+    assert "truncated" in str(e.value) or "corrupt" in str(e.value)
+    _cli_refuses(["fuse", str(bad), "-o", str(tmp_path / "out"), "-q"], EXIT_INPUT, capsys, "truncated.tif",
+                 out=tmp_path / "out")
+    assert _digest(bad) == before
+
+
+def case_corrupt_tiff(tmp_path, capsys):
+    bad = tmp_path / "corrupt.tif"
+    bad.write_bytes(b"II*\x00" + bytes(range(256)) * 8)  # a TIFF signature over garbage
+    with pytest.raises(ReadError, match="corrupt.tif.*(corrupt|not a readable)"):
+        api.open_stack(bad)
+    _cli_refuses(["fuse", str(bad), "-o", str(tmp_path / "out"), "-q"], EXIT_INPUT, capsys, "corrupt.tif")
+
+
+def case_zero_byte_file(tmp_path, capsys):
+    empty = tmp_path / "empty.tif"
+    empty.touch()
+    with pytest.raises(ReadError, match=r"empty.tif.*empty \(0 bytes\)"):
+        api.open_stack(empty)
+    _cli_refuses(["fuse", str(empty), "-o", str(tmp_path / "out"), "-q"], EXIT_INPUT, capsys, "0 bytes",
+                 out=tmp_path / "out")
+
+
+def case_mixed_plane_sizes(tmp_path, capsys):
+    from PIL import Image
+
+    d = tmp_path / "frames"
+    d.mkdir()
+    Image.fromarray(np.zeros((32, 40), np.uint8)).save(d / "a1.png")
+    Image.fromarray(np.zeros((32, 48), np.uint8)).save(d / "a2.png")
+    with pytest.raises(StackError, match="a2.png"):
+        api.open_stack(d)
+    _cli_refuses(["fuse", str(d), "-o", str(tmp_path / "out"), "-q"], EXIT_INPUT, capsys, "a2.png",
+                 out=tmp_path / "out")
+
+
+def case_single_plane(tmp_path, capsys):
+    _api_refuses(StackError, "at least 2 planes", np.zeros((1, 32, 32), np.float32))
+    f = tmp_path / "one.tif"
+    tifffile.imwrite(f, np.zeros((32, 32), np.uint16))
+    _cli_refuses(["fuse", str(f), "-o", str(tmp_path / "out"), "-q"], EXIT_INPUT, capsys, "not a focus stack")
+
+
+def case_2d_input(tmp_path, capsys):
+    _api_refuses(StackError, "2D image .* not a focus stack", np.zeros((32, 32), np.uint8))
+
+
+def case_5d_unknown_axes(tmp_path, capsys):
+    a = np.zeros((2, 3, 4, 32, 32), np.uint16)
+    _api_refuses(StackError, r"5D array .*pass axes=", a)
+    f = tmp_path / "five.tif"
+    tifffile.imwrite(f, a, photometric="minisblack")
+    err = _cli_refuses(["fuse", str(f), "-o", str(tmp_path / "out"), "-q"], EXIT_INPUT, capsys, "five.tif")
+    assert "axes" in err
+    # told the axes, it fuses
+    assert main(["fuse", str(f), "--axes", "TCZYX", "-o", str(tmp_path / "ok"), "-q"]) == EXIT_OK
+
+
+def case_nan(tmp_path, capsys):
+    a = np.random.default_rng(0).random((4, 32, 32)).astype(np.float32)
+    a[2, 5, 7] = np.nan
+    _api_refuses(StackError, "NaN or infinite", a)
+    f = tmp_path / "nan.tif"
+    tifffile.imwrite(f, a, photometric="minisblack")
+    _cli_refuses(["fuse", str(f), "-o", str(tmp_path / "out"), "-q"], EXIT_INPUT, capsys, "NaN",
+                 out=tmp_path / "out")
+
+
+def case_inf(tmp_path, capsys):
+    a = np.random.default_rng(0).random((4, 32, 32)).astype(np.float64)
+    a[0, 0, 0] = -np.inf
+    _api_refuses(StackError, "NaN or infinite", a)
+
+
+def case_constant_planes(tmp_path, capsys):
+    """Not an error: a flat stack fuses, with confidence 0 everywhere."""
+    for dtype in (np.uint8, np.uint16, np.float32):
+        a = np.full((5, 40, 36), 7, dtype)
+        r = api.fuse(a)
+        assert r.fused.dtype == dtype and (r.fused == 7).all()
+        assert (r.confidence == 0).all() and np.isfinite(r.index).all()
+    for policy in ("nearest", "blend", "mask"):
+        r = api.fuse(np.full((5, 40, 36), 7, np.uint16), params={"lowtexture": policy})
+        assert (r.confidence == 0).all()
+    f = tmp_path / "flat.tif"
+    tifffile.imwrite(f, np.full((5, 40, 36), 7, np.uint16), photometric="minisblack")
+    assert main(["fuse", str(f), "-o", str(tmp_path / "out"), "-q"]) == EXIT_OK
+    assert (tifffile.imread(tmp_path / "out" / "confidence.tif") == 0).all()
+
+
+def _unsupported_dtype(dtype, tmp_path, capsys):
+    name = np.dtype(dtype).name
+    _api_refuses(StackError, f"unsupported pixel type {name}", np.zeros((3, 32, 32), dtype))
+    if dtype is not bool:
+        f = tmp_path / f"{name}.tif"
+        tifffile.imwrite(f, np.zeros((3, 32, 32), dtype), photometric="minisblack")
+        _cli_refuses(["fuse", str(f), "-o", str(tmp_path / "out"), "-q"], EXIT_INPUT, capsys, name)
+
+
+def case_bool_dtype(tmp_path, capsys):
+    _unsupported_dtype(bool, tmp_path, capsys)
+
+
+def case_complex_dtype(tmp_path, capsys):
+    _unsupported_dtype(np.complex64, tmp_path, capsys)
+
+
+def case_int64_dtype(tmp_path, capsys):
+    _unsupported_dtype(np.int64, tmp_path, capsys)
+
+
+def case_huge_dimensions(tmp_path, capsys):
+    """Refused before anything is allocated, naming the memory needed and available."""
+    import dask.array as da
+
+    from napari_edof.core.engine import fuse_iter
+    from napari_edof.core.policy import OutOfMemory
+
+    huge = da.zeros((64, 100000, 100000), dtype=np.uint16, chunks=(1, 4096, 4096))
+    with pytest.raises(OutOfMemory, match=r"needs about [\d.]+ GiB of memory but only [\d.]+ GiB is available"):
+        next(fuse_iter(huge))
+    with pytest.raises(OutOfMemory, match="8x200000x200000"):
+        next(fuse_iter(np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (8, 200000, 200000), (0, 0, 0))))
+    with pytest.raises(OutOfMemory, match="GiB"):
+        api.fuse(huge, register="translation", lazy=False)
+    with pytest.raises(OutOfMemory, match="registering"):
+        api.fuse(huge, register="translation")  # lazy fusion, but registration reads everything
+
+
+# --- outputs --------------------------------------------------------------------------------------
+def case_output_folder_not_writable(tmp_path, capsys, monkeypatch):
+    src = _stack_tif(tmp_path / "in.tif")
+    before = _digest(src)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    import os
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, *a, **k: False if Path(p) == locked else real_access(p, m))
+    from napari_edof.io import write_result
+
+    r = api.fuse(tifffile.imread(src))
+    with pytest.raises(EdofError, match="locked: the folder is not writable"):
+        write_result(r, locked)
+    _cli_refuses(["fuse", str(src), "-o", str(locked), "-q"], EXIT_OUTPUT, capsys, "not writable")
+    assert list(locked.iterdir()) == [] and _digest(src) == before
+
+
+def case_output_is_a_file(tmp_path, capsys):
+    src = _stack_tif(tmp_path / "in.tif")
+    f = tmp_path / "taken"
+    f.write_text("keep me")
+    _cli_refuses(["fuse", str(src), "-o", str(f), "-q"], EXIT_OUTPUT, capsys, "not a folder")
+    assert f.read_text() == "keep me"
+
+
+def _first_run(tmp_path):
+    src = _stack_tif(tmp_path / "in.tif")
+    out = tmp_path / "out"
+    assert main(["fuse", str(src), "-o", str(out), "-q"]) == EXIT_OK
+    return src, out, _digest(out)
+
+
+def case_disk_full_during_write(tmp_path, capsys, monkeypatch):
+    """ENOSPC half-way through a file: the previous result survives byte for byte, no temp file."""
+    src, out, before = _first_run(tmp_path)
+
+    def full(path, data, **kw):
+        Path(path).write_bytes(b"partial" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tifffile, "imwrite", full)
+    _cli_refuses(["fuse", str(src), "-o", str(out), "-q"], EXIT_OUTPUT, capsys, "No space left on device",
+                 "fused.tif")
+    assert _digest(out) == before
+    _no_temp_files(out)
+
+
+def case_cancel_during_write(tmp_path, capsys, monkeypatch):
+    """Ctrl-C inside a write: exit 130, the file being written is not left half-done."""
+    src, out, before = _first_run(tmp_path)
+
+    def interrupted(path, data, **kw):
+        Path(path).write_bytes(b"partial" * 100)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tifffile, "imwrite", interrupted)
+    _cli_refuses(["fuse", str(src), "-o", str(out), "-q"], EXIT_INTERRUPTED, capsys, "interrupted")
+    assert _digest(out) == before
+    _no_temp_files(out)
+    # a first run interrupted while writing leaves no file at all
+    fresh = tmp_path / "fresh"
+    assert main(["fuse", str(src), "-o", str(fresh), "-q"]) == EXIT_INTERRUPTED
+    assert not fresh.exists() or list(fresh.iterdir()) == []
+
+
+def case_cancel_during_fusion(tmp_path, capsys, monkeypatch):
+    """Closing fuse_iter stops it; Ctrl-C during the CLI's fusion writes nothing."""
+    from napari_edof import sample_stack
+
+    s = sample_stack(n_planes=4, shape=(128, 128))
+    gen = api.fuse_iter(s.stack, tile=32)
+    next(gen)
+    gen.close()
+    src = _stack_tif(tmp_path / "in.tif")
+    import napari_edof.core.engine as engine
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(engine, "fuse_iter", boom)
+    out = tmp_path / "out"
+    _cli_refuses(["fuse", str(src), "-o", str(out), "-q"], EXIT_INTERRUPTED, capsys, "interrupted", out=out)
+
+
+# --- methods, devices, weights --------------------------------------------------------------------
+def case_unknown_method(tmp_path, capsys):
+    _api_refuses(MethodError, "unknown method 'sharpest'; choose one of: .*focus-select", np.zeros((3, 32, 32)),
+                 method="sharpest")
+    src = _stack_tif(tmp_path / "in.tif")
+    _cli_refuses(["fuse", str(src), "-o", str(tmp_path / "out"), "-m", "sharpest", "-q"], EXIT_INPUT, capsys,
+                 "unknown method 'sharpest'", out=tmp_path / "out")
+
+
+def case_unknown_parameter(tmp_path, capsys):
+    _api_refuses(MethodError, "has no parameter 'radius_px'; it takes: measure, radius", np.zeros((3, 32, 32)),
+                 params={"radius_px": 3})
+    _api_refuses(MethodError, "radius=99 is above its maximum 32", np.zeros((3, 32, 32)), params={"radius": 99})
+    src = _stack_tif(tmp_path / "in.tif")
+    _cli_refuses(["fuse", str(src), "-o", str(tmp_path / "out"), "-p", "tie=sideways", "-q"], EXIT_INPUT,
+                 capsys, "tie='sideways' is not one of none, near, far", out=tmp_path / "out")
+
+
+@pytest.fixture
+def oom_method():
+    """A torch-backend method that runs out of (simulated) accelerator memory on tiles larger than
+    ``limit`` pixels; it picks the brightest plane per pixel."""
+    torch = pytest.importorskip("torch")
+    from napari_edof.core.colour import gather
+    from napari_edof.methods._registry import MethodSpec, register, unregister
+
+    calls = []
+
+    class OOM:
+        limit = 60 * 60
+
+        def __init__(self, params, *, device="cpu"):
+            pass
+
+        def fuse_tile(self, planes, guide, *, halo, stats=None):
+            h, w = guide.shape[1:]
+            calls.append((h, w))
+            if h * w > OOM.limit:
+                raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {h * w * 4} bytes")
+            g = guide[:, halo : h - halo, halo : w - halo]
+            idx = g.argmax(axis=0).astype(np.int16)
+            src = planes[:, halo : h - halo, halo : w - halo]
+            return {"fused": gather(src, idx), "index": idx.astype(np.float32),
+                    "confidence": np.ones(idx.shape, np.float32)}
+
+    spec = MethodSpec(name="_oom-sim", summary="simulated OOM", family="learned", halo=lambda p: 2,
+                      devices=("cpu",), backend="torch", default_tile=128)
+    register(spec)(OOM)
+    yield OOM, calls
+    unregister("_oom-sim")
+
+
+def case_gpu_out_of_memory(tmp_path, capsys, oom_method):
+    OOM, calls = oom_method
+    from napari_edof import sample_stack
+
+    s = sample_stack(n_planes=4, shape=(200, 180))
+    r = api.fuse(s.stack, method="_oom-sim")  # default tile 128 -> 64 -> 32: the run finishes
+    assert r.provenance["out_of_memory_retries"] == [64, 32]
+    assert r.provenance["tile"] == 32
+    ref = np.asarray(s.stack.data).argmax(axis=0)
+    np.testing.assert_array_equal(r.index, ref)
+    np.testing.assert_array_equal(r.fused, np.take_along_axis(np.asarray(s.stack.data), ref[None], 0)[0])
+    # memory that never suffices: a clear error naming the device, not a crash
+    OOM.limit = 0
+    with pytest.raises(EdofError, match="_oom-sim ran out of cpu memory even with tiles of 32 pixels"):
+        api.fuse(s.stack, method="_oom-sim")
+
+
+def case_weights_hash_mismatch(tmp_path, capsys, monkeypatch):
+    from napari_edof.methods._registry import WeightsSpec
+    from napari_edof.nn import weights as W
+
+    monkeypatch.setenv(W.ENV, str(tmp_path))
+    f = tmp_path / "model.pth"
+    f.write_bytes(b"tampered")
+    before = _digest(f)
+    spec = WeightsSpec(filename="model.pth", urls=("https://example.invalid/model.pth",), sha256="0" * 64)
+    with pytest.raises(W.WeightsError, match="does not match the pinned sha256.*refusing to load it"):
+        W.load_state_dict(spec)
+    assert _digest(f) == before  # not deleted or changed: the user decides
+
+    def tampered_download(url, dest):
+        Path(dest).write_bytes(b"evil")
+
+    monkeypatch.setattr(W, "_download", tampered_download)
+    spec2 = WeightsSpec(filename="fresh.pth", urls=("https://example.invalid/fresh.pth",), sha256="1" * 64)
+    with pytest.raises(W.WeightsError, match="does not match the pinned"):
+        W.fetch(spec2)
+    assert not (tmp_path / "fresh.pth").exists()
+    _no_temp_files(tmp_path)
+
+
+class _Payload:  # an object only pickle could rebuild
+    pass
+
+
+def case_checkpoint_needs_pickle(tmp_path, capsys, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from napari_edof.methods._registry import WeightsSpec
+    from napari_edof.nn import weights as W
+
+    monkeypatch.setenv(W.ENV, str(tmp_path))
+    f = tmp_path / "pickled.pth"
+    torch.save({"conv.weight": torch.zeros(2, 2), "extra": _Payload()}, f)
+    spec = WeightsSpec(filename="pickled.pth", urls=("https://example.invalid/p.pth",), sha256=W.sha256_of(f))
+    with pytest.raises(W.WeightsError, match="refused.*only pickle could rebuild.*weights_only=True"):
+        W.load_state_dict(spec)
+    g = tmp_path / "plain.pth"
+    torch.save({"conv.weight": torch.ones(2, 2)}, g)
+    ok = WeightsSpec(filename="plain.pth", urls=("https://example.invalid/q.pth",), sha256=W.sha256_of(g))
+    assert list(W.load_state_dict(ok)) == ["conv.weight"]
+
+
+def case_registration_bad_options(tmp_path, capsys):
+    a = np.zeros((3, 48, 48), np.float32)
+    _api_refuses(StackError, "register='rigid' is not one of", a, register="rigid")
+    src = _stack_tif(tmp_path / "in.tif")
+    _cli_refuses(["fuse", str(src), "-o", str(tmp_path / "out"), "--register", "translation",
+                  "--register-reference", "9", "-q"], EXIT_INPUT, capsys, "reference plane 9",
+                 out=tmp_path / "out")
+
+
+CASES = {name[5:]: fn for name, fn in sorted(globals().items()) if name.startswith("case_")}
+
+
+def test_matrix_has_every_case():
+    assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fault(case, tmp_path, capsys, monkeypatch, request):
+    fn = CASES[case]
+    kwargs = {"tmp_path": tmp_path, "capsys": capsys}
+    names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
+    if "monkeypatch" in names:
+        kwargs["monkeypatch"] = monkeypatch
+    if "oom_method" in names:
+        kwargs["oom_method"] = request.getfixturevalue("oom_method")
+    fn(**kwargs)
