@@ -4,6 +4,7 @@ from __future__ import annotations
 from .core.engine import fuse, fuse_iter
 from .core.errors import EdofError
 from .core.inspect import focus_curve, recompose
+from .core.registration import RegistrationReport, register_stack
 from .core.result import FusionResult, Progress
 from .core.stack import Stack, as_stack
 from .data import sample_stack
@@ -71,5 +72,7 @@ __all__ = [
     "get_method",
     "list_methods",
     "open_stack",
+    "register_stack",
+    "RegistrationReport",
     "sample_stack",
 ]

@@ -271,6 +271,38 @@ class FusionWidget(QWidget):
         v.addWidget(self.params_box)
         lay.addWidget(box)
 
+        # --- registration --------------------------------------------------------------
+        box = QGroupBox("Registration")
+        form = QFormLayout(box)
+        self.register_combo = QComboBox()
+        for mode, tip in (("none", "the planes are already aligned"),
+                          ("translation", "shifts (phase correlation)"),
+                          ("similarity", "shifts, scale (focus breathing) and rotation (Fourier-Mellin)"),
+                          ("affine", "feature matching (ORB + RANSAC)")):
+            self.register_combo.addItem(mode, mode)
+            self.register_combo.setItemData(self.register_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+        self.register_combo.setToolTip("Align every plane to the middle one before fusing")
+        self.register_edges = QComboBox()
+        for e, tip in (("edge", "keep the size; pad with the border pixels"),
+                       ("zero", "keep the size; pad with zeros"),
+                       ("crop", "keep only the area every plane covers (the result layers are shifted to match)")):
+            self.register_edges.addItem(e, e)
+            self.register_edges.setItemData(self.register_edges.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+        self.register_scale = QCheckBox("scale")
+        self.register_scale.setChecked(True)
+        self.register_scale.setToolTip("Allow magnification changes between planes (focus breathing)")
+        self.register_rotation = QCheckBox("rotation")
+        self.register_rotation.setChecked(True)
+        dof = QHBoxLayout()
+        dof.addWidget(self.register_scale)
+        dof.addWidget(self.register_rotation)
+        form.addRow("align", self.register_combo)
+        form.addRow("edges", self.register_edges)
+        form.addRow("allow", dof)
+        lay.addWidget(box)
+        self.register_combo.currentIndexChanged.connect(self._on_register_changed)
+        self._on_register_changed()
+
         # --- run options ---------------------------------------------------------------
         box = QGroupBox("Run")
         form = QFormLayout(box)
@@ -531,7 +563,27 @@ class FusionWidget(QWidget):
         device = self.device_combo.currentData() if self.device_combo.isEnabled() else "auto"
         kwargs = dict(method=self.method_combo.currentData(), params=self.params(), tile=tile,
                       device=device, guide=self._guide())
+        reg = self.registration()
+        if reg is not None:
+            kwargs["register"] = reg
         return FusionJob(layer=layer, stack=stack, axes=axes, z_axis=z, kwargs=kwargs)
+
+    def registration(self) -> dict | None:
+        """The ``register=`` option of the run (None: no registration)."""
+        mode = self.register_combo.currentData()
+        if mode in (None, "none"):
+            return None
+        opts = {"mode": mode, "edges": self.register_edges.currentData()}
+        if mode != "translation":
+            opts.update(scale=self.register_scale.isChecked(), rotation=self.register_rotation.isChecked())
+        return opts
+
+    def _on_register_changed(self, *_):
+        mode = self.register_combo.currentData()
+        on = mode not in (None, "none")
+        self.register_edges.setEnabled(on)
+        for w in (self.register_scale, self.register_rotation):
+            w.setEnabled(on and mode != "translation")
 
     def _guide(self):
         g = self.guide_combo.currentData()
@@ -556,8 +608,11 @@ class FusionWidget(QWidget):
         try:
             job = self.prepare()
             if self.cluster_check.isChecked():
-                gen = _first(api.fuse_many_iter([job.stack], workers=int(self.cluster_workers.value()),
-                                                **job.kwargs))
+                kw = dict(job.kwargs)
+                reg = kw.pop("register", None)
+                if reg is not None:  # aligned here, before the stack goes to the cluster
+                    job.stack, _ = api.register_stack(job.stack, **reg)
+                gen = _first(api.fuse_many_iter([job.stack], workers=int(self.cluster_workers.value()), **kw))
             else:
                 gen = api.fuse_iter(job.stack, **job.kwargs)
         except Exception as exc:  # noqa: BLE001
@@ -616,8 +671,13 @@ class FusionWidget(QWidget):
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         for w in (self.layer_combo, self.z_combo, self.method_combo, self.params_box, self.tile_spin,
-                  self.cluster_check, self.cluster_workers):
+                  self.cluster_check, self.cluster_workers, self.register_combo):
             w.setEnabled(not running)
+        if running:
+            for w in (self.register_edges, self.register_scale, self.register_rotation):
+                w.setEnabled(False)
+        else:
+            self._on_register_changed()
         self.channel_combo.setEnabled(not running and not getattr(self.current_layer(), "rgb", False))
         self.guide_combo.setEnabled(not running and self._n_channels() > 1)
         if running:
@@ -688,9 +748,17 @@ class FusionWidget(QWidget):
     def _on_result(self, job: FusionJob, result):
         layers = add_or_update_result_layers(self.viewer, job.layer, result, z_axis=job.z_axis, axes=job.axes)
         self.last_result, self.last_layers = result, layers
-        if self.retouch_check.isChecked():
+        registered = "registration" in (result.provenance or {})
+        if self.retouch_check.isChecked() and not registered:  # retouching gathers from the unaligned planes
             connect_retouch(self.viewer, layers["decision"])
-        self.status.setText(result.summary())
+        if (result.provenance.get("params") or {}).get("lowtexture", "off") != "off":
+            layers["confidence"].visible = True  # never-in-focus pixels show as confidence 0
+        text = result.summary()
+        if registered:
+            rep = result.provenance["registration"]
+            text += (f"; registered ({rep['mode']}), largest residual {rep['max_residual']:.2f} px"
+                     + ("; retouching is off for registered runs" if self.retouch_check.isChecked() else ""))
+        self.status.setText(text)
         self.fusion_done.emit({"result": result, "layers": layers, "source": job.layer})
         return result
 

@@ -192,8 +192,16 @@ def add_or_update_result_layers(viewer, source_layer, result, *, z_axis: int, ax
     units = getattr(source_layer, "units", None)
     labels = getattr(source_layer, "axis_labels", None)
 
+    crop = (prov.get("registration") or {}).get("crop_box")  # a registered run cropped to (y0, y1, x0, x1)
+
     def geometry(dims: str) -> dict:
         g = {"scale": _pick(scale, layer_dims, dims), "translate": _pick(translate, layer_dims, dims)}
+        if crop and g["scale"] is not None and g["translate"] is not None:
+            t = list(g["translate"])
+            for ax, off in (("Y", crop[0]), ("X", crop[2])):
+                if ax in dims:
+                    t[dims.index(ax)] += off * g["scale"][dims.index(ax)]
+            g["translate"] = tuple(t)
         if "Z" in dims and g["scale"] is not None and g["translate"] is not None:
             zi, dz = dims.index("Z"), scale[layer_dims.index("Z")]
             g["scale"] = tuple(v * n if i == zi else v for i, v in enumerate(g["scale"]))
