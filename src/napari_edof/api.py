@@ -51,6 +51,20 @@ def fuse_many(stacks, *, client=None, workers: int | None = None, progress=None,
     return drain(fuse_many_iter(stacks, client=client, workers=workers, **options), progress)
 
 
+def evaluate(result_or_fused, stack, truth=None, *, metrics=None, data_range=None) -> dict:
+    """Score a fusion: ``{metric: value}`` (see :mod:`napari_edof.metrics` and docs/metrics.md).
+
+    ``result_or_fused``: a :class:`FusionResult`, an image array or an image file; ``stack``: the
+    sources (a :class:`Stack`, a file, or an (N, Y, X[, C]) array); ``truth``: the ground-truth
+    all-in-focus image (array or file) when there is one (adds psnr and ssim); ``metrics``:
+    names or a comma-separated string from psnr, ssim, qabf, nmi, fmi, qy, qcb (default: every
+    one that applies); ``data_range`` as in scikit-image. Raises :class:`EdofError` on bad input.
+    """
+    from ._evaluate import evaluate as _evaluate
+
+    return _evaluate(result_or_fused, stack, truth, metrics=metrics, data_range=data_range)
+
+
 def get_method(name: str):
     """The :class:`~napari_edof.methods.MethodSpec` registered under ``name``."""
     return _get_method(name)[0]
@@ -63,6 +77,7 @@ __all__ = [
     "Stack",
     "as_stack",
     "available_devices",
+    "evaluate",
     "fuse",
     "fuse_iter",
     "fuse_many",

@@ -1,4 +1,4 @@
-"""The command-line tool: ``napari-edof fuse | methods | train``.
+"""The command-line tool: ``napari-edof fuse | methods | evaluate | train``.
 
 Exit codes: 0 done, 1 unexpected failure, 2 bad usage or bad input, 3 the output could not be
 written, 130 interrupted (Ctrl-C; no partial output files are left behind).
@@ -75,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("methods", help="list the fusion methods")
     m.add_argument("-v", "--verbose", action="store_true", help="show each method's parameters")
+
+    e = sub.add_parser("evaluate", help="score a fused image: PSNR/SSIM against a ground truth, fusion "
+                                        "metrics (Q^AB/F, NMI, FMI, Q_Y, Q_CB) against its source stack")
+    e.add_argument("fused", metavar="FUSED", help="the fused image (TIFF, PNG or JPEG)")
+    e.add_argument("--stack", required=True, metavar="STACK", help="the source stack (anything `fuse` reads)")
+    e.add_argument("--truth", default=None, metavar="TRUTH", help="the ground-truth all-in-focus image (adds psnr, ssim)")
+    e.add_argument("--metrics", default=None, metavar="LIST",
+                   help="comma-separated from psnr, ssim, qabf, nmi, fmi, qy, qcb (default: every one that applies)")
+    e.add_argument("--axes", default=None, help="axes of the stack when its metadata does not say")
+    e.add_argument("--data-range", type=float, default=None,
+                   help="intensity range (default: the dtype's for integers, 1 or the spread for floats)")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     t = sub.add_parser("train", help="train a network on synthetic focus stacks (needs torch)")
     t.add_argument("model", help="what to train: stackmff-v2")
@@ -362,6 +374,30 @@ def cmd_methods(args) -> int:
     return EXIT_OK
 
 
+def cmd_evaluate(args) -> int:
+    import json
+
+    from ._evaluate import evaluate, json_value
+    from .core.errors import EdofError
+
+    try:
+        from .io import open_stack
+
+        values = evaluate(args.fused, open_stack(args.stack, axes=args.axes), args.truth,
+                          metrics=args.metrics, data_range=args.data_range)
+    except (EdofError, OSError) as e:
+        print(f"napari-edof: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    if args.json:
+        print(json.dumps({"fused": args.fused, "stack": args.stack, "truth": args.truth,
+                          "metrics": {k: json_value(v) for k, v in values.items()}}, indent=2))
+    else:
+        from .metrics import format_table
+
+        print(format_table(values))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "fuse":
@@ -370,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_methods(args)
     if args.command == "train":
         return cmd_train(args)
+    if args.command == "evaluate":
+        return cmd_evaluate(args)
     return EXIT_FAIL
 
 
