@@ -180,3 +180,18 @@ def test_cli_register(tmp_path, scene):
     assert tifffile.imread(out / "fused.tif").shape == (256, 256)
     assert main(["fuse", str(src), "-o", str(out), "--register", "similarity", "--register-reference", "7",
                  "-q"]) == EXIT_INPUT
+
+
+def test_register_on_every_fusion_path(scene):
+    """Lazy results, streamed and cluster paths plan through plan_fusion, which registers too."""
+    from napari_edof.core.engine import plan_fusion
+    from napari_edof.core.stream import fuse_lazy
+
+    motions = [(2.0, -1.0, 1, 0), (0, 0, 1, 0), (-2.0, 1.0, 1, 0)]
+    data = np.clip(_moved(scene, motions), 0, 255).astype(np.uint8)
+    pl = plan_fusion(data, register={"mode": "translation", "edges": "crop"})
+    assert pl.stack.yx_shape[0] < 256 and "registration" in pl.stack.metadata
+    lazy = fuse_lazy(data, register="translation")
+    eager = api.fuse(data, register="translation")
+    np.testing.assert_array_equal(np.asarray(lazy.index), eager.index)
+    assert lazy.provenance["registration"]["planes"][0]["dy"] == pytest.approx(2.0, abs=0.2)

@@ -115,10 +115,15 @@ class FusionPlan:
 
 def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = None, axes: str | None = None,
                 tile: int | str | None = "auto", overlap: int | None = None, device: str | None = None,
-                guide="auto", workers: int | None = None) -> FusionPlan:
-    """Check the options and plan the tiles (no pixel is read). Raises EdofError subclasses."""
+                guide="auto", workers: int | None = None, register=None) -> FusionPlan:
+    """Check the options and plan the tiles (no pixel is read, unless ``register`` asks to align
+    the planes first: the plan's stack is then the aligned one). Raises EdofError subclasses."""
     stack = as_stack(stack, axes=axes)
     spec, cls = get_method(method)
+    reg_opts = parse_register(register)
+    if reg_opts is not None:
+        spec.resolve(params)  # refuse bad parameters before the (slow) registration
+        stack, _ = register_stack(stack, **reg_opts)
     p = spec.resolve(params)
     dev = resolve_device(device, spec.devices, spec.backend)
     g = resolve_guide(guide, stack.n_channels, stack.rgb)
