@@ -183,7 +183,7 @@ def case_int64_dtype(tmp_path, capsys):
     _unsupported_dtype(np.int64, tmp_path, capsys)
 
 
-def case_huge_dimensions(tmp_path, capsys):
+def case_huge_dimensions(tmp_path, capsys, monkeypatch):
     """Refused before anything is allocated, naming the memory needed and available."""
     import dask.array as da
 
@@ -199,6 +199,13 @@ def case_huge_dimensions(tmp_path, capsys):
         api.fuse(huge, register="translation", lazy=False)
     with pytest.raises(OutOfMemory, match="registering"):
         api.fuse(huge, register="translation")  # lazy fusion, but registration reads everything
+    # the CLI on a machine with (pretend) 1 MiB free: exit 2, the message, nothing written
+    import napari_edof.core.policy as policy
+
+    src = _stack_tif(tmp_path / "in.tif", shape=(256, 256))
+    monkeypatch.setattr(policy, "available_memory", lambda: 1 << 20)
+    _cli_refuses(["fuse", str(src), "-o", str(tmp_path / "out"), "-q"], EXIT_INPUT, capsys,
+                 "needs about", "GiB is available", out=tmp_path / "out")
 
 
 # --- outputs --------------------------------------------------------------------------------------
@@ -351,6 +358,12 @@ def case_gpu_out_of_memory(tmp_path, capsys, oom_method):
     ref = np.asarray(s.stack.data).argmax(axis=0)
     np.testing.assert_array_equal(r.index, ref)
     np.testing.assert_array_equal(r.fused, np.take_along_axis(np.asarray(s.stack.data), ref[None], 0)[0])
+    # the CLI finishes too, and says so in provenance.json
+    import json
+
+    src = _stack_tif(tmp_path / "in.tif", shape=(200, 180))
+    assert main(["fuse", str(src), "-o", str(tmp_path / "out"), "-m", "_oom-sim", "-q"]) == EXIT_OK
+    assert json.loads((tmp_path / "out" / "provenance.json").read_text())["out_of_memory_retries"] == [64, 32]
     # memory that never suffices: a clear error naming the device, not a crash
     OOM.limit = 0
     with pytest.raises(EdofError, match="_oom-sim ran out of cpu memory even with tiles of 32 pixels"):
