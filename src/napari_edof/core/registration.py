@@ -35,7 +35,7 @@ from .stack import Stack, as_stack, is_dask
 
 MODES = ("translation", "similarity", "affine")
 #: Rotation and scale are refined on planes downscaled to at most this many pixels per side.
-REFINE_SIZE = 384
+REFINE_SIZE = 256
 EDGES = ("crop", "edge", "zero")
 
 
