@@ -214,3 +214,33 @@ def test_import_is_light():
     code = ("import sys, napari_edof; assert 'napari_edof.metrics' not in sys.modules; "
             "import napari_edof.metrics; assert 'torch' not in sys.modules and 'napari' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_stack_forms_weight_the_planes_in_focus(textured):
+    a, b = textured
+    # three identical planes: every form gives the maximum
+    assert M.nmi((a, a, a), a) == pytest.approx(2.0)
+    assert M.fmi((a, a, a), a) == 1.0
+    # weighting="mean" is the plain mean of the per-source terms
+    f = np.where(np.arange(48) < 24, a, b)
+    flat = np.full_like(a, 0.5)
+    assert M.nmi((a, b, flat), f, weighting="mean") == pytest.approx(
+        2 * np.mean([M.nmi((x,), f) / 2 for x in (a, b, flat)]))
+    # a flat plane has no saliency, so under "auto" it does not count
+    assert M.nmi((a, b, flat), f) == pytest.approx(M.nmi((a, b), f, weighting="saliency"))
+    assert M.fmi((a, b, flat), f) == pytest.approx(M.fmi((a, b), f, weighting="saliency"))
+    assert M.nmi((a, b, flat), f) > M.nmi((a, b, flat), f, weighting="mean")
+    # shares sum to one per pixel
+    w = FU.saliency_weights(np.stack([a, b, flat]))
+    np.testing.assert_allclose(w.sum(0), 1.0)
+    assert np.all(w[2] == 0)
+
+
+def test_qabf_stack_weights(textured):
+    a, b = textured
+    f = np.where(np.arange(48) < 24, a, b)
+    flat = np.full_like(a, 0.5)
+    assert M.qabf((a, b), f) == pytest.approx(M.qabf((a, b), f, L=1))
+    assert M.qabf((a, b, flat), f) == pytest.approx(M.qabf((a, b, flat), f, L=2))
+    assert M.qabf((a, b, flat), f) == pytest.approx(M.qabf((a, b), f, L=2))  # a flat plane weighs 0
+    assert M.qabf((a, b, flat), f) != pytest.approx(M.qabf((a, b), f))

@@ -8,10 +8,14 @@ references are in ``docs/metrics.md``; in short:
 
 * :func:`qabf` — Xydeas & Petrovic (2000) edge-preservation Q^AB/F (Sobel strength and
   orientation, sigmoids (0.9994, -15, 0.5) and (0.9879, -22, 0.8), weights g^L with L = 1).
-  Its maximum, reached when F keeps every edge of every source exactly, is
+  (L = 2 for N > 2 sources.) Its maximum, reached when F keeps every edge of every source exactly, is
   0.9994/(1+e^-7.5) * 0.9879/(1+e^-4.4) = 0.97480, not 1 (see :data:`QABF_MAX`).
 * :func:`nmi` — Hossny et al. (2008) normalised mutual information,
   2 [MI(A,F)/(H(A)+H(F)) + MI(B,F)/(H(B)+H(F))], in [0, 2]; 256-bin histograms.
+
+For N > 2 sources (a focus stack) Q^AB/F, NMI and FMI weight each source by its squared local
+saliency, since a plain mean over the planes rewards a blurred fusion (most planes are out of
+focus at any pixel); Q_Y and Q_CB have their own weighted N-source forms (see each function).
 * :func:`fmi` — Haghighat & Razian's (2014) Fast-FMI of Haghighat et al.'s (2011) feature
   mutual information on gradient-magnitude maps, 3 x 3 windows, in [0, 1].
 * :func:`qy` — Yang et al. (2008) SSIM-based metric, in [-1, 1] (1 for a perfect fusion of
@@ -69,21 +73,26 @@ def qabf_map(source: np.ndarray, fused: np.ndarray, *, f_grad=None):
     return _sigmoid(G, QABF_STRENGTH) * _sigmoid(A, QABF_ORIENTATION), gs
 
 
-def _qabf(planes: np.ndarray, f: np.ndarray, L: float = 1.0) -> float:
+def _qabf(planes: np.ndarray, f: np.ndarray, L="auto") -> float:
+    if L == "auto":
+        L = 1.0 if len(planes) <= 2 else 2.0
     fg = sobel_valid(f)
     num = den = 0.0
     for p in planes:
         q, g = qabf_map(p, f, f_grad=fg)
-        w = g**L if L != 1 else g
+        w = g if L == 1 else g ** float(L)
         num += float((q * w).sum())
         den += float(w.sum())
     return num / den if den > 0 else float("nan")
 
 
-def qabf(sources, fused, *, data_range=None, L: float = 1.0) -> float:
+def qabf(sources, fused, *, data_range=None, L="auto") -> float:
     """Xydeas & Petrovic's Q^AB/F: sum_n sum_px Q^{S_n F} w_n / sum_n sum_px w_n, w_n = g_n^L.
 
-    Range [0, :data:`QABF_MAX`]; ``nan`` when no source has any edge (all weights zero).
+    ``L="auto"``: the paper's L = 1 for a pair; L = 2 for N > 2 sources, so that the planes in
+    focus at a pixel count most (with L = 1 the many out-of-focus planes of a deep stack can
+    make a blurred fusion score higher than a sharp one). Range [0, :data:`QABF_MAX`]; ``nan``
+    when no source has any edge (all weights zero).
     """
     planes, f, _ = prepare(sources, fused, data_range=data_range)
     return _qabf(planes, f, L)
@@ -100,10 +109,16 @@ def _entropy(p: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def symmetric_uncertainty(a_idx: np.ndarray, f_idx: np.ndarray, bins: int) -> float:
-    """2 MI(A, F) / (H(A) + H(F)) from bin indices (1 when both images are constant)."""
-    joint = np.bincount(a_idx * bins + f_idx, minlength=bins * bins).astype(np.float64)
-    joint /= joint.sum()
+def symmetric_uncertainty(a_idx: np.ndarray, f_idx: np.ndarray, bins: int, weights=None) -> float:
+    """2 MI(A, F) / (H(A) + H(F)) from bin indices (1 when both images are constant).
+
+    ``weights``: per-pixel weights of the joint histogram (default: every pixel counts once).
+    """
+    joint = np.bincount(a_idx * bins + f_idx, weights=weights, minlength=bins * bins).astype(np.float64)
+    total = joint.sum()
+    if total <= 0:
+        return 0.0
+    joint /= total
     joint = joint.reshape(bins, bins)
     ha, hf, haf = _entropy(joint.sum(1)), _entropy(joint.sum(0)), _entropy(joint.ravel())
     if ha + hf == 0:
@@ -111,20 +126,46 @@ def symmetric_uncertainty(a_idx: np.ndarray, f_idx: np.ndarray, bins: int) -> fl
     return max(2.0 * (ha + hf - haf) / (ha + hf), 0.0)
 
 
-def _nmi(planes: np.ndarray, f: np.ndarray, bins: int = 256) -> float:
+def _resolve_weighting(weighting: str, n: int) -> str:
+    if weighting == "auto":
+        return "mean" if n <= 2 else "saliency"
+    if weighting not in ("mean", "saliency"):
+        raise ValueError(f"weighting must be 'auto', 'mean' or 'saliency', not {weighting!r}")
+    return weighting
+
+
+def saliency_weights(planes: np.ndarray) -> np.ndarray:
+    """Per-pixel share of each source, s_n^2 / sum_m s_m^2 with s_n the 3 x 3 mean of |grad S_n|
+    (1/N where no source has any gradient): (N, Y, X), summing to 1 over the sources."""
+    sal = np.stack([ndi.uniform_filter(fmi_feature(p, "gradient"), 3, mode="reflect") ** 2 for p in planes])
+    tot = sal.sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(tot > 0, sal / np.where(tot > 0, tot, 1.0), 1.0 / len(planes))
+
+
+def _nmi(planes: np.ndarray, f: np.ndarray, bins: int = 256, weighting: str = "auto") -> float:
     fi = _bin_index(f, bins)
-    return 2.0 * float(np.mean([symmetric_uncertainty(_bin_index(p, bins), fi, bins) for p in planes]))
+    if _resolve_weighting(weighting, len(planes)) == "mean":
+        return 2.0 * float(np.mean([symmetric_uncertainty(_bin_index(p, bins), fi, bins) for p in planes]))
+    w = saliency_weights(planes)
+    share = w.reshape(len(planes), -1).sum(1)
+    su = [symmetric_uncertainty(_bin_index(p, bins), fi, bins, weights=w[n].ravel()) for n, p in enumerate(planes)]
+    return 2.0 * float(np.dot(share, su) / share.sum())
 
 
-def nmi(sources, fused, *, data_range=None, bins: int = 256) -> float:
-    """Hossny et al.'s normalised mutual information, ``2 * mean_n 2 MI(S_n, F) / (H(S_n) + H(F))``.
+def nmi(sources, fused, *, data_range=None, bins: int = 256, weighting: str = "auto") -> float:
+    """Hossny et al.'s normalised mutual information, in [0, 2] (2 when F and the sources agree).
 
-    For a pair this is 2 [MI(A,F)/(H(A)+H(F)) + MI(B,F)/(H(B)+H(F))]; range [0, 2] (2 when F
-    and every source are the same image). Histograms: ``bins`` equal bins over [0, 1] after
-    scaling by ``data_range`` (values outside are clipped into the end bins).
+    For a pair: 2 [MI(A,F)/(H(A)+H(F)) + MI(B,F)/(H(B)+H(F))], i.e. ``2 * mean_n SU_n`` with
+    SU = 2 MI / (H + H). For N > 2 sources (``weighting="auto"``) each SU_n comes from a joint
+    histogram whose pixels are weighted by the source's saliency share (:func:`saliency_weights`)
+    and the SU_n are averaged with the shares' totals, so that each plane is judged where it is
+    in focus (``weighting="mean"``: the plain mean over the N terms, which rewards a blurred
+    fusion of a deep stack). Histograms: ``bins`` equal bins over [0, 1] after scaling by
+    ``data_range`` (values outside are clipped into the end bins).
     """
     planes, f, _ = prepare(sources, fused, data_range=data_range)
-    return _nmi(planes, f, bins)
+    return _nmi(planes, f, bins, weighting)
 
 
 # --- FMI ----------------------------------------------------------------------------------------
@@ -213,10 +254,7 @@ def _fmi(planes: np.ndarray, f: np.ndarray, feature: str = "gradient", window: i
          weighting: str = "auto", chunk: int = 8192) -> float:
     if f.shape[0] < window or f.shape[1] < window:
         raise ValueError(f"FMI needs images of at least {window}x{window} pixels, got {f.shape}")
-    if weighting == "auto":
-        weighting = "mean" if len(planes) <= 2 else "saliency"
-    if weighting not in ("mean", "saliency"):
-        raise ValueError(f"weighting must be 'auto', 'mean' or 'saliency', not {weighting!r}")
+    weighting = _resolve_weighting(weighting, len(planes))
     fw = _windows(fmi_feature(f, feature), window)
     num = np.zeros(len(fw))
     den = np.zeros(len(fw))
