@@ -7,25 +7,23 @@ Inputs are reduced to grey and scaled to [0, 1] by :func:`napari_edof.metrics._c
 references are in ``docs/metrics.md``; in short:
 
 * :func:`qabf` — Xydeas & Petrovic (2000) edge-preservation Q^AB/F (Sobel strength and
-  orientation, sigmoids (0.9994, -15, 0.5) and (0.9879, -22, 0.8), weights g^L with L = 1).
-  (L = 2 for N > 2 sources.) Its maximum, reached when F keeps every edge of every source exactly, is
-  0.9994/(1+e^-7.5) * 0.9879/(1+e^-4.4) = 0.97480, not 1 (see :data:`QABF_MAX`).
+  orientation, sigmoids (0.9994, -15, 0.5) and (0.9879, -22, 0.8), weights g^L with L = 1;
+  L = 2 for N > 2 sources). Its maximum, reached when F keeps every edge of every source
+  exactly, is 0.9994/(1+e^-7.5) * 0.9879/(1+e^-4.4) = 0.97479, not 1 (see :data:`QABF_MAX`).
 * :func:`nmi` — Hossny et al. (2008) normalised mutual information,
   2 [MI(A,F)/(H(A)+H(F)) + MI(B,F)/(H(B)+H(F))], in [0, 2]; 256-bin histograms.
-
-For N > 2 sources (a focus stack) Q^AB/F, NMI and FMI weight each source by its squared local
-saliency, since a plain mean over the planes rewards a blurred fusion (most planes are out of
-focus at any pixel); Q_Y and Q_CB have their own weighted N-source forms (see each function).
 * :func:`fmi` — Haghighat & Razian's (2014) Fast-FMI of Haghighat et al.'s (2011) feature
   mutual information on gradient-magnitude maps, 3 x 3 windows, in [0, 1].
 * :func:`qy` — Yang et al. (2008) SSIM-based metric, in [-1, 1] (1 for a perfect fusion of
   identical sources).
 * :func:`qcb` — Chen & Blum (2009) human-perception metric (DoG contrast-sensitivity filter,
   Peli band-limited contrast, contrast masking), in [0, 1].
+
+For N > 2 sources (a focus stack) Q^AB/F, NMI and FMI weight each source by its squared local
+saliency, since a plain mean over the planes rewards a blurred fusion (most planes are out of
+focus at any pixel); Q_Y and Q_CB have their own weighted N-source forms (see each function).
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from scipy import ndimage as ndi
