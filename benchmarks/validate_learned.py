@@ -83,6 +83,9 @@ def main(argv=None) -> int:
     ap.add_argument("--crop", type=int, default=160)
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--scenes", default=None,
+                    help="comma-separated scene names instead of the microscopy mix (cells, vessels), "
+                         "e.g. photo,dead_leaves,fundus")
     ap.add_argument("--ours", default=str(DEFAULT_OURS))
     ap.add_argument("--official", default=str(DEFAULT_OFFICIAL))
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=PATH", help="more weights to compare")
@@ -99,7 +102,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    val = validation_set(seed=args.seed, count=args.count, crop=(args.crop, args.crop))
+    scenes = {k: 1.0 for k in args.scenes.split(",")} if args.scenes else None
+    val = validation_set(seed=args.seed, count=args.count, crop=(args.crop, args.crop), scenes=scenes)
     print(f"validation set: {len(val)} stacks {args.crop}x{args.crop}, N {min(v['n'] for v in val)}-"
           f"{max(v['n'] for v in val)}, scenes {sorted({v['scene'] for v in val})}, models "
           f"{sorted({v['info']['model'] for v in val})}, seed {args.seed} ({time.perf_counter() - t0:.1f} s)",

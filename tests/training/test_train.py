@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from napari_edof import cli  # noqa: E402
 from napari_edof.training import losses  # noqa: E402
-from napari_edof.training.train import lr_at, train_stackmff_v2  # noqa: E402
+from napari_edof.training.train import export_weights, lr_at, train_stackmff_v2  # noqa: E402
 
 TINY = dict(batch_size=1, crop=32, n_min=3, n_max=4, ckpt_every=2, threads=1, progress=False)
 
@@ -41,6 +41,10 @@ def test_resume_gives_the_same_weights(tmp_path):
     for k in wa:
         assert wa[k].dtype == torch.float32 or not wa[k].is_floating_point()
         assert torch.equal(wa[k], wb[k]), k
+    info = export_weights(tmp_path / "b" / "last.pt", tmp_path / "exported.pt")
+    assert info["step"] == 3
+    we = _weights(tmp_path / "exported.pt")
+    assert all(torch.equal(wa[k], we[k]) for k in wa)
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
     # a different seed trains differently

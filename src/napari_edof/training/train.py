@@ -169,6 +169,15 @@ def train_loop(model: torch.nn.Module, make_batch: Callable[[int], object],
             "weights": str(out / WEIGHTS) if done else None, "checkpoint": str(ck_path)}
 
 
+def export_weights(checkpoint: str | Path, path: str | Path, *, ema: bool = True, dtype=torch.float32) -> dict:
+    """Write the plain state dict of a training checkpoint (its EMA weights when present and
+    ``ema``) to ``path``; returns {"step", "seconds", "config"} of the checkpoint."""
+    ck = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+    state = ck["ema"] if ema and ck.get("ema") is not None else ck["model"]
+    torch.save(plain_state_dict(state, dtype), str(path))
+    return {"step": ck["step"], "seconds": ck.get("seconds"), "config": ck.get("config")}
+
+
 # ------------------------------------------------------------------------------- recipes
 def stretch(stack: np.ndarray, q: float = 0.0005) -> np.ndarray:
     """Robust min/max contrast stretch of a (N, H, W) stack to [0, 1] (quantiles q, 1 - q), as the
