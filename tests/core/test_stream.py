@@ -5,8 +5,9 @@ import pytest
 import napari_edof as ne
 from napari_edof.core.engine import plan_fusion
 from napari_edof.core.stream import fuse_lazy, fuse_to_store_iter, plan_stripes, read_rows
+from napari_edof.methods._registry import MethodSpec, Param, register
 
-from .test_engine import TwoPass  # noqa: F401  (registers the "_two_pass" test method)
+from .test_engine import TwoPass  # (also registers the "_two_pass" test method)
 
 da = pytest.importorskip("dask.array")
 CLASSICAL = [s.name for s in ne.list_methods(family="classical")]
@@ -144,3 +145,34 @@ def test_row_reader_aligns_to_chunks_only_within_its_row_budget(grey):
         np.testing.assert_array_equal(rd.read(30, 70)[..., 0], grey[:, 30:70])
         np.testing.assert_array_equal(rd.read(-3, 5)[..., 0], np.take(grey, [3, 2, 1, 0, 1, 2, 3, 4], axis=1))
         rd.close()
+
+
+@register(MethodSpec(name="_pass_by_param", summary="test: a first pass only with global=True",
+                     family="classical", params=(Param("global", bool, True),)))
+class PassByParam:
+    """Sets pass1 per instance, as StackMFF-V2 does for its global rules."""
+
+    def __init__(self, params, *, device):
+        if params["global"]:
+            self.pass1 = TwoPass.pass1.__get__(self)
+            self.pass1_keys = TwoPass.pass1_keys
+            self.reduce = TwoPass.reduce.__get__(self)
+        self.glob = params["global"]
+
+    def fuse_tile(self, planes, guide, *, halo, stats=None):
+        if stats is None:
+            stats = 1.0 if not self.glob else float("nan")  # a missing first pass shows as NaN
+        return TwoPass.fuse_tile(self, planes, guide, halo=halo, stats=stats)
+
+
+@pytest.mark.parametrize("glob", [True, False])
+def test_a_first_pass_chosen_per_instance_runs_on_every_path(grey, glob):
+    ref = ne.fuse(grey, method="_pass_by_param", params={"global": glob}, tile=32)
+    assert np.isfinite(ref.confidence).all()
+    lazy = fuse_lazy(grey, method="_pass_by_param", params={"global": glob}, tile=32, budget=1 << 18).compute()
+    np.testing.assert_allclose(lazy.confidence, ref.confidence, rtol=1e-6)
+    out = _store((1, 150, 140), 1, grey.dtype)
+    steps, _ = _drain(fuse_to_store_iter(grey, out, method="_pass_by_param", params={"global": glob}, tile=32,
+                                         budget=1 << 18))
+    assert ("pass 1" in {s.stage for s in steps}) == glob
+    np.testing.assert_allclose(out["confidence"][0], ref.confidence, rtol=1e-6)

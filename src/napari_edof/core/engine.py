@@ -105,12 +105,14 @@ class FusionPlan:
     def make_impl(self):
         return self.cls(self.params, device=self.device)
 
-    @property
-    def two_pass(self) -> bool:
+    def is_two_pass(self, impl=None) -> bool:
         """The method has a first pass (``pass1``/``reduce``) and, if it says when it needs it
-        (``needs_pass1(params)``), needs it with these parameters."""
-        needs = getattr(self.cls, "needs_pass1", None)
-        return hasattr(self.cls, "pass1") and (needs is None or bool(needs(self.params)))
+        (``needs_pass1(params)``), needs it with these parameters. Methods may set ``pass1`` per
+        instance (by parameter): give the instance, or one is made."""
+        if impl is None:
+            impl = self.cls if hasattr(self.cls, "pass1") else self.make_impl()
+        needs = getattr(impl, "needs_pass1", None)
+        return hasattr(impl, "pass1") and (needs is None or bool(needs(self.params)))
 
 
 def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = None, axes: str | None = None,
@@ -224,8 +226,7 @@ def fuse_iter(
     Y, X = stack.yx_shape
     halo_r, ov_r = pl.halo, pl.overlap
     impl = pl.make_impl()
-    needs = getattr(impl, "needs_pass1", None)
-    two_pass = hasattr(impl, "pass1") and (needs is None or bool(needs(pl.params)))
+    two_pass = pl.is_two_pass(impl)
     nw = pl.workers
 
     T, Z, C = stack.n_times, stack.n_planes, stack.n_channels

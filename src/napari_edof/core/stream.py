@@ -247,6 +247,7 @@ def fuse_lazy(stack, *, budget: int = STRIPE_BUDGET, **options) -> FusionResult:
     if not is_dask(canon):
         canon = da.from_array(canon, chunks=(1, -1, "auto", -1, -1))
     stripes = plan_stripes(pl, budget)
+    two_pass = pl.is_two_pass(_impl(pl))  # an instance: some methods choose their passes by parameter
     task = dask.delayed(_stripe_task, pure=True, nout=3)
     frames_f, frames_i, frames_c = [], [], []
     for t in range(st.n_times):
@@ -261,7 +262,7 @@ def fuse_lazy(stack, *, budget: int = STRIPE_BUDGET, **options) -> FusionResult:
             return block
 
         stats = None
-        if pl.two_pass:
+        if two_pass:
             maps = [dask.delayed(_stripe_task, pure=True)(src(s), s.r0, s, light, t, None, True) for s in stripes]
             stats = dask.delayed(_reduce_task, pure=True)(light, stripes, *maps)
         parts = [task(src(s), s.r0, s, light, t, stats) for s in stripes]
@@ -301,14 +302,15 @@ def fuse_to_store_iter(stack, out: dict, *, budget: int = STRIPE_BUDGET, **optio
             raise ValueError(f"out[{k!r}] must have the shape {shape}, not {got}")
     stripes = plan_stripes(pl, budget)
     impl = pl.make_impl()
+    two_pass = pl.is_two_pass(impl)
     canon = st.canonical()
-    per_frame = sum(len(s.tiles) for s in stripes) * (2 if pl.two_pass else 1)
+    per_frame = sum(len(s.tiles) for s in stripes) * (2 if two_pass else 1)
     total, counter = T * per_frame, [0]
     t_start = time.perf_counter()
     for t in range(T):
         frame = canon[t]
         stats = None
-        if pl.two_pass:
+        if two_pass:
             full = {k: np.empty((Y, X), np.float32) for k in impl.pass1_keys}
             for s in stripes:
                 block = read_rows(frame, s.r0, s.r1, Y)
