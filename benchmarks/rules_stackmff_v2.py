@@ -255,7 +255,7 @@ def scaling(size, quick):
                   f"{res['dtype'][0]:.2f} / {res['dtype'][1]:.3f} |")
 
 
-def real_stacks(quick=False):
+def real_stacks(quick=False, big=False):
     data = SHARED / "data"
     out = []
 
@@ -280,6 +280,9 @@ def real_stacks(quick=False):
             crop=(1312, 2208, 1024, 1024))
         add("lightsheet crop (31 planes, 256x256 uint16)", data / "dfnn_lightsheet_microtubules_zstack",
             crop=(272, 128, 256, 256))
+    if big:
+        add("algae crop (5 planes, 2048x2048 RGB)", sorted((data / "algae_microscopy_5focal").glob("img_*.png")),
+            crop=(800, 1696, 2048, 2048))
     return out
 
 

@@ -38,13 +38,17 @@ def main(argv=None):
     ap.add_argument("--rules", default="argmax,official")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated substrings: stacks to keep")
+    ap.add_argument("--big", action="store_true", help="add a 2048x2048 crop of the algae stack")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tiles = [int(v) for v in args.tiles.split(",")]
     overlaps = [int(v) for v in args.overlaps.split(",")]
     contexts = [int(v) for v in args.contexts.split(",")]
     rules = args.rules.split(",")
-    stacks = [s for s in real_stacks(args.quick) if max(s[1].shape[1:3]) > min(tiles)]
+    keep = [k for k in args.only.split(",") if k]
+    stacks = [s for s in real_stacks(args.quick, big=args.big)
+              if max(s[1].shape[1:3]) > min(tiles) and (not keep or any(k in s[0] for k in keep))]
     print(f"StackMFF-V2 tiling: torch {torch.__version__}, {args.threads} thread(s); stacks: "
           + "; ".join(n for n, _, _ in stacks))
     summary = {}

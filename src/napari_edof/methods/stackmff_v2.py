@@ -50,7 +50,7 @@ RULES = ("argmax", "official", "matched", "smooth-argmax")
 GLOBAL_RULES = ("official", "matched")
 QUANTILES = (0.01, 0.99)
 NORMALISE = ("range", "dtype")
-DEFAULT_RULE = "official"
+DEFAULT_RULE = "matched"
 
 
 def _halo(p: dict) -> int:
@@ -73,7 +73,7 @@ SPEC = MethodSpec(
               choices=NORMALISE),
         Param("context", int, 32, "extra pixels read around each tile (and reflected around the image)",
               min=0, max=1024),
-        Param("smooth", int, 2, "box radius for rule='smooth-argmax' (pixels)", min=1, max=16),
+        Param("smooth", int, 1, "box radius for rule='smooth-argmax' (pixels)", min=1, max=16),
     ),
     halo=_halo,
     devices=("cuda", "mps", "cpu"),
@@ -138,6 +138,8 @@ class StackMFFV2Method:
         self.p = params
         self.device = device
         self.model = get_model(params["weights"], device)
+        #: the hash of the weights actually used (the spec's ``weights`` names the official ones)
+        self.weights_sha256 = MODELS[params["weights"]].sha256
         self._cache: dict = {}
         if params["rule"] in GLOBAL_RULES:  # a whole-image statistic: the engine runs two passes
             self.pass1 = self._pass1
