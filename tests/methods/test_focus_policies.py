@@ -35,7 +35,7 @@ def test_noise_estimated_from_the_stack(half_flat):
     from napari_edof.core.engine import plan_fusion, run_region
 
     pl = plan_fusion(half_flat, params={"lowtexture": "mask"}, tile=64)
-    assert pl.two_pass
+    assert pl.is_two_pass()
     impl = pl.make_impl()
     frame = np.asarray(pl.stack.canonical()[0])
     gen = run_region(pl, impl, frame, r0=0, s0=0, s1=160, tiles=pl.tiles, pass1=True)
