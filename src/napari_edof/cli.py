@@ -350,8 +350,8 @@ def cmd_fuse(args) -> int:
         print(f"napari-edof: error: cannot write the results: {e}", file=sys.stderr)
         return EXIT_OUTPUT
     except KeyboardInterrupt:
-        print("napari-edof: interrupted; no partially written file was left (files finished before "
-              "the interruption are complete)", file=sys.stderr)
+        print("napari-edof: interrupted; the results being written were discarded (earlier results "
+              "are as they were)", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK
 

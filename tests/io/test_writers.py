@@ -410,3 +410,24 @@ def test_json_safe():
     json.dumps(out, allow_nan=False)
     assert out["1"] == 3 and out["a"] == [0.5, True, None] and out["arr"] == [0, 1, 2]
     assert out["inf"] == "-inf" and out["c"] == "(1+2j)"
+
+
+def test_write_result_is_all_or_nothing(tmp_path, monkeypatch):
+    import napari_edof as ne
+    from napari_edof.io import writers
+
+    s = ne.sample_stack(n_planes=3, shape=(32, 32), seed=1)
+    first = writers.write_result(ne.fuse(s.stack), tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real = writers.write_png
+
+    def full_disk(*a, **k):  # the fourth file of the set fails
+        raise writers.EdofError("cannot write focus_index.png: No space left on device")
+
+    monkeypatch.setattr(writers, "write_png", full_disk)
+    with pytest.raises(writers.EdofError, match="No space left"):
+        writers.write_result(ne.fuse(s.stack.data[::-1].copy()), tmp_path)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after == before  # the earlier results, every file, untouched; no staging folder left
+    monkeypatch.setattr(writers, "write_png", real)
+    assert set(writers.write_result(ne.fuse(s.stack), tmp_path)) == set(first)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -287,6 +288,28 @@ def write_result(result, outdir, *, stem: str | None = None) -> dict[str, Path]:
         raise EdofError(f"cannot write the results to {outdir}: the folder is not writable")
 
     prefix = "" if not stem else (str(stem) if str(stem)[-1] in "_-." else f"{stem}_")
+    # all or nothing: every file is written into a hidden staging folder first, then the set is
+    # moved into place (an error or Ctrl-C leaves the previous results as they were)
+    staging = outdir / f".staging-{secrets.token_hex(6)}"
+    try:
+        staging.mkdir()
+    except OSError as e:
+        raise EdofError(f"cannot write the results to {outdir}: {_oserror(e)}") from None
+    try:
+        staged = _write_result_files(result, staging, prefix)
+        out = {}
+        for key, path in staged.items():
+            dest = outdir / path.name
+            if dest.is_dir():
+                raise EdofError(f"cannot write {dest}: it is a folder")
+            os.replace(path, dest)
+            out[key] = dest
+        return out
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_result_files(result, outdir: Path, prefix: str) -> dict[str, Path]:
     index = np.asarray(result.index, dtype=np.float32)
     if index.ndim not in (2, 3):
         raise EdofError(f"the result's focus index must be (Y, X) or (T, Y, X), not {index.shape}")
