@@ -28,7 +28,7 @@ def test_spec():
     spec = ne.get_method(METHOD)
     assert spec.family == "classical" and spec.summary and "Forster" in spec.citation
     names = {p.name for p in spec.params}
-    assert {"wavelet", "levels", "window", "consistency", "approx"} <= names
+    assert {"wavelet", "levels", "window", "consistency", "approx", "bands"} <= names
     halos = [spec.halo(spec.resolve({"levels": n})) for n in range(1, 7)]
     assert halos == sorted(halos) and len(set(halos)) == 6  # more levels read further
     for n in range(1, 7):
@@ -96,7 +96,8 @@ def test_one_index_for_every_channel():
     assert np.abs(col.fused[..., 2] - col.fused[..., 0]).mean() > 0.01  # channel 2 is its own
 
 
-@pytest.mark.parametrize("params", [{"approx": "variance"}, {"wavelet": "db2", "levels": 2}])
+@pytest.mark.parametrize("params", [{"approx": "variance"}, {"approx": "average"}, {"bands": "finest"},
+                                    {"wavelet": "db2", "levels": 2}])
 def test_identical_planes_give_the_image_back(params):
     """Perfect reconstruction: whatever is selected, equal planes invert to the plane."""
     s = ne.sample_stack(n_planes=2, shape=(80, 72), seed=7, dtype=np.float32)
@@ -108,7 +109,8 @@ def test_identical_planes_give_the_image_back(params):
 
 
 @pytest.mark.parametrize("params", [{}, {"wavelet": "db2", "levels": 3, "window": 3, "approx": "variance"},
-                                    {"levels": 5, "window": 0, "consistency": False}])
+                                    {"levels": 5, "window": 0, "consistency": False, "approx": "average"},
+                                    {"wavelet": "bior2.2", "bands": "finest"}])
 @pytest.mark.parametrize("tile,overlap", [(64, None), (48, 0), (32, 16)])
 def test_tiled_equals_untiled(params, tile, overlap):
     s = ne.sample_stack(n_planes=6, shape=(128, 120), seed=4, dtype=np.float32)
@@ -150,7 +152,8 @@ def _core(impl, data, y0, size, halo):
 
 
 @pytest.mark.parametrize("params", [{}, {"wavelet": "db2", "levels": 3, "approx": "variance"},
-                                    {"wavelet": "sym4", "levels": 1, "window": 0}])
+                                    {"wavelet": "sym4", "levels": 1, "window": 0},
+                                    {"wavelet": "db2", "bands": "finest", "approx": "average"}])
 def test_halo_covers_the_receptive_field(params):
     """A tile's result does not depend on anything beyond the declared halo (not rounded up: the
     stationary transform needs no aligned origin, only sizes divisible by 2**levels); with too
@@ -196,3 +199,15 @@ def test_bounds_are_accepted():
         if p.choices is not None:
             for c in p.choices:
                 assert spec.resolve({p.name: c})[p.name] == c
+
+
+def test_approximation_from_the_index_beats_the_plane_average_on_strong_depth_edges():
+    s = ne.sample_stack(n_planes=12, shape=(192, 192), seed=3, scene="photo")
+    gt = s.all_in_focus.astype(float)
+
+    def psnr(params):
+        f = ne.fuse(s.stack, method="wavelet", params=params).fused.astype(float)
+        return 10 * np.log10(60000.0**2 / np.mean((f - gt) ** 2))
+
+    avg, idx, fin = psnr({"approx": "average"}), psnr({}), psnr({"bands": "finest"})
+    assert idx > avg + 1.0 and fin > idx

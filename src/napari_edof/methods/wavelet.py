@@ -13,7 +13,13 @@ Per detail level the guide's three sub-bands give an energy ``H^2 + V^2 + D^2`` 
 the complex coefficient's squared modulus), summed over a ``(2 window + 1)^2`` neighbourhood
 (``window=0``: plain maximum modulus). The plane of largest energy is selected per pixel, and a
 3x3 majority filter on the selection map is the consistency check (as Fiji's EDF does). The
-approximation band is the plane average (default) or the plane of largest local variance. The
+approximation band comes from the plane the finest level's consistent selection chose (default,
+``approx="index"``), or is the plane average (Fiji's choice), or the plane of largest local
+variance. On the built-in sample (16 planes, 512 x 512, seed 3) the index choice gave 34.97 dB on
+the photographs and 40.95 dB on the cell scene, against 31.64 / 40.00 dB for the plane average
+and 33.42 / 40.97 for the variance. With ``bands="finest"`` every detail level also follows the
+finest selection (38.33 dB on the photographs, whose depth edges are strong; 39.12 on the
+cells). The
 guide's selections are applied to every channel (colour is copied from the source planes'
 coefficients, never invented) and each channel is inverted with ``pywt.iswt2``.
 
@@ -121,6 +127,13 @@ def _halo(p: dict) -> int:
         reach = max(reach, -lo, hi)
     a_sel = (w + 1 + cons) if p["approx"] == "variance" else 0
     reach = max(reach, -(ana[L][0] - a_sel + syn[L][0]), ana[L][1] + a_sel + syn[L][1])
+    # bands (the approximation with approx="index"; every level with bands="finest") placed by the
+    # finest level's selection: its analysis reach, its windows, that band's synthesis
+    finest_bands = list(range(1, L + 1)) if p["bands"] == "finest" else []
+    if p["approx"] == "index":
+        finest_bands.append(L)
+    for j in finest_bands:
+        reach = max(reach, -(ana[1][0] - sel + syn[j][0]), ana[1][1] + sel + syn[j][1])
     return int(reach)
 
 
@@ -134,8 +147,10 @@ SPEC = MethodSpec(
         Param("levels", int, 4, "decomposition levels (the tile alignment is 2**levels)", min=1, max=6),
         Param("window", int, 1, "local-energy window radius (0: maximum modulus)", min=0, max=4),
         Param("consistency", bool, True, "3x3 majority filter on every selection map"),
-        Param("approx", str, "average", "approximation band: plane average, or the plane of largest local variance",
-              choices=("average", "variance")),
+        Param("approx", str, "index", "approximation band: from the plane the finest level selects (index), "
+              "the plane average, or the plane of largest local variance", choices=("index", "average", "variance")),
+        Param("bands", str, "per-level", "detail bands selected per level, or every level from the finest "
+              "level's selection (finest: fewer mixed planes at strong depth edges)", choices=("per-level", "finest")),
     ),
     halo=_halo,
     tile_multiple=lambda p: 2 ** p["levels"],
@@ -186,6 +201,11 @@ class WaveletFusion:
                 track[i].update(box_sum(e, w), z)
         first = 0 if select_approx else 1
         sel = {i: (majority(track[i].arg) if p["consistency"] else track[i].arg) for i in range(first, L + 1)}
+        if p["bands"] == "finest":
+            sel.update({i: sel[L] for i in range(1, L)})
+        if p["approx"] == "index":
+            sel[0] = sel[L]
+        from_sel = p["approx"] != "average"
 
         # pass 2: every channel's transform, one plane at a time; copy the selected coefficients
         fused = None
@@ -197,7 +217,7 @@ class WaveletFusion:
             coeffs = self._swt(data)
             if fused is None:
                 fused = [np.zeros_like(coeffs[0])] + [tuple(np.zeros_like(b) for b in lvl) for lvl in coeffs[1:]]
-            if select_approx:
+            if from_sel:
                 np.copyto(fused[0], coeffs[0], where=(sel[0] == z)[None])
             else:
                 fused[0] += coeffs[0]
@@ -205,7 +225,7 @@ class WaveletFusion:
                 mask = (sel[i] == z)[None]
                 for dst, src in zip(fused[i], coeffs[i]):
                     np.copyto(dst, src, where=mask)
-        if not select_approx:
+        if not from_sel:
             fused[0] /= np.float32(Z)
         out = pywt.iswt2(fused, self.wavelet, norm=self.norm, axes=(-2, -1)).astype(np.float32, copy=False)
 
