@@ -93,13 +93,17 @@ def test_official_rule_tiled_uses_one_global_min_max():
 
 
 def test_tiled_close_to_whole_image():
+    # measured: index agreement 0.869 / 0.889 / 0.889 and fused PSNR 42.0 / 44.1 / 43.8 dB for seeds
+    # 6 / 7 / 8 (four 96 px tiles of a 192 px image, much smaller than the default 1024 px tiles;
+    # real stacks at the defaults: docs/stackmff_v2.md)
     s = ne.sample_stack(n_planes=6, shape=(192, 192), seed=6)
     whole = ne.fuse(s.stack, method="stackmff-v2", tile=None)
-    tiled = ne.fuse(s.stack, method="stackmff-v2", tile=96)
+    tiled = ne.fuse(s.stack, method="stackmff-v2", tile=96, overlap=32)
     assert tiled.provenance["tiles"] == 4
     agree = (whole.index == tiled.index).mean()
-    assert agree > 0.75, agree  # tiny tiles (96 px); see docs/stackmff_v2.md for the default tile
-    assert psnr(whole.fused, tiled.fused, 60000) > 30
+    assert agree > 0.84, agree
+    assert (np.abs(whole.index - tiled.index) <= 1).mean() > 0.97
+    assert psnr(whole.fused, tiled.fused, 60000) > 39
 
 
 def test_rgb_colour_is_gathered_from_the_source_planes():
