@@ -176,3 +176,18 @@ def test_a_first_pass_chosen_per_instance_runs_on_every_path(grey, glob):
                                          budget=1 << 18))
     assert ("pass 1" in {s.stage for s in steps}) == glob
     np.testing.assert_allclose(out["confidence"][0], ref.confidence, rtol=1e-6)
+
+
+@register(MethodSpec(name="_own_weights", summary="test: the instance says which weights it loaded",
+                     family="classical"))
+class OwnWeights:
+    def __init__(self, params, *, device):
+        self.weights_sha256 = "0" * 63 + "1"
+
+    def fuse_tile(self, planes, guide, *, halo, stats=None):
+        return TwoPass.fuse_tile(self, planes, guide, halo=halo, stats=1.0)
+
+
+def test_provenance_names_the_weights_the_instance_loaded(grey):
+    assert ne.fuse(grey, method="_own_weights").provenance["weights_sha256"] == "0" * 63 + "1"
+    assert fuse_lazy(grey, method="_own_weights").provenance["weights_sha256"] == "0" * 63 + "1"

@@ -147,7 +147,7 @@ def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = No
                       halo=tiles[0].halo, overlap=tiles[0].overlap, workers=nw)
 
 
-def provenance(pl: FusionPlan, seconds: float) -> dict:
+def provenance(pl: FusionPlan, seconds: float, impl=None) -> dict:
     """The provenance dictionary of a finished run."""
     stack, spec = pl.stack, pl.spec
     prov = {
@@ -167,6 +167,8 @@ def provenance(pl: FusionPlan, seconds: float) -> dict:
     }
     if spec.weights is not None:
         prov["weights_sha256"] = spec.weights.sha256
+    if getattr(impl, "weights_sha256", None):  # the weights the instance loaded (a method may offer several)
+        prov["weights_sha256"] = impl.weights_sha256
     if "registration" in stack.metadata:  # a stack aligned by register_stack
         prov["registration"] = stack.metadata["registration"]
     return prov
@@ -278,7 +280,7 @@ def fuse_iter(
         fused = fused[..., 0]
     if "T" not in stack.axes:
         fused, index, conf = fused[0], index[0], conf[0]
-    prov = provenance(pl, seconds)
+    prov = provenance(pl, seconds, impl)
     if oom_tiles:
         prov["out_of_memory_retries"] = oom_tiles
     return FusionResult(

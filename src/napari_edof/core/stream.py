@@ -211,14 +211,14 @@ def _reduce_task(pl: FusionPlan, stripes: list[Stripe], *maps):
     return impl.reduce(full)
 
 
-def _result(pl: FusionPlan, fused, index, conf, seconds: float) -> FusionResult:
+def _result(pl: FusionPlan, fused, index, conf, seconds: float, impl=None) -> FusionResult:
     st = pl.stack
     if "C" not in st.axes:
         fused = fused[..., 0]
     if "T" not in st.axes:
         fused, index, conf = fused[0], index[0], conf[0]
     return FusionResult(fused=fused, index=index, confidence=conf, n_planes=st.n_planes,
-                        provenance=provenance(pl, seconds), pixel_size=st.pixel_size, z_step=st.z_step,
+                        provenance=provenance(pl, seconds, impl), pixel_size=st.pixel_size, z_step=st.z_step,
                         unit=st.unit, rgb=st.rgb)
 
 
@@ -273,7 +273,7 @@ def fuse_lazy(stack, *, budget: int = STRIPE_BUDGET, **options) -> FusionResult:
         frames_c.append(da.concatenate([da.from_delayed(p[2], (s.s1 - s.s0, X), np.float32)
                                         for p, s in zip(parts, stripes)], axis=0))
     fused, index, conf = da.stack(frames_f), da.stack(frames_i), da.stack(frames_c)
-    res = _result(pl, fused, index, conf, float("nan"))
+    res = _result(pl, fused, index, conf, float("nan"), _impl(pl))
     res.provenance["lazy"] = True
     res.provenance["stripes"] = len(stripes)
     return res
@@ -338,7 +338,7 @@ def fuse_to_store_iter(stack, out: dict, *, budget: int = STRIPE_BUDGET, **optio
             reader.close()
     seconds = time.perf_counter() - t_start
     view = {k: (out[k].to_dask() if hasattr(out[k], "to_dask") else out[k]) for k in want}
-    res = _result(pl, view["fused"], view["index"], view["confidence"], seconds)
+    res = _result(pl, view["fused"], view["index"], view["confidence"], seconds, impl)
     res.provenance["stripes"] = len(stripes)
     return res
 
