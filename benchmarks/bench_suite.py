@@ -96,6 +96,9 @@ def child(cfg: dict) -> dict:
                                   compressors=None)
             z[...] = a
             st = ne.open_stack(f"{d}/in.zarr")
+            # warm the workers (imports, weights) on a small stack: a batch pays this once
+            for _ in fuse_many_iter([small[:, ::-1].copy()] * cfg["workers"], client, method=cfg["method"]):
+                pass
             t = time.perf_counter()
             gen = fuse_many_iter([st], client, method=cfg["method"])
             while True:
