@@ -175,6 +175,29 @@ def _light(pl: FusionPlan) -> FusionPlan:
     return replace(pl, stack=meta, spec=None)
 
 
+@lru_cache(maxsize=1)
+def _tune_malloc() -> bool:
+    """Keep glibc from unmapping the tiles' large temporaries after every use.
+
+    dask.distributed starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also switches
+    off glibc's adaptive mmap threshold: every multi-megabyte temporary of a tile is then mapped
+    and unmapped again, and the page faults made a stripe 6-7x slower in a worker than in the
+    main process (1.3 s against 0.2 s, measured). Setting the mmap threshold to its maximum
+    (32 MiB) and a large trim threshold in this process gives the main process's speed back.
+    Linux/glibc only; elsewhere nothing happens.
+    """
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        ok = libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20) == 1
+        return bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30) == 1 and ok)
+    except (OSError, AttributeError):
+        return False
+
+
 @lru_cache(maxsize=8)
 def _impl_for(cls, params_key, device):
     """One method instance per process and configuration (a network loads its weights once)."""
@@ -191,7 +214,8 @@ def _impl(pl: FusionPlan):
 
 
 def _stripe_task(block, r0, stripe: Stripe, pl: FusionPlan, t_index: int, stats=None, pass1: bool = False):
-    """Fuse one stripe from its source rows (a dask task; also the streaming loop's step)."""
+    """Fuse one stripe from its source rows (a dask task, possibly in a distributed worker)."""
+    _tune_malloc()
     impl = _impl(pl)
     res = drain(run_region(pl, impl, block, r0=r0, s0=stripe.s0, s1=stripe.s1, tiles=stripe.tiles,
                             t_index=t_index, stats=stats, pass1=pass1))
