@@ -147,3 +147,16 @@ def test_cuda_request_without_a_gpu_is_a_clear_error():
     if not torch.cuda.is_available():
         with pytest.raises(StackError, match="not available"):
             ne.fuse(s.stack, method="stackmff-v2", device="cuda")
+
+
+def test_our_shipped_weights_run_offline_through_the_api(monkeypatch, tmp_path):
+    """weights="ours" is in the package: no download, hash-checked, recorded in the provenance."""
+    import napari_edof as ne
+    from napari_edof.methods.stackmff_v2 import MODELS
+
+    monkeypatch.setenv("NAPARI_EDOF_WEIGHTS", str(tmp_path))  # an empty cache: nothing to download from
+    s = ne.sample_stack(n_planes=6, shape=(96, 96), seed=4)
+    r = ne.fuse(s.stack, method="stackmff-v2", params={"weights": "ours", "rule": "argmax"}, tile=None)
+    assert r.provenance["weights_sha256"] == MODELS["ours"].sha256
+    acc = float(np.mean(np.rint(r.index) == s.index))
+    assert acc > 0.6, acc
