@@ -47,3 +47,13 @@ def psnr(a, b, peak) -> float:
     b = np.asarray(b, np.float64)
     mse = np.mean((a - b) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+def drain(gen):
+    """Run a progress generator to its end: (the steps it yielded, the value it returned)."""
+    steps = []
+    while True:
+        try:
+            steps.append(next(gen))
+        except StopIteration as stop:
+            return steps, stop.value

@@ -6,6 +6,8 @@ import tifffile
 import napari_edof as ne
 from napari_edof import api, cli
 
+from .conftest import drain
+
 distributed = pytest.importorskip("distributed")
 
 
@@ -22,22 +24,13 @@ def client(cluster):
         yield c
 
 
-def _drain(gen):
-    steps = []
-    while True:
-        try:
-            steps.append(next(gen))
-        except StopIteration as e:
-            return steps, e.value
-
-
 def test_many_stacks_and_time_points_on_a_cluster(client):
     from napari_edof.cluster import fuse_many_iter
 
     stacks = [ne.sample_stack(n_planes=5, shape=(80, 72), seed=s).stack for s in (1, 2)]
     movie = np.stack([ne.sample_stack(n_planes=4, shape=(64, 64), seed=s).stack.data for s in (3, 4, 5)])
     jobs = stacks + [api.as_stack(movie, axes="TZYX")]
-    steps, results = _drain(fuse_many_iter(jobs, client, tile=32, budget=1 << 16))
+    steps, results = drain(fuse_many_iter(jobs, client, tile=32, budget=1 << 16))
     assert steps and steps[-1].done == steps[-1].total and len({s.total for s in steps}) == 1  # one bar
     refs = [ne.fuse(s, tile=32) for s in stacks] + [ne.fuse(movie, axes="TZYX", tile=32)]
     for r, ref in zip(results, refs):

@@ -9,14 +9,7 @@ from napari_edof.core.errors import EdofError, MethodError, StackError
 from napari_edof.core.tiling import plan_tiles, read_window
 from napari_edof.methods._registry import MethodSpec, Param, register, unregister
 
-
-def drain(gen):
-    steps = []
-    while True:
-        try:
-            steps.append(next(gen))
-        except StopIteration as stop:
-            return steps, stop.value
+from ..conftest import drain
 
 
 def test_progress_counts_every_tile(sample_grey):

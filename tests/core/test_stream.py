@@ -7,6 +7,7 @@ from napari_edof.core.engine import plan_fusion
 from napari_edof.core.stream import fuse_lazy, fuse_to_store_iter, plan_stripes, read_rows
 from napari_edof.methods._registry import MethodSpec, Param, register
 
+from ..conftest import drain
 from .test_engine import TwoPass  # (also registers the "_two_pass" test method)
 
 da = pytest.importorskip("dask.array")
@@ -16,15 +17,6 @@ CLASSICAL = [s.name for s in ne.list_methods(family="classical")]
 @pytest.fixture(scope="module")
 def grey():
     return ne.sample_stack(n_planes=5, shape=(150, 140), seed=4).stack.data
-
-
-def _drain(gen):
-    steps = []
-    while True:
-        try:
-            steps.append(next(gen))
-        except StopIteration as e:
-            return steps, e.value
 
 
 def _store(shape_tyx, c, dtype):
@@ -72,7 +64,7 @@ def test_two_pass_method_gets_the_global_statistic_across_stripes(grey):
     r = fuse_lazy(grey, method="_two_pass", tile=32, budget=1 << 18).compute()
     np.testing.assert_allclose(r.confidence, ref.confidence, rtol=1e-6)
     out = _store((1, 150, 140), 1, grey.dtype)
-    steps, r2 = _drain(fuse_to_store_iter(grey, out, method="_two_pass", tile=32, budget=1 << 18))
+    steps, r2 = drain(fuse_to_store_iter(grey, out, method="_two_pass", tile=32, budget=1 << 18))
     assert [s.stage for s in steps].count("pass 1") == len(plan_fusion(grey, tile=32).tiles)
     np.testing.assert_allclose(out["confidence"][0], ref.confidence, rtol=1e-6)
 
@@ -90,7 +82,7 @@ def test_store_iter_writes_every_pixel_and_reads_one_stripe_at_a_time(grey, monk
     monkeypatch.setattr(stream.RowReader, "_fetch", watched)
     out = _store((1, 150, 140), 1, grey.dtype)
     budget = 140 * 5 * (2 + 4) * 40  # 40 rows of source + float guide per stripe
-    steps, r = _drain(fuse_to_store_iter(da.from_array(grey, chunks=(5, 10, 140)), out, tile=16, budget=budget))
+    steps, r = drain(fuse_to_store_iter(da.from_array(grey, chunks=(5, 10, 140)), out, tile=16, budget=budget))
     ref = ne.fuse(grey, tile=16)
     np.testing.assert_array_equal(out["fused"][0, ..., 0], ref.fused)
     np.testing.assert_array_equal(out["index"][0], ref.index)
@@ -172,7 +164,7 @@ def test_a_first_pass_chosen_per_instance_runs_on_every_path(grey, glob):
     lazy = fuse_lazy(grey, method="_pass_by_param", params={"global": glob}, tile=32, budget=1 << 18).compute()
     np.testing.assert_allclose(lazy.confidence, ref.confidence, rtol=1e-6)
     out = _store((1, 150, 140), 1, grey.dtype)
-    steps, _ = _drain(fuse_to_store_iter(grey, out, method="_pass_by_param", params={"global": glob}, tile=32,
+    steps, _ = drain(fuse_to_store_iter(grey, out, method="_pass_by_param", params={"global": glob}, tile=32,
                                          budget=1 << 18))
     assert ("pass 1" in {s.stage for s in steps}) == glob
     np.testing.assert_allclose(out["confidence"][0], ref.confidence, rtol=1e-6)
