@@ -90,7 +90,8 @@ def close_local_clients() -> None:
 
 
 def fuse_many_iter(stacks: Iterable, client, **options):
-    """Fuse every stack on ``client``'s cluster; yields :class:`Progress` per finished stripe.
+    """Fuse every stack on ``client``'s cluster; yields :class:`Progress` per finished block
+    (three per stripe and time point: fused, index and confidence).
 
     ``options`` are :func:`napari_edof.fuse`'s (checked for every stack before anything is
     submitted). Returns the list of :class:`FusionResult` (numpy arrays), in the stacks' order.
