@@ -142,10 +142,11 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-real", action="store_true")
+    ap.add_argument("--weights", default="official", help="official or ours")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    impl = M.StackMFFV2Method(M.SPEC.resolve({}), device="cpu")
+    impl = M.StackMFFV2Method(M.SPEC.resolve({"weights": args.weights}), device="cpu")
     print(f"StackMFF-V2 decision rules; input scaling {impl.p['normalise']!r}, context {impl.p['context']} px, "
           f"torch {torch.__version__}, {args.threads} thread(s)")
     best_r = calibrate(impl, args.size, args.quick)
@@ -214,7 +215,7 @@ def main(argv=None):
         print("|---|" + "---|" * len(RULES))
         for label, p in (("authors' scaling, no context", dict(normalise="dtype", context=0)),
                          ("method defaults", {})):
-            im = M.StackMFFV2Method(M.SPEC.resolve(p), device="cpu")
+            im = M.StackMFFV2Method(M.SPEC.resolve({"weights": args.weights, **p}), device="cpu")
             im.p = dict(im.p, smooth=best_r)
             lg, planes = logits_of(im, d["stack"], False)
             cells = []
@@ -224,13 +225,13 @@ def main(argv=None):
                 cells.append(f"{(idx == d['true_depth_bins']).mean():.3f} / {psnr(f, d['gt'], 1.0):.2f}")
             print(f"| {label} | " + " | ".join(cells) + " |")
 
-    scaling(args.size, args.quick)
+    scaling(args.size, args.quick, args.weights)
     if not args.no_real:
         real(impl, quick=args.quick)
     print(f"\n({time.perf_counter() - t0:.0f} s)")
 
 
-def scaling(size, quick):
+def scaling(size, quick, weights="official"):
     """Input scaling: full-range uint16 vs the same stack as 12-bit data in uint16."""
     print("\n### Input scaling (normalise) on synthetic stacks: mean fused PSNR (dB) / exact index\n")
     print("| data | rule | normalise=range | normalise=dtype |")
@@ -241,7 +242,8 @@ def scaling(size, quick):
         for rule in ("official", "argmax"):
             res = {}
             for norm in ("range", "dtype"):
-                im = M.StackMFFV2Method(M.SPEC.resolve({"normalise": norm, "rule": rule}), device="cpu")
+                im = M.StackMFFV2Method(M.SPEC.resolve({"weights": weights, "normalise": norm, "rule": rule}),
+                                        device="cpu")
                 vals = []
                 for c in cases:
                     s = ne.sample_stack(**c)
