@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     t = sub.add_parser("train", help="train a network on synthetic focus stacks (needs torch)")
-    t.add_argument("model", help="what to train: stackmff-v2")
+    t.add_argument("model", help="what to train: a training recipe such as stackmff-v2 (an unknown name lists them)")
     t.add_argument("--steps", type=int, required=True, help="total optimisation steps")
     t.add_argument("--out", required=True, help="folder for checkpoints, log and final weights.pt")
     t.add_argument("--seed", type=int, default=0, help="seed of the data and the initialisation")
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args) -> int:
     try:
-        from .training.train import RECIPES
+        from .training.train import RECIPES, get_recipe, recipe_options
     except ImportError as e:  # torch missing
         print(f"napari-edof: error: training needs torch ({e})", file=sys.stderr)
         return EXIT_INPUT
@@ -124,11 +124,13 @@ def cmd_train(args) -> int:
         print(f"napari-edof: error: --init {args.init} is not a file", file=sys.stderr)
         return EXIT_INPUT
     try:
-        s = RECIPES[args.model](steps=args.steps, out=args.out, seed=args.seed, resume=args.resume,
-                                batch_size=args.batch_size, crop=args.crop, n_min=args.n_min, n_max=args.n_max,
-                                lr=args.lr, warmup=args.warmup, ckpt_every=args.ckpt_every, init=args.init,
-                                ce_weight=args.ce_weight, range_p=args.range_p, threads=args.threads,
-                                progress=not args.quiet)
+        recipe = get_recipe(args.model)
+        options = dict(steps=args.steps, out=args.out, seed=args.seed, resume=args.resume,
+                       batch_size=args.batch_size, crop=args.crop, n_min=args.n_min, n_max=args.n_max,
+                       lr=args.lr, warmup=args.warmup, ckpt_every=args.ckpt_every, init=args.init,
+                       ce_weight=args.ce_weight, range_p=args.range_p, threads=args.threads,
+                       progress=not args.quiet)
+        s = recipe(**recipe_options(recipe, options))
     except KeyboardInterrupt:
         print(f"napari-edof: interrupted; resume with --resume (checkpoint in {args.out})", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -242,4 +242,25 @@ def train_stackmff_v2(*, steps: int, out: str | Path, seed: int = 0, resume: boo
                       stop_after=stop_after)
 
 
-RECIPES: dict[str, Callable[..., dict]] = {"stackmff-v2": train_stackmff_v2}
+#: what ``napari-edof train MODEL`` can train: name -> "module:function" inside
+#: ``napari_edof.training`` (imported only when chosen). A recipe takes keyword options; the CLI
+#: passes only those its signature names (see :func:`recipe_options`).
+RECIPES: dict[str, str] = {
+    "stackmff-v2": "train:train_stackmff_v2",
+}
+
+
+def get_recipe(name: str) -> Callable[..., dict]:
+    """The training function registered under ``name`` (KeyError when there is none)."""
+    import importlib
+
+    module, func = RECIPES[name].split(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), func)
+
+
+def recipe_options(recipe: Callable[..., dict], options: dict) -> dict:
+    """``options`` restricted to the keywords ``recipe`` accepts."""
+    import inspect
+
+    names = inspect.signature(recipe).parameters
+    return {k: v for k, v in options.items() if k in names}
