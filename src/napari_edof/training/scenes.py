@@ -12,7 +12,8 @@ Depth maps
     ``smooth_depth`` (tilted planes, bumps, low-frequency noise), ``bowl_depth`` (the eye's
     curvature), and the occluding steps of ``dead_leaves``.
 Scenes (:data:`SCENES`)
-    ``dead_leaves``, ``surface``, ``photo``, ``cells``, ``vessels``, ``fundus``: each returns
+    ``dead_leaves``, ``surface``, ``photo``, ``cells``, ``vessels``, ``fundus``, ``fundus_view``
+    (a zoomed part of the fundus), ``retina_photo`` (scikit-image's CC0 fundus photo): each returns
     ``(image, depth)``; :func:`make_scene` picks one by name.
 """
 from __future__ import annotations
@@ -375,6 +376,32 @@ def fundus_scene(shape, rng):
     return img, bowl_depth(shape, rng)
 
 
+def fundus_view_scene(shape, rng):
+    """Part of the fundus as a surgical microscope sees it (issue 6): the procedural fundus rendered
+    1.3-3x larger than ``shape`` and cropped (vessels a few pixels wide even in small training
+    crops), on a bowl centred near the middle of the rendered fundus (the eye's axis), so the depth
+    is a smooth, slightly tilted section of the eye's curvature."""
+    Y, X = shape
+    z = float(rng.uniform(1.3, 3.0))
+    big = (int(round(Y * z)), int(round(X * z)))
+    img, _ = fundus_image(big, rng)
+    depth = bowl_depth(big, rng)
+    y0 = int(rng.integers(0, big[0] - Y + 1))
+    x0 = int(rng.integers(0, big[1] - X + 1))
+    return img[y0:y0 + Y, x0:x0 + X], _norm(depth[y0:y0 + Y, x0:x0 + X])
+
+
+def retina_photo_scene(shape, rng):
+    """A crop of scikit-image's fundus photograph (``skimage.data.retina``: Häggström 2014,
+    CC0 1.0 public-domain dedication, per its docstring) on a bowl depth; crops of the black
+    surround are redrawn (up to four times)."""
+    for _ in range(4):
+        img = photo_texture(shape, rng, names=("retina",))
+        if img.mean() > 0.1:
+            break
+    return img, bowl_depth(shape, rng)
+
+
 SCENES = {
     "dead_leaves": dead_leaves,
     "surface": surface_scene,
@@ -382,6 +409,8 @@ SCENES = {
     "cells": cells_scene,
     "vessels": vessels_scene,
     "fundus": fundus_scene,
+    "fundus_view": fundus_view_scene,
+    "retina_photo": retina_photo_scene,
 }
 
 
