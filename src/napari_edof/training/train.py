@@ -247,6 +247,7 @@ def train_stackmff_v2(*, steps: int, out: str | Path, seed: int = 0, resume: boo
 #: passes only those its signature names (see :func:`recipe_options`).
 RECIPES: dict[str, str] = {
     "stackmff-v2": "train:train_stackmff_v2",
+    "msas": "train_msas:train_msas",
     "vaeedof": "train_vaeedof:train_vaeedof",
 }
 

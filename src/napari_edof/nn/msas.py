@@ -1,0 +1,226 @@
+"""MSAS (seed paper 004): multi-focus fusion with multi-scale attention and Siamese networks.
+
+Written from the paper's text (its Fig. 1 gives the layout; exact widths, depths and the
+local attention module's internals are not in the text, so they are our reading, scaled down to
+train on CPU; see ``weights/msas_ours.md``). For a pair (A, C) of guide images in [0, 1]:
+
+1. **GCB** (GenClean block, DnCNN-style): 17 3x3 conv layers with ReLU (BatchNorm in the middle
+   ones, as DnCNN), the last back to the input channels; it predicts the noise, and the clean
+   image is ``x - noise``. Shared by both inputs.
+2. **Siamese encoder** (shared weights for A and C): Conv-BN-ReLU (CBR) units, each level a
+   residual block followed by the **LAM** (local attention module: a per-pixel, per-channel
+   gate ``sigmoid(conv3x3(relu(conv1x1(x))))``, residual), 2x max-pooling between levels; the
+   deepest level ends in the **DFEB** (deep feature extraction block, after DEA-Net's DEAB):
+   a feature extraction block (two convs, residual), a conv with residual, then **CGA**
+   (content-guided attention: ``W_c`` from global average pooling and two 1x1 convs, ``W_s``
+   from a 7x7 conv on the channel mean/max, coarse SIM ``W_c + W_s``, channel shuffle of
+   ``[X, W_coa]``, a 7x7 group conv with C groups, sigmoid) multiplying the features, residual
+   to the block's input.
+3. **Reconstruction**: at every scale the two streams' features are concatenated; from the
+   deepest up, each stage upsamples (bilinear), concatenates the skip, convolves and applies
+   the **DCA** (dilated convolution attention: three 3x3 convs with dilation 1, 2, 4 (summed),
+   ReLU, CBAM channel attention (shared MLP on global average and max pooling, eq. 1-2) and
+   spatial attention (7x7 conv on channel mean/max, eq. 3-4); the input is concatenated back
+   (residual) and reduced by a 1x1 conv).
+4. **Decision**: a 3x3 conv and a sigmoid give the decision map ``d`` (probability that A is the
+   in-focus one); binarisation at 0.5, small-area filtering and ``F = A D + C (1 - D)`` are in
+   :func:`fuse_pair` (post-processing, numpy).
+
+The channel and CBAM attentions pool over the whole input, so the network is not exactly local:
+tiles need context (the method reads a halo and overlaps tiles).
+
+torch is imported by this module: import it lazily (only the MSAS method and training do).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: H and W must be multiples of this (two 2x poolings); inputs are reflection-padded
+MULTIPLE = 4
+
+
+def cbr(cin: int, cout: int, k: int = 3, dilation: int = 1) -> nn.Sequential:
+    """Conv-BatchNorm-ReLU."""
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class GenClean(nn.Module):
+    """GCB: DnCNN with ``depth`` 3x3 conv layers (ReLU after all but the last), residual noise."""
+
+    def __init__(self, channels: int = 1, width: int = 8, depth: int = 17):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(width, channels, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+
+    @property
+    def depth(self) -> int:
+        return sum(isinstance(m, nn.Conv2d) for m in self.body)
+
+    def forward(self, x):
+        return x - self.body(x)
+
+
+class LAM(nn.Module):
+    """Local attention module: a per-pixel, per-channel gate from the local neighbourhood."""
+
+    def __init__(self, c: int, reduction: int = 4):
+        super().__init__()
+        m = max(4, c // reduction)
+        self.gate = nn.Sequential(nn.Conv2d(c, m, 1), nn.ReLU(inplace=True), nn.Conv2d(m, c, 3, padding=1))
+
+    def forward(self, x):
+        return x + x * torch.sigmoid(self.gate(x))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                                  nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return F.relu(x + self.body(x))
+
+
+def channel_shuffle(x, groups: int):
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class CGA(nn.Module):
+    """Content-guided attention (DEA-Net): channel-specific spatial importance maps, eq. 5-7."""
+
+    def __init__(self, c: int, hidden: int = 16):
+        super().__init__()
+        self.wc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, hidden, 1), nn.ReLU(inplace=True),
+                                nn.Conv2d(hidden, c, 1))
+        self.ws = nn.Conv2d(2, 1, 7, padding=3, padding_mode="reflect")
+        self.gc = nn.Conv2d(2 * c, c, 7, padding=3, padding_mode="reflect", groups=c)
+
+    def forward(self, x):
+        s = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        coarse = self.wc(x) + self.ws(s)  # broadcast (B, C, 1, 1) + (B, 1, H, W)
+        # [X, W_coa] interleaved channel by channel (the shuffle), one group per channel pair
+        z = channel_shuffle(torch.cat([x, coarse], dim=1), 2)
+        return torch.sigmoid(self.gc(z))
+
+
+class DFEB(nn.Module):
+    """Deep feature extraction block: FEB (two convs, residual), conv (residual), CGA, residual."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.feb = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, padding=1))
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.cga = CGA(c)
+        self.out = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        y = F.relu(x + self.feb(x))
+        y = y + self.conv(y)
+        y = y * self.cga(y)
+        return x + self.out(y)
+
+
+class DCA(nn.Module):
+    """Dilated convolution attention: dilations 1, 2, 4, CBAM channel then spatial attention,
+    the input concatenated back and reduced by a 1x1 conv."""
+
+    def __init__(self, c: int, reduction: int = 4):
+        super().__init__()
+        self.dil = nn.ModuleList(nn.Conv2d(c, c, 3, padding=d, dilation=d) for d in (1, 2, 4))
+        m = max(4, c // reduction)
+        self.mlp = nn.Sequential(nn.Conv2d(c, m, 1), nn.ReLU(inplace=True), nn.Conv2d(m, c, 1))
+        self.spatial = nn.Conv2d(2, 1, 7, padding=3, padding_mode="reflect")
+        self.reduce = nn.Sequential(nn.Conv2d(2 * c, c, 1), nn.ReLU(inplace=True))
+
+    def forward(self, x):
+        f = F.relu(sum(conv(x) for conv in self.dil))
+        mc = torch.sigmoid(self.mlp(F.adaptive_avg_pool2d(f, 1)) + self.mlp(F.adaptive_max_pool2d(f, 1)))
+        f = f * mc
+        ms = torch.sigmoid(self.spatial(torch.cat([f.mean(dim=1, keepdim=True), f.amax(dim=1, keepdim=True)], 1)))
+        f = f * ms
+        return self.reduce(torch.cat([x, f], dim=1))
+
+
+class Encoder(nn.Module):
+    """One Siamese branch: three levels (full, 1/2, 1/4 resolution)."""
+
+    def __init__(self, cin: int, widths: tuple[int, int, int]):
+        super().__init__()
+        w0, w1, w2 = widths
+        self.l0 = nn.Sequential(cbr(cin, w0), ResBlock(w0), LAM(w0))
+        self.l1 = nn.Sequential(nn.MaxPool2d(2), cbr(w0, w1), ResBlock(w1), LAM(w1))
+        self.l2 = nn.Sequential(nn.MaxPool2d(2), cbr(w1, w2), DFEB(w2))
+
+    def forward(self, x):
+        f0 = self.l0(x)
+        f1 = self.l1(f0)
+        return f0, f1, self.l2(f1)
+
+
+class MSAS(nn.Module):
+    """The MSAS pair network: ``forward(a, b)`` -> decision map (B, 1, H, W) in [0, 1] (the
+    probability that ``a`` is in focus). ``a`` and ``b`` are (B, C, H, W) with H, W multiples of
+    :data:`MULTIPLE` (use :meth:`decide` for any size)."""
+
+    def __init__(self, channels: int = 1, widths: tuple[int, int, int] = (16, 24, 32), gcb_width: int = 8,
+                 gcb_depth: int = 17):
+        super().__init__()
+        self.config = {"channels": channels, "widths": tuple(widths), "gcb_width": gcb_width, "gcb_depth": gcb_depth}
+        w0, w1, w2 = widths
+        self.gcb = GenClean(channels, gcb_width, gcb_depth)
+        self.encoder = Encoder(channels, widths)
+        self.bottom = nn.Sequential(nn.Conv2d(2 * w2, w2, 1), nn.ReLU(inplace=True), DCA(w2))
+        self.up1 = nn.Sequential(cbr(w2 + 2 * w1, w1), DCA(w1))
+        self.up0 = nn.Sequential(cbr(w1 + 2 * w0, w0), DCA(w0))
+        self.head = nn.Conv2d(w0, 1, 3, padding=1)
+
+    def logits(self, a, b):
+        ab = self.gcb(torch.cat([a, b], dim=0))  # both inputs through the shared blocks at once
+        f0, f1, f2 = self.encoder(ab)
+        n = a.shape[0]
+        cat = lambda f: torch.cat([f[:n], f[n:]], dim=1)  # noqa: E731
+        x = self.bottom(cat(f2))
+        x = F.interpolate(x, size=f1.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.up1(torch.cat([x, cat(f1)], dim=1))
+        x = F.interpolate(x, size=f0.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.up0(torch.cat([x, cat(f0)], dim=1))
+        return self.head(x)
+
+    def forward(self, a, b):
+        return torch.sigmoid(self.logits(a, b))
+
+    @torch.inference_mode()
+    def decide(self, a, b):
+        """(B, H, W) or (B, C, H, W) tensors of any H, W -> (B, H, W) decision map (reflection
+        padded to :data:`MULTIPLE`, cropped back)."""
+        if a.ndim == 3:
+            a, b = a[:, None], b[:, None]
+        h, w = a.shape[-2:]
+        ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
+        if ph or pw:
+            mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"
+            a = F.pad(a, (0, pw, 0, ph), mode=mode)
+            b = F.pad(b, (0, pw, 0, ph), mode=mode)
+        return self.forward(a, b)[:, 0, :h, :w]
+
+
+def fuse_pair(a: np.ndarray, c: np.ndarray, d: np.ndarray, *, min_area: float = 0.01):
+    """The paper's post-processing for one pair: binarise ``d`` at 0.5 (eq. 8), flip regions
+    under ``min_area`` of the image (eq. 9), ``F = A D + C (1 - D)`` (eq. 10, per channel).
+    ``a``, ``c``: (H, W[, C]) sources; returns (fused, D)."""
+    from .pairwise import small_area_filter
+
+    b = (np.asarray(d) > 0.5).astype(np.uint8)
+    D = small_area_filter(b, min_area) if min_area > 0 else b
+    Dx = D[..., None] if np.ndim(a) == 3 else D
+    return np.where(Dx == 1, a, c), D
