@@ -249,6 +249,8 @@ RECIPES: dict[str, str] = {
     "stackmff-v2": "train:train_stackmff_v2",
     "msas": "train_msas:train_msas",
     "vaeedof": "train_vaeedof:train_vaeedof",
+    "ctmfusion": "train_ctmfusion:train_ctmfusion",
+    "fmb-fn": "train_retina_fn:train_retina_fn",
 }
 
 
