@@ -22,26 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..methods._registry import WeightsSpec
-
-LICENCE = "MIT (Copyright (c) 2023 Ollin Boer Bohan; github.com/madebyollin/taesd)"
-CITATION = ("Boer Bohan, O., 'TAESD: Tiny AutoEncoder for Stable Diffusion' (FLUX.2 variant, "
-            "taef2), github.com/madebyollin/taesd (MIT).")
-_BASE = "https://github.com/madebyollin/taesd/raw/main/"
-
-ENCODER = WeightsSpec(
-    filename="taef2_encoder.pth",
-    urls=(_BASE + "taef2_encoder.pth",),
-    sha256="10a4e1021e89d7551eaf161352da8dbd0b1aa83872ae28b150c1df1ce2f147b6",
-    licence=LICENCE,
-    citation=CITATION,
-)
-DECODER = WeightsSpec(
-    filename="taef2_decoder.pth",
-    urls=(_BASE + "taef2_decoder.pth",),
-    sha256="0a44a31e1ae59eb9dbf9359d24942fd3ef5928162c1800d97a28c61d51be0ab5",
-    licence=LICENCE,
-    citation=CITATION,
-)
+from .taef2_weights import CITATION, DECODER, ENCODER, LICENCE  # noqa: F401 (torch-free specs)
 
 LATENT_CHANNELS = 32
 #: spatial down-sampling of the latents (H and W must be multiples of this)
