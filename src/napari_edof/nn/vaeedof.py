@@ -34,7 +34,7 @@ from torch import nn
 SLOTS = 7
 LATENT = 32
 #: channel widths: input level, then the three down-sampled levels
-WIDTHS = (48, 64, 96, 96)
+WIDTHS = (48, 64, 64, 80)
 #: latent H, W must be multiples of this (three 2x down-samplings); images: x 8 (the autoencoder)
 LATENT_MULTIPLE = 8
 PIXEL_MULTIPLE = LATENT_MULTIPLE * 8
