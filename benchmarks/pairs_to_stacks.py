@@ -1,0 +1,131 @@
+"""Pairs to stacks: strategies for fusing N planes with a pair model, on synthetic ground truth.
+
+    .venv/bin/python benchmarks/pairs_to_stacks.py [--count 16] [--crop 128] [--threads 1]
+        [--models classical,msas] [--msas-weights PATH] [--scenes microscopy|general] [--json out.json]
+
+Stacks: :func:`napari_edof.training.datasets.validation_set` (seed 2024, held out from training;
+``--scenes microscopy``: cell- and vessel-like scenes, the default; ``general``: the training mix
+of dead leaves, surfaces, photos, cells, vessels, fundus), N = 6..12 planes, both defocus models,
+noise. The guide is stretched to [0, 1] as the MSAS method does (robust min/max).
+
+Pair models (``decide(a, b)`` = probability that ``a`` is in focus):
+
+- ``classical``: :func:`napari_edof.nn.pairwise.contrast_decide` (local Laplacian energy,
+  logistic in the log ratio), so that the comparison does not hang on one network;
+- ``msas``: the MSAS network (shipped weights by default, or ``--msas-weights``).
+
+Strategies (:func:`napari_edof.nn.pairwise.fuse_stack_pairwise`): ``sequential`` (plane 0 with
+1, the result with 2, ...), ``reference`` against the max-contrast composite (the default) and
+against the mean, ``reference`` + one refinement round, ``round-robin``. For each: exact index
+accuracy, accuracy within one plane, PSNR of the gathered fusion against the clean all-in-focus
+image (data range 1), and order independence: the fraction of pixels whose chosen plane is the
+same when the planes are fed reversed and in a random permutation (1.0 = independent), and the
+seconds per stack. No small-area filtering here (it is the MSAS method's post-processing, not
+part of the strategy).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+
+STRATEGIES = {
+    "sequential": {"strategy": "sequential"},
+    "reference (contrast)": {"strategy": "reference", "reference": "contrast"},
+    "reference (mean)": {"strategy": "reference", "reference": "mean"},
+    "reference (contrast) + refine 1": {"strategy": "reference", "reference": "contrast", "refine": 1},
+    "round-robin": {"strategy": "round-robin"},
+}
+
+
+def psnr(a, b) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def gather(stack, index):
+    return np.take_along_axis(stack, index[None].astype(np.intp), axis=0)[0]
+
+
+def msas_decide(weights: str | None, device: str = "cpu"):
+    import torch
+
+    from napari_edof.methods import msas as MM
+    from napari_edof.nn.msas import MSAS
+
+    if weights:
+        sd = torch.load(weights, map_location="cpu", weights_only=True)
+        m = MSAS(**MM.config_from_state_dict(sd))
+        m.load_state_dict(sd, strict=True)
+        m = m.eval().to(device)
+    else:
+        m = MM.get_model(device)
+    return MM.make_decide(m, device)
+
+
+def run(args) -> dict:
+    from napari_edof.methods.msas import normalise_guide
+    from napari_edof.nn.pairwise import contrast_decide, fuse_stack_pairwise
+    from napari_edof.training.datasets import DEFAULT_SCENES, MICROSCOPY_SCENES, validation_set
+
+    scenes = MICROSCOPY_SCENES if args.scenes == "microscopy" else DEFAULT_SCENES
+    items = validation_set(count=args.count, crop=(args.crop, args.crop), scenes=dict(scenes))
+    models = {}
+    for name in args.models.split(","):
+        models[name] = contrast_decide() if name == "classical" else msas_decide(args.msas_weights)
+    rows = []
+    for mname, decide in models.items():
+        for sname, kw in STRATEGIES.items():
+            acc, acc1, ps, same_r, same_p, secs = [], [], [], [], [], []
+            for k, it in enumerate(items):
+                x = normalise_guide(it["stack"], np.float32, "range")
+                n = x.shape[0]
+                t0 = time.perf_counter()
+                idx, _ = fuse_stack_pairwise(x, decide, **kw)
+                secs.append(time.perf_counter() - t0)
+                d = np.abs(idx.astype(np.int64) - it["index"])
+                acc.append((d == 0).mean())
+                acc1.append((d <= 1).mean())
+                ps.append(psnr(gather(it["stack"], idx), it["aif"]))
+                rev = np.arange(n)[::-1]
+                perm = np.random.default_rng([7, k]).permutation(n)
+                for order, out in ((rev, same_r), (perm, same_p)):
+                    idx_o, _ = fuse_stack_pairwise(np.ascontiguousarray(x[order]), decide, **kw)
+                    out.append((order[idx_o] == idx).mean())
+            row = {"model": mname, "strategy": sname, "acc": float(np.mean(acc)), "acc1": float(np.mean(acc1)),
+                   "psnr": float(np.mean(ps)), "same_reversed": float(np.mean(same_r)),
+                   "same_permuted": float(np.mean(same_p)), "s_per_stack": float(np.mean(secs))}
+            rows.append(row)
+            print(f"{mname:9s} {sname:33s} acc {row['acc']:.3f}  acc±1 {row['acc1']:.3f}  "
+                  f"PSNR {row['psnr']:.2f}  same(rev) {row['same_reversed']:.4f}  "
+                  f"same(perm) {row['same_permuted']:.4f}  {row['s_per_stack']:.2f} s", flush=True)
+    return {"count": args.count, "crop": args.crop, "scenes": args.scenes, "rows": rows}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--count", type=int, default=16)
+    ap.add_argument("--crop", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--models", default="classical,msas")
+    ap.add_argument("--msas-weights", default=None, help="a state dict (default: the shipped weights)")
+    ap.add_argument("--scenes", default="microscopy", choices=("microscopy", "general"))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if "msas" in args.models:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    res = run(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
