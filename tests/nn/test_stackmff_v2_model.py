@@ -103,3 +103,55 @@ def test_forward_equals_inference_path():
         a = m(x)
     b = m.infer_logits(x, strip_budget=1, plane_chunk=2)
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("n,segment", [(7, 3), (7, 2), (5, 1), (4, 4), (1, 1), (9, 3)])
+def test_checkpointed_recurrence_is_bitwise_equal(n, segment):
+    """Forward states kept every `segment` planes and recomputed: the same logits, bit for bit."""
+    torch.manual_seed(n)
+    m = sm.StackMFFV2().eval()
+    feats = torch.rand(n, sm.FEATURES, 40, 48)
+    full = m.infer_recurrent(feats, segment=None, strip_budget=1 << 40)
+    ckpt = m.infer_recurrent(feats, segment=segment, strip_budget=1 << 40)
+    assert torch.equal(full, ckpt)
+    assert sm._held_states(n, segment) <= n
+
+
+def test_small_budget_checkpoints_instead_of_holding_every_state(monkeypatch):
+    torch.manual_seed(3)
+    m = sm.StackMFFV2().eval()
+    x = torch.rand(1, 16, 64, 64)
+    seen = []
+    real = sm._recurrent_rows
+
+    def spy(fp, cells, hid, fmt, segment=None):
+        seen.append((fp.shape[2] - 4, segment))
+        return real(fp, cells, hid, fmt, segment)
+
+    monkeypatch.setattr(sm, "_recurrent_rows", spy)
+    whole = m.infer_logits(x, strip_budget=1 << 40, workers=1)
+    assert seen == [(64, None)]
+    seen.clear()
+    # 16 states of 64 rows x 64 x 16 ch x 4 B = 4 MiB; 3 MiB forces checkpoints every 4 planes (7 held)
+    small = m.infer_logits(x, strip_budget=3 << 20, workers=1)
+    assert seen == [(64, 4)]
+    assert torch.equal(whole, small)
+
+
+def test_few_planes_over_budget_use_narrower_strips_not_checkpoints(monkeypatch):
+    torch.manual_seed(4)
+    m = sm.StackMFFV2().eval()
+    x = torch.rand(1, 2, 256, 64)
+    seen = []
+    real = sm._recurrent_rows
+
+    def spy(fp, cells, hid, fmt, segment=None):
+        seen.append((fp.shape[2] - 4, segment))
+        return real(fp, cells, hid, fmt, segment)
+
+    monkeypatch.setattr(sm, "_recurrent_rows", spy)
+    # 2 planes x 256 rows x 64 x 16 ch x 4 B = 2 MiB held; 1 MiB: 128-row strips (+ 6-row halos) recompute less
+    small = m.infer_logits(x, strip_budget=1 << 20, workers=1)
+    assert all(seg is None for _, seg in seen) and len(seen) >= 2 and max(r for r, _ in seen) < 256
+    seen.clear()
+    assert torch.allclose(small, m.infer_logits(x, strip_budget=1 << 40, workers=1), atol=2e-5)

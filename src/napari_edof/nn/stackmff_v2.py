@@ -11,9 +11,10 @@ Three stages:
    rule (the official expectation + global min-max, or a local argmax).
 
 ``StackMFFV2.forward`` is differentiable (training); :meth:`StackMFFV2.infer_logits` is the
-inference path: no autograd, planes in chunks through stage 1, and the recurrent pass run in
-row strips with an exact halo so that the 16-channel hidden states are never held for the whole
-image. Both give the same logits to float32 round-off.
+inference path: no autograd, planes in chunks through stage 1, and the recurrent pass with its
+16-channel forward states checkpointed every ~sqrt(N) planes when keeping all N would exceed a
+memory budget (and in exact-halo row strips for worker threads). Both give the same logits to
+float32 round-off.
 
 torch is imported by this module: import it lazily (only torch methods and training do).
 """
@@ -276,8 +277,8 @@ class StackMFFV2(nn.Module):
         Stage 1 runs ``plane_chunk`` planes at a time (GroupNorm needs whole planes); its
         8-channel output is the only per-plane volume kept besides the logits. The recurrent
         pass walks the planes in row chunks that stay in cache; when its stored hidden states
-        (16 channels per plane) would exceed ``strip_budget`` bytes, it runs in row strips with
-        an exact halo instead.
+        (16 channels per plane) would exceed ``strip_budget`` bytes, it keeps checkpoints every
+        ~sqrt(N) planes instead and recomputes the rest (see :meth:`_recurrent`).
 
         On the CPU, ``workers`` threads (default: torch's thread count) each run single-threaded
         torch on their own planes (stage 1) and row strips (stage 2, exact halo) instead of
@@ -311,22 +312,31 @@ class StackMFFV2(nn.Module):
 
     @torch.inference_mode()
     def infer_recurrent(self, feats, *, strip_budget: int = 512 << 20, channels_last: bool = True,
-                        workers: int = 1):
+                        workers: int = 1, segment: int | None = None):
         """(N, 8, H, W) intra-layer probabilities -> (N, H, W) logits (inference path)."""
         N, C, H, W = feats.shape
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         fp = _row_padded((N, C, H, W), feats, fmt)
         fp[:, :, 2 : H + 2] = feats
         with _single_threaded(workers > 1):
-            return self._recurrent(fp, strip_budget, fmt, workers)
+            return self._recurrent(fp, strip_budget, fmt, workers, segment)
 
-    def _recurrent(self, fp, strip_budget, fmt, workers: int = 1):
-        """Recurrent pass over (N, 8, H + 4, W) row-padded features, in exact-halo strips when
-        large (or one strip per worker).
+    def _recurrent(self, fp, strip_budget, fmt, workers: int = 1, segment: int | None = None):
+        """Recurrent pass over (N, 8, H + 4, W) row-padded features: (N, H, W) logits.
 
-        A strip's output rows depend on the features at most 2 rows per recurrent step away
-        (each step is a 3x3 conv on h, then a 3x3 conv on r * h): a halo of 2N + 2 rows makes
-        every strip equal to the whole image to round-off.
+        Memory: keeping every plane's 16-channel forward state costs 64 B per voxel. When that
+        does not fit ``strip_budget``, either the rows run in narrower exact-halo strips (cheap
+        while the strips stay several halos tall, i.e. few planes) or the forward states are
+        checkpointed: only the state at the end of every segment of ``k = ceil(sqrt(N))`` planes
+        is kept, and each segment is recomputed from its checkpoint just before the backward pass
+        walks it (about 2 sqrt(N) states instead of N, for up to one more forward pass; bitwise
+        the same logits). Whichever recomputes fewer rows is chosen; the strips' halo grows with
+        N, so many planes always checkpoint. ``segment`` forces a segment length (tests).
+
+        Parallelism: with several ``workers`` the rows are split into one strip per worker, each
+        with an exact halo of 2N + 2 rows (a recurrent step reaches 2 rows further: a 3x3 conv on
+        h, then one on r * h), so strips equal the whole image to round-off. Strips are also the
+        last resort when even the checkpointed states of one strip exceed the budget.
         """
         N, C, H4, W = fp.shape
         H = H4 - 4
@@ -338,20 +348,43 @@ class StackMFFV2(nn.Module):
             cells.append((wx.contiguous(memory_format=fmt), bx, whg.contiguous(memory_format=fmt),
                           whc.contiguous(memory_format=fmt)))
         halo = 2 * N + 2
-        bytes_per_row = N * hid * W * fp.element_size()
-        rows = max(32, 4 * halo, int(strip_budget // max(1, bytes_per_row * workers)))
-        if workers > 1:  # a strip per worker at least, unless the halo would dominate
-            rows = min(rows, max(2 * halo, -(-H // workers)))
+        state_row = hid * W * fp.element_size()  # one state, one row
+        rows = H if workers <= 1 else min(H, max(2 * halo, -(-H // workers)))
+        window = min(H, rows + 2 * halo) if rows < H else H
+        if segment is None and N * state_row * window * workers > strip_budget:
+            # narrower strips holding every state, or checkpoints: whichever recomputes less
+            k = math.ceil(math.sqrt(N))
+            narrow = int(strip_budget // max(1, N * state_row * workers)) - 2 * halo  # + halos = budget
+            cost_strips = (narrow + 2 * halo) / narrow if narrow >= max(32, 2 * halo) else math.inf
+            last = N - (math.ceil(N / k) - 1) * k  # the last segment is not recomputed
+            cost_ckpt = window / rows * (3 * N - last) / (2 * N) if _held_states(N, k) < N else math.inf
+            if cost_ckpt < cost_strips:
+                segment = k
+            else:  # (neither fits the budget: the narrowest sensible strips, every state held)
+                rows = min(rows, narrow if narrow >= max(32, 2 * halo) else max(32, 2 * halo))
+        elif segment is not None and segment >= N:
+            segment = None
+        if segment is not None:
+            held = _held_states(N, segment)
+            if held * state_row * window * workers > strip_budget:  # strips even so
+                rows = min(rows, max(32, 4 * halo, int(strip_budget // max(1, held * state_row * workers))))
         out = torch.empty((N, H, W), dtype=fp.dtype, device=fp.device)
 
         def strip(s):
             y0, y1, a, b = s
             with torch.inference_mode():
-                res = _recurrent_rows(fp[:, :, a : b + 4], cells, hid, fmt)
+                res = _recurrent_rows(fp[:, :, a : b + 4], cells, hid, fmt, segment)
                 out[:, y0:y1] = res[:, y0 - a : y1 - a]
 
         _run(strip, list(_strips(H, rows, halo)), workers)
         return out
+
+
+def _held_states(n: int, segment: int | None) -> int:
+    """Forward states held at once by :func:`_recurrent_rows` (besides 4 working ones)."""
+    if segment is None or segment >= n:
+        return n
+    return segment + math.ceil(n / segment) - 1
 
 
 def _row_padded(shape, like, fmt):
@@ -393,19 +426,27 @@ def _run(fn, items, workers: int) -> None:
             f.result()
 
 
-def _recurrent_rows(fp, cells, hid: int, fmt):
+def _recurrent_rows(fp, cells, hid: int, fmt, segment: int | None = None):
     """Bidirectional ConvGRU over (N, C, h + 4, W) features whose first and last 2 rows are
     padding (zeros at the image border), walking each plane in row chunks that stay in cache.
 
-    The forward hidden states of every plane are kept (16 channels, with 2 zero rows above and
-    below, so that each chunk's convolutions read its neighbours without copies); the backward
-    pass keeps two states and writes the logits max_c(h_fwd + h_bwd) chunk by chunk.
+    States are kept with 2 zero rows above and below, so that each chunk's convolutions read its
+    neighbours without copies. The forward states of the planes of one segment (``segment``
+    planes; all N when None) are held, plus a checkpoint at the end of every earlier segment;
+    the backward pass walks the segments from the last, recomputes each one's forward states
+    from its checkpoint (the last segment's are still there), keeps two backward states and
+    writes the logits max_c(h_fwd + h_bwd) chunk by chunk.
     """
     N, C, H4, W = fp.shape
     H = H4 - 4
     # CPU: chunks of ~32k pixels stay in cache; GPU: whole planes (fewer, larger kernels)
     chunk = max(8, 32768 // max(W, 1)) if fp.device.type == "cpu" else H
-    store = _row_padded((N, hid, H, W), fp, fmt)
+    k = N if segment is None or segment >= N else int(segment)
+    nseg = -(-N // k)
+    last = (nseg - 1) * k  # first plane of the last segment
+    seg = _row_padded((min(k, N), hid, H, W), fp, fmt)
+    ckpt = _row_padded((nseg - 1, hid, H, W), fp, fmt) if nseg > 1 else None
+    roll = [_row_padded((1, hid, H, W), fp, fmt) for _ in range(2)] if nseg > 1 else None
     back = [_row_padded((1, hid, H, W), fp, fmt) for _ in range(2)]
     out = torch.empty((N, H, W), dtype=fp.dtype, device=fp.device)
     spans = [(r0, min(H, r0 + chunk)) for r0 in range(0, H, chunk)]
@@ -426,13 +467,34 @@ def _recurrent_rows(fp, cells, hid: int, fmt):
             c.add_(xg[:, 2 * hid :, 1:-1]).mul_(2).sigmoid_().mul_(2).sub_(1)  # tanh = 2 sigmoid(2x) - 1
             torch.lerp(hp[:, :, 2:-2], c, g[:, hid:, 1:-1], out=dst[:, :, r0 + 2 : r1 + 2])
 
-    for i in range(N):
-        step(store[i : i + 1], store[i - 1 : i] if i else None, i, cells[0])
-    for i, n in enumerate(range(N - 1, -1, -1)):
-        cur, prev = back[i % 2], back[(i + 1) % 2]
-        step(cur, prev if i else None, n, cells[1])
-        for r0, r1 in spans:
-            torch.amax(store[n, :, r0 + 2 : r1 + 2].add_(cur[0, :, r0 + 2 : r1 + 2]), dim=0, out=out[n, r0:r1])
+    def forward_slot(n):
+        """Where the forward pass leaves h_n: the last segment's buffer, a checkpoint, or a spare."""
+        if n >= last:
+            return seg[n - last : n - last + 1]
+        if (n + 1) % k == 0:
+            return ckpt[(n + 1) // k - 1 : (n + 1) // k]
+        return roll[n % 2]
+
+    prev = None
+    for n in range(N):
+        dst = forward_slot(n)
+        step(dst, prev, n, cells[0])
+        prev = dst
+    i = 0
+    for j in range(nseg - 1, -1, -1):
+        a, b = j * k, min(N, (j + 1) * k)
+        if j < nseg - 1:  # recompute this segment's forward states from its checkpoint
+            prev = ckpt[j - 1 : j] if j else None
+            for n in range(a, b):
+                step(seg[n - a : n - a + 1], prev, n, cells[0])
+                prev = seg[n - a : n - a + 1]
+        for n in range(b - 1, a - 1, -1):
+            cur, bprev = back[i % 2], back[(i + 1) % 2]
+            step(cur, bprev if i else None, n, cells[1])
+            for r0, r1 in spans:
+                torch.amax(seg[n - a, :, r0 + 2 : r1 + 2].add_(cur[0, :, r0 + 2 : r1 + 2]), dim=0,
+                           out=out[n, r0:r1])
+            i += 1
     return out
 
 
