@@ -117,41 +117,39 @@ def test_checkpointed_recurrence_is_bitwise_equal(n, segment):
     assert sm._held_states(n, segment) <= n
 
 
-def test_small_budget_checkpoints_instead_of_holding_every_state(monkeypatch):
+@pytest.fixture
+def strips_seen(monkeypatch):
+    """(rows, segment) of every call of the recurrent pass on a strip."""
+    seen = []
+    real = sm._recurrent_rows
+
+    def spy(fp, cells, hid, fmt, segment=None):
+        seen.append((fp.shape[2] - 4, segment))
+        return real(fp, cells, hid, fmt, segment)
+
+    monkeypatch.setattr(sm, "_recurrent_rows", spy)
+    return seen
+
+
+def test_small_budget_checkpoints_instead_of_holding_every_state(strips_seen):
     torch.manual_seed(3)
     m = sm.StackMFFV2().eval()
     x = torch.rand(1, 16, 64, 64)
-    seen = []
-    real = sm._recurrent_rows
-
-    def spy(fp, cells, hid, fmt, segment=None):
-        seen.append((fp.shape[2] - 4, segment))
-        return real(fp, cells, hid, fmt, segment)
-
-    monkeypatch.setattr(sm, "_recurrent_rows", spy)
     whole = m.infer_logits(x, strip_budget=1 << 40, workers=1)
-    assert seen == [(64, None)]
-    seen.clear()
+    assert strips_seen == [(64, None)]
+    strips_seen.clear()
     # 16 states of 64 rows x 64 x 16 ch x 4 B = 4 MiB; 3 MiB forces checkpoints every 4 planes (7 held)
     small = m.infer_logits(x, strip_budget=3 << 20, workers=1)
-    assert seen == [(64, 4)]
+    assert strips_seen == [(64, 4)]
     assert torch.equal(whole, small)
 
 
-def test_few_planes_over_budget_use_narrower_strips_not_checkpoints(monkeypatch):
+def test_few_planes_over_budget_use_narrower_strips_not_checkpoints(strips_seen):
     torch.manual_seed(4)
     m = sm.StackMFFV2().eval()
     x = torch.rand(1, 2, 256, 64)
-    seen = []
-    real = sm._recurrent_rows
-
-    def spy(fp, cells, hid, fmt, segment=None):
-        seen.append((fp.shape[2] - 4, segment))
-        return real(fp, cells, hid, fmt, segment)
-
-    monkeypatch.setattr(sm, "_recurrent_rows", spy)
-    # 2 planes x 256 rows x 64 x 16 ch x 4 B = 2 MiB held; 1 MiB: 128-row strips (+ 6-row halos) recompute less
+    # 2 planes x 256 rows x 64 x 16 ch x 4 B = 2 MiB held; 1 MiB: 116-row strips (+ 6-row halos) recompute less
     small = m.infer_logits(x, strip_budget=1 << 20, workers=1)
-    assert all(seg is None for _, seg in seen) and len(seen) >= 2 and max(r for r, _ in seen) < 256
-    seen.clear()
+    assert all(seg is None for _, seg in strips_seen) and len(strips_seen) >= 2
+    assert max(r for r, _ in strips_seen) < 256
     assert torch.allclose(small, m.infer_logits(x, strip_budget=1 << 40, workers=1), atol=2e-5)
