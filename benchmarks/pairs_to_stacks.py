@@ -1,7 +1,7 @@
 """Pairs to stacks: strategies for fusing N planes with a pair model, on synthetic ground truth.
 
     .venv/bin/python benchmarks/pairs_to_stacks.py [--count 16] [--crop 128] [--threads 1]
-        [--models classical,msas] [--msas-weights PATH] [--scenes microscopy|general] [--json out.json]
+        [--models classical,classical-smooth,msas] [--msas-weights PATH] [--scenes microscopy|general] [--json out.json]
 
 Stacks: :func:`napari_edof.training.datasets.validation_set` (seed 2024, held out from training;
 ``--scenes microscopy``: cell- and vessel-like scenes, the default; ``general``: the training mix
@@ -11,7 +11,11 @@ noise. The guide is stretched to [0, 1] as the MSAS method does (robust min/max)
 Pair models (``decide(a, b)`` = probability that ``a`` is in focus):
 
 - ``classical``: :func:`napari_edof.nn.pairwise.contrast_decide` (local Laplacian energy,
-  logistic in the log ratio), so that the comparison does not hang on one network;
+  logistic in the log ratio), so that the comparison does not hang on one network. A monotone
+  function of a per-image score: every order-free strategy then reduces to the argmax of that
+  score and they tie;
+- ``classical-smooth``: the same with gain 8 and the decision map box-averaged over 9 x 9 pixels
+  (a region-consistency step): it judges the pair jointly, like a network, so strategies differ;
 - ``msas``: the MSAS network (shipped weights by default, or ``--msas-weights``).
 
 Strategies (:func:`napari_edof.nn.pairwise.fuse_stack_pairwise`): ``sequential`` (plane 0 with
@@ -77,7 +81,12 @@ def run(args) -> dict:
     items = validation_set(count=args.count, crop=(args.crop, args.crop), scenes=dict(scenes))
     models = {}
     for name in args.models.split(","):
-        models[name] = contrast_decide() if name == "classical" else msas_decide(args.msas_weights)
+        if name == "classical":
+            models[name] = contrast_decide()
+        elif name == "classical-smooth":
+            models[name] = contrast_decide(gain=8.0, smooth=4)
+        else:
+            models[name] = msas_decide(args.msas_weights)
     rows = []
     for mname, decide in models.items():
         for sname, kw in STRATEGIES.items():
@@ -112,7 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--count", type=int, default=16)
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--models", default="classical,msas")
+    ap.add_argument("--models", default="classical,classical-smooth,msas")
     ap.add_argument("--msas-weights", default=None, help="a state dict (default: the shipped weights)")
     ap.add_argument("--scenes", default="microscopy", choices=("microscopy", "general"))
     ap.add_argument("--json", default=None)

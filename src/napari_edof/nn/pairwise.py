@@ -179,16 +179,24 @@ def _round_robin(planes: np.ndarray, decide: Decide, energy: np.ndarray, batch: 
 
 
 # -------------------------------------------------------------------------- a classical pair rule
-def contrast_decide(radius: int = 2, gain: float = 4.0, bias: float = 0.0, eps: float = 1e-6) -> Decide:
+def contrast_decide(radius: int = 2, gain: float = 4.0, bias: float = 0.0, eps: float = 1e-6,
+                    smooth: int = 0) -> Decide:
     """A classical pair rule: ``sigmoid(gain * log(E_a / E_b) + bias)`` with ``E`` the local
     Laplacian energy over a (2 radius + 1)^2 window. ``bias > 0`` prefers the first input (used
-    by the tests to show sequential fusion drifting)."""
+    by the tests to show sequential fusion drifting). ``smooth > 0`` box-averages the decision
+    map over a (2 smooth + 1)^2 window (a region-consistency step, as pair methods do): the
+    rule then looks at both images jointly, not at a per-image score, so the strategies differ."""
 
     def decide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ea = local_energy(a, radius)
         eb = local_energy(b, radius)
         z = gain * (np.log(ea + eps) - np.log(eb + eps)) + bias
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        p = (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        if smooth:
+            from scipy import ndimage as ndi
+
+            p = ndi.uniform_filter(p, size=(1, 2 * smooth + 1, 2 * smooth + 1), mode="reflect")
+        return p.astype(np.float32)
 
     return decide
 
