@@ -13,7 +13,8 @@ Depth maps
     curvature), and the occluding steps of ``dead_leaves``.
 Scenes (:data:`SCENES`)
     ``dead_leaves``, ``surface``, ``photo``, ``cells``, ``vessels``, ``fundus``, ``fundus_view``
-    (a zoomed part of the fundus), ``retina_photo`` (scikit-image's CC0 fundus photo): each returns
+    (a zoomed part of the fundus), ``retina_photo`` (scikit-image's CC0 fundus photo),
+    ``colour_noise`` (independent noise per colour channel): each returns
     ``(image, depth)``; :func:`make_scene` picks one by name.
 """
 from __future__ import annotations
@@ -402,6 +403,15 @@ def retina_photo_scene(shape, rng):
     return img, bowl_depth(shape, rng)
 
 
+def colour_noise_scene(shape, rng):
+    """Independent band-pass / 1/f noise in each colour channel (fine, saturated colour texture that
+    no single grey guide describes) on a smooth surface or on the occluding steps of dead leaves."""
+    img = np.stack([noise_texture(shape, rng)[..., k] for k in range(3)], axis=-1)
+    img = _norm(img) if rng.random() < 0.5 else img
+    depth = smooth_depth(shape, rng) if rng.random() < 0.5 else dead_leaves(shape, rng, {"noise": 1})[1]
+    return img.astype(np.float32), depth
+
+
 SCENES = {
     "dead_leaves": dead_leaves,
     "surface": surface_scene,
@@ -411,6 +421,7 @@ SCENES = {
     "fundus": fundus_scene,
     "fundus_view": fundus_view_scene,
     "retina_photo": retina_photo_scene,
+    "colour_noise": colour_noise_scene,
 }
 
 

@@ -34,8 +34,8 @@ from torch import nn
 from .train import seed_everything, train_loop
 
 #: the training mix: fundus scenes (half) and the general scenes
-SCENES = {"fundus": 0.15, "fundus_view": 0.25, "retina_photo": 0.1, "dead_leaves": 0.15, "photo": 0.1,
-          "surface": 0.1, "cells": 0.075, "vessels": 0.075}
+SCENES = {"fundus": 0.15, "fundus_view": 0.2, "retina_photo": 0.1, "dead_leaves": 0.15, "photo": 0.1,
+          "surface": 0.1, "cells": 0.05, "vessels": 0.05, "colour_noise": 0.1}
 #: how many of the taef2 encoder's layers give the perceptual features
 PERCEPTUAL_LAYERS = 3
 TAEF2_FILE = "taef2_encoder.pth"
@@ -164,11 +164,14 @@ def train_retina_fn(*, steps: int, out: str | Path, seed: int = 0, resume: bool 
                     crop: int = 64, n_min: int = 2, n_max: int = 8, lr: float = 1e-3, warmup: int = 100,
                     ckpt_every: int = 50, width: int | None = None, w_perceptual: float = 1.0,
                     w_edge: float = 1.0, w_identity: float = 1.0, identity_n: int = 2, grey_p: float = 0.25,
-                    range_p: float = 0.5, ema_decay: float | None = 0.998, taef2: str | None = None,
+                    range_p: float = 0.5, ema_decay: float | None = 0.995, taef2: str | None = None,
+                    init: str | None = None,
                     threads: int | None = 1, scenes: dict | None = None, progress: bool = True,
                     stop_after: int | None = None) -> dict:
-    """Train the FMB + FN network on synthetic RGB stacks (see the module docstring)."""
+    """Train (or fine-tune, with ``init`` = a weights file) the FMB + FN network on synthetic RGB
+    stacks (see the module docstring)."""
     from ..nn.retina_fn import WIDTH, FusionNet
+    from .train import load_init
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -178,9 +181,12 @@ def train_retina_fn(*, steps: int, out: str | Path, seed: int = 0, resume: bool 
               "n_range": [n_min, n_max], "lr": lr, "warmup": warmup, "width": width, "w_perceptual": w_perceptual,
               "w_edge": w_edge, "w_identity": w_identity, "identity_n": identity_n, "grey_p": grey_p,
               "range_p": range_p, "ema_decay": ema_decay, "perceptual": feat_desc,
+              "init": str(init) if init else None,
               "scenes": dict(scenes or SCENES)}
     seed_everything(seed)
     model = FusionNet(width=width)
+    if init:
+        load_init(model, init)
     ds = make_dataset(seed, crop, n_min, n_max, config["scenes"])
 
     def make_batch(step: int):
