@@ -129,7 +129,7 @@ def choose_slots(item: dict, rng, *, subset_p: float, reverse_p: float, k: int =
 
 
 def train_vaeedof(*, steps: int, out: str | Path, seed: int = 0, resume: bool = False, batch_size: int = 8,
-                  crop: int = 128, n_min: int = 2, n_max: int = 10, cache: int = 1000, chunk: int = 50,
+                  crop: int = 128, n_min: int = 2, n_max: int = 10, cache: int = 500, chunk: int = 50,
                   lr: float = 1e-3, warmup: int = 100, ckpt_every: int = 100, ema_decay: float = 0.999,
                   subset_p: float = 0.3, reverse_p: float = 0.5, range_p: float = 0.5, rgb_p: float = 0.5,
                   threads: int | None = 1, progress: bool = True, stop_after: int | None = None) -> dict:
