@@ -48,6 +48,21 @@ def test_spec():
     assert "official" in rules and "argmax" in rules
 
 
+@pytest.mark.parametrize("n,tile", [(3, 1024), (16, 1024), (32, 704), (64, 512), (1000, 256)])
+def test_default_tile_shrinks_with_many_planes(n, tile):
+    """The network's working set grows with the planes; the default tile keeps it near 1 GiB."""
+    from napari_edof.core.engine import plan_fusion
+    from napari_edof.methods.stackmff_v2 import BYTES_PER_VOXEL, TILE_BUDGET
+
+    stack = np.zeros((n, 2048, 2048), np.uint8)
+    pl = plan_fusion(stack, method="stackmff-v2")
+    assert pl.spec.tile_for(pl.params, n) == tile
+    assert max(max(t.y1 - t.y0, t.x1 - t.x0) for t in pl.tiles) <= tile
+    assert len(pl.tiles) == (-(-2048 // tile)) ** 2
+    if tile > 256:
+        assert n * tile * tile * BYTES_PER_VOXEL <= TILE_BUDGET
+
+
 def test_registering_does_not_import_torch():
     code = ("import sys, napari_edof as ne; ne.list_methods(); "
             "from napari_edof.methods._registry import get_method; get_method('stackmff-v2'); "

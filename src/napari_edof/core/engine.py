@@ -130,7 +130,7 @@ def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = No
     dev = resolve_device(device, spec.devices, spec.backend)
     g = resolve_guide(guide, stack.n_channels, stack.rgb)
     if tile == "auto":
-        tile = spec.default_tile
+        tile = spec.tile_for(p, stack.n_planes)
     if tile is not None and tile != 0 and int(tile) < 16:
         raise StackError(f"tile={tile} is too small: use at least 16 pixels (or 0 for no tiling)")
     halo = int(spec.halo(p))
@@ -198,7 +198,8 @@ def fuse_iter(
     params : dict
         The method's parameters (defaults for those not given; unknown names are refused).
     tile : int, "auto" or None
-        Tile side in pixels ("auto": the method's default, None or 0: the whole image at once).
+        Tile side in pixels ("auto": the method's default for this many planes, None or 0: the
+        whole image at once).
     overlap : int
         Pixels each tile's output extends into its neighbours', blended with a feathered ramp
         (default: the method's ``default_overlap``; 0 for a single tile).

@@ -66,7 +66,8 @@ class MethodSpec:
     ``halo(params)`` is its receptive field in pixels (how far outside a tile it reads);
     ``tile_multiple`` is the alignment of tile origins it needs to be tile-exact (pyramids);
     ``backend`` is "numpy" (runs in threads, releases the GIL) or "torch";
-    ``default_tile`` is the tile side used when the caller does not choose one, and
+    ``default_tile`` is the tile side used when the caller does not choose one (an int, or
+    ``f(params, n_planes) -> int`` for methods whose working memory grows with the planes), and
     ``default_overlap`` the feathered overlap between tiles: 0 for methods whose halo covers their
     whole receptive field (tiles then agree exactly), more for networks whose normalisation sees
     the whole input.
@@ -80,11 +81,16 @@ class MethodSpec:
     tile_multiple: Callable[[dict], int] = lambda p: 1
     devices: tuple[str, ...] = ("cpu",)
     backend: str = "numpy"
-    default_tile: int = 256
+    default_tile: int | Callable[[dict, int], int] = 256
     default_overlap: int = 0
     weights: WeightsSpec | None = None
     citation: str = ""
     paper: str = ""
+
+    def tile_for(self, params: dict, n_planes: int) -> int:
+        """The default tile side for a stack of ``n_planes`` planes."""
+        t = self.default_tile
+        return int(t(params, n_planes) if callable(t) else t)
 
     def defaults(self) -> dict:
         return {p.name: p.default for p in self.params}

@@ -68,6 +68,19 @@ def _halo(p: dict) -> int:
     return int(p["context"])
 
 
+#: the network's working set per voxel of a tile (input, stage-1 output, checkpointed states,
+#: logits: 56-68 B measured for 16-32 planes, benchmarks/memory_stackmff_v2.py) and the budget
+#: the default tile keeps it under, so that memory stays bounded however many planes there are
+BYTES_PER_VOXEL = 64
+TILE_BUDGET = 1 << 30
+
+
+def default_tile(p: dict, n_planes: int) -> int:
+    """1024 px up to 16 planes; smaller tiles (multiples of 32, at least 256) for more planes."""
+    side = int((TILE_BUDGET / (BYTES_PER_VOXEL * max(1, n_planes))) ** 0.5) // 32 * 32
+    return max(256, min(1024, side))
+
+
 SPEC = MethodSpec(
     name="stackmff-v2",
     summary="StackMFF-V2 network (seed paper 002): one-shot focal-plane regression over the whole stack.",
@@ -90,7 +103,7 @@ SPEC = MethodSpec(
     halo=_halo,
     devices=("cuda", "mps", "cpu"),
     backend="torch",
-    default_tile=1024,
+    default_tile=default_tile,
     default_overlap=96,
     weights=MODELS["official"],
     citation=CITATION,
