@@ -62,10 +62,11 @@ def test_fmb_gives_six_channels_per_plane():
     assert f[3, 4, 4] * rf.FM_SCALE == pytest.approx(80, rel=1e-5) and f[4:].abs().max() == 0
 
 
-@pytest.fixture(scope="module")
-def net():
+@pytest.fixture(scope="module", params=[False, True], ids=["paper", "skip"])
+def net(request):
+    """The paper's FN and ours with the selection skip (random weights)."""
     torch.manual_seed(1)
-    return rf.FusionNet(width=8).eval()
+    return rf.FusionNet(width=8, skip=request.param).eval()
 
 
 def test_plane_order_does_not_matter(net):
@@ -83,6 +84,12 @@ def test_plane_order_does_not_matter(net):
     assert unique.float().mean() > 0.2  # random weights: many channels are ReLU zeros everywhere
     assert torch.equal(perm[idxp][unique], idx[unique])
     assert torch.equal(idx[~unique], torch.minimum(idx, perm[idxp])[~unique])  # ties: the first plane
+    if net.skip:  # the selection head picks the same source plane
+        with torch.no_grad():
+            assert torch.equal(perm[net.selection(x[:, perm])], net.selection(x))
+    # with gradients on (training), the straight-through term adds exactly zero
+    y_grad = net(x[:, perm])
+    assert torch.equal(y_grad.detach(), y)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7])
@@ -92,9 +99,16 @@ def test_any_number_of_planes(net, n):
     with torch.no_grad():
         y = net(x)
     assert y.shape == (2, 3, 20, 18) and torch.isfinite(y).all()
-    y2, idx = net.infer(x, chunk=2)  # planes in chunks, max-reduced as they come
+    y2, idx, sel, prob = net.infer(x, chunk=2)  # planes in chunks, max-reduced as they come
     torch.testing.assert_close(y2, y)
     assert idx.shape == (2, 8, 20, 18) and 0 <= idx.min() and idx.max() < n
+    if net.skip:
+        with torch.no_grad():
+            assert torch.equal(sel, net.selection(x))
+            s = net._scores(net._pre(x), x.shape)
+        torch.testing.assert_close(prob, torch.softmax(s, dim=1).amax(dim=1))
+    else:
+        assert sel is None and prob is None
 
 
 def test_receptive_radius_bounds_the_influence(net):

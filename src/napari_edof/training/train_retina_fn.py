@@ -165,7 +165,7 @@ def train_retina_fn(*, steps: int, out: str | Path, seed: int = 0, resume: bool 
                     ckpt_every: int = 50, width: int | None = None, w_perceptual: float = 1.0,
                     w_edge: float = 1.0, w_identity: float = 1.0, identity_n: int = 2, grey_p: float = 0.25,
                     range_p: float = 0.5, ema_decay: float | None = 0.995, taef2: str | None = None,
-                    init: str | None = None,
+                    init: str | None = None, skip: bool = True,
                     threads: int | None = 1, scenes: dict | None = None, progress: bool = True,
                     stop_after: int | None = None) -> dict:
     """Train (or fine-tune, with ``init`` = a weights file) the FMB + FN network on synthetic RGB
@@ -181,10 +181,10 @@ def train_retina_fn(*, steps: int, out: str | Path, seed: int = 0, resume: bool 
               "n_range": [n_min, n_max], "lr": lr, "warmup": warmup, "width": width, "w_perceptual": w_perceptual,
               "w_edge": w_edge, "w_identity": w_identity, "identity_n": identity_n, "grey_p": grey_p,
               "range_p": range_p, "ema_decay": ema_decay, "perceptual": feat_desc,
-              "init": str(init) if init else None,
+              "init": str(init) if init else None, "skip": bool(skip),
               "scenes": dict(scenes or SCENES)}
     seed_everything(seed)
-    model = FusionNet(width=width)
+    model = FusionNet(width=width, skip=skip)
     if init:
         load_init(model, init)
     ds = make_dataset(seed, crop, n_min, n_max, config["scenes"])
