@@ -122,6 +122,8 @@ def run(args) -> dict:
     rows = []
     for mname, decide in models.items():
         for sname, kw in (STRATEGIES.items() if items else ()):
+            if args.strategies and sname not in args.strategies.split(","):
+                continue
             acc, acc1, ps, same_r, same_p, secs = [], [], [], [], [], []
             for k, it in enumerate(items):
                 x = normalise_guide(it["stack"], np.float32, "range")
@@ -157,6 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="classical,classical-smooth,msas")
     ap.add_argument("--msas-weights", default=None, help="a state dict (default: the shipped weights)")
     ap.add_argument("--scenes", default="microscopy", choices=("microscopy", "general"))
+    ap.add_argument("--strategies", default=None,
+                    help="comma-separated subset of the strategy names above (default: all)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if "msas" in args.models:

@@ -191,7 +191,7 @@ def contrast_decide(radius: int = 2, gain: float = 4.0, bias: float = 0.0, eps: 
         ea = local_energy(a, radius)
         eb = local_energy(b, radius)
         z = gain * (np.log(ea + eps) - np.log(eb + eps)) + bias
-        p = (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        p = (0.5 + 0.5 * np.tanh(0.5 * z)).astype(np.float32)  # the logistic, without overflow
         if smooth:
             from scipy import ndimage as ndi
 
