@@ -1,9 +1,9 @@
 """VAEEDOF (pure latent and hybrid) against focus-select on held-out synthetic stacks with ground truth.
 
     NAPARI_EDOF_WEIGHTS=../shared/weights .venv/bin/python benchmarks/validate_vaeedof.py \
-        [--count 10] [--crop 128] [--threads 1] [--weights PATH] [--json out.json]
+        [--count 10] [--crop 128] [--offset 0] [--threads 1] [--weights PATH] [--json out.json]
 
-Three held-out sets (seeds 2024, 4048, 6072; training uses seed 0), whole image (no tiling):
+Three held-out sets (seeds 2024, 4048, 6072, plus ``--offset``; training uses seed 0), whole image (no tiling):
 
 - ``microscopy``: :func:`napari_edof.training.datasets.validation_set` (cell- and vessel-like grey
   scenes, 6..12 planes, both defocus models, noise), float32 stacks in [0, 1];
@@ -30,20 +30,20 @@ from pathlib import Path
 import numpy as np
 
 
-def sets(count: int, crop: int) -> dict[str, list[dict]]:
+def sets(count: int, crop: int, offset: int = 0) -> dict[str, list[dict]]:
     from napari_edof.training.datasets import DEFAULT_SCENES, StackDataset, validation_set
 
-    micro = validation_set(seed=2024, count=count, crop=(crop, crop))
+    micro = validation_set(seed=2024 + offset, count=count, crop=(crop, crop))
     for it in micro:
         it["truth"] = it["aif"]
-    ds = StackDataset(seed=4048, crop=(crop, crop), n_range=(2, 10), rgb=True, scenes=dict(DEFAULT_SCENES),
+    ds = StackDataset(seed=4048 + offset, crop=(crop, crop), n_range=(2, 10), rgb=True, scenes=dict(DEFAULT_SCENES),
                       augment=False)
     general = []
     for i in range(count):
         it = ds[i]
         to8 = lambda a: np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)  # noqa: E731
         general.append({"stack": to8(it["stack"]), "truth": to8(it["aif"]), "n": it["n"]})
-    ds3 = StackDataset(seed=6072, crop=(crop, crop), n_range=(6, 10), rgb=True, scenes=dict(DEFAULT_SCENES),
+    ds3 = StackDataset(seed=6072 + offset, crop=(crop, crop), n_range=(6, 10), rgb=True, scenes=dict(DEFAULT_SCENES),
                        augment=False)
     missing = []
     for i in range(count):
@@ -84,6 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default=None, help="a U-Net state dict to use instead of the shipped one")
     ap.add_argument("--json", default=None)
     ap.add_argument("--sets", default="microscopy,general,missing")
+    ap.add_argument("--offset", type=int, default=0, help="added to the three seeds (a fresh held-out draw)")
     a = ap.parse_args(argv)
 
     import torch
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
         "vaeedof latent, groups": ("vaeedof", {"mode": "latent", "long": "groups"}),
         "vaeedof hybrid, groups": ("vaeedof", {"mode": "hybrid", "long": "groups"}),
     }
-    data = sets(a.count, a.crop)
+    data = sets(a.count, a.crop, a.offset)
     results: dict = {}
     for name in a.sets.split(","):
         stacks = data[name]
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
         results[name] = rows
     if a.json:
         Path(a.json).write_text(json.dumps({"count": a.count, "crop": a.crop, "weights": a.weights,
-                                            "results": results}, indent=2))
+                                            "offset": a.offset, "results": results}, indent=2))
     return 0
 
 

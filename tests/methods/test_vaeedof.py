@@ -45,15 +45,20 @@ def test_hybrid_blend_is_exact_at_the_ends():
     assert np.array_equal(out[0, 0], src[0, 0]) and np.array_equal(out[0, 1], lat[0, 1])
     np.testing.assert_allclose(out[1, 0], (src[1, 0] + lat[1, 0]) / 2)
     assert VM.source_weight(np.array([0.0, 0.2, 0.3, 0.4, 1.0]), 0.3).tolist() == pytest.approx([0, 0, 0.5, 1, 1])
+    flat = np.zeros((3, 20, 20), np.float32)
+    flat[1, :, 10:] = 0.1  # the planes disagree on the right only
+    a = VM.agreement_weight(flat, 0.01)
+    assert (a[:, :7] == 1).all() and (a[:, 13:] == 0).all()
 
 
 def _half_sharp_stack():
-    """Left: texture sharp in plane 2 only. Right: the same blurred texture in every plane (no plane
-    is sharp there: missing information)."""
+    """Left: texture sharp in plane 2 only. Right: the same blurred texture in every plane, each plane
+    brighter than the last (no plane is sharp there, and the planes disagree: missing information)."""
     rng = np.random.default_rng(3)
     tex = rng.random((64, 128)).astype(np.float32)
     blur = ndi.gaussian_filter(tex, 2.5)
-    stack = np.stack([blur] * 5)
+    stack = np.stack([blur + 0.04 * k for k in range(5)])
+    stack[:, :, :64] = blur[:, :64]
     stack[2, :, :64] = tex[:, :64]
     return (stack * 40000 + 2000).astype(np.uint16)
 
@@ -119,3 +124,17 @@ def test_trained_unet_beats_the_untrained_floor(monkeypatch):
     untrained = _latent_psnr(stacks)
     # measured: shipped weights 25.7 dB, untrained net (the plain average of the slots) 23.0 dB
     assert untrained < 24.5 < trained, (untrained, trained)
+
+
+def test_tiled_close_to_whole_image():
+    """Not tile-exact (the U-Net's attention sees the whole window): feathered overlaps instead.
+    Measured on this stack (4 tiles of 32, overlap 8): hybrid 90 dB apart (identical but for
+    rounding), latent 31.4 dB apart and 22.4 vs 22.8 dB from the truth."""
+    s = ne.sample_stack(n_planes=4, shape=(64, 64), seed=1)
+    for mode in ("hybrid", "latent"):
+        w = ne.fuse(s.stack, method="vaeedof", params={"mode": mode}, tile=None)
+        t = ne.fuse(s.stack, method="vaeedof", params={"mode": mode}, tile=32, overlap=8)
+        assert t.provenance["tiles"] == 4
+        np.testing.assert_allclose(w.index, t.index, atol=1e-3)  # the decision is local
+        assert psnr(w.fused, t.fused, 60000) > (60 if mode == "hybrid" else 29)
+        assert psnr(t.fused, s.all_in_focus, 60000) > psnr(w.fused, s.all_in_focus, 60000) - 1.5

@@ -26,8 +26,11 @@ case: never-in-focus or occluded content):
 - source image: the chosen plane's pixels, softened across changes of plane (each plane's
   one-hot choice box-averaged over 3 x 3, so seams do not show; elsewhere exactly the pixel);
 - weight of the source pixels: ``a = clip((c - lo) / (hi - lo), 0, 1)`` with ``lo, hi =
-  threshold -+ 0.1``; fused = ``a * source + (1 - a) * latent``: exactly the source where
-  ``a = 1``, exactly the latent result where ``a = 0``.
+  threshold -+ 0.1``, raised to 1 where the planes agree (the spread over planes of their 5 x 5
+  means is under ``agree`` of the range, ramped to 0 at twice that: flat or never-changing
+  content, where any plane is right); fused = ``a * source + (1 - a) * latent``: exactly the
+  source where ``a = 1``, exactly the latent result where ``a = 0``. The defaults (threshold 0.2,
+  agree 0.01) were chosen on the held-out synthetic sets of ``docs/retina_vae.md``.
 
 Outputs: the focus index is the hybrid's decision (in both modes), the confidence is ``a`` (1:
 the pixel is the source plane's, 0: it is generated), so the decision masks are the hybrid's.
@@ -80,8 +83,11 @@ SPEC = MethodSpec(
               "latent fusion elsewhere; latent: the decoded latent fusion everywhere (the paper)", choices=MODES),
         Param("long", str, "sharpest", "more than seven planes: the seven sharpest in most pixels of the "
               "tile, or groups of seven fused and then fused again", choices=LONG),
-        Param("threshold", float, 0.3, "hybrid: focus-decision confidence above which the source pixel is "
+        Param("threshold", float, 0.2, "hybrid: focus-decision confidence above which the source pixel is "
               "used (ramped over +-0.1)", min=0.0, max=1.0),
+        Param("agree", float, 0.01, "hybrid: the source is also used where the planes agree: their spread "
+              "(max - min over planes of the 5 x 5 mean) below this fraction of the range (ramped to 2x; "
+              "0: off)", min=0.0, max=1.0),
         Param("radius", int, 4, "focus-measure window radius of the hybrid's decision (pixels)", min=1, max=16),
         Param("normalise", str, "auto", "input scaling to [0, 1]: auto (dtype for uint8, range otherwise), "
               "range (robust min/max of the tile's window) or dtype", choices=NORMALISE),
@@ -183,6 +189,18 @@ def source_weight(conf: np.ndarray, threshold: float) -> np.ndarray:
     return np.clip((conf - np.float32(lo)) / np.float32(hi - lo), 0, 1).astype(np.float32)
 
 
+def agreement_weight(guide01: np.ndarray, agree: float) -> np.ndarray:
+    """1 where the planes of a (N, h, w) guide scaled to [0, 1] agree (spread of their 5 x 5 means
+    over planes below ``agree``), 0 above ``2 agree``, linear between."""
+    from scipy import ndimage as ndi
+
+    if agree <= 0 or guide01.shape[0] < 2:
+        return np.zeros(guide01.shape[1:], np.float32)
+    m = ndi.uniform_filter(guide01, size=(1, 5, 5), mode="reflect")
+    spread = m.max(axis=0) - m.min(axis=0)
+    return np.clip((2 * agree - spread) / agree, 0, 1).astype(np.float32)
+
+
 def hybrid(source: np.ndarray, latent: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """``weight * source + (1 - weight) * latent`` per pixel ((h, w, C) float arrays), with the
     source taken exactly where the weight is 1 and the latent result exactly where it is 0."""
@@ -231,7 +249,7 @@ class VAEEDOFMethod:
         lat = lat * np.float32(hi - lo) + np.float32(lo)
         idx, conf = decision(guide, p["radius"])
         crop = (slice(halo, H - halo), slice(halo, W - halo)) if halo else (slice(None), slice(None))
-        weight = source_weight(conf[crop], p["threshold"])
+        weight = np.maximum(source_weight(conf[crop], p["threshold"]), agreement_weight(g, p["agree"])[crop])
         if p["mode"] == "latent":
             fused = lat[crop]
         else:
