@@ -16,6 +16,7 @@ Pair models (``decide(a, b)`` = probability that ``a`` is in focus):
   score and they tie;
 - ``classical-smooth``: the same with gain 8 and the decision map box-averaged over 9 x 9 pixels
   (a region-consistency step): it judges the pair jointly, like a network, so strategies differ;
+- ``--api msas,focus-select`` runs registered methods with their defaults on the same stacks;
 - ``--pairs K`` first scores the plain pair decision (the paper's task) on K held-out near/far
   pairs: decision accuracy binarised and small-area filtered, and the PSNR of the pair fusion;
 - ``msas``: the MSAS network (shipped weights by default, or ``--msas-weights``).
@@ -103,6 +104,31 @@ def pair_validation(models: dict, count: int, crop: int) -> list[dict]:
     return rows
 
 
+def api_rows(methods: str, items: list) -> list[dict]:
+    """Registered methods through ``napari_edof.api.fuse`` with their defaults (for MSAS: the
+    default strategy plus context and the small-area filter) on the same stacks."""
+    import napari_edof as ne
+
+    rows = []
+    for name in methods.split(","):
+        acc, acc1, ps, secs = [], [], [], []
+        for it in items:
+            t0 = time.perf_counter()
+            r = ne.fuse(it["stack"], method=name)
+            secs.append(time.perf_counter() - t0)
+            idx = np.clip(np.rint(r.index), 0, it["n"] - 1).astype(np.int64)
+            d = np.abs(idx - it["index"])
+            acc.append((d == 0).mean())
+            acc1.append((d <= 1).mean())
+            ps.append(psnr(gather(it["stack"], idx), it["aif"]))
+        row = {"method": name, "acc": float(np.mean(acc)), "acc1": float(np.mean(acc1)),
+               "psnr": float(np.mean(ps)), "s_per_stack": float(np.mean(secs))}
+        rows.append(row)
+        print(f"api {name:14s} acc {row['acc']:.3f}  acc±1 {row['acc1']:.3f}  PSNR {row['psnr']:.2f}  "
+              f"{row['s_per_stack']:.2f} s", flush=True)
+    return rows
+
+
 def run(args) -> dict:
     from napari_edof.methods.msas import normalise_guide
     from napari_edof.nn.pairwise import contrast_decide, fuse_stack_pairwise
@@ -111,7 +137,7 @@ def run(args) -> dict:
     scenes = MICROSCOPY_SCENES if args.scenes == "microscopy" else DEFAULT_SCENES
     items = validation_set(count=args.count, crop=(args.crop, args.crop), scenes=dict(scenes))
     models = {}
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):
         if name == "classical":
             models[name] = contrast_decide()
         elif name == "classical-smooth":
@@ -119,6 +145,7 @@ def run(args) -> dict:
         else:
             models[name] = msas_decide(args.msas_weights)
     pair_rows = pair_validation(models, args.pairs, args.crop) if args.pairs else []
+    method_rows = api_rows(args.api, items) if args.api else []
     rows = []
     for mname, decide in models.items():
         for sname, kw in (STRATEGIES.items() if items else ()):
@@ -147,7 +174,8 @@ def run(args) -> dict:
             print(f"{mname:9s} {sname:33s} acc {row['acc']:.3f}  acc±1 {row['acc1']:.3f}  "
                   f"PSNR {row['psnr']:.2f}  same(rev) {row['same_reversed']:.4f}  "
                   f"same(perm) {row['same_permuted']:.4f}  {row['s_per_stack']:.2f} s", flush=True)
-    return {"count": args.count, "crop": args.crop, "scenes": args.scenes, "rows": rows, "pairs": pair_rows}
+    return {"count": args.count, "crop": args.crop, "scenes": args.scenes, "rows": rows, "pairs": pair_rows,
+            "api": method_rows}
 
 
 def main(argv=None) -> int:
@@ -161,9 +189,11 @@ def main(argv=None) -> int:
     ap.add_argument("--scenes", default="microscopy", choices=("microscopy", "general"))
     ap.add_argument("--strategies", default=None,
                     help="comma-separated subset of the strategy names above (default: all)")
+    ap.add_argument("--api", default=None,
+                    help="also run these registered methods through napari_edof.api.fuse (e.g. msas,focus-select)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    if "msas" in args.models:
+    if "msas" in args.models or "msas" in (args.api or ""):
         import torch
 
         torch.set_num_threads(args.threads)

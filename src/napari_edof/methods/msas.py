@@ -1,0 +1,180 @@
+"""MSAS (seed paper 004): a Siamese pair network's decision map, extended to stacks.
+
+For two planes this is the paper's pipeline: the network (:mod:`napari_edof.nn.msas`) gives a
+decision map ``d`` (probability that plane 0 is the in-focus one), binarised at 0.5, small
+regions (under ``min_area`` of the window) flipped, and each pixel taken from the plane the
+final map names (colour gathered from the source planes; the network sees the guide, luminance
+for RGB, scaled to [0, 1]).
+
+For N > 2 planes the pair model runs through :func:`napari_edof.nn.pairwise.fuse_stack_pairwise`
+(``strategy``): by default every plane is compared against one common max-contrast reference
+composite (order-independent, no error accumulation), or the sequential chain the StackMFF-V2
+paper criticises, or a round-robin. The small-area filter then acts on the focus index: regions
+of one plane's mask under ``min_area`` take the plane of the nearest kept region (for two
+planes this is exactly the paper's flip).
+
+Tiling: the attention blocks pool over their whole input and the small-area filter counts areas
+within what it sees, so each tile is processed with ``context`` pixels around it (reflected at
+the image border) and ``min_area`` is a fraction of that window (tile + 2 x context per side),
+not of the whole image: on images larger than one tile (default 512 px) a region is "small"
+relative to its tile's window. Tiles overlap and are feathered (``default_overlap``).
+
+torch is imported lazily (only when the method runs).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..core.colour import gather
+from ._registry import MethodSpec, Param, WeightsSpec, register
+
+CITATION = ("Multi-focus image fusion via multi-scale attention and Siamese networks (seed paper 004); "
+            "network re-implemented from the paper's text, weights trained by napari-edof on synthetic pairs.")
+
+WEIGHTS = WeightsSpec(
+    filename="msas_ours.pt",
+    urls=(),
+    sha256="d11b3f0465a4361cd20f162bc585e57a4a1777e102eb4d20582a279b8e994153",
+    licence="BSD-3-Clause (napari-edof's own training; see weights/msas_ours.md)",
+    citation=CITATION,
+)
+
+STRATEGIES = ("reference", "sequential", "round-robin")
+NORMALISE = ("range", "dtype")
+
+
+def _halo(p: dict) -> int:
+    return int(p["context"])
+
+
+SPEC = MethodSpec(
+    name="msas",
+    summary="MSAS Siamese pair network (seed paper 004): decision map, binarised, small regions flipped; "
+            "stacks through an order-free pairs-to-stack strategy.",
+    family="learned",
+    params=(
+        Param("strategy", str, "reference",
+              "how more than two planes are fused with the pair model: each plane against one common "
+              "max-contrast reference (order-free), the sequential chain (plane 0 with 1, the result with "
+              "2, ...), or a round-robin of all pairs", choices=STRATEGIES),
+        Param("refine", int, 0, "extra rounds of the reference strategy against the previous round's "
+              "composite", min=0, max=3),
+        Param("min_area", float, 0.01, "regions smaller than this fraction of the window (tile + context) "
+              "are flipped to their surroundings (0: off)", min=0.0, max=0.5),
+        Param("normalise", str, "range",
+              "input scaling to [0, 1]: 'range' (robust min/max of the window) or 'dtype' (divide integers "
+              "by their maximum, floats as given)", choices=NORMALISE),
+        Param("context", int, 32, "extra pixels read around each tile (and reflected around the image)",
+              min=0, max=1024),
+        Param("batch", int, 8, "pairs per network call", min=1, max=256),
+    ),
+    halo=_halo,
+    devices=("cuda", "mps", "cpu"),
+    backend="torch",
+    default_tile=512,
+    default_overlap=32,
+    weights=WEIGHTS,
+    citation=CITATION,
+    paper="004",
+)
+
+_MODELS: dict = {}
+_LOCK = threading.Lock()
+
+
+def get_model(device: str):
+    """The network with the shipped weights on ``device`` (loaded once, hash-checked)."""
+    with _LOCK:
+        if device not in _MODELS:
+            from ..nn.msas import MSAS
+            from ..nn.weights import load_state_dict
+
+            sd = load_state_dict(WEIGHTS)
+            m = MSAS(**config_from_state_dict(sd))
+            m.load_state_dict(sd, strict=True)
+            _MODELS[device] = m.eval().to(device)
+        return _MODELS[device]
+
+
+def config_from_state_dict(sd: dict) -> dict:
+    """The widths of an MSAS state dict (so that a card's scaled widths need no extra file)."""
+    w0 = sd["encoder.l0.0.0.weight"].shape[0]
+    w1 = sd["encoder.l1.1.0.weight"].shape[0]
+    w2 = sd["encoder.l2.1.0.weight"].shape[0]
+    gw = sd["gcb.body.0.weight"].shape[0]
+    depth = sum(1 for k in sd if k.startswith("gcb.body.") and k.endswith(".weight") and sd[k].ndim == 4)
+    return {"channels": sd["gcb.body.0.weight"].shape[1], "widths": (w0, w1, w2), "gcb_width": gw,
+            "gcb_depth": depth}
+
+
+def normalise_guide(guide: np.ndarray, dtype: np.dtype, mode: str) -> np.ndarray:
+    """(Z, h, w) float32 guide in input units -> network input in [0, 1] (float32)."""
+    dtype = np.dtype(dtype)
+    if mode == "dtype":
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            return (guide - np.float32(max(info.min, 0))) / np.float32(info.max - max(info.min, 0))
+        return np.asarray(guide, np.float32)
+    sub = guide[:, ::4, ::4] if guide[0].size > 1 << 16 else guide
+    lo, hi = np.quantile(sub, (0.0005, 0.9995))
+    if not hi > lo:
+        return np.zeros_like(guide, dtype=np.float32)
+    out = (guide - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    np.clip(out, 0.0, 1.0, out=out)
+    return out.astype(np.float32, copy=False)
+
+
+def make_decide(model, device: str):
+    """A numpy ``decide(a, b)`` (B, H, W) -> (B, H, W) probability that ``a`` is in focus."""
+    import torch
+
+    def decide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            ta = torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(device)
+            tb = torch.from_numpy(np.ascontiguousarray(b, np.float32)).to(device)
+            return model.decide(ta, tb).float().cpu().numpy()
+
+    return decide
+
+
+def decide_stack(x: np.ndarray, decide, p: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) guide in [0, 1] -> (index int16, confidence float32) over the whole window,
+    small-area filtered (the paper's pipeline for N = 2)."""
+    from ..nn.pairwise import fuse_stack_pairwise, small_area_filter
+
+    n = x.shape[0]
+    if n == 1:
+        return np.zeros(x.shape[1:], np.int16), np.ones(x.shape[1:], np.float32)
+    if n == 2:  # the paper: d = P(plane 0 in focus), B = d > 0.5, D = filtered B, plane 1 - D
+        d = decide(x[:1], x[1:])[0]
+        idx = (d <= 0.5).astype(np.int16)
+        conf = np.abs(2 * d - 1).astype(np.float32)
+    else:
+        idx, conf = fuse_stack_pairwise(x, decide, strategy=p["strategy"], refine=p["refine"], batch=p["batch"])
+        idx = idx.astype(np.int16)
+    if p["min_area"] > 0:
+        filt = small_area_filter(idx, p["min_area"])
+        conf = np.where(filt != idx, np.float32(0), conf)
+        idx = filt
+    return idx, np.clip(conf, 0, 1).astype(np.float32)
+
+
+@register(SPEC)
+class MSASMethod:
+    def __init__(self, params: dict, *, device: str = "cpu"):
+        self.p = params
+        self.device = device
+        self.model = get_model(device)
+        self.weights_sha256 = WEIGHTS.sha256
+        self.decide = make_decide(self.model, device)
+
+    def fuse_tile(self, planes, guide, *, halo, stats=None):
+        x = normalise_guide(guide, planes.dtype, self.p["normalise"])
+        idx, conf = decide_stack(x, self.decide, self.p)
+        if halo:
+            idx = idx[halo:-halo, halo:-halo]
+            conf = conf[halo:-halo, halo:-halo]
+        src = planes[:, halo : planes.shape[1] - halo, halo : planes.shape[2] - halo] if halo else planes
+        return {"fused": gather(src, idx), "index": idx.astype(np.float32), "confidence": conf}
