@@ -74,7 +74,7 @@ def msas_loss(model, batch, l1_weight: float = 1.0):
     with torch.no_grad():
         acc = (((d > 0.5) == (t > 0.5)).float() * w * (t != 0.5)).sum() / (w * (t != 0.5)).sum().clamp(min=1)
     loss = bce + l1_weight * l1
-    return loss, {"loss": float(loss), "bce": float(bce), "l1": float(l1), "acc": float(acc)}
+    return loss, {"loss": float(loss.detach()), "bce": float(bce.detach()), "l1": float(l1.detach()), "acc": float(acc)}
 
 
 def train_msas(*, steps: int, out: str | Path, seed: int = 0, resume: bool = False, batch_size: int = 8,
