@@ -5,13 +5,21 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
-def test_recipe_is_registered_and_resumes_exactly(tmp_path):
+@pytest.fixture
+def one_thread():
+    """The recipe's threads=1 sets torch's global thread count: restore it afterwards."""
+    n = torch.get_num_threads()
+    yield 1
+    torch.set_num_threads(n)
+
+
+def test_recipe_is_registered_and_resumes_exactly(tmp_path, one_thread):
     from napari_edof.training.train import get_recipe
     from napari_edof.training.train_msas import train_msas
 
     assert get_recipe("msas") is train_msas
     kw = dict(steps=2, seed=3, batch_size=2, crop=32, warmup=0, ckpt_every=1, widths=(4, 4, 8), gcb_width=4,
-              progress=False)
+              threads=one_thread, progress=False)
     a = train_msas(out=tmp_path / "a", **kw)
     assert a["done"] and (tmp_path / "a" / "weights.pt").is_file()
     b1 = train_msas(out=tmp_path / "b", stop_after=1, **kw)
