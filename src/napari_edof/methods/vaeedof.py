@@ -222,15 +222,17 @@ class VAEEDOFMethod:
         """(Z, 3, h, w) float32 in [0, 1] -> decoded fused (h, w, 3) float32 in [0, 1]."""
         import torch
 
-        from ..nn.vaeedof import fuse_latents, pad_multiple, plane_scores
+        from ..nn.vaeedof import fuse_latents, pad_multiple, plane_scores, select_planes
 
         z_n, _, h, w = rgb.shape
+        if z_n > self.net.slots and self.p["long"] == "sharpest":  # encode only the seven kept planes
+            rgb = rgb[select_planes(plane_scores(guide), self.net.slots)]
+            z_n = rgb.shape[0]
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(rgb, np.float32)).to(self.device)
             x = pad_multiple(x)
             lat = torch.cat([self.encoder(x[k : k + 1]) for k in range(z_n)])
-            scores = plane_scores(guide) if z_n > self.net.slots else None
-            fused = fuse_latents(self.net, lat, long=self.p["long"], scores=scores)
+            fused = fuse_latents(self.net, lat, long=self.p["long"])
             out = self.decoder(fused[None])[0].clamp(0, 1)[:, :h, :w]
             return out.permute(1, 2, 0).float().cpu().numpy()
 
