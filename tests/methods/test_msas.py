@@ -21,6 +21,15 @@ PT = WEIGHTS / "msas_ours.pt"
 CARD = WEIGHTS / "msas_ours.md"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread (the CI machine's 2 cores are shared); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_spec():
     from napari_edof.methods._registry import get_method
 
