@@ -47,7 +47,7 @@ import threading
 import numpy as np
 
 from ..core.colour import gather
-from ..nn.taef2_weights import DECODER, ENCODER
+from ..nn.taef2_weights import ENCODER
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("VAEEDOF: 'Addressing the Depth-of-Field Constraint: A New Paradigm for High Resolution "

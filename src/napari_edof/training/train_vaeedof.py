@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .train import seed_everything, stretch, train_loop
+from .train import seed_everything, train_loop
 
 
 def _to_rgb(stack: np.ndarray) -> np.ndarray:
