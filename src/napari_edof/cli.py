@@ -94,18 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="folder for checkpoints, log and final weights.pt")
     t.add_argument("--seed", type=int, default=0, help="seed of the data and the initialisation")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists")
-    t.add_argument("--batch-size", type=int, default=2)
-    t.add_argument("--crop", type=int, default=128, help="training crop side in pixels")
-    t.add_argument("--n-min", type=int, default=4, help="fewest planes per stack")
-    t.add_argument("--n-max", type=int, default=12, help="most planes per stack")
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
-    t.add_argument("--ckpt-every", type=int, default=50, help="checkpoint every K steps")
+    # recipe options: when not given, each recipe's own default applies
+    t.add_argument("--batch-size", type=int, default=None, help="stacks per step (default: the recipe's)")
+    t.add_argument("--crop", type=int, default=None, help="training crop side in pixels (default: the recipe's)")
+    t.add_argument("--n-min", type=int, default=None, help="fewest planes per stack (default: the recipe's)")
+    t.add_argument("--n-max", type=int, default=None, help="most planes per stack (default: the recipe's)")
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
+    t.add_argument("--warmup", type=int, default=None, help="linear warm-up steps (default: the recipe's)")
+    t.add_argument("--ckpt-every", type=int, default=None, help="checkpoint every K steps (default: the recipe's)")
     t.add_argument("--init", default=None, help="starting weights file (fine-tuning); default: from scratch")
-    t.add_argument("--ce-weight", type=float, default=0.1,
-                   help="weight of the per-pixel cross-entropy added to the paper's loss (0: paper's loss only)")
-    t.add_argument("--range-p", type=float, default=0.5,
-                   help="fraction of stacks contrast-stretched like the method's normalise=range")
+    t.add_argument("--ce-weight", type=float, default=None,
+                   help="stackmff-v2: weight of the per-pixel cross-entropy added to the paper's loss "
+                        "(0: paper's loss only)")
+    t.add_argument("--range-p", type=float, default=None,
+                   help="stackmff-v2: fraction of stacks contrast-stretched like the method's normalise=range")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     return p
@@ -130,7 +132,15 @@ def cmd_train(args) -> int:
                        lr=args.lr, warmup=args.warmup, ckpt_every=args.ckpt_every, init=args.init,
                        ce_weight=args.ce_weight, range_p=args.range_p, threads=args.threads,
                        progress=not args.quiet)
-        s = recipe(**recipe_options(recipe, options))
+        given = {k: v for k, v in options.items() if v is not None}
+        optional = ("batch_size", "crop", "n_min", "n_max", "lr", "warmup", "ckpt_every", "init", "ce_weight",
+                    "range_p", "threads")
+        unused = sorted(k for k in optional if k in given and k not in recipe_options(recipe, given))
+        if unused:
+            print(f"napari-edof: error: {args.model} does not take "
+                  + ", ".join("--" + k.replace("_", "-") for k in unused), file=sys.stderr)
+            return EXIT_INPUT
+        s = recipe(**recipe_options(recipe, given))
     except KeyboardInterrupt:
         print(f"napari-edof: interrupted; resume with --resume (checkpoint in {args.out})", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -99,3 +99,23 @@ def test_cli_train_end_to_end(tmp_path, capsys):
     assert cli.main(["train", "stackmff-v2", "--steps", "1", "--out", str(tmp_path / "ft"), "--crop", "32",
                      "--n-min", "3", "--n-max", "3", "--batch-size", "1", "--init", str(tmp_path / "init.pth"),
                      "-q"]) == 0
+
+
+def test_cli_train_leaves_unset_options_to_the_recipe(tmp_path, monkeypatch, capsys):
+    """Options not given on the command line are not passed: each recipe keeps its own defaults;
+    an option the recipe does not take is refused by name."""
+    from napari_edof.training import train as tr
+
+    seen = {}
+
+    def fake(*, steps, out, seed=0, resume=False, batch_size=7, lr=0.5, progress=True):
+        seen.update(steps=steps, batch_size=batch_size, lr=lr)
+        return {"step": steps, "steps": steps, "seconds": 0.0, "weights": str(out)}
+
+    monkeypatch.setattr(tr, "get_recipe", lambda name: fake)
+    assert cli.main(["train", "stackmff-v2", "--steps", "2", "--out", str(tmp_path), "-q"]) == 0
+    assert seen == {"steps": 2, "batch_size": 7, "lr": 0.5}
+    assert cli.main(["train", "stackmff-v2", "--steps", "2", "--out", str(tmp_path), "--lr", "0.1", "-q"]) == 0
+    assert seen["lr"] == 0.1 and seen["batch_size"] == 7
+    assert cli.main(["train", "stackmff-v2", "--steps", "2", "--out", str(tmp_path), "--crop", "32"]) == 2
+    assert "does not take --crop" in capsys.readouterr().err
