@@ -1,0 +1,272 @@
+"""FMB + FN (seed paper 001, retinal microsurgery): a network that *synthesises* the fused RGB image.
+
+The network (:mod:`napari_edof.nn.retina_fn`): the sum-modified-Laplacian of every colour
+channel (3x3 window, threshold 7) beside the RGB plane, a feature module per plane, a
+max-selection across planes (any number of planes, in any order), nine refinement blocks, a
+final conv to RGB; plus our selection skip (a per-plane score picks one plane per pixel, whose
+RGB the final conv's output is added to). Our weights are shipped (``weights/fmb_fn_ours.pt``;
+the model card beside them says how they were trained and what was scaled or substituted).
+
+Input: colour stacks as they are (RGB; RGBA: the network sees RGB, alpha is taken from the
+plane of the focus index); grey stacks replicated to 3 channels; other channel counts run
+channel by channel as grey. Scaling to [0, 1] (``normalise``): ``range``, the robust min/max of
+the whole image (a whole-image statistic: two passes when tiled, so tiles agree exactly), or
+``dtype`` (integers divided by their maximum, floats as given, clipped to [0, 1]). The output is
+mapped back to input units and, with ``clamp`` (default), clipped per pixel to the range of the
+source planes there, so the fused image keeps the input's dtype and range and never holds a
+value outside what the planes show at that pixel. ``output="snap"`` returns the source pixels
+of the focus index instead (a selection guided by the network).
+
+The network outputs an image, not a selection, so the focus index comes from one of three rules
+(``index``):
+
+- ``select`` (default): the plane the selection head picked; confidence: its softmax
+  probability over the planes, rescaled from 1/N..1 to 0..1;
+- ``nearest``: the plane whose pixels are nearest the fused output over a
+  ``(2 * window + 1)^2`` neighbourhood (sum of squared differences over channels); confidence
+  ``1 - d_best / d_second``: 0 where two planes fit equally (e.g. no texture);
+- ``provenance``: the plane that won the max-selection in feature space, majority over the
+  feature channels; confidence: the winning plane's share of the channels, rescaled.
+
+The masks and labels of the result are derived from that index. ``docs/retina_vae.md`` has the
+measurements behind the defaults. torch is imported lazily (only when the method runs).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ._registry import MethodSpec, Param, WeightsSpec, register
+
+CITATION = ("Zhou, X., Hao, L., Nie, Q., Zhou, Y., Wang, L., Hu, Y., Liu, J., 'A novel multi-focus "
+            "fusion network for retinal microsurgery' (seed paper 001); our implementation and weights.")
+
+#: our weights, shipped in the package (hash-checked like a download); see weights/fmb_fn_ours.md
+WEIGHTS = WeightsSpec(
+    filename="fmb_fn_ours.pt",
+    urls=(),
+    sha256="01ff3a1099cc318d8ea4ce0c710a38a1b485043f2883cecee06bc350d13f59d4",
+    licence="same as napari-edof (trained by the project on synthetic stacks; see the model card)",
+    citation=CITATION,
+)
+
+#: receptive radius of the shipped network (FMB 2 + two feature convs + 9 blocks x 2 + last conv)
+RADIUS = 23
+#: the shipped network's width and selection skip (must match the weights)
+WIDTH = 24
+SKIP = True
+INDEX_RULES = ("select", "nearest", "provenance")
+NORMALISE = ("range", "dtype")
+OUTPUTS = ("network", "snap")
+QUANTILES = (0.0005, 0.9995)
+
+
+def _halo(p: dict) -> int:
+    return RADIUS + (int(p["window"]) if p["index"] == "nearest" else 0)
+
+
+SPEC = MethodSpec(
+    name="fmb-fn",
+    summary="FMB + FN network (seed paper 001, retinal microsurgery): SML focus measures per colour channel, "
+            "max-selected plane features, refined to a synthesised RGB image.",
+    family="learned",
+    params=(
+        Param("index", str, "select",
+              "focus-index rule: the plane the network's selection head picked; the plane nearest the fused "
+              "output over a small window; or the plane that won the network's max-selection (majority over "
+              "feature channels)", choices=INDEX_RULES),
+        Param("window", int, 2, "neighbourhood radius of index='nearest' (pixels)", min=0, max=8),
+        Param("normalise", str, "range",
+              "input scaling to [0, 1]: 'range' (robust min/max of the whole image; two passes when tiled) "
+              "or 'dtype' (integers divided by their maximum, floats as given)", choices=NORMALISE),
+        Param("clamp", bool, True, "clip each fused pixel to the range of the source planes there"),
+        Param("output", str, "network",
+              "fused image: the network's synthesised RGB (the paper), or 'snap': the source pixels of the "
+              "focus index (a selection guided by the network's output)", choices=OUTPUTS),
+    ),
+    halo=_halo,
+    devices=("cuda", "mps", "cpu"),
+    backend="torch",
+    default_tile=512,
+    default_overlap=0,
+    weights=WEIGHTS,
+    citation=CITATION,
+    paper="001",
+)
+
+_MODELS: dict = {}
+_LOCK = threading.Lock()
+
+
+def get_model(device: str):
+    """The network with our shipped weights on ``device`` (loaded once, hash-checked)."""
+    with _LOCK:
+        if device not in _MODELS:
+            from ..nn.retina_fn import FusionNet
+            from ..nn.weights import load_state_dict
+
+            m = FusionNet(width=WIDTH, skip=SKIP)
+            m.load_state_dict(load_state_dict(WEIGHTS), strict=True)
+            assert m.receptive_radius == RADIUS
+            _MODELS[device] = m.eval().to(device)
+        return _MODELS[device]
+
+
+def _crop(a: np.ndarray, c: int, axes=(1, 2)) -> np.ndarray:
+    if not c:
+        return a
+    sl = [slice(None)] * a.ndim
+    for ax in axes:
+        sl[ax] = slice(c, a.shape[ax] - c)
+    return a[tuple(sl)]
+
+
+def dtype_range(dtype) -> tuple[float, float]:
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return float(max(info.min, 0)), float(info.max)
+    return 0.0, 1.0
+
+
+def channel_groups(c: int) -> list[tuple[int, ...]]:
+    """How C channels are fed to the RGB network: RGB(A) as one group (alpha is not fed), anything
+    else channel by channel (each replicated to 3)."""
+    if c in (3, 4):
+        return [(0, 1, 2)]
+    return [(k,) for k in range(c)]
+
+
+def box_sum(a: np.ndarray, r: int) -> np.ndarray:
+    """Sum over (2r+1)^2 windows of the last two axes, 'valid' (the result is 2r smaller)."""
+    if not r:
+        return a
+    c = np.cumsum(np.cumsum(a, axis=-2, dtype=np.float64), axis=-1)
+    c = np.pad(c, [(0, 0)] * (a.ndim - 2) + [(1, 0), (1, 0)])
+    k = 2 * r + 1
+    return (c[..., k:, k:] - c[..., :-k, k:] - c[..., k:, :-k] + c[..., :-k, :-k]).astype(np.float32)
+
+
+def nearest_index(src: np.ndarray, fused: np.ndarray, r: int):
+    """(Z, h, w, C) sources and (h, w, C) output -> index and confidence (h - 2r, w - 2r): the plane
+    with the smallest windowed sum of squared differences; confidence 1 - d_best / d_second."""
+    d = ((src - fused[None]) ** 2).sum(axis=-1)
+    d = box_sum(d, r)
+    if d.shape[0] == 1:
+        return np.zeros(d.shape[1:], np.int16), np.ones(d.shape[1:], np.float32)
+    idx = d.argmin(axis=0)
+    part = np.partition(d, 1, axis=0)
+    best, second = part[0], part[1]
+    conf = np.where(second > 0, 1.0 - best / np.maximum(second, 1e-30), 0.0)
+    return idx.astype(np.int16), np.clip(conf, 0, 1).astype(np.float32)
+
+
+def provenance_index(prov: np.ndarray, n: int):
+    """(K, h, w) winning planes of K feature channels -> majority plane and its rescaled share."""
+    counts = np.stack([(prov == k).sum(axis=0) for k in range(n)])
+    idx = counts.argmax(axis=0)
+    share = counts.max(axis=0) / prov.shape[0]
+    conf = (share - 1.0 / n) / (1.0 - 1.0 / n) if n > 1 else np.ones_like(share)
+    return idx.astype(np.int16), np.clip(conf, 0, 1).astype(np.float32)
+
+
+def select_index(sels: np.ndarray, probs: np.ndarray, n: int):
+    """(G, h, w) planes picked by the selection head for G channel groups and their probabilities ->
+    index (the majority; one group: its choice) and confidence (the mean probability of the groups
+    agreeing with it, rescaled from 1/N..1 to 0..1)."""
+    if sels.shape[0] == 1:
+        idx, p = sels[0], probs[0]
+    else:
+        counts = np.stack([(sels == k).sum(axis=0) for k in range(n)])
+        idx = counts.argmax(axis=0)
+        agree = sels == idx[None]
+        p = (probs * agree).sum(axis=0) / sels.shape[0]
+    conf = (p - 1.0 / n) / (1.0 - 1.0 / n) if n > 1 else np.ones_like(p)
+    return idx.astype(np.int16), np.clip(conf, 0, 1).astype(np.float32)
+
+
+@register(SPEC)
+class FMBFN:
+    pass1_keys = ("lo", "hi")
+
+    def __init__(self, params: dict, *, device: str = "cpu"):
+        self.p = params
+        self.device = device
+        self.model = get_model(device)
+        self.weights_sha256 = WEIGHTS.sha256
+
+    # -- the whole-image range (normalise="range") --------------------------------------------------
+    @staticmethod
+    def needs_pass1(params: dict) -> bool:
+        return params.get("normalise", "range") == "range"
+
+    def pass1(self, planes, guide, *, halo):
+        """Per pixel, the smallest and largest value over planes and channels (the tile's core)."""
+        core = _crop(planes, halo)
+        return {"lo": core.min(axis=(0, 3)).astype(np.float32), "hi": core.max(axis=(0, 3)).astype(np.float32)}
+
+    def reduce(self, maps):
+        return {"lo": float(np.quantile(maps["lo"], QUANTILES[0])), "hi": float(np.quantile(maps["hi"], QUANTILES[1]))}
+
+    def _range(self, planes, halo, stats) -> tuple[float, float]:
+        if self.p["normalise"] == "dtype":
+            return dtype_range(planes.dtype)
+        if stats is None:  # called without pass 1: the window's own range
+            stats = self.reduce(self.pass1(planes, None, halo=0))
+        lo, hi = stats["lo"], stats["hi"]
+        if not hi > lo:
+            hi = lo + 1.0
+        return lo, hi
+
+    # -- the network --------------------------------------------------------------------------------
+    def run(self, x: np.ndarray):
+        """(Z, h, w, 3) float32 in [0, 1] -> numpy (rgb (h, w, 3), provenance (K, h, w), selection
+        (h, w), its probability (h, w))."""
+        import torch
+
+        xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))[None].to(self.device)
+        with torch.inference_mode():
+            y, prov, sel, prob = self.model.infer(xt)
+        return (y[0].permute(1, 2, 0).float().cpu().numpy(), prov[0].cpu().numpy(),
+                sel[0].cpu().numpy(), prob[0].float().cpu().numpy())
+
+    def fuse_tile(self, planes, guide, *, halo, stats=None):
+        Z, h, w, C = planes.shape
+        lo, hi = self._range(planes, halo, stats)
+        scale = np.float32(1.0 / (hi - lo))
+        x = np.clip((planes.astype(np.float32) - np.float32(lo)) * scale, 0.0, 1.0)
+        rule, r = self.p["index"], int(self.p["window"])
+        keep = halo - (r if rule == "nearest" else 0)  # the network's output is needed this far out
+        out = np.zeros((h - 2 * keep, w - 2 * keep, C), np.float32)
+        provs, sels, probs = [], [], []
+        for grp in channel_groups(C):
+            xin = x[..., list(grp)] if len(grp) == 3 else np.repeat(x[..., grp[0]:grp[0] + 1], 3, axis=-1)
+            y, prov, sel, prob = self.run(xin)
+            y, prov = _crop(y, keep, (0, 1)), _crop(prov, keep)
+            sels.append(_crop(sel, keep, (0, 1)))
+            probs.append(_crop(prob, keep, (0, 1)))
+            if len(grp) == 3:
+                out[..., list(grp)] = y
+            else:
+                out[..., grp[0]] = y.mean(axis=-1)
+            provs.append(prov)
+        src = _crop(x, keep)  # normalised sources under the output
+        np.clip(out, 0, 1, out=out)
+        if rule == "nearest":
+            cols = [k for g in channel_groups(C) for k in g]
+            idx, conf = nearest_index(src[..., cols], out[..., cols], r)
+            out = _crop(out, r, (0, 1))
+        elif rule == "select":
+            idx, conf = select_index(np.stack(sels), np.stack(probs), Z)
+        else:
+            idx, conf = provenance_index(np.concatenate(provs, axis=0), Z)
+        fused = out * np.float32(hi - lo) + np.float32(lo)  # back to input units
+        raw = _crop(planes, halo)
+        if C == 4:  # alpha: not fed to the network, taken from the chosen plane
+            fused[..., 3] = np.take_along_axis(raw[..., 3], idx[None].astype(np.intp), axis=0)[0]
+        if self.p["output"] == "snap":
+            fused = np.take_along_axis(raw, idx[None, ..., None].astype(np.intp), axis=0)[0]
+        elif self.p["clamp"]:
+            np.clip(fused, raw.min(axis=0), raw.max(axis=0), out=fused)
+        return {"fused": fused, "index": idx.astype(np.float32), "confidence": conf}
