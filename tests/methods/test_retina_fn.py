@@ -130,3 +130,18 @@ def test_dtype_normalisation_runs_in_one_pass(fundus_stack):
     stack, aif, _ = fundus_stack
     r = ne.fuse(stack, method="fmb-fn", params={"normalise": "dtype"}, tile=32)
     assert psnr(r.fused, aif, 255) > FLOOR - 1
+
+
+def test_the_papers_fn_runs_with_the_nearest_rule(fundus_stack, monkeypatch):
+    """The method also runs the paper's FN (no selection head): index='nearest' works, 'select' says why not."""
+    from napari_edof.core.errors import MethodError
+    from napari_edof.methods import retina_fn as m
+    from napari_edof.nn.retina_fn import FusionNet
+
+    stack, _, _ = fundus_stack
+    torch.manual_seed(0)
+    monkeypatch.setitem(m._MODELS, "cpu", FusionNet(width=m.WIDTH, skip=False).eval())
+    r = ne.fuse(stack, method="fmb-fn", params={"index": "nearest"})
+    assert r.fused.shape == stack.shape[1:] and r.fused.dtype == np.uint8
+    with pytest.raises(MethodError, match="selection head"):
+        ne.fuse(stack, method="fmb-fn")

@@ -37,6 +37,7 @@ import threading
 
 import numpy as np
 
+from ..core.errors import MethodError
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Zhou, X., Hao, L., Nie, Q., Zhou, Y., Wang, L., Hu, Y., Liu, J., 'A novel multi-focus "
@@ -228,6 +229,8 @@ class FMBFN:
         xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))[None].to(self.device)
         with torch.inference_mode():
             y, prov, sel, prob = self.model.infer(xt)
+        if sel is None:  # a network without the selection head (the paper's FN)
+            return y[0].permute(1, 2, 0).float().cpu().numpy(), prov[0].cpu().numpy(), None, None
         return (y[0].permute(1, 2, 0).float().cpu().numpy(), prov[0].cpu().numpy(),
                 sel[0].cpu().numpy(), prob[0].float().cpu().numpy())
 
@@ -244,8 +247,8 @@ class FMBFN:
             xin = x[..., list(grp)] if len(grp) == 3 else np.repeat(x[..., grp[0]:grp[0] + 1], 3, axis=-1)
             y, prov, sel, prob = self.run(xin)
             y, prov = _crop(y, keep, (0, 1)), _crop(prov, keep)
-            sels.append(_crop(sel, keep, (0, 1)))
-            probs.append(_crop(prob, keep, (0, 1)))
+            sels.append(None if sel is None else _crop(sel, keep, (0, 1)))
+            probs.append(None if prob is None else _crop(prob, keep, (0, 1)))
             if len(grp) == 3:
                 out[..., list(grp)] = y
             else:
@@ -258,6 +261,8 @@ class FMBFN:
             idx, conf = nearest_index(src[..., cols], out[..., cols], r)
             out = _crop(out, r, (0, 1))
         elif rule == "select":
+            if sels[0] is None:
+                raise MethodError("fmb-fn: index='select' needs a network with a selection head; use 'nearest'")
             idx, conf = select_index(np.stack(sels), np.stack(probs), Z)
         else:
             idx, conf = provenance_index(np.concatenate(provs, axis=0), Z)
