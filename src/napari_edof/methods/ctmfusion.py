@@ -1,0 +1,185 @@
+"""CTMFusion (seed paper 000): a two-stream cascaded pair network's decision maps, fused over N planes.
+
+The network (:mod:`napari_edof.nn.ctmfusion`) takes two luminance images (the Y of YCbCr; the
+guide of an RGB stack is that luminance) and returns a decision map, the probability that the
+first is the in-focus one. A stack of N planes is fused through
+:func:`napari_edof.nn.pairwise.fuse_stack_pairwise` (``strategy``): by default every plane is
+compared against one max-contrast reference composite, so the result does not depend on the
+plane order and no decision feeds another; ``sequential`` is the order-dependent baseline and
+``round-robin`` every pair both ways. The focus index picks, per pixel, the plane whose colour is
+gathered from the sources (:func:`napari_edof.core.colour.gather`).
+
+Two planes are the paper's case: the decision map ``D`` = P(plane 0 in focus) of the pair is
+applied to the sources, ``D * plane0 + (1 - D) * plane1`` in every channel (``two_planes="soft"``,
+the focus index is then ``1 - D``), or thresholded at 0.5 (``"hard"``: each pixel from one plane).
+
+The guide window (tile + ``context``) is scaled to [0, 1] (``normalise``) and padded to a
+multiple of 16 inside the network; the network's receptive field (window attention, cross-axis
+attention along whole rows and columns) is the whole window, so tiles are blended with a
+feathered overlap and tiled results differ slightly from whole-image ones.
+
+torch is imported lazily (only when the method runs).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..core.colour import gather
+from ..nn.pairwise import REFERENCES, STRATEGIES
+from ._registry import MethodSpec, Param, WeightsSpec, register
+
+CITATION = ("Deng, X., Liu, X. et al., 'Endoscopic Depth-of-Field Expansion via Cascaded Network with "
+            "Two-streamed Multi-scale Fusion', MICCAI (seed paper 000); network written from the paper, "
+            "weights trained by napari-edof on synthetic pairs (weights/ctmfusion_ours.md).")
+
+#: weights a user can choose with ``weights=``; shipped in the package (no URL), hash-checked
+MODELS: dict[str, WeightsSpec] = {
+    "ours": WeightsSpec(
+        filename="ctmfusion_ours.pt",
+        urls=(),
+        sha256="efb55a6c58c45cedc2b7ecc707e899c0ddbf36117597bee4fb8cf145034071ca",
+        licence="BSD-3-Clause (napari-edof's own training; see the model card)",
+        citation=CITATION,
+    ),
+}
+#: the architecture of each shipped file (the training run's config "arch")
+ARCH: dict[str, dict] = {
+    "ours": {"dims": [16, 24, 32], "stages": 3, "window": 8, "highpass_gain": 10.0},
+}
+NORMALISE = ("range", "dtype")
+
+
+def _halo(p: dict) -> int:
+    return int(p["context"])
+
+
+SPEC = MethodSpec(
+    name="ctmfusion",
+    summary="CTMFusion pair network (seed paper 000): two-stream cascaded decision maps, N planes fused "
+            "against a common reference.",
+    family="learned",
+    params=(
+        Param("strategy", str, "reference",
+              "how the pair network fuses N planes: each plane against a common reference composite "
+              "(order-free), sequential pairwise fusion (the order-dependent baseline), or every pair "
+              "both ways (round-robin)", choices=STRATEGIES),
+        Param("reference", str, "contrast", "the reference composite of strategy=reference: "
+              "max local contrast, or the per-pixel mean of the planes", choices=REFERENCES),
+        Param("symmetric", bool, False, "score plane k as decide(k, ref) - decide(ref, k) (twice the "
+              "network calls)"),
+        Param("refine", int, 0, "rounds in which the reference becomes the previous round's composite",
+              min=0, max=4),
+        Param("two_planes", str, "soft", "with two planes: the decision map applied to the sources "
+              "(soft, the paper) or thresholded at 0.5 (hard)", choices=("soft", "hard")),
+        Param("weights", str, "ours", "network weights: ours (shipped, trained on synthetic pairs)",
+              choices=tuple(MODELS)),
+        Param("normalise", str, "range",
+              "input scaling to [0, 1]: 'range' (robust min/max of the tile's window, all planes "
+              "together) or 'dtype' (integers divided by their maximum, floats as given)", choices=NORMALISE),
+        Param("context", int, 32, "extra pixels read around each tile (and reflected around the image)",
+              min=0, max=1024),
+        Param("batch", int, 4, "pairs per network call", min=1, max=256),
+    ),
+    halo=_halo,
+    devices=("cuda", "mps", "cpu"),
+    backend="torch",
+    default_tile=512,
+    default_overlap=32,
+    weights=MODELS["ours"],
+    citation=CITATION,
+    paper="000",
+)
+
+
+_MODELS: dict = {}
+_LOCK = threading.Lock()
+
+
+def get_model(name: str, device: str):
+    """The network with the ``name`` weights on ``device`` (loaded once, hash-checked)."""
+    key = (name, device)
+    with _LOCK:
+        if key not in _MODELS:
+            from ..nn.ctmfusion import build
+            from ..nn.weights import load_state_dict
+
+            m = build(ARCH[name])
+            m.load_state_dict(load_state_dict(MODELS[name]), strict=True)
+            _MODELS[key] = m.eval().to(device)
+        return _MODELS[key]
+
+
+def to_unit(guide: np.ndarray, dtype, mode: str) -> np.ndarray:
+    """(N, h, w) float32 guide in input units -> network input in [0, 1] (float32)."""
+    dtype = np.dtype(dtype)
+    if mode == "dtype":
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            lo = max(info.min, 0)
+            return ((guide - np.float32(lo)) / np.float32(info.max - lo)).astype(np.float32)
+        return np.asarray(guide, np.float32)
+    from ..nn.ctmfusion import normalise
+
+    return normalise(guide)
+
+
+def make_decide(model, device: str):
+    """``decide(a, b)`` for :func:`~napari_edof.nn.pairwise.fuse_stack_pairwise`: (B, H, W) float32
+    pairs -> (B, H, W) float32 probability that ``a`` is in focus rather than ``b``."""
+    import torch
+
+    def decide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            ta = torch.from_numpy(np.require(a, np.float32, ("C", "W")))[:, None].to(device)
+            tb = torch.from_numpy(np.require(b, np.float32, ("C", "W")))[:, None].to(device)
+            return model.decision(ta, tb)[:, 0].float().cpu().numpy()
+
+    return decide
+
+
+@register(SPEC)
+class CTMFusionMethod:
+    def __init__(self, params: dict, *, device: str = "cpu"):
+        self.p = params
+        self.device = device
+        self.model = get_model(params["weights"], device)
+        #: the hash of the weights actually used
+        self.weights_sha256 = MODELS[params["weights"]].sha256
+        self.decide = make_decide(self.model, device)
+
+    def decision(self, guide: np.ndarray, dtype) -> np.ndarray:
+        """The paper's decision map of a two-plane window: P(plane 0 in focus), (h, w) float32."""
+        x = to_unit(guide, dtype, self.p["normalise"])
+        return self.decide(x[:1], x[1:])[0]
+
+    def index(self, guide: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """(focus index (h, w) int16, confidence (h, w) float32) of a window's (N, h, w) guide."""
+        from ..nn.pairwise import fuse_stack_pairwise
+
+        p = self.p
+        x = to_unit(guide, dtype, p["normalise"])
+        return fuse_stack_pairwise(x, self.decide, strategy=p["strategy"], reference=p["reference"],
+                                   symmetric=p["symmetric"], refine=p["refine"], batch=p["batch"])
+
+    def fuse_tile(self, planes, guide, *, halo, stats=None):
+        crop = (slice(halo, -halo),) * 2 if halo else (slice(None),) * 2
+        if planes.shape[0] == 2:
+            d = self.decision(guide, planes.dtype)[crop]
+            src = planes[(slice(None),) + crop]
+            conf = np.abs(2 * d - 1).astype(np.float32)
+            if self.p["two_planes"] == "soft":  # the paper: D * A + (1 - D) * B, every channel
+                w = d[:, :, None] if src.ndim == 4 else d
+                f = w * src[0].astype(np.float32) + (1 - w) * src[1].astype(np.float32)
+                dt = planes.dtype
+                if dt.kind in "iu":
+                    info = np.iinfo(dt)
+                    f = np.clip(np.rint(f), info.min, info.max)
+                return {"fused": f.astype(dt), "index": (1 - d).astype(np.float32), "confidence": conf}
+            idx = (d <= 0.5).astype(np.int16)
+            return {"fused": gather(src, idx), "index": idx.astype(np.float32), "confidence": conf}
+        idx, conf = self.index(guide, planes.dtype)
+        idx, conf = idx[crop], conf[crop]
+        fused = gather(planes[(slice(None),) + crop], idx)
+        return {"fused": fused, "index": idx.astype(np.float32), "confidence": conf.astype(np.float32)}
