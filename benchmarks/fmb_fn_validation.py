@@ -27,6 +27,7 @@ RUNS = {
     "fmb-fn (index=nearest)": ("fmb-fn", {"index": "nearest"}),
     "fmb-fn (index=provenance)": ("fmb-fn", {"index": "provenance"}),
     "fmb-fn (output=snap)": ("fmb-fn", {"output": "snap"}),
+    "fmb-fn (weights=paper)": ("fmb-fn", {"weights": "paper"}),
     "focus-select": ("focus-select", {}),
 }
 
@@ -71,22 +72,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     ap.add_argument("--noise-free", action="store_true", help="the same stacks' scenes without sensor noise")
-    ap.add_argument("--paper-fn", default=None, metavar="WEIGHTS",
-                    help="evaluate these weights of the paper's FN (FusionNet(skip=False)) instead of the shipped "
-                         "network (index=nearest, as it has no selection head)")
     a = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(a.threads)
     runs = RUNS
-    if a.paper_fn:
-        from napari_edof.methods import retina_fn
-        from napari_edof.nn.retina_fn import FusionNet
-
-        net = FusionNet(width=retina_fn.WIDTH, skip=False)
-        net.load_state_dict(torch.load(a.paper_fn, map_location="cpu", weights_only=True))
-        retina_fn._MODELS["cpu"] = net.eval()
-        runs = {"paper FN (index=nearest)": ("fmb-fn", {"index": "nearest"})}
     out: dict = {}
     for s in SETS:
         items = held_out(s, a.count, a.size, noise=not a.noise_free)

@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 
 WEIGHTS = Path(ne.__file__).parent / "weights"
 PT = WEIGHTS / "fmb_fn_ours.pt"
+PT_PAPER = WEIGHTS / "fmb_fn_paper_ours.pt"
 CARD = WEIGHTS / "fmb_fn_ours.md"
 
 
@@ -32,6 +33,8 @@ def _no_download(monkeypatch):
 #: untrained (random weights, seeds 0, 1, 2) 29.8, 32.4, 30.5 dB (the per-pixel clamp to the
 #: sources' range and the selection skip give a random network that much); focus-select 39.2 dB.
 FLOOR = 34.0
+#: the same for weights="paper" (the paper's FN): measured 37.6 dB
+FLOOR_PAPER = 35.0
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +57,20 @@ def test_spec_and_shipped_weights():
     spec, _ = get_method("fmb-fn")
     assert spec.family == "learned" and spec.backend == "torch" and spec.paper == "001"
     assert set(spec.devices) == {"cuda", "mps", "cpu"}
+    from napari_edof.methods.retina_fn import MODELS
+
     p = spec.defaults()
     assert spec.halo(p) == 23 and spec.halo({**p, "index": "provenance"}) == 23  # the receptive radius
     assert spec.halo({**p, "index": "nearest"}) == 23 + p["window"]
+    assert spec.halo({**p, "weights": "paper"}) == 23 + p["window"]  # auto: nearest without the head
     w = spec.weights
-    assert w.urls == () and w.filename == PT.name  # shipped, not downloaded
-    assert PT.stat().st_size < 2_000_000
-    assert sha256_of(PT) == w.sha256  # the pinned hash is the file's
+    assert w == MODELS["ours"] and w.filename == PT.name and MODELS["paper"].filename == PT_PAPER.name
     card = CARD.read_text()
-    assert w.sha256 in card
+    for spec_w, path in ((MODELS["ours"], PT), (MODELS["paper"], PT_PAPER)):
+        assert spec_w.urls == ()  # shipped, not downloaded
+        assert path.stat().st_size < 2_000_000
+        assert sha256_of(path) == spec_w.sha256  # the pinned hash is the file's
+        assert spec_w.sha256 in card
     for word in ("seed", "steps", "validation", "focus-select", "taef2", "sobel", "retina"):
         assert re.search(word, card, re.I), word
 
@@ -81,7 +89,7 @@ def test_trained_weights_beat_the_untrained_network(fundus_stack, monkeypatch):
     stack, aif, _ = fundus_stack
     trained = psnr(ne.fuse(stack, method="fmb-fn").fused, aif, 255)
     torch.manual_seed(0)
-    monkeypatch.setitem(m._MODELS, "cpu", FusionNet(width=m.WIDTH, skip=m.SKIP).eval())
+    monkeypatch.setitem(m._MODELS, ("ours", "cpu"), FusionNet(width=m.WIDTH, skip=True).eval())
     untrained = psnr(ne.fuse(stack, method="fmb-fn").fused, aif, 255)
     assert trained > FLOOR > untrained, (trained, untrained)
 
@@ -132,16 +140,16 @@ def test_dtype_normalisation_runs_in_one_pass(fundus_stack):
     assert psnr(r.fused, aif, 255) > FLOOR - 1
 
 
-def test_the_papers_fn_runs_with_the_nearest_rule(fundus_stack, monkeypatch):
-    """The method also runs the paper's FN (no selection head): index='nearest' works, 'select' says why not."""
+def test_the_papers_fn_weights(fundus_stack):
+    """weights='paper': the paper's FN (no selection head); index='auto' is 'nearest' for it,
+    'select' says why not; the provenance records its hash."""
     from napari_edof.core.errors import MethodError
-    from napari_edof.methods import retina_fn as m
-    from napari_edof.nn.retina_fn import FusionNet
+    from napari_edof.methods.retina_fn import MODELS
 
-    stack, _, _ = fundus_stack
-    torch.manual_seed(0)
-    monkeypatch.setitem(m._MODELS, "cpu", FusionNet(width=m.WIDTH, skip=False).eval())
-    r = ne.fuse(stack, method="fmb-fn", params={"index": "nearest"})
+    stack, aif, _ = fundus_stack
+    r = ne.fuse(stack, method="fmb-fn", params={"weights": "paper"})
     assert r.fused.shape == stack.shape[1:] and r.fused.dtype == np.uint8
+    assert r.provenance["weights_sha256"] == MODELS["paper"].sha256
+    assert psnr(r.fused, aif, 255) > FLOOR_PAPER
     with pytest.raises(MethodError, match="selection head"):
-        ne.fuse(stack, method="fmb-fn")
+        ne.fuse(stack, method="fmb-fn", params={"weights": "paper", "index": "select"})

@@ -4,8 +4,11 @@ The network (:mod:`napari_edof.nn.retina_fn`): the sum-modified-Laplacian of eve
 channel (3x3 window, threshold 7) beside the RGB plane, a feature module per plane, a
 max-selection across planes (any number of planes, in any order), nine refinement blocks, a
 final conv to RGB; plus our selection skip (a per-plane score picks one plane per pixel, whose
-RGB the final conv's output is added to). Our weights are shipped (``weights/fmb_fn_ours.pt``;
-the model card beside them says how they were trained and what was scaled or substituted).
+RGB the final conv's output is added to). Two sets of our weights are shipped (``weights``):
+``ours`` (default, with the skip: ``weights/fmb_fn_ours.pt``) and ``paper`` (the paper's FN as
+written, trained the same way: ``weights/fmb_fn_paper_ours.pt``; better on noisy stacks, it
+blurs fine colour texture); the model card ``weights/fmb_fn_ours.md`` says how both were
+trained, what was scaled or substituted, and how they compare.
 
 Input: colour stacks as they are (RGB; RGBA: the network sees RGB, alpha is taken from the
 plane of the focus index); grey stacks replicated to 3 channels; other channel counts run
@@ -18,9 +21,9 @@ value outside what the planes show at that pixel. ``output="snap"`` returns the 
 of the focus index instead (a selection guided by the network).
 
 The network outputs an image, not a selection, so the focus index comes from one of three rules
-(``index``):
+(``index``; the default ``auto`` is ``select`` for ``ours`` and ``nearest`` for ``paper``):
 
-- ``select`` (default): the plane the selection head picked; confidence: its softmax
+- ``select``: the plane the selection head picked; confidence: its softmax
   probability over the planes, rescaled from 1/N..1 to 0..1;
 - ``nearest``: the plane whose pixels are nearest the fused output over a
   ``(2 * window + 1)^2`` neighbourhood (sum of squared differences over channels); confidence
@@ -43,28 +46,41 @@ from ._registry import MethodSpec, Param, WeightsSpec, register
 CITATION = ("Zhou, X., Hao, L., Nie, Q., Zhou, Y., Wang, L., Hu, Y., Liu, J., 'A novel multi-focus "
             "fusion network for retinal microsurgery' (seed paper 001); our implementation and weights.")
 
-#: our weights, shipped in the package (hash-checked like a download); see weights/fmb_fn_ours.md
-WEIGHTS = WeightsSpec(
-    filename="fmb_fn_ours.pt",
-    urls=(),
-    sha256="01ff3a1099cc318d8ea4ce0c710a38a1b485043f2883cecee06bc350d13f59d4",
-    licence="same as napari-edof (trained by the project on synthetic stacks; see the model card)",
-    citation=CITATION,
-)
+_LICENCE = "same as napari-edof (trained by the project on synthetic stacks; see the model card)"
+#: our weights, shipped in the package (hash-checked like a download); model card:
+#: weights/fmb_fn_ours.md. "ours": the network with the selection skip (default); "paper": the
+#: paper's FN as written, trained the same way (better on noisy stacks, worse on fine colour texture).
+MODELS: dict[str, WeightsSpec] = {
+    "ours": WeightsSpec(filename="fmb_fn_ours.pt", urls=(),
+                        sha256="01ff3a1099cc318d8ea4ce0c710a38a1b485043f2883cecee06bc350d13f59d4",
+                        licence=_LICENCE, citation=CITATION),
+    "paper": WeightsSpec(filename="fmb_fn_paper_ours.pt", urls=(),
+                         sha256="abc853f36b0c0a57edb36c770e1cfcbb98ae52f8d4557372f14c98f85aec26bb",
+                         licence=_LICENCE, citation=CITATION),
+}
+#: whether each network has the selection head
+HAS_HEAD = {"ours": True, "paper": False}
+WEIGHTS = MODELS["ours"]
 
 #: receptive radius of the shipped network (FMB 2 + two feature convs + 9 blocks x 2 + last conv)
 RADIUS = 23
-#: the shipped network's width and selection skip (must match the weights)
+#: the shipped networks' width (must match the weights)
 WIDTH = 24
-SKIP = True
-INDEX_RULES = ("select", "nearest", "provenance")
+INDEX_RULES = ("auto", "select", "nearest", "provenance")
 NORMALISE = ("range", "dtype")
 OUTPUTS = ("network", "snap")
 QUANTILES = (0.0005, 0.9995)
 
 
+def index_rule(p: dict) -> str:
+    """The index rule in effect: ``auto`` is ``select`` with a selection head, else ``nearest``."""
+    if p["index"] == "auto":
+        return "select" if HAS_HEAD[p["weights"]] else "nearest"
+    return p["index"]
+
+
 def _halo(p: dict) -> int:
-    return RADIUS + (int(p["window"]) if p["index"] == "nearest" else 0)
+    return RADIUS + (int(p["window"]) if index_rule(p) == "nearest" else 0)
 
 
 SPEC = MethodSpec(
@@ -73,10 +89,14 @@ SPEC = MethodSpec(
             "max-selected plane features, refined to a synthesised RGB image.",
     family="learned",
     params=(
-        Param("index", str, "select",
-              "focus-index rule: the plane the network's selection head picked; the plane nearest the fused "
-              "output over a small window; or the plane that won the network's max-selection (majority over "
-              "feature channels)", choices=INDEX_RULES),
+        Param("weights", str, "ours",
+              "network: ours (the paper's FMB + FN with a selection skip; shipped) or paper (the paper's FN as "
+              "written, trained the same way; shipped)", choices=tuple(MODELS)),
+        Param("index", str, "auto",
+              "focus-index rule: 'select', the plane the network's selection head picked; 'nearest', the plane "
+              "nearest the fused output over a small window; 'provenance', the plane that won the network's "
+              "max-selection (majority over feature channels); 'auto': select, or nearest for a network "
+              "without the head", choices=INDEX_RULES),
         Param("window", int, 2, "neighbourhood radius of index='nearest' (pixels)", min=0, max=8),
         Param("normalise", str, "range",
               "input scaling to [0, 1]: 'range' (robust min/max of the whole image; two passes when tiled) "
@@ -100,18 +120,19 @@ _MODELS: dict = {}
 _LOCK = threading.Lock()
 
 
-def get_model(device: str):
-    """The network with our shipped weights on ``device`` (loaded once, hash-checked)."""
+def get_model(name: str, device: str):
+    """The network with our shipped ``name`` weights on ``device`` (loaded once, hash-checked)."""
+    key = (name, device)
     with _LOCK:
-        if device not in _MODELS:
+        if key not in _MODELS:
             from ..nn.retina_fn import FusionNet
             from ..nn.weights import load_state_dict
 
-            m = FusionNet(width=WIDTH, skip=SKIP)
-            m.load_state_dict(load_state_dict(WEIGHTS), strict=True)
+            m = FusionNet(width=WIDTH, skip=HAS_HEAD[name])
+            m.load_state_dict(load_state_dict(MODELS[name]), strict=True)
             assert m.receptive_radius == RADIUS
-            _MODELS[device] = m.eval().to(device)
-        return _MODELS[device]
+            _MODELS[key] = m.eval().to(device)
+        return _MODELS[key]
 
 
 def _crop(a: np.ndarray, c: int, axes=(1, 2)) -> np.ndarray:
@@ -194,8 +215,9 @@ class FMBFN:
     def __init__(self, params: dict, *, device: str = "cpu"):
         self.p = params
         self.device = device
-        self.model = get_model(device)
-        self.weights_sha256 = WEIGHTS.sha256
+        self.model = get_model(params["weights"], device)
+        #: the hash of the weights actually used (the spec's ``weights`` names the default ones)
+        self.weights_sha256 = MODELS[params["weights"]].sha256
 
     # -- the whole-image range (normalise="range") --------------------------------------------------
     @staticmethod
@@ -239,7 +261,7 @@ class FMBFN:
         lo, hi = self._range(planes, halo, stats)
         scale = np.float32(1.0 / (hi - lo))
         x = np.clip((planes.astype(np.float32) - np.float32(lo)) * scale, 0.0, 1.0)
-        rule, r = self.p["index"], int(self.p["window"])
+        rule, r = index_rule(self.p), int(self.p["window"])
         keep = halo - (r if rule == "nearest" else 0)  # the network's output is needed this far out
         out = np.zeros((h - 2 * keep, w - 2 * keep, C), np.float32)
         provs, sels, probs = [], [], []
