@@ -10,8 +10,8 @@ YCbCr) in [0, 1]; H and W are reflection-padded to multiples of 16 and the map c
 1. a stride-4 stem (two stride-2 3x3 convs), shared by the two streams -> (B, C0, H/4, W/4).
    Beside Y the stem sees a fixed high-pass of it (``HIGHPASS_GAIN * (Y - box5(Y))``, no
    weights; ``highpass_gain=0`` feeds Y alone as the paper does): from Y alone both this network
-   and a small plain CNN stayed at D = 0.5 for the first few hundred CPU steps (the blur
-   difference between the inputs is a small high-frequency signal), with it they leave that
+   and a small plain CNN stayed at D = 0.5 for the 100-160 steps our CPU pilots ran (the blur
+   difference between the inputs is a small high-frequency signal), with it they left that
    plateau within ~60 steps (weights/ctmfusion_ours.md);
 2. ``stages`` cascaded encoder-decoder stages (3 by default). In each stage:
 
