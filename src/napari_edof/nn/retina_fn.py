@@ -13,9 +13,9 @@ network for retinal microsurgery"), written from the paper's Sec. 2.
   plane per pixel (argmax, again order-free), and that plane's RGB is added to the final conv's
   output, so the refinement path learns a correction instead of re-synthesising every pixel value
   through the max-selected features. Training passes the gradient to the scores straight through
-  a softmax-weighted mix (the forward value stays the hard choice). On CPU budgets the paper's FN
-  learned slowly: in-loop PSNR 20.3 dB vs 25.8 dB with the skip over steps 100-150 of the same
-  batches (see ``docs/retina_vae.md``).
+  a softmax-weighted mix (the forward value stays the hard choice). The paper's FN learns more
+  slowly at first and blurs fine colour texture, but overtakes the skip network on noisy stacks
+  later (it denoises); both are shipped (``docs/retina_vae.md``, ``weights/fmb_fn_ours.md``).
 
 Images are RGB in [0, 1]; the SML is computed on ``255 * x`` so that the paper's threshold keeps
 its meaning, and fed to the network divided by :data:`FM_SCALE`.
