@@ -27,6 +27,8 @@ import threading
 import numpy as np
 
 from ..core.colour import gather
+from ..core.scaling import MODES as NORMALISE
+from ..core.scaling import to_unit
 from ..nn.pairwise import REFERENCES, STRATEGIES
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
@@ -48,7 +50,6 @@ MODELS: dict[str, WeightsSpec] = {
 ARCH: dict[str, dict] = {
     "ours": {"dims": [16, 24, 32], "stages": 3, "window": 8, "highpass_gain": 10.0},
 }
-NORMALISE = ("range", "dtype")
 
 
 def _halo(p: dict) -> int:
@@ -109,20 +110,6 @@ def get_model(name: str, device: str):
             m.load_state_dict(load_state_dict(MODELS[name]), strict=True)
             _MODELS[key] = m.eval().to(device)
         return _MODELS[key]
-
-
-def to_unit(guide: np.ndarray, dtype, mode: str) -> np.ndarray:
-    """(N, h, w) float32 guide in input units -> network input in [0, 1] (float32)."""
-    dtype = np.dtype(dtype)
-    if mode == "dtype":
-        if dtype.kind in "iu":
-            info = np.iinfo(dtype)
-            lo = max(info.min, 0)
-            return ((guide - np.float32(lo)) / np.float32(info.max - lo)).astype(np.float32)
-        return np.asarray(guide, np.float32)
-    from ..nn.ctmfusion import normalise
-
-    return normalise(guide)
 
 
 def make_decide(model, device: str):

@@ -28,6 +28,8 @@ import threading
 import numpy as np
 
 from ..core.colour import gather
+from ..core.scaling import MODES as NORMALISE
+from ..core.scaling import to_unit
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Multi-focus image fusion via multi-scale attention and Siamese networks (seed paper 004); "
@@ -42,7 +44,6 @@ WEIGHTS = WeightsSpec(
 )
 
 STRATEGIES = ("reference", "sequential", "round-robin")
-NORMALISE = ("range", "dtype")
 
 
 def _halo(p: dict) -> int:
@@ -111,19 +112,7 @@ def config_from_state_dict(sd: dict) -> dict:
 
 def normalise_guide(guide: np.ndarray, dtype: np.dtype, mode: str) -> np.ndarray:
     """(Z, h, w) float32 guide in input units -> network input in [0, 1] (float32)."""
-    dtype = np.dtype(dtype)
-    if mode == "dtype":
-        if dtype.kind in "iu":
-            info = np.iinfo(dtype)
-            return (guide - np.float32(max(info.min, 0))) / np.float32(info.max - max(info.min, 0))
-        return np.asarray(guide, np.float32)
-    sub = guide[:, ::4, ::4] if guide[0].size > 1 << 16 else guide
-    lo, hi = np.quantile(sub, (0.0005, 0.9995))
-    if not hi > lo:
-        return np.zeros_like(guide, dtype=np.float32)
-    out = (guide - np.float32(lo)) * np.float32(1.0 / (hi - lo))
-    np.clip(out, 0.0, 1.0, out=out)
-    return out.astype(np.float32, copy=False)
+    return to_unit(guide, dtype, mode)
 
 
 def make_decide(model, device: str):

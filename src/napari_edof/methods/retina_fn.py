@@ -41,6 +41,7 @@ import threading
 import numpy as np
 
 from ..core.errors import MethodError
+from ..core.scaling import QUANTILES
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Zhou, X., Hao, L., Nie, Q., Zhou, Y., Wang, L., Hu, Y., Liu, J., 'A novel multi-focus "
@@ -69,7 +70,6 @@ WIDTH = 24
 INDEX_RULES = ("auto", "select", "nearest", "provenance")
 NORMALISE = ("range", "dtype")
 OUTPUTS = ("network", "snap")
-QUANTILES = (0.0005, 0.9995)
 
 
 def index_rule(p: dict) -> str:

@@ -29,6 +29,8 @@ import threading
 import numpy as np
 
 from ..core.colour import gather
+from ..core.scaling import MODES as NORMALISE
+from ..core.scaling import to_unit
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Xie, X. et al., 'StackMFF V2: One-shot multi-focus image stack fusion via focal depth "
@@ -60,7 +62,6 @@ MODELS: dict[str, WeightsSpec] = {
 RULES = ("argmax", "official", "matched", "smooth-argmax")
 GLOBAL_RULES = ("official", "matched")
 QUANTILES = (0.01, 0.99)
-NORMALISE = ("range", "dtype")
 DEFAULT_RULE = "argmax"  # with our weights (docs/stackmff_v2.md: 0.900 exact, 42.4 dB on 46 stacks)
 
 
@@ -131,21 +132,7 @@ def get_model(name: str, device: str):
 
 def normalise_guide(guide: np.ndarray, dtype: np.dtype, mode: str) -> np.ndarray:
     """(Z, h, w) float32 guide in input units -> network input in [0, 1] (float32)."""
-    dtype = np.dtype(dtype)
-    if mode == "dtype":
-        if dtype.kind in "iu":
-            info = np.iinfo(dtype)
-            return (guide - np.float32(max(info.min, 0))) / np.float32(info.max - max(info.min, 0))
-        return guide
-    sub = guide[:, ::4, ::4] if guide[0].size > 1 << 16 else guide
-    lo, hi = np.quantile(sub, (0.0005, 0.9995))
-    if not hi > lo:
-        lo, hi = float(guide.min()), float(guide.max())
-        if not hi > lo:
-            return np.zeros_like(guide)
-    out = (guide - np.float32(lo)) * np.float32(1.0 / (hi - lo))
-    np.clip(out, 0.0, 1.0, out=out)
-    return out
+    return to_unit(guide, dtype, mode)
 
 
 def box_mean(p, r: int):

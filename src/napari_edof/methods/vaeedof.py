@@ -47,6 +47,7 @@ import threading
 import numpy as np
 
 from ..core.colour import gather
+from ..core.scaling import unit_range
 from ..nn.taef2_weights import ENCODER
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
@@ -126,22 +127,11 @@ def get_models(device: str):
 
 
 def scaling(planes: np.ndarray, mode: str) -> tuple[float, float]:
-    """(lo, hi) such that (x - lo) / (hi - lo) maps the window's planes to about [0, 1]."""
-    dtype = planes.dtype
+    """(lo, hi) such that (x - lo) / (hi - lo) maps the window's planes to about [0, 1]
+    (``auto``: the dtype's range for uint8, the robust range otherwise)."""
     if mode == "auto":
-        mode = "dtype" if dtype == np.uint8 else "range"
-    if mode == "dtype":
-        if dtype.kind in "iu":
-            info = np.iinfo(dtype)
-            return float(max(info.min, 0)), float(info.max)
-        return 0.0, 1.0
-    sub = planes[:, ::4, ::4] if planes[0].size > 1 << 16 else planes
-    lo, hi = np.quantile(sub, (0.0005, 0.9995))
-    if not hi > lo:
-        lo, hi = float(planes.min()), float(planes.max())
-        if not hi > lo:
-            hi = lo + 1.0
-    return float(lo), float(hi)
+        mode = "dtype" if planes.dtype == np.uint8 else "range"
+    return unit_range(planes, planes.dtype, mode)
 
 
 def decision(guide: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:

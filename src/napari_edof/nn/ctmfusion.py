@@ -395,16 +395,9 @@ class CTMFusion(nn.Module):
 def normalise(planes: np.ndarray, q: float = 0.0005) -> np.ndarray:
     """Robust joint contrast stretch of (N, H, W) planes to [0, 1] (quantiles q, 1 - q of all the
     planes together; a flat input gives zeros): the method's input scaling, also used in training."""
-    planes = np.asarray(planes, np.float32)
-    sub = planes[:, ::4, ::4] if planes[0].size > 1 << 16 else planes
-    lo, hi = np.quantile(sub, (q, 1 - q))
-    if not hi > lo:
-        lo, hi = float(planes.min()), float(planes.max())
-        if not hi > lo:
-            return np.zeros_like(planes)
-    out = (planes - np.float32(lo)) * np.float32(1.0 / (hi - lo))
-    np.clip(out, 0.0, 1.0, out=out)
-    return out
+    from ..core.scaling import to_unit
+
+    return to_unit(np.asarray(planes, np.float32), mode="range", q=(q, 1 - q))
 
 
 def n_parameters(model: nn.Module) -> int:
