@@ -137,7 +137,7 @@ def run_ours(stack_u8, tile):
     import napari_edof as ne
 
     r = ne.fuse(stack_u8, method="stackmff-v2", tile=tile,
-                params={"rule": "official", "normalise": "dtype", "context": 0})
+                params={"weights": "official", "rule": "official", "normalise": "dtype", "context": 0})
     return r.fused, r.index.astype(np.int16)
 
 
