@@ -22,6 +22,17 @@ def pytest_configure(config):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """torch on one thread during a test (small networks on the shared 2 cores run faster so, and
+    without intra-op barriers under load); the thread count is restored afterwards."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield 1
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real focus stacks not found at {SHARED_DATA} (the shared/ folder beside the repo)")

@@ -1,4 +1,7 @@
 """Every registered method, through the engine: accuracy on ground truth, tiling, dtypes, colour."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -107,3 +110,12 @@ def test_unknown_parameter_is_refused(method, sample_grey):
 def test_unknown_method_lists_the_choices(sample_grey):
     with pytest.raises(MethodError, match="focus-select"):
         ne.fuse(sample_grey.stack, method="nope")
+
+
+def test_registering_every_method_does_not_import_torch():
+    """Methods import torch only when they run: listing and looking them all up stays torch-free."""
+    code = ("import sys, napari_edof as ne; from napari_edof.methods._registry import get_method; "
+            "names = [s.name for s in ne.list_methods()]; [get_method(n) for n in names]; "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(len(names))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert int(out) == len(METHODS)
