@@ -22,14 +22,13 @@ torch is imported lazily (only when the method runs).
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from ..core.colour import gather
 from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
 from ..nn.pairwise import REFERENCES, STRATEGIES
+from ..nn.weights import cached_model, load_state_dict
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Deng, X., Liu, X. et al., 'Endoscopic Depth-of-Field Expansion via Cascaded Network with "
@@ -95,21 +94,19 @@ SPEC = MethodSpec(
 
 
 _MODELS: dict = {}
-_LOCK = threading.Lock()
 
 
 def get_model(name: str, device: str):
     """The network with the ``name`` weights on ``device`` (loaded once, hash-checked)."""
-    key = (name, device)
-    with _LOCK:
-        if key not in _MODELS:
-            from ..nn.ctmfusion import build
-            from ..nn.weights import load_state_dict
 
-            m = build(ARCH[name])
-            m.load_state_dict(load_state_dict(MODELS[name]), strict=True)
-            _MODELS[key] = m.eval().to(device)
-        return _MODELS[key]
+    def make():
+        from ..nn.ctmfusion import build
+
+        m = build(ARCH[name])
+        m.load_state_dict(load_state_dict(MODELS[name]), strict=True)
+        return m.eval().to(device)
+
+    return cached_model(_MODELS, (name, device), make)
 
 
 def make_decide(model, device: str):

@@ -23,13 +23,12 @@ torch is imported lazily (only when the method runs).
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from ..core.colour import gather
 from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
+from ..nn.weights import cached_model, load_state_dict
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Multi-focus image fusion via multi-scale attention and Siamese networks (seed paper 004); "
@@ -82,21 +81,20 @@ SPEC = MethodSpec(
 )
 
 _MODELS: dict = {}
-_LOCK = threading.Lock()
 
 
 def get_model(device: str):
     """The network with the shipped weights on ``device`` (loaded once, hash-checked)."""
-    with _LOCK:
-        if device not in _MODELS:
-            from ..nn.msas import MSAS
-            from ..nn.weights import load_state_dict
 
-            sd = load_state_dict(WEIGHTS)
-            m = MSAS(**config_from_state_dict(sd))
-            m.load_state_dict(sd, strict=True)
-            _MODELS[device] = m.eval().to(device)
-        return _MODELS[device]
+    def build():
+        from ..nn.msas import MSAS
+
+        sd = load_state_dict(WEIGHTS)
+        m = MSAS(**config_from_state_dict(sd))
+        m.load_state_dict(sd, strict=True)
+        return m.eval().to(device)
+
+    return cached_model(_MODELS, device, build)
 
 
 def config_from_state_dict(sd: dict) -> dict:

@@ -36,12 +36,11 @@ measurements behind the defaults. torch is imported lazily (only when the method
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from ..core.errors import MethodError
 from ..core.scaling import QUANTILES
+from ..nn.weights import cached_model, load_state_dict
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Zhou, X., Hao, L., Nie, Q., Zhou, Y., Wang, L., Hu, Y., Liu, J., 'A novel multi-focus "
@@ -117,22 +116,20 @@ SPEC = MethodSpec(
 )
 
 _MODELS: dict = {}
-_LOCK = threading.Lock()
 
 
 def get_model(name: str, device: str):
     """The network with our shipped ``name`` weights on ``device`` (loaded once, hash-checked)."""
-    key = (name, device)
-    with _LOCK:
-        if key not in _MODELS:
-            from ..nn.retina_fn import FusionNet
-            from ..nn.weights import load_state_dict
 
-            m = FusionNet(width=WIDTH, skip=HAS_HEAD[name])
-            m.load_state_dict(load_state_dict(MODELS[name]), strict=True)
-            assert m.receptive_radius == RADIUS
-            _MODELS[key] = m.eval().to(device)
-        return _MODELS[key]
+    def build():
+        from ..nn.retina_fn import FusionNet
+
+        m = FusionNet(width=WIDTH, skip=HAS_HEAD[name])
+        m.load_state_dict(load_state_dict(MODELS[name]), strict=True)
+        assert m.receptive_radius == RADIUS
+        return m.eval().to(device)
+
+    return cached_model(_MODELS, (name, device), build)
 
 
 def _crop(a: np.ndarray, c: int, axes=(1, 2)) -> np.ndarray:

@@ -24,13 +24,13 @@ torch is imported lazily (only when the method runs).
 from __future__ import annotations
 
 import hashlib
-import threading
 
 import numpy as np
 
 from ..core.colour import gather
 from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
+from ..nn.weights import cached_model, load_state_dict
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Xie, X. et al., 'StackMFF V2: One-shot multi-focus image stack fusion via focal depth "
@@ -113,21 +113,19 @@ SPEC = MethodSpec(
 
 
 _MODELS: dict = {}
-_LOCK = threading.Lock()
 
 
 def get_model(name: str, device: str):
     """The network with the ``name`` weights on ``device`` (loaded once, hash-checked)."""
-    key = (name, device)
-    with _LOCK:
-        if key not in _MODELS:
-            from ..nn.stackmff_v2 import StackMFFV2
-            from ..nn.weights import load_state_dict
 
-            m = StackMFFV2()
-            m.load_state_dict(load_state_dict(MODELS[name]), strict=True)
-            _MODELS[key] = m.eval().to(device)
-        return _MODELS[key]
+    def build():
+        from ..nn.stackmff_v2 import StackMFFV2
+
+        m = StackMFFV2()
+        m.load_state_dict(load_state_dict(MODELS[name]), strict=True)
+        return m.eval().to(device)
+
+    return cached_model(_MODELS, (name, device), build)
 
 
 def normalise_guide(guide: np.ndarray, dtype: np.dtype, mode: str) -> np.ndarray:

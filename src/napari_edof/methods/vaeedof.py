@@ -42,13 +42,12 @@ torch is imported lazily (only when the method runs).
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from ..core.colour import gather
 from ..core.scaling import unit_range
 from ..nn.taef2_weights import ENCODER
+from ..nn.weights import cached_model, load_state_dict
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("VAEEDOF: 'Addressing the Depth-of-Field Constraint: A New Paradigm for High Resolution "
@@ -107,23 +106,20 @@ SPEC = MethodSpec(
 
 
 _MODELS: dict = {}
-_LOCK = threading.Lock()
 
 
 def get_models(device: str):
     """(encoder, decoder, U-Net) on ``device``, loaded once and hash-checked."""
-    with _LOCK:
-        if device not in _MODELS:
-            from ..nn import taef2
-            from ..nn.vaeedof import FusionUNet
-            from ..nn.weights import load_state_dict
 
-            enc = taef2.load_encoder().to(device)
-            dec = taef2.load_decoder().to(device)
-            net = FusionUNet()
-            net.load_state_dict(load_state_dict(UNET), strict=True)
-            _MODELS[device] = (enc, dec, net.float().eval().to(device))
-        return _MODELS[device]
+    def build():
+        from ..nn import taef2
+        from ..nn.vaeedof import FusionUNet
+
+        net = FusionUNet()
+        net.load_state_dict(load_state_dict(UNET), strict=True)
+        return taef2.load_encoder().to(device), taef2.load_decoder().to(device), net.float().eval().to(device)
+
+    return cached_model(_MODELS, device, build)
 
 
 def scaling(planes: np.ndarray, mode: str) -> tuple[float, float]:

@@ -15,7 +15,9 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any, Callable
 
 from ..core.errors import EdofError
 from ..methods._registry import WeightsSpec
@@ -150,3 +152,15 @@ def load_state_dict(spec: WeightsSpec, *, download: bool = True) -> dict:
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
+_LOADING = threading.Lock()
+
+
+def cached_model(cache: dict, key, build: Callable[[], Any]):
+    """``cache[key]``, made by ``build()`` the first time (thread-safe): a method's networks are
+    loaded and hash-checked once per process. Each method keeps its own ``cache`` dict."""
+    with _LOADING:
+        if key not in cache:
+            cache[key] = build()
+        return cache[key]
