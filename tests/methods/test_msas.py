@@ -146,3 +146,25 @@ def test_strategies_run_and_sequential_depends_on_order():
     assert (perm[b.index.astype(int)] != a.index).any()
     rr = ne.fuse(s.stack, method="msas", tile=None, params={"strategy": "round-robin"})
     assert rr.index.shape == (40, 40) and 0 <= rr.confidence.min() and rr.confidence.max() <= 1
+
+
+def test_reference_is_encoded_once_and_decisions_are_unchanged(monkeypatch):
+    """Comparing every plane with one reference: the reference's branch runs once per window,
+    and the decisions equal the network's plain pair decisions."""
+    from napari_edof.methods.msas import get_model, make_decide
+
+    model = get_model("cpu")
+    rng = np.random.default_rng(5)
+    planes = rng.random((5, 40, 56), dtype=np.float32)
+    ref = rng.random((40, 56), dtype=np.float32)
+    calls = []
+    real = model.encode_padded
+    monkeypatch.setattr(model, "encode_padded", lambda x: calls.append(x.shape) or real(x))
+    decide = make_decide(model, "cpu")
+    got = np.concatenate([decide(planes[s:s + 2], np.broadcast_to(ref, (len(planes[s:s + 2]),) + ref.shape))
+                          for s in range(0, 5, 2)])
+    assert calls == [(1, 40, 56)]  # three calls, one encoding of the reference
+    plain = model.decide(torch.from_numpy(planes), torch.from_numpy(np.broadcast_to(ref, planes.shape).copy()))
+    np.testing.assert_allclose(got, plain.numpy(), atol=1e-5)
+    other = decide(planes[:2], planes[2:4])  # different b per item: the plain path
+    assert calls == [(1, 40, 56)] and other.shape == (2, 40, 56)

@@ -23,6 +23,8 @@ torch is imported lazily (only when the method runs).
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from ..core.colour import gather
@@ -114,12 +116,27 @@ def normalise_guide(guide: np.ndarray, dtype: np.dtype, mode: str) -> np.ndarray
 
 
 def make_decide(model, device: str):
-    """A numpy ``decide(a, b)`` (B, H, W) -> (B, H, W) probability that ``a`` is in focus."""
+    """A numpy ``decide(a, b)`` (B, H, W) -> (B, H, W) probability that ``a`` is in focus.
+
+    When every ``b`` of a call is the same image (the order-free strategy compares each plane with
+    one reference), that image's branch features are computed once and kept for the next calls
+    with the same image: N + 1 branch passes per window instead of 2 N.
+    """
     import torch
+
+    kept: dict = {}
 
     def decide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             ta = torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(device)
+            if all(np.array_equal(b[0], b[i]) for i in range(1, b.shape[0])):
+                key = (b[0].shape, hashlib.blake2b(np.ascontiguousarray(b[0], np.float32).data,
+                                                    digest_size=16).digest())
+                if kept.get("key") != key:
+                    tb = torch.from_numpy(np.array(b[:1], np.float32)).to(device)
+                    kept.clear()
+                    kept.update(key=key, features=model.encode_padded(tb))
+                return model.decide_encoded(ta, kept["features"]).float().cpu().numpy()
             tb = torch.from_numpy(np.ascontiguousarray(b, np.float32)).to(device)
             return model.decide(ta, tb).float().cpu().numpy()
 

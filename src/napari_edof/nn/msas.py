@@ -184,17 +184,28 @@ class MSAS(nn.Module):
         self.up0 = nn.Sequential(cbr(w1 + 2 * w0, w0), DCA(w0))
         self.head = nn.Conv2d(w0, 1, 3, padding=1)
 
-    def logits(self, a, b):
-        ab = self.gcb(torch.cat([a, b], dim=0))  # both inputs through the shared blocks at once
-        f0, f1, f2 = self.encoder(ab)
-        n = a.shape[0]
-        cat = lambda f: torch.cat([f[:n], f[n:]], dim=1)  # noqa: E731
-        x = self.bottom(cat(f2))
-        x = F.interpolate(x, size=f1.shape[-2:], mode="bilinear", align_corners=False)
-        x = self.up1(torch.cat([x, cat(f1)], dim=1))
-        x = F.interpolate(x, size=f0.shape[-2:], mode="bilinear", align_corners=False)
-        x = self.up0(torch.cat([x, cat(f0)], dim=1))
+    def encode(self, x):
+        """One Siamese branch (denoising block, then encoder) on (B, C, H, W) images: the features
+        (f0, f1, f2) at full, 1/2 and 1/4 resolution. Each image is encoded on its own, so an image
+        compared with many others (a stack's reference) need be encoded only once."""
+        return self.encoder(self.gcb(x))
+
+    def fuse_features(self, fa, fb):
+        """Decision logits (B, 1, H, W) from the two branches' features."""
+        def cat(i):
+            return torch.cat([fa[i], fb[i].expand_as(fa[i])], dim=1)
+
+        x = self.bottom(cat(2))
+        x = F.interpolate(x, size=fa[1].shape[-2:], mode="bilinear", align_corners=False)
+        x = self.up1(torch.cat([x, cat(1)], dim=1))
+        x = F.interpolate(x, size=fa[0].shape[-2:], mode="bilinear", align_corners=False)
+        x = self.up0(torch.cat([x, cat(0)], dim=1))
         return self.head(x)
+
+    def logits(self, a, b):
+        n = a.shape[0]
+        f = self.encode(torch.cat([a, b], dim=0))  # both inputs through the shared blocks at once
+        return self.fuse_features([t[:n] for t in f], [t[n:] for t in f])
 
     def forward(self, a, b):
         return torch.sigmoid(self.logits(a, b))
@@ -203,15 +214,32 @@ class MSAS(nn.Module):
     def decide(self, a, b):
         """(B, H, W) or (B, C, H, W) tensors of any H, W -> (B, H, W) decision map (reflection
         padded to :data:`MULTIPLE`, cropped back)."""
-        if a.ndim == 3:
-            a, b = a[:, None], b[:, None]
         h, w = a.shape[-2:]
-        ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
-        if ph or pw:
-            mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"
-            a = F.pad(a, (0, pw, 0, ph), mode=mode)
-            b = F.pad(b, (0, pw, 0, ph), mode=mode)
-        return self.forward(a, b)[:, 0, :h, :w]
+        return self.forward(_pad(a), _pad(b))[:, 0, :h, :w]
+
+    @torch.inference_mode()
+    def encode_padded(self, x):
+        """:meth:`encode` of (B, H, W) or (B, C, H, W) images of any size (padded as :meth:`decide`)."""
+        return self.encode(_pad(x))
+
+    @torch.inference_mode()
+    def decide_encoded(self, a, fb):
+        """:meth:`decide` of ``a`` against an image already encoded by :meth:`encode_padded` (its
+        features, batch 1 or B)."""
+        h, w = a.shape[-2:]
+        return torch.sigmoid(self.fuse_features(self.encode(_pad(a)), fb))[:, 0, :h, :w]
+
+
+def _pad(x):
+    """(B, H, W) or (B, C, H, W) -> (B, C, H', W') reflection-padded to multiples of MULTIPLE."""
+    if x.ndim == 3:
+        x = x[:, None]
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
+    if ph or pw:
+        mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x
 
 
 def fuse_pair(a: np.ndarray, c: np.ndarray, d: np.ndarray, *, min_area: float = 0.01):
