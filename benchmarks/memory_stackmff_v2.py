@@ -21,14 +21,10 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-
-def vm(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_stackmff_v2 import vm  # noqa: E402  (peak/current RSS from /proc/self/status, MiB)
 
 
 def child(size: str, mode: str, threads: int) -> None:

@@ -111,6 +111,11 @@ class MethodSpec:
         return out
 
 
+def context_halo(params: dict) -> int:
+    """The halo of networks that read ``context`` extra pixels around each tile (their parameter)."""
+    return int(params["context"])
+
+
 _REGISTRY: dict[str, tuple[MethodSpec, type]] = {}
 _LOADED = False
 

@@ -29,7 +29,7 @@ from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
 from ..nn.pairwise import REFERENCES, STRATEGIES
 from ..nn.weights import cached_model, load_state_dict
-from ._registry import MethodSpec, Param, WeightsSpec, register
+from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
 
 CITATION = ("Deng, X., Liu, X. et al., 'Endoscopic Depth-of-Field Expansion via Cascaded Network with "
             "Two-streamed Multi-scale Fusion', MICCAI (seed paper 000); network written from the paper, "
@@ -49,10 +49,6 @@ MODELS: dict[str, WeightsSpec] = {
 ARCH: dict[str, dict] = {
     "ours": {"dims": [16, 24, 32], "stages": 3, "window": 8, "highpass_gain": 10.0},
 }
-
-
-def _halo(p: dict) -> int:
-    return int(p["context"])
 
 
 SPEC = MethodSpec(
@@ -82,7 +78,7 @@ SPEC = MethodSpec(
               min=0, max=1024),
         Param("batch", int, 1, "pairs per network call (memory grows with it: peak RSS 0.73 GB at 1, 2.0 GB at 4 for 8 x 512 x 512 on a CPU)", min=1, max=256),
     ),
-    halo=_halo,
+    halo=context_halo,
     devices=("cuda", "mps", "cpu"),
     backend="torch",
     default_tile=512,

@@ -30,8 +30,9 @@ import numpy as np
 from ..core.colour import gather
 from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
+from ..nn.pairwise import STRATEGIES
 from ..nn.weights import cached_model, load_state_dict
-from ._registry import MethodSpec, Param, WeightsSpec, register
+from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
 
 CITATION = ("Multi-focus image fusion via multi-scale attention and Siamese networks (seed paper 004); "
             "network re-implemented from the paper's text, weights trained by napari-edof on synthetic pairs.")
@@ -43,13 +44,6 @@ WEIGHTS = WeightsSpec(
     licence="BSD-3-Clause (napari-edof's own training; see weights/msas_ours.md)",
     citation=CITATION,
 )
-
-STRATEGIES = ("reference", "sequential", "round-robin")
-
-
-def _halo(p: dict) -> int:
-    return int(p["context"])
-
 
 SPEC = MethodSpec(
     name="msas",
@@ -72,7 +66,7 @@ SPEC = MethodSpec(
               min=0, max=1024),
         Param("batch", int, 8, "pairs per network call", min=1, max=256),
     ),
-    halo=_halo,
+    halo=context_halo,
     devices=("cuda", "mps", "cpu"),
     backend="torch",
     default_tile=512,

@@ -31,7 +31,7 @@ from ..core.colour import gather
 from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
 from ..nn.weights import cached_model, load_state_dict
-from ._registry import MethodSpec, Param, WeightsSpec, register
+from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
 
 CITATION = ("Xie, X. et al., 'StackMFF V2: One-shot multi-focus image stack fusion via focal depth "
             "regression' (seed paper 002); code and weights: github.com/Xinzhe99/StackMFF-V2 (MIT).")
@@ -63,10 +63,6 @@ RULES = ("argmax", "official", "matched", "smooth-argmax")
 GLOBAL_RULES = ("official", "matched")
 QUANTILES = (0.01, 0.99)
 DEFAULT_RULE = "argmax"  # with our weights (docs/stackmff_v2.md: 0.900 exact, 42.4 dB on 46 stacks)
-
-
-def _halo(p: dict) -> int:
-    return int(p["context"])
 
 
 #: the network's working set per voxel of a tile (input, stage-1 output, checkpointed states,
@@ -101,7 +97,7 @@ SPEC = MethodSpec(
               min=0, max=1024),
         Param("smooth", int, 1, "box radius for rule='smooth-argmax' (pixels)", min=1, max=16),
     ),
-    halo=_halo,
+    halo=context_halo,
     devices=("cuda", "mps", "cpu"),
     backend="torch",
     default_tile=default_tile,

@@ -48,7 +48,7 @@ from ..core.colour import gather
 from ..core.scaling import unit_range
 from ..nn.taef2_weights import ENCODER
 from ..nn.weights import cached_model, load_state_dict
-from ._registry import MethodSpec, Param, WeightsSpec, register
+from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
 
 CITATION = ("VAEEDOF: 'Addressing the Depth-of-Field Constraint: A New Paradigm for High Resolution "
             "Multi-Focus Image Fusion' (seed paper 003); autoencoder: TAEF2, github.com/madebyollin/taesd (MIT).")
@@ -67,10 +67,6 @@ LONG = ("sharpest", "groups")
 NORMALISE = ("auto", "range", "dtype")
 BAND = 0.1  # half-width of the confidence ramp around the threshold
 BLEND = 1  # soft seams between source planes (box radius of the one-hot choice)
-
-
-def _halo(p: dict) -> int:
-    return int(p["context"])
 
 
 SPEC = MethodSpec(
@@ -93,7 +89,7 @@ SPEC = MethodSpec(
               "range (robust min/max of the tile's window) or dtype", choices=NORMALISE),
         Param("context", int, 32, "extra pixels read around each tile", min=8, max=1024),
     ),
-    halo=_halo,
+    halo=context_halo,
     tile_multiple=lambda p: 8,
     devices=("cuda", "mps", "cpu"),
     backend="torch",
