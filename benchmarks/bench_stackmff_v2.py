@@ -4,11 +4,15 @@
 
 "official structure" re-creates how the authors' code (``network.py``, ``predict_one_stack.py``
 of Xinzhe99/StackMFF-V2) runs the network, written anew for this benchmark: float32 NCHW under
-``torch.no_grad()``, every plane through stage 1 at once, the ConvGRU cell concatenating
+``torch.no_grad()``, every plane through stage 1 at once with their forward (``F.max_pool2d``,
+the attention bridge as they wrote it; our modules and parameters), the ConvGRU cell concatenating
 ``[x, h]`` and ``[x, r*h]`` at every step (from a zero state), both directions' hidden states
 kept for the whole stack and summed into a stacked (B, N, 16, H, W) tensor, the channel max as a
 ``MaxPool3d`` over it, then the expectation + global min-max rule and advanced-index sampling;
-whole image (sizes here are multiples of 32, so the authors' resizing is a no-op).
+whole image, after the authors' unconditional bilinear resize to multiples of 32 (sizes here
+are multiples of 32, so it resamples to the same size). It runs with torch's default allocator
+settings; ``official-thp`` adds the transparent huge pages that importing ``napari_edof.nn``
+turns on for ours (``THP_MEM_ALLOC_ENABLE=1``), to show what they alone are worth.
 "ours" is the registered method as a user runs it (``napari_edof.fuse``, whole image and the
 default tiling) with the official rule and input scaling (``rule=official, normalise=dtype,
 context=0``) so that outputs can be compared.
@@ -52,7 +56,48 @@ def official_structure():
     import torch
     from torch import nn
 
+    import torch.nn.functional as F
+
     from napari_edof.nn.stackmff_v2 import IntraLayer, clean_state_dict
+
+    class Intra(IntraLayer):
+        """The authors' ``FeatureExtraction.forward`` (same modules and parameters as ours, which
+        reproduces the reference outputs): ``F.max_pool2d``, the attention bridge through
+        ``AdaptiveAvgPool2d``, ``torch.max`` with indices and ``expand_as``, as they wrote it."""
+
+        def __init__(self):
+            super().__init__()
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+
+        def bridge(self, ts):
+            conv = self.scab.satt.shared_conv2d
+            sp = [conv(torch.cat([torch.mean(t, dim=1, keepdim=True), torch.max(t, dim=1, keepdim=True)[0]],
+                                 dim=1)) for t in ts]
+            ts_ = [a * t for a, t in zip(sp, ts)]
+            mixed = [a + t for a, t in zip(ts_, ts)]
+            ca = self.scab.catt
+            att = torch.cat([self.avgpool(t) for t in mixed], dim=1)
+            att = ca.get_all_att(att.squeeze(-1).transpose(-1, -2))
+            outs = []
+            for i, t in enumerate(mixed, 1):
+                a = torch.sigmoid(getattr(ca, f"att{i}")(att)).transpose(-1, -2).unsqueeze(-1).expand_as(t)
+                outs.append(a * t)
+            return [o + r for o, r in zip(outs, ts_)]
+
+        def forward(self, x):
+            skips, out = [], x
+            for k in range(1, 6):
+                out = F.gelu(F.max_pool2d(getattr(self, f"ebn{k}")(getattr(self, f"encoder{k}")(out)), 2, 2))
+                skips.append(out)
+            skips = self.bridge(skips)
+            out = F.gelu(self.encoder6(out))
+            out = torch.add(F.gelu(self.dbn1(self.decoder1(out))), skips[4])
+            for k in range(2, 6):
+                y = getattr(self, f"dbn{k}")(getattr(self, f"decoder{k}")(out))
+                out = torch.add(F.gelu(F.interpolate(y, scale_factor=(2, 2), mode="bilinear", align_corners=True)),
+                                skips[5 - k])
+            out = F.interpolate(self.final(out), scale_factor=(2, 2), mode="bilinear", align_corners=True)
+            return torch.sigmoid(out)
 
     class Cell(nn.Module):
         def __init__(self, cin=8, hid=16):
@@ -101,11 +146,13 @@ def official_structure():
     class Official(nn.Module):
         def __init__(self):
             super().__init__()
-            self.feature_extraction = IntraLayer()
+            self.feature_extraction = Intra()
             self.layer_interaction = Inter()
 
         def forward(self, x):  # (B, N, H, W) in [0, 1]
             B, N, H, W = x.shape
+            # the authors resize to multiples of 32 unconditionally (here a same-size resample)
+            x = F.interpolate(x, size=(-(-H // 32) * 32, -(-W // 32) * 32), mode="bilinear", align_corners=False)
             f = self.feature_extraction(x.view(B * N, 1, H, W)).view(B, N, 8, H, W)
             logits = self.layer_interaction(f)
             p = torch.softmax(logits, dim=1)
@@ -182,8 +229,12 @@ def main(argv=None):
         sys.exit(f"official weights not found at {WEIGHTS}")
     print(f"StackMFF-V2 speed: torch {torch.__version__}, {args.threads} thread(s), "
           f"mkldnn {torch.backends.mkldnn.is_available()}, {os.cpu_count()} CPU(s) visible")
-    impls = {"official": ("official", "none"), "ours-whole": ("ours", "none"), "ours-tiled": ("ours", "auto"),
-             "ours-default": ("ours", "auto")}
+    # (implementation, tile, THP_MEM_ALLOC_ENABLE): the authors' code runs with torch's defaults
+    # (no huge pages); importing napari_edof.nn turns them on for ours unless the variable is set.
+    # "official-thp" gives the authors' structure huge pages too, to show what they are worth.
+    impls = {"official": ("official", "none", "0"), "official-thp": ("official", "none", "1"),
+             "ours-whole": ("ours", "none", None), "ours-tiled": ("ours", "auto", None),
+             "ours-default": ("ours", "auto", None)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes.split(","):
@@ -193,11 +244,15 @@ def main(argv=None):
             np.save(inp, np.asarray(s.stack.data))
             outs = {}
             for name in args.impls.split(","):
-                impl, tile = impls[name]
+                impl, tile, thp = impls[name]
+                env = dict(os.environ)
+                env.pop("THP_MEM_ALLOC_ENABLE", None)
+                if thp is not None:
+                    env["THP_MEM_ALLOC_ENABLE"] = thp
                 outp = Path(tmp) / f"{size}-{name}.npy"
                 cmd = [sys.executable, __file__, "--child-input", str(inp), "--child-output", str(outp),
                        "--impl", impl, "--tile", tile, "--threads", str(args.threads), "--repeat", str(args.repeat)]
-                res = subprocess.run(cmd, capture_output=True, text=True)
+                res = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if res.returncode:
                     print(f"{name} {size} failed:\n{res.stderr[-2000:]}", file=sys.stderr)
                     continue

@@ -153,3 +153,48 @@ def test_few_planes_over_budget_use_narrower_strips_not_checkpoints(strips_seen)
     assert all(seg is None for _, seg in strips_seen) and len(strips_seen) >= 2
     assert max(r for r, _ in strips_seen) < 256
     assert torch.allclose(small, m.infer_logits(x, strip_budget=1 << 40, workers=1), atol=2e-5)
+
+
+@pytest.fixture
+def two_way_seen(monkeypatch):
+    """Rows of every call of the two-thread (direction-parallel) recurrent pass."""
+    seen = []
+    real = sm._recurrent_two_way
+
+    def spy(fp, cells, hid, fmt):
+        seen.append(fp.shape[2] - 4)
+        return real(fp, cells, hid, fmt)
+
+    monkeypatch.setattr(sm, "_recurrent_two_way", spy)
+    return seen
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_two_directions_in_two_threads_equal_one_thread_bitwise(n, two_way_seen, strips_seen):
+    torch.manual_seed(10 + n)
+    m = sm.StackMFFV2().eval()
+    feats = torch.rand(n, sm.FEATURES, 48, 40)
+    serial = m.infer_recurrent(feats, workers=1, strip_budget=1 << 40)
+    assert two_way_seen == [] and strips_seen == [(48, None)]
+    strips_seen.clear()
+    both = m.infer_recurrent(feats, workers=2, strip_budget=1 << 40)
+    assert two_way_seen == [48] and strips_seen == []  # one window, no halo rows
+    assert torch.equal(serial, both)
+
+
+def test_four_workers_run_two_strips_of_two_directions(two_way_seen):
+    torch.manual_seed(5)
+    m = sm.StackMFFV2().eval()
+    x = torch.rand(1, 3, 96, 32)
+    four = m.infer_logits(x, workers=4, strip_budget=1 << 40)
+    assert len(two_way_seen) == 2 and all(r < 96 for r in two_way_seen)  # two haloed strips
+    assert torch.allclose(four, m.infer_logits(x, workers=1, strip_budget=1 << 40), atol=2e-5)
+
+
+def test_two_way_falls_back_to_checkpoints_over_budget(two_way_seen, strips_seen):
+    torch.manual_seed(6)
+    m = sm.StackMFFV2().eval()
+    x = torch.rand(1, 16, 64, 64)
+    small = m.infer_logits(x, strip_budget=3 << 20, workers=2)  # 16 states do not fit: checkpoints
+    assert two_way_seen == [] and strips_seen and all(seg is not None for _, seg in strips_seen)
+    assert torch.allclose(small, m.infer_logits(x, workers=1, strip_budget=1 << 40), atol=2e-5)

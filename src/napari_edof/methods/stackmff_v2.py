@@ -149,7 +149,8 @@ class StackMFFV2Method:
         self._cache: dict = {}
         if params["rule"] in GLOBAL_RULES:  # a whole-image statistic: the engine runs two passes
             self.pass1 = self._pass1
-            self.pass1_keys = ("expectation", "argmax")
+            # the official rule needs E only; "matched" also maps onto the argmax's range
+            self.pass1_keys = ("expectation",) if params["rule"] == "official" else ("expectation", "argmax")
             self.reduce = self._reduce
 
     # -- the network on one window ---------------------------------------------------------------
@@ -164,9 +165,12 @@ class StackMFFV2Method:
             logits = logits[:, halo:-halo, halo:-halo]
         return logits
 
-    def _key(self, guide, halo):
-        g = np.ascontiguousarray(guide)
-        return (g.shape, halo, hashlib.blake2b(memoryview(g).cast("B"), digest_size=16).digest())
+    @staticmethod
+    def _key(planes, halo):
+        """Pass 1's maps of a window are found again in pass 2 by the window's content: the raw
+        planes (the guide is a function of them, and up to 4x larger to hash)."""
+        g = np.ascontiguousarray(planes)
+        return (g.shape, g.dtype.str, halo, hashlib.blake2b(memoryview(g).cast("B"), digest_size=16).digest())
 
     def _maps(self, planes, guide, halo):
         return decide(self.logits(guide, planes.dtype, halo), self.p)
@@ -174,12 +178,15 @@ class StackMFFV2Method:
     # -- the official rule's two passes -----------------------------------------------------------
     def _pass1(self, planes, guide, *, halo):
         maps = self._maps(planes, guide, halo)
-        self._cache[self._key(guide, halo)] = maps
+        self._cache[self._key(planes, halo)] = maps
         self._n = planes.shape[0]
-        return {"expectation": maps["expectation"], "argmax": maps["index"].astype(np.float32)}
+        out = {"expectation": maps["expectation"]}
+        if "argmax" in self.pass1_keys:
+            out["argmax"] = maps["index"].astype(np.float32)
+        return out
 
     def _reduce(self, maps):
-        return global_stats(maps["expectation"], maps["argmax"], self.p["rule"], self._n)
+        return global_stats(maps["expectation"], maps.get("argmax"), self.p["rule"], self._n)
 
     # -- the tile ------------------------------------------------------------------------------
     def fuse_tile(self, planes, guide, *, halo, stats=None):
@@ -187,7 +194,7 @@ class StackMFFV2Method:
         maps = None
         rule = self.p["rule"]
         if rule in GLOBAL_RULES:
-            maps = self._cache.pop(self._key(guide, halo), None)
+            maps = self._cache.pop(self._key(planes, halo), None)
         if maps is None:
             maps = self._maps(planes, guide, halo)
         if rule in GLOBAL_RULES:
@@ -204,7 +211,8 @@ class StackMFFV2Method:
 def decide(logits, p: dict) -> dict:
     """Numpy maps from (N, H, W) torch logits: "expectation" (1-based E of the softmax),
     "confidence" (peak probability rescaled to [0, 1]) and "index" (the local rule's choice;
-    the argmax for the global rules, which rescale E from whole-image statistics)."""
+    the argmax for "matched", which maps E onto the argmax's range; None for "official", which
+    needs E only)."""
     import torch
 
     with torch.inference_mode():
@@ -215,12 +223,14 @@ def decide(logits, p: dict) -> dict:
         rule = p["rule"]
         if rule == "smooth-argmax":
             idx = box_mean(prob, p["smooth"]).argmax(dim=0)
-        else:  # argmax, and the argmax statistics of the global rules
+        elif rule == "official":
+            idx = None
+        else:  # argmax, and the argmax statistics of "matched"
             idx = logits.argmax(dim=0)
         peak = prob.amax(dim=0)
         conf = (peak - 1.0 / n) / (1.0 - 1.0 / n) if n > 1 else torch.ones_like(peak)
         return {"expectation": e.cpu().numpy(), "confidence": conf.float().cpu().numpy(),
-                "index": idx.to(torch.int16).cpu().numpy()}
+                "index": None if idx is None else idx.to(torch.int16).cpu().numpy()}
 
 
 def global_stats(e: np.ndarray, argmax: np.ndarray, rule: str, n: int) -> dict:
