@@ -197,6 +197,24 @@ def test_reflected_windows_match_numpy_pad():
         np.testing.assert_array_equal(read_window(frame, win), padded[:, y0 + 7 : y1 + 7, x0 + 7 : x1 + 7])
 
 
+@pytest.mark.parametrize("win", [(-6, 10, 100, 130), (20, 36, -6, 10), (-6, 10, -6, 10), (30, 50, 3990, 4010)])
+def test_a_reflected_window_copies_the_window_not_the_frame(win):
+    import tracemalloc
+
+    frame = np.random.default_rng(1).random((3, 40, 4000, 1))  # 3.8 MB
+    tracemalloc.start()
+    try:
+        got = read_window(frame, win)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    y0, y1, x0, x1 = win
+    assert got.shape == (3, y1 - y0, x1 - x0, 1)
+    assert peak < 8 * got.nbytes + 65536  # (was a copy of whole rows or columns of the frame)
+    padded = np.pad(frame, ((0, 0), (6, 16), (6, 16), (0, 0)), mode="reflect")
+    np.testing.assert_array_equal(got, padded[:, y0 + 6 : y1 + 6, x0 + 6 : x1 + 6])
+
+
 def test_plan_tiles_cover_the_image_once():
     tiles = plan_tiles((100, 70), 32, halo=5, overlap=4, multiple=8)
     cover = np.zeros((104, 72), int)

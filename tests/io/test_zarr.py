@@ -104,3 +104,52 @@ def test_create_outputs_unwritable_folder(tmp_path):
     with pytest.raises(OSError):
         create_outputs(blocker / "out", shape_tyx=(1, 8, 8), channels=1, dtype=np.uint8, axes="ZYX",
                        rows_per_chunk=8)
+
+
+@pytest.fixture
+def direct_reads(monkeypatch):
+    """Rows read by the direct zarr path, as (lo, hi) pairs."""
+    from napari_edof.core import stream
+
+    seen = []
+    real = stream.ZarrRows.read_into
+
+    def spy(self, lo, hi, out):
+        seen.append((lo, hi))
+        return real(self, lo, hi, out)
+
+    monkeypatch.setattr(stream.ZarrRows, "read_into", spy)
+    return seen
+
+
+@pytest.mark.parametrize("axes,shape,chunks", [
+    ("ZYX", (5, 150, 70), (1, 40, 70)),          # chunk rows that do not match the stripes
+    ("TZCYX", (2, 4, 2, 110, 48), (1, 1, 1, 64, 48)),  # time points and channels, OME order
+    ("ZYXC", (4, 96, 40, 3), (4, 32, 40, 3)),    # RGB last
+])
+def test_zarr_input_streams_by_direct_reads_with_the_same_result(tmp_path, direct_reads, axes, shape, chunks):
+    rng = np.random.default_rng(len(axes))
+    data = rng.integers(0, 60000, size=shape, dtype=np.uint16)
+    z = zarr.create_array(store=str(tmp_path / "in.zarr"), shape=shape, chunks=chunks, dtype=np.uint16)
+    z[...] = data
+    st = ne.open_stack(tmp_path / "in.zarr", axes=axes)
+    res, _ = _drain(fuse_to_zarr_iter(st, tmp_path / "out", tile=32, budget=1 << 15))
+    ref = ne.fuse(api.as_stack(data, axes=axes, rgb=False), tile=32)  # (open_stack does not guess RGB)
+    np.testing.assert_array_equal(np.asarray(res.fused), ref.fused)
+    np.testing.assert_array_equal(np.asarray(res.index), ref.index)
+    np.testing.assert_array_equal(np.asarray(res.confidence), ref.confidence)
+    assert len(direct_reads) >= 3  # several stripes, each read straight from the zarr array
+    T = shape[0] if "T" in axes else 1
+    assert sum(hi - lo for lo, hi in direct_reads) <= T * (shape[axes.index("Y")] + 2 * 40)  # overlap reused
+    assert np.array_equal(z[...], data)  # the input is untouched
+
+
+def test_a_changed_stack_reads_through_dask_not_the_zarr_array(tmp_path, direct_reads):
+    data = np.random.default_rng(1).integers(0, 255, size=(4, 64, 48), dtype=np.uint8)
+    z = zarr.create_array(store=str(tmp_path / "in.zarr"), shape=data.shape, chunks=(1, 16, 48), dtype=np.uint8)
+    z[...] = data
+    st = ne.open_stack(tmp_path / "in.zarr")
+    flipped = st.with_data(st.data[:, ::-1])  # same shape, other pixels: the zarr array must not be read directly
+    res, _ = _drain(fuse_to_zarr_iter(flipped, tmp_path / "out", tile=16, budget=1 << 12))
+    assert direct_reads == []
+    np.testing.assert_array_equal(np.asarray(res.fused), ne.fuse(data[:, ::-1].copy(), tile=16).fused)

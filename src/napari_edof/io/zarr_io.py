@@ -97,8 +97,9 @@ def open_zarr(path, *, axes: str | None = None, name: str | None = None) -> Stac
         u = units.get("X") or units.get("Y") or units.get("Z")
         unit = _UNIT_NAMES.get(u, u) if u else "pixel"
     try:
+        # the zarr array itself, for direct stripe reads while ``data`` is still this dask array
         return Stack(data=data, axes=ax, pixel_size=pixel_size, z_step=z_step, unit=unit, rgb=False,
-                     name=name or p.name.split(".")[0], source=(str(p),))
+                     name=name or p.name.split(".")[0], source=(str(p),), metadata={"zarr": (arr, data.name)})
     except StackError as e:
         raise StackError(f"{label}: {e}") from None
 
