@@ -191,18 +191,18 @@ class RowReader:
         return b.compute() if is_dask(b) else np.asarray(b)
 
     def _span(self, r0: int, r1: int) -> tuple[int, int]:
+        """The rows to hold for a stripe: its own, down to the end of its last chunk row (the next
+        stripes read on from there). Stripes only move down, so rows above ``r0`` are not kept."""
         idx = reflect_index(np.arange(r0, r1), self.Y)
         lo, hi = int(idx.min()), int(idx.max()) + 1
-        alo, ahi = (lo // self.ch) * self.ch, min(self.Y, -(-hi // self.ch) * self.ch)
-        if self.max_rows is not None and ahi - alo > max(self.max_rows, hi - lo):
+        ahi = min(self.Y, -(-hi // self.ch) * self.ch)
+        if self.max_rows is not None and ahi - lo > max(self.max_rows, hi - lo):
             return lo, hi
-        return alo, ahi
+        return lo, ahi
 
     def _load(self, lo: int, hi: int):
         """A block of rows [lo, hi) reusing the cached overlap (runs in the prefetch thread)."""
-        shared = self.block is not None and self.c0 <= lo < self.c1
-        if shared and hi <= self.c1:  # all in the current block
-            return lo, hi, self.block[:, lo - self.c0:hi - self.c0], (None if self.direct is None else self._which)
+        shared = self.block is not None and self.c0 <= lo < self.c1  # (not all: see _holds)
         if self.direct is not None:  # into the buffer that does not hold the current block
             d, which = self.direct, 1 - self._which
             blk = d.block(which, hi - lo)
@@ -218,28 +218,46 @@ class RowReader:
             return lo, hi, np.concatenate([keep, self._fetch(self.c1, hi)], axis=1), None
         return lo, hi, self._fetch(lo, hi), None
 
+    def _holds(self, span: tuple[int, int]) -> bool:
+        return self.block is not None and self.c0 <= span[0] and span[1] <= self.c1
+
     def prefetch(self, r0: int, r1: int) -> None:
-        """Start reading the rows of the next stripe in the background."""
+        """Start reading the rows of a coming stripe in the background."""
         from concurrent.futures import ThreadPoolExecutor
 
+        span = self._span(r0, r1)
+        if self._holds(span) or (self._next is not None and self._next[0] == span):
+            return
+        if self._next is not None:  # another span in flight: let it finish with its buffer
+            self._next[1].result()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="edof-read")
-        span = self._span(r0, r1)
         self._next = (span, self._pool.submit(self._load, *span))
+
+    def prefetch_next(self, spans) -> None:
+        """Prefetch the first of the coming stripes ``spans`` ((r0, r1) in order) that the
+        current block does not hold: a stripe served from the block the reader already has
+        does not leave the reading idle until the stripe after it."""
+        for r0, r1 in spans:
+            if not self._holds(self._span(r0, r1)):
+                self.prefetch(r0, r1)
+                return
 
     def read(self, r0: int, r1: int) -> np.ndarray:
         """Rows ``[r0, r1)`` (reflected outside the image) as numpy."""
         span = self._span(r0, r1)
-        pending, self._next = self._next, None
-        if pending is not None and pending[0] == span:
-            lo, hi, block, which = pending[1].result()
-        else:
-            if pending is not None:  # another span was prefetched: let it finish with its buffer
-                pending[1].result()
-            lo, hi, block, which = self._load(*span)
-        self.c0, self.c1, self.block = lo, hi, block
-        if which is not None:
-            self._which = which
+        if not self._holds(span):
+            pending, self._next = self._next, None
+            if pending is not None and pending[0] == span:
+                lo, hi, block, which = pending[1].result()
+            else:
+                if pending is not None:  # another span was prefetched: let it finish with its buffer
+                    pending[1].result()
+                lo, hi, block, which = self._load(*span)
+            self.c0, self.c1, self.block = lo, hi, block
+            if which is not None:
+                self._which = which
+        lo, hi, block = self.c0, self.c1, self.block
         idx = reflect_index(np.arange(r0, r1), self.Y)
         if r0 >= lo and r1 <= hi and r0 >= 0 and r1 <= self.Y:
             return block[:, r0 - lo:r1 - lo]
@@ -491,8 +509,8 @@ def _stream_frames(pl, impl, canon, stripes, out, writer, budget, two_pass, coun
         try:
             for i, s in enumerate(stripes):
                 block = reader.read(s.r0, s.r1)
-                if i + 1 < len(stripes):  # read the next stripe while this one is fused
-                    reader.prefetch(stripes[i + 1].r0, stripes[i + 1].r1)
+                # read the next rows the reader does not hold while this stripe is fused
+                reader.prefetch_next((n.r0, n.r1) for n in stripes[i + 1:])
                 res = yield from _counted(run_region(pl, impl, block, r0=s.r0, s0=s.s0, s1=s.s1, tiles=s.tiles,
                                                      t_index=t, stats=stats), counter, total, "fuse", t)
                 writer.put(_write_rows, out, t, s.s0, s.s1, res)  # while the next stripe is fused
