@@ -133,14 +133,20 @@ class ZarrRows:
     def _shape(self, rows: int) -> tuple[int, ...]:
         return tuple(rows if a == "Y" else n for a, n in zip(self.axes, self.arr.shape) if a != "T")
 
-    def block(self, which: int, rows: int) -> np.ndarray:
-        """A contiguous (zarr order, T dropped) array of ``rows`` rows in buffer ``which``."""
-        shape = self._shape(rows)
-        n = int(np.prod(shape)) * self.arr.dtype.itemsize
-        if self.bufs[which] is None or self.bufs[which].nbytes < n:
+    def buffer(self, which: int, rows: int) -> np.ndarray:
+        """Buffer ``which`` (zarr order, T dropped) with room for at least ``rows`` rows."""
+        if self.bufs[which] is None or self.bufs[which].shape[self._y] < rows:
             self.bufs[which] = None
-            self.bufs[which] = np.empty(n, np.uint8)
-        return self.bufs[which][:n].view(self.arr.dtype).reshape(shape)
+            self.bufs[which] = np.empty(self._shape(rows), self.arr.dtype)
+        return self.bufs[which]
+
+    @property
+    def _y(self) -> int:
+        return [a for a in self.axes if a != "T"].index("Y")
+
+    def rows(self, buf: np.ndarray, a: int, b: int) -> np.ndarray:
+        """Rows [a, b) of a zarr-order buffer (a view)."""
+        return buf[(slice(None),) * self._y + (slice(a, b),)]
 
     def canonical(self, blk: np.ndarray) -> np.ndarray:
         """A zarr-order block seen as (Z, rows, X, C) (a view)."""
@@ -158,10 +164,6 @@ class ZarrRows:
             return
         self.arr.get_basic_selection(sel, out=nd)
 
-    def rows_of(self, blk: np.ndarray, k: int) -> np.ndarray:
-        """The rows from ``k`` on of a zarr-order block (a view)."""
-        y = [a for a in self.axes if a != "T"].index("Y")
-        return blk[(slice(None),) * y + (slice(k, None),)]
 
 
 class RowReader:
@@ -183,6 +185,7 @@ class RowReader:
         self.c0 = self.c1 = 0
         self.block = None
         self._which = 0  # the direct buffer that holds self.block
+        self._at = (0, 0)  # the rows of that buffer it occupies
         self._pool = None
         self._next = None
 
@@ -203,16 +206,23 @@ class RowReader:
     def _load(self, lo: int, hi: int):
         """A block of rows [lo, hi) reusing the cached overlap (runs in the prefetch thread)."""
         shared = self.block is not None and self.c0 <= lo < self.c1  # (not all: see _holds)
-        if self.direct is not None:  # into the buffer that does not hold the current block
-            d, which = self.direct, 1 - self._which
-            blk = d.block(which, hi - lo)
-            k = 0
-            if shared:
-                k = min(hi, self.c1) - lo
-                d.canonical(blk)[:, :k] = self.block[:, lo - self.c0:lo - self.c0 + k]
-            if k < hi - lo:
-                d.read_into(lo + k, hi, d.rows_of(blk, k))
-            return lo, hi, d.canonical(blk), which
+        if self.direct is not None:
+            d = self.direct
+            if shared:  # new rows after the current block's, in its buffer while there is room
+                p0, p1 = self._at
+                buf = d.bufs[self._which]
+                if p1 + hi - self.c1 <= buf.shape[d._y]:
+                    d.read_into(self.c1, hi, d.rows(buf, p1, p1 + hi - self.c1))
+                    a = p0 + lo - self.c0
+                    return lo, hi, d.canonical(d.rows(buf, a, p1 + hi - self.c1)), (self._which, a)
+            # else the other buffer, from its first row: the rows kept, then the new ones
+            which = 1 - self._which
+            buf = d.buffer(which, max(hi - lo, self.max_rows or 0))
+            k = min(hi, self.c1) - lo if shared else 0
+            if k:
+                d.canonical(d.rows(buf, 0, k))[...] = self.block[:, lo - self.c0:lo - self.c0 + k]
+            d.read_into(lo + k, hi, d.rows(buf, k, hi - lo))
+            return lo, hi, d.canonical(d.rows(buf, 0, hi - lo)), (which, 0)
         if shared:
             keep = self.block[:, lo - self.c0:self.c1 - self.c0]
             return lo, hi, np.concatenate([keep, self._fetch(self.c1, hi)], axis=1), None
@@ -255,8 +265,9 @@ class RowReader:
                     pending[1].result()
                 lo, hi, block, which = self._load(*span)
             self.c0, self.c1, self.block = lo, hi, block
-            if which is not None:
-                self._which = which
+            if which is not None:  # (direct reads: the buffer and the block's first row in it)
+                self._which, first = which
+                self._at = (first, first + hi - lo)
         lo, hi, block = self.c0, self.c1, self.block
         idx = reflect_index(np.arange(r0, r1), self.Y)
         if r0 >= lo and r1 <= hi and r0 >= 0 and r1 <= self.Y:
