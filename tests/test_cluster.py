@@ -76,3 +76,49 @@ def test_fuse_many_api_with_a_client(client):
     assert seen and seen[-1].done == seen[-1].total
     for r, st in zip(results, stacks):
         np.testing.assert_array_equal(r.fused, ne.fuse(st, tile=32).fused)
+
+
+def test_workers_write_zarr_outputs_themselves(client, tmp_path):
+    from napari_edof.cluster import fuse_many_to_zarr_iter
+    from napari_edof.core import stream
+    from napari_edof.core.engine import plan_fusion
+
+    movie = np.stack([ne.sample_stack(n_planes=4, shape=(70, 56), seed=s).stack.data for s in (3, 4)])
+    rgb = ne.sample_stack(n_planes=5, shape=(66, 50), seed=9, rgb=True).stack
+    jobs = [(api.as_stack(movie, axes="TZYX"), tmp_path / "movie"), (rgb, tmp_path / "rgb")]
+    steps, done = drain(fuse_many_to_zarr_iter(jobs, client, tile=32, budget=1 << 15))
+    n_stripes = sum(len(stream.plan_stripes(plan_fusion(st, tile=32), 1 << 15)) * st.n_times for st, _ in jobs)
+    assert steps[-1].done == steps[-1].total == n_stripes  # one step per stripe written by a worker
+    refs = [ne.fuse(movie, axes="TZYX", tile=32), ne.fuse(rgb, tile=32)]
+    for (res, files), ref, (_, out) in zip(done, refs, jobs):
+        np.testing.assert_array_equal(np.asarray(res.fused), ref.fused)
+        np.testing.assert_array_equal(np.asarray(res.index), ref.index)
+        np.testing.assert_array_equal(np.asarray(res.confidence), ref.confidence)
+        assert sorted(p.name for p in out.iterdir()) == ["confidence.ome.zarr", "focus_index.ome.zarr",
+                                                         "fused.ome.zarr", "provenance.json"]
+        assert res.provenance["scheduler"].startswith("tcp://127.0.0.1")
+
+
+def test_a_failing_stripe_leaves_no_partial_zarr_outputs(client, tmp_path):
+    from napari_edof.cluster import fuse_many_to_zarr_iter
+
+    bad = np.full((4, 64, 48), np.nan, np.float32)  # NaN planes: the stripe tasks raise on the workers
+    with pytest.raises(Exception, match="NaN|finite|not a number"):
+        drain(fuse_many_to_zarr_iter([(api.as_stack(bad), tmp_path / "out")], client, tile=32, budget=1 << 14))
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_cli_zarr_format_on_a_scheduler_is_written_by_the_workers(cluster, tmp_path, monkeypatch):
+    import zarr
+
+    from napari_edof import cluster as cl
+
+    monkeypatch.setattr(cl, "fuse_many_iter", None)  # the gathering path must not run for zarr outputs
+    data = ne.sample_stack(n_planes=4, shape=(60, 44), seed=12).stack.data
+    p = tmp_path / "s.tif"
+    tifffile.imwrite(p, data, photometric="minisblack")
+    rc = cli.main(["fuse", str(p), "-o", str(tmp_path / "out"), "--format", "zarr",
+                   "--scheduler", cluster.scheduler_address, "--tile", "32", "-q"])
+    assert rc == 0
+    got = zarr.open_group(store=str(tmp_path / "out" / "fused.ome.zarr"), mode="r")["0"][...]
+    np.testing.assert_array_equal(got, ne.fuse(data, tile=32).fused)

@@ -230,11 +230,14 @@ def _run_zarr(stack, outdir: Path, args, params: dict) -> dict:
 
 def _run_cluster(jobs, args, params: dict) -> list[dict]:
     """Every stack on a dask cluster, one progress bar over all their stripes."""
-    from .cluster import connect, fuse_many_iter
+    from .cluster import connect, fuse_many_iter, fuse_many_to_zarr_iter
 
     opts = _options(args, params)
     with connect(args.scheduler, args.workers) as client:
         bar = _progress_bar(args.quiet, f"{len(jobs)} stack{'s' if len(jobs) > 1 else ''} on {len(client.nthreads())} workers")
+        if args.format == "zarr":  # the workers write their stripes into the images themselves
+            done = _drain_with_bar(fuse_many_to_zarr_iter(jobs, client, **opts), bar)
+            return [{"result": r, "stack": st, "paths": files} for (r, files), (st, _) in zip(done, jobs)]
         results = _drain_with_bar(fuse_many_iter([st for st, _ in jobs], client, **opts), bar)
     return [{"result": r, "stack": st} for r, (st, _) in zip(results, jobs)]
 

@@ -129,4 +129,63 @@ def fuse_many_iter(stacks: Iterable, client, **options):
     return out
 
 
-__all__ = ["close_local_clients", "connect", "fuse_many_iter", "local_client"]
+def fuse_many_to_zarr_iter(jobs: Iterable, client, **options):
+    """Fuse every ``(stack, outdir)`` of ``jobs`` on ``client``'s cluster into OME-Zarr images in
+    ``outdir`` (as :func:`napari_edof.io.zarr_io.fuse_to_zarr_iter` writes them); yields
+    :class:`Progress` per stripe written.
+
+    The workers write their own stripes straight into the images (a task per stripe and time
+    point fuses it and stores its three outputs), so nothing is gathered to the client and no
+    worker assembles a whole image: memory stays a few stripes per worker whatever the stacks'
+    size. The output folders must be reachable from the workers under the same paths (always
+    true for a local cluster; on a real cluster, a shared file system). Images are committed
+    when every stripe is written; a failed or cancelled run removes the partial images and
+    leaves earlier results as they were. Returns ``[(result, files)]`` in the jobs' order, the
+    results' arrays dask arrays over the written images.
+    """
+    distributed = _distributed()
+    import dask
+
+    from .core.engine import provenance
+    from .core.stream import STRIPE_BUDGET, _impl, _result, _store_task, stripe_tasks
+    from .io.zarr_io import committed_arrays, create_outputs
+
+    options = dict(options)
+    budget = int(options.pop("budget", STRIPE_BUDGET))
+    t0 = time.perf_counter()
+    planned, stores, futures = [], [], []
+    try:
+        for st, outdir in jobs:
+            pl, stripes, tasks = stripe_tasks(st, budget=budget, **options)
+            s = pl.stack
+            outs = create_outputs(outdir, shape_tyx=(s.n_times,) + tuple(s.yx_shape), channels=s.n_channels,
+                                  dtype=s.dtype, axes=s.axes, rows_per_chunk=max(x.s1 - x.s0 for x in stripes),
+                                  pixel_size=s.pixel_size, z_step=s.z_step, unit=s.unit, name=s.name)
+            planned.append((pl, stripes, outs))
+            stores += [dask.delayed(_store_task, pure=False)(part, outs.arrays, t, x.s0, x.s1)
+                       for t, x, part in tasks]
+        futures = client.compute(stores)
+        for i, f in enumerate(distributed.as_completed(futures, loop=client.loop), 1):
+            f.result()  # a failed stripe raises here
+            yield Progress(i, len(futures), "cluster", 0)
+    except BaseException:
+        if futures:
+            client.cancel(futures)
+        for _, _, outs in planned:
+            outs.abort()
+        raise
+    seconds = time.perf_counter() - t0
+    voxels = sum(float(np.prod(pl.stack.shape)) for pl, _, _ in planned)
+    done = []
+    for pl, stripes, outs in planned:
+        prov = provenance(pl, seconds, _impl(pl))
+        prov.update(stripes=len(stripes), mvoxel_per_s=voxels / 1e6 / max(seconds, 1e-9),  # the whole batch's
+                    scheduler=client.scheduler.address if client.scheduler is not None else None)
+        files = outs.commit(prov)
+        res = _result(pl, *committed_arrays(outs, files), seconds, _impl(pl))
+        res.provenance.update(prov, output={k: str(v) for k, v in files.items()})
+        done.append((res, files))
+    return done
+
+
+__all__ = ["close_local_clients", "connect", "fuse_many_iter", "fuse_many_to_zarr_iter", "local_client"]

@@ -363,14 +363,12 @@ def _result(pl: FusionPlan, fused, index, conf, seconds: float, impl=None) -> Fu
 # --------------------------------------------------------------------------------------------
 # lazy: a dask graph
 # --------------------------------------------------------------------------------------------
-def fuse_lazy(stack, *, budget: int = STRIPE_BUDGET, **options) -> FusionResult:
-    """Fuse lazily: a :class:`FusionResult` of dask arrays, one task per stripe and time point.
+def stripe_tasks(stack, *, budget: int = STRIPE_BUDGET, **options):
+    """The lazy graph's stripe tasks: ``(plan, stripes, tasks)`` with ``tasks`` a list of
+    ``(t, stripe, part)``, ``part`` a dask.delayed (fused, index, confidence) of the stripe's rows.
 
-    Options are those of :func:`napari_edof.fuse` (checked now, before any pixel is read). Nothing
-    runs until the arrays are computed or stored; compute them together (``dask.compute(r.fused,
-    r.index, r.confidence)`` or :meth:`FusionResult.compute`) so that each stripe runs once. Each
-    task fuses its stripe with the method's tiles in one thread (``workers=1``): dask runs the
-    stripes in parallel.
+    Options are those of :func:`napari_edof.fuse` (checked now). Each task fuses its stripe in one
+    thread (``workers=1``): dask runs the stripes in parallel.
     """
     import dask
     import dask.array as da
@@ -379,15 +377,14 @@ def fuse_lazy(stack, *, budget: int = STRIPE_BUDGET, **options) -> FusionResult:
     pl = plan_fusion(stack, **options)
     st = pl.stack
     light = _light(pl)
-    Y, X = st.yx_shape
-    C = st.n_channels
+    Y = st.yx_shape[0]
     canon = st.canonical()
     if not is_dask(canon):
         canon = da.from_array(canon, chunks=(1, -1, "auto", -1, -1))
     stripes = plan_stripes(pl, budget)
     two_pass = pl.is_two_pass(_impl(pl))  # an instance: some methods choose their passes by parameter
     task = dask.delayed(_stripe_task, pure=True, nout=3)
-    frames_f, frames_i, frames_c = [], [], []
+    tasks = []
     for t in range(st.n_times):
         frame = canon[t]
 
@@ -403,18 +400,44 @@ def fuse_lazy(stack, *, budget: int = STRIPE_BUDGET, **options) -> FusionResult:
         if two_pass:
             maps = [dask.delayed(_stripe_task, pure=True)(src(s), s.r0, s, light, t, None, True) for s in stripes]
             stats = dask.delayed(_reduce_task, pure=True)(light, stripes, *maps)
-        parts = [task(src(s), s.r0, s, light, t, stats) for s in stripes]
-        frames_f.append(da.concatenate([da.from_delayed(p[0], (s.s1 - s.s0, X, C), st.dtype)
-                                        for p, s in zip(parts, stripes)], axis=0))
-        frames_i.append(da.concatenate([da.from_delayed(p[1], (s.s1 - s.s0, X), np.float32)
-                                        for p, s in zip(parts, stripes)], axis=0))
-        frames_c.append(da.concatenate([da.from_delayed(p[2], (s.s1 - s.s0, X), np.float32)
-                                        for p, s in zip(parts, stripes)], axis=0))
-    fused, index, conf = da.stack(frames_f), da.stack(frames_i), da.stack(frames_c)
+        tasks += [(t, s, task(src(s), s.r0, s, light, t, stats)) for s in stripes]
+    return pl, stripes, tasks
+
+
+def fuse_lazy(stack, *, budget: int = STRIPE_BUDGET, **options) -> FusionResult:
+    """Fuse lazily: a :class:`FusionResult` of dask arrays, one task per stripe and time point.
+
+    Options are those of :func:`napari_edof.fuse` (checked now, before any pixel is read). Nothing
+    runs until the arrays are computed or stored; compute them together (``dask.compute(r.fused,
+    r.index, r.confidence)`` or :meth:`FusionResult.compute`) so that each stripe runs once. Each
+    task fuses its stripe with the method's tiles in one thread (``workers=1``): dask runs the
+    stripes in parallel.
+    """
+    import dask.array as da
+
+    pl, stripes, tasks = stripe_tasks(stack, budget=budget, **options)
+    st = pl.stack
+    X, C = st.yx_shape[1], st.n_channels
+    frames = {k: [[] for _ in range(st.n_times)] for k in ("fused", "index", "confidence")}
+    for t, s, p in tasks:
+        rows = s.s1 - s.s0
+        frames["fused"][t].append(da.from_delayed(p[0], (rows, X, C), st.dtype))
+        frames["index"][t].append(da.from_delayed(p[1], (rows, X), np.float32))
+        frames["confidence"][t].append(da.from_delayed(p[2], (rows, X), np.float32))
+    fused, index, conf = (da.stack([da.concatenate(f, axis=0) for f in frames[k]])
+                          for k in ("fused", "index", "confidence"))
     res = _result(pl, fused, index, conf, float("nan"), _impl(pl))
     res.provenance["lazy"] = True
     res.provenance["stripes"] = len(stripes)
     return res
+
+
+def _store_task(part, out: dict, t: int, s0: int, s1: int) -> int:
+    """Write one stripe's (fused, index, confidence) into ``out`` (a dask task: workers write
+    their own stripes; the output chunks hold whole stripes, so no two tasks share a chunk)."""
+    f, i, c = part
+    _write_rows(out, t, s0, s1, {"fused": f, "index": i, "confidence": c})
+    return s1 - s0
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,4 +554,5 @@ def _stream_frames(pl, impl, canon, stripes, out, writer, budget, two_pass, coun
             reader.close()
 
 
-__all__ = ["Stripe", "fuse_lazy", "fuse_to_store_iter", "plan_stripes", "read_rows", "STRIPE_BUDGET"]
+__all__ = ["Stripe", "fuse_lazy", "fuse_to_store_iter", "plan_stripes", "read_rows", "stripe_tasks",
+           "STRIPE_BUDGET"]

@@ -216,7 +216,12 @@ def fuse_to_zarr_iter(stack, outdir, *, budget: int | None = None, **options):
         outs.abort()
         raise
     files = outs.commit(result.provenance)
-    # re-open the committed images lazily (the partial paths are gone)
+    return reopen_committed(result, outs, files, st.axes), files
+
+
+def committed_arrays(outs: ZarrOutputs, files: dict):
+    """The committed images ``files`` (the partial paths of ``outs`` are gone) as dask arrays in
+    the engine's order: fused (T, Y, X, C), index and confidence (T, Y, X)."""
     import zarr
 
     views = {}
@@ -224,14 +229,20 @@ def fuse_to_zarr_iter(stack, outdir, *, budget: int | None = None, **options):
         arr = zarr.open_group(store=str(files[role]), mode="r")["0"]
         v = outs.arrays[role]
         views[role] = _EngineView(arr, v.has_t, v.has_c, v.channels).to_dask()
-    fused, index, conf = views["fused"], views["index"], views["confidence"]
-    if "C" not in st.axes:
+    return views["fused"], views["index"], views["confidence"]
+
+
+def reopen_committed(result, outs: ZarrOutputs, files: dict, axes: str):
+    """``result`` with its arrays replaced by those of :func:`committed_arrays`, in the stack's
+    own axes (T and C dropped when ``axes`` has none)."""
+    fused, index, conf = committed_arrays(outs, files)
+    if "C" not in axes:
         fused = fused[..., 0]
-    if "T" not in st.axes:
+    if "T" not in axes:
         fused, index, conf = fused[0], index[0], conf[0]
     result.fused, result.index, result.confidence = fused, index, conf
     result.provenance["output"] = {k: str(v) for k, v in files.items()}
-    return result, files
+    return result
 
 
 class _EngineView:
@@ -292,4 +303,5 @@ class _EngineView:
         return a
 
 
-__all__ = ["ZarrOutputs", "create_outputs", "fuse_to_zarr_iter", "is_zarr", "open_zarr"]
+__all__ = ["ZarrOutputs", "create_outputs", "fuse_to_zarr_iter", "is_zarr", "open_zarr", "committed_arrays",
+           "reopen_committed"]
