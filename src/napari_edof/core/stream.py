@@ -450,8 +450,8 @@ def fuse_to_store_iter(stack, out: dict, *, budget: int = STRIPE_BUDGET, **optio
     (T, Y, X) that accept slice assignment (zarr arrays, numpy memory maps, numpy arrays). Only two
     stripes of source rows (the one fused and the next, read meanwhile; at most ``budget`` bytes
     each, at least one row of tiles) and two stripes of outputs (one being written in a
-    background thread) are in memory at a time. Returns a :class:`FusionResult` whose arrays are ``out``'s (T and C
-    dropped where the input has none).
+    background thread) are in memory at a time. Returns a :class:`FusionResult` whose arrays are
+    ``out``'s (T and C dropped where the input has none).
     """
     pl = plan_fusion(stack, **options)
     _tune_malloc()  # stripe-sized reads and writes: reuse freed memory instead of faulting in fresh pages

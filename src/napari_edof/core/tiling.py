@@ -79,9 +79,10 @@ def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
 def read_window(frame: np.ndarray, win: tuple[int, int, int, int]) -> np.ndarray:
     """``frame[:, y0:y1, x0:x1]`` of a (Z, Y, X, C) array, reflected where it leaves the image.
 
-    A view when the window lies inside the image, a copy of the window otherwise. The axis that
-    stays inside is sliced first, so a reflection copies the window, not whole rows or columns
-    of the frame (a tile on the top edge of a 16 x 270 x 8192 stripe copied 70 MB before).
+    A view when the window lies inside the image, a copy of the window otherwise. The frame is
+    first cut to the rows and columns the window reads, so a reflection copies the window, not
+    whole rows or columns of the frame (a tile on the top edge of a 16 x 270 x 8192 stripe copied
+    70 MB before).
     """
     y0, y1, x0, x1 = win
     Y, X = frame.shape[1:3]
