@@ -116,6 +116,8 @@ def main() -> None:
     ap.add_argument("--method", default="focus-select")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--repeat", type=int, default=2, help="streamed runs per stack (the best counts)")
+    ap.add_argument("--width", type=int, default=None,
+                    help="image width (default: 8192 up to 8 GiB, 26624 above)")
     ap.add_argument("--child", default=None)
     ap.add_argument("--src")
     ap.add_argument("--out")
@@ -143,7 +145,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     largest = None
     for gib in [float(s) for s in a.sizes.split(",")]:
-        X = 8192 if gib <= 8 else 26624
+        X = a.width or (8192 if gib <= 8 else 26624)
         Y = int(round(gib * 2**30 / (16 * 2 * X) / 256)) * 256
         need = 16 * Y * X * 2 / 2**30 * 1.4 + 1
         if shutil.disk_usage(where).free / 2**30 < need:
