@@ -30,6 +30,11 @@ from pathlib import Path
 import numpy as np
 
 
+def _to8(a):
+    """[0, 1] floats -> uint8."""
+    return np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)
+
+
 def sets(count: int, crop: int, offset: int = 0) -> dict[str, list[dict]]:
     from napari_edof.training.datasets import DEFAULT_SCENES, StackDataset, validation_set
 
@@ -41,15 +46,13 @@ def sets(count: int, crop: int, offset: int = 0) -> dict[str, list[dict]]:
     general = []
     for i in range(count):
         it = ds[i]
-        to8 = lambda a: np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)  # noqa: E731
-        general.append({"stack": to8(it["stack"]), "truth": to8(it["aif"]), "n": it["n"]})
+        general.append({"stack": _to8(it["stack"]), "truth": _to8(it["aif"]), "n": it["n"]})
     ds3 = StackDataset(seed=6072 + offset, crop=(crop, crop), n_range=(6, 10), rgb=True, scenes=dict(DEFAULT_SCENES),
                        augment=False)
     missing = []
     for i in range(count):
         it = ds3[i]
-        to8 = lambda a: np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)  # noqa: E731
-        missing.append({"stack": to8(it["stack"][::2]), "truth": to8(it["aif"]), "n": len(it["stack"][::2])})
+        missing.append({"stack": _to8(it["stack"][::2]), "truth": _to8(it["aif"]), "n": len(it["stack"][::2])})
     return {"microscopy": micro, "general": general, "missing": missing}
 
 
