@@ -153,3 +153,110 @@ def test_a_changed_stack_reads_through_dask_not_the_zarr_array(tmp_path, direct_
     res, _ = _drain(fuse_to_zarr_iter(flipped, tmp_path / "out", tile=16, budget=1 << 12))
     assert direct_reads == []
     np.testing.assert_array_equal(np.asarray(res.fused), ne.fuse(data[:, ::-1].copy(), tile=16).fused)
+
+
+# -- uncompressed chunks read around the page cache (stream.ChunkFiles) --------------------------
+@pytest.fixture
+def chunk_reads(monkeypatch):
+    """Chunk files read with O_DIRECT, as chunk coordinates."""
+    from napari_edof.core import stream
+
+    seen = []
+    real = stream.ChunkFiles._read_chunk
+
+    def spy(self, coords):
+        seen.append(coords)
+        return real(self, coords)
+
+    monkeypatch.setattr(stream.ChunkFiles, "_read_chunk", spy)
+    return seen
+
+
+def _raw_zarr(path, data, chunks, **kw):
+    z = zarr.create_array(store=str(path), shape=data.shape, chunks=chunks, dtype=data.dtype,
+                          compressors=None, **kw)
+    z[...] = data
+    return z
+
+
+@pytest.mark.parametrize("axes,shape,chunks", [
+    ("ZYX", (5, 150, 70), (1, 40, 32)),               # edge chunks in Y and X
+    ("TZCYX", (2, 4, 2, 70, 48), (2, 1, 2, 32, 48)),  # a chunk holds both time points and channels
+])
+def test_uncompressed_zarr_is_read_around_the_page_cache_with_the_same_result(
+        tmp_path, monkeypatch, chunk_reads, axes, shape, chunks):
+    monkeypatch.setenv("NAPARI_EDOF_DIRECT_IO", "1")
+    data = np.random.default_rng(3).integers(0, 60000, size=shape, dtype=np.uint16)
+    z = _raw_zarr(tmp_path / "in.zarr", data, chunks)
+    st = ne.open_stack(tmp_path / "in.zarr", axes=axes)
+    res, _ = _drain(fuse_to_zarr_iter(st, tmp_path / "out", tile=32, budget=1 << 15))
+    ref = ne.fuse(api.as_stack(data, axes=axes, rgb=False), tile=32)
+    np.testing.assert_array_equal(np.asarray(res.fused), ref.fused)
+    np.testing.assert_array_equal(np.asarray(res.index), ref.index)
+    np.testing.assert_array_equal(np.asarray(res.confidence), ref.confidence)
+    n_chunks = int(np.prod([-(-n // c) for n, c in zip(shape, chunks)]))
+    assert len(chunk_reads) >= n_chunks  # every chunk came through O_DIRECT (halo rows: some twice)
+    assert np.array_equal(z[...], data)
+
+
+def test_chunk_files_missing_chunks_are_the_fill_value_and_damaged_ones_are_named(tmp_path, monkeypatch):
+    from napari_edof.core.stream import ZarrRows
+
+    monkeypatch.setenv("NAPARI_EDOF_DIRECT_IO", "1")
+    data = np.arange(3 * 40 * 30, dtype=np.uint16).reshape(3, 40, 30)
+    z = _raw_zarr(tmp_path / "in.zarr", data, (1, 16, 16), fill_value=7)
+    (tmp_path / "in.zarr" / "c" / "1" / "1" / "0").unlink()  # plane 1, rows 16-31, columns 0-15
+    want = data.copy()
+    want[1, 16:32, 0:16] = 7
+    rows = ZarrRows(z, "ZYX", 0)
+    assert rows.files is not None
+    out = np.empty((3, 30, 30), np.uint16)
+    rows.read_into(5, 35, out)
+    np.testing.assert_array_equal(out, want[:, 5:35])
+    np.testing.assert_array_equal(out, z[:, 5:35])  # as zarr reads it
+    damaged = tmp_path / "in.zarr" / "c" / "2" / "0" / "1"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(StackError, match=r"c/2/0/1.*100 bytes.*damaged"):
+        rows.read_into(0, 10, out[:, :10])
+    rows.files.close()
+
+
+def test_chunk_files_fall_back_to_zarr_where_o_direct_is_refused(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from napari_edof.core.stream import ZarrRows
+
+    monkeypatch.setenv("NAPARI_EDOF_DIRECT_IO", "1")
+    real_open = os.open
+
+    def no_direct(path, flags, *a, **k):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    data = np.random.default_rng(0).integers(0, 255, size=(2, 50, 20), dtype=np.uint8)
+    rows = ZarrRows(_raw_zarr(tmp_path / "in.zarr", data, (1, 16, 20)), "ZYX", 0)
+    assert rows.files is not None
+    out = np.zeros((2, 40, 20), np.uint8)
+    rows.read_into(10, 50, out)
+    np.testing.assert_array_equal(out, data[:, 10:50])
+    assert rows.files is None  # zarr reads from now on
+
+
+def test_direct_io_is_chosen_for_raw_chunks_larger_than_the_memory(tmp_path, monkeypatch):
+    from napari_edof.core import policy
+    from napari_edof.core.stream import ChunkFiles, direct_io_wanted
+
+    data = np.zeros((2, 32, 32), np.uint16)
+    raw = _raw_zarr(tmp_path / "raw.zarr", data, (1, 16, 16))
+    packed = zarr.create_array(store=str(tmp_path / "packed.zarr"), shape=data.shape, chunks=(1, 16, 16),
+                               dtype=np.uint16)  # zstd by default: zarr decodes it
+    assert ChunkFiles.of(raw) is not None and ChunkFiles.of(packed) is None
+    monkeypatch.delenv("NAPARI_EDOF_DIRECT_IO", raising=False)
+    assert not direct_io_wanted(raw)  # 4 KiB: the page cache holds it
+    monkeypatch.setattr(policy, "available_memory", lambda: 1000)
+    assert direct_io_wanted(raw)
+    monkeypatch.setenv("NAPARI_EDOF_DIRECT_IO", "0")
+    assert not direct_io_wanted(raw)

@@ -18,6 +18,7 @@ neighbouring row of tiles that blends into it).
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -99,6 +100,160 @@ def _chunk_rows(frame) -> int:
     return int(c[0]) if isinstance(c, tuple) else int(c)
 
 
+class _NoDirectIO(Exception):
+    """The file system refused ``O_DIRECT`` (the reader falls back to zarr's own reads)."""
+
+
+def direct_io_wanted(arr) -> bool:
+    """Read ``arr``'s chunk files around the page cache? ``NAPARI_EDOF_DIRECT_IO`` = 1 / 0 says
+    yes / no; otherwise ("auto") yes when the array is larger than the memory available now.
+
+    A stack larger than the memory cannot stay in the page cache: read through it, every chunk
+    is copied once more by the kernel and evicts an older page (kswapd), for nothing. On the
+    26 GiB benchmark stack that was 3.4 s of CPU per 4.9 GiB read against 0.6 s with
+    ``O_DIRECT``, on a machine with 2 cores that the fusion needs.
+    """
+    import os
+
+    want = os.environ.get("NAPARI_EDOF_DIRECT_IO", "auto").strip().lower()
+    if want in ("0", "false", "no", "off") or not hasattr(os, "O_DIRECT"):
+        return False
+    if want in ("1", "true", "yes", "on"):
+        return True
+    from .policy import available_memory
+
+    return int(getattr(arr, "nbytes", 0)) > available_memory()
+
+
+class ChunkFiles:
+    """Uncompressed zarr v3 chunks on a local disk, read with ``O_DIRECT`` (no page cache).
+
+    Only for arrays whose chunks are the raw bytes of the chunk (the single ``bytes`` codec: no
+    compression, no sharding, no transpose) in a :class:`zarr.storage.LocalStore`; anything else
+    gives ``None`` from :meth:`of` and is read by zarr. A missing chunk file is the fill value, as
+    in zarr; a chunk file of the wrong size is an error naming it.
+    """
+
+    #: chunk files read at a time: one synchronous read at a time leaves the disk idle while the
+    #: reading thread waits for the GIL (0.3 GiB/s during a fusion against 1.1 GiB/s alone)
+    THREADS = 4
+
+    def __init__(self, folder, arr, dtype: np.dtype, chunks: tuple[int, ...]):
+        self.folder, self.arr, self.dtype, self.chunks = folder, arr, dtype, chunks
+        self.shape = tuple(int(n) for n in arr.shape)
+        self.nbytes = int(np.prod(chunks)) * dtype.itemsize
+        self.fill = arr.metadata.fill_value
+        self._local = threading.local()  # a page-aligned buffer per reading thread
+        self._pool = None
+
+    @classmethod
+    def of(cls, arr) -> "ChunkFiles | None":
+        from pathlib import Path
+
+        try:
+            from zarr.codecs import BytesCodec
+            from zarr.core.chunk_grids import RegularChunkGrid
+            from zarr.storage import LocalStore
+        except ImportError:
+            return None
+        md = getattr(arr, "metadata", None)
+        store = getattr(arr, "store", None)
+        if (getattr(md, "zarr_format", None) != 3 or not isinstance(store, LocalStore)
+                or not isinstance(md.chunk_grid, RegularChunkGrid)
+                or len(md.codecs) != 1 or not isinstance(md.codecs[0], BytesCodec)):
+            return None
+        dtype = np.dtype(arr.dtype)
+        if dtype.kind not in "biuf":
+            return None
+        endian = getattr(md.codecs[0].endian, "value", None)
+        if dtype.itemsize > 1 and endian in ("little", "big"):
+            dtype = dtype.newbyteorder("<" if endian == "little" else ">")
+        folder = Path(store.root) / (arr.path or "")
+        return cls(folder, arr, dtype, tuple(int(c) for c in md.chunk_grid.chunk_shape))
+
+    def _read_chunk(self, coords: tuple[int, ...]) -> np.ndarray | None:
+        """The chunk at ``coords`` (a view of the reused buffer), or None where it has no file."""
+        import errno
+        import os
+
+        import mmap
+
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            size = max(4096, -(-self.nbytes // 4096) * 4096)
+            buf = self._local.buf = mmap.mmap(-1, size)  # page aligned, as O_DIRECT needs
+            self._local.view = np.frombuffer(buf, self.dtype, count=int(np.prod(self.chunks))).reshape(self.chunks)
+        path = self.folder / self.arr.metadata.encode_chunk_key(coords)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                raise _NoDirectIO() from None
+            raise
+        try:
+            got, mv = 0, memoryview(buf)
+            while got < self.nbytes:
+                n = os.readv(fd, [mv[got:]])
+                if n == 0:
+                    break
+                got += n
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                raise _NoDirectIO() from None
+            raise
+        finally:
+            os.close(fd)
+        if got != self.nbytes:
+            from .errors import StackError
+
+            raise StackError(f"{path}: the chunk file holds {got} bytes, not the {self.nbytes} of a "
+                             f"{'x'.join(map(str, self.chunks))} {self.dtype.name} chunk; is it damaged?")
+        return self._local.view
+
+    def read_into(self, sel: tuple, out: np.ndarray) -> None:
+        """``out[...] = arr[sel]`` for ``sel`` of ints and slices (steps of 1), chunk by chunk."""
+        import itertools
+
+        spans = []  # per axis: (first, stop) in array coordinates, int axes marked
+        for s, n in zip(sel, self.shape):
+            if isinstance(s, slice):
+                a, b, _ = s.indices(n)
+                spans.append((a, b, False))
+            else:
+                spans.append((int(s), int(s) + 1, True))
+        ranges = [range(a // c, -(-b // c)) for (a, b, _), c in zip(spans, self.chunks)]
+
+        def one(coords):  # chunks cover disjoint parts of ``out``: the threads never meet
+            src, dst = [], []
+            for (a, b, is_int), k, c in zip(spans, coords, self.chunks):
+                lo, hi = max(a, k * c), min(b, (k + 1) * c)
+                src.append(lo - k * c if is_int else slice(lo - k * c, hi - k * c))
+                if not is_int:
+                    dst.append(slice(lo - a, hi - a))
+            chunk = self._read_chunk(coords)
+            if chunk is None:
+                out[tuple(dst)] = self.fill
+            else:
+                out[tuple(dst)] = chunk[tuple(src)]
+
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.THREADS, thread_name_prefix="edof-chunk")
+        futures = [self._pool.submit(one, c) for c in itertools.product(*ranges)]
+        errors = [f.exception() for f in futures]  # all finished before anything else writes ``out``
+        for e in errors:
+            if e is not None:
+                raise e
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
 class ZarrRows:
     """Direct reads of the rows of one time point of a zarr-backed stack into two reused buffers.
 
@@ -118,6 +273,7 @@ class ZarrRows:
             rest.append("C")
         self._order = [rest.index(a) for a in "ZYXC"]
         self._add_c = "C" not in axes
+        self.files = ChunkFiles.of(arr) if direct_io_wanted(arr) else None
 
     @classmethod
     def of(cls, stack, t: int) -> "ZarrRows | None":
@@ -155,6 +311,12 @@ class ZarrRows:
     def read_into(self, lo: int, hi: int, out: np.ndarray) -> None:
         """Rows [lo, hi) into ``out`` (zarr order, T dropped; any strides)."""
         sel = tuple(self.t if a == "T" else (slice(lo, hi) if a == "Y" else slice(None)) for a in self.axes)
+        if self.files is not None:
+            try:
+                self.files.read_into(sel, out)
+                return
+            except _NoDirectIO:  # e.g. a file system without O_DIRECT: zarr reads from now on
+                self.files = None
         try:
             from zarr.core.buffer import default_buffer_prototype
 
@@ -281,6 +443,8 @@ class RowReader:
         self.block = None
         if self.direct is not None:
             self.direct.bufs = [None, None]
+            if self.direct.files is not None:
+                self.direct.files.close()
 
 
 def _light(pl: FusionPlan) -> FusionPlan:
