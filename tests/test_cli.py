@@ -50,6 +50,16 @@ def test_params_and_method(stack_tif, tmp_path):
     assert prov["method"] == "pyramid" and prov["params"]["levels"] == 2
 
 
+def test_precision_half_is_checked_and_recorded(stack_tif, tmp_path):
+    path, _ = stack_tif
+    out = tmp_path / "o"
+    assert cli.main(["fuse", str(path), "-o", str(out), "-m", "stackmff-v2", "--tile", "0",
+                     "--precision", "half", "-q"]) == 0
+    prov = json.loads((out / "provenance.json").read_text())
+    check = prov["half_precision_check"]
+    assert check["pixels"] == 64 * 72 and prov["precision"] == ("half" if check["kept"] else "float32")
+
+
 def test_batch(stack_tif, tmp_path):
     path, s = stack_tif
     second = tmp_path / "second.tif"
@@ -66,6 +76,7 @@ def test_batch(stack_tif, tmp_path):
         (["-p", "radius=-3"], "minimum"),
         (["-p", "bogus=1"], "no parameter"),
         (["--tile", "big"], "--tile"),
+        (["--precision", "half"], "focus-select computes in float32"),
     ],
 )
 def test_bad_options_exit_2(stack_tif, tmp_path, capsys, extra, message):

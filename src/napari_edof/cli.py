@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--tile", default="auto", help="tile side in pixels, 'auto' (default) or 0 for none")
     f.add_argument("--overlap", type=int, default=None, help="blended overlap between tiles (pixels)")
     f.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    f.add_argument("--precision", choices=("auto", "float32", "half"), default="auto",
+                   help="learned methods: half runs the network in half precision if the first tile's focus "
+                        "index is identical to float32's (else float32; provenance.json says which); auto: "
+                        "half on CUDA for methods measured safe in it")
     f.add_argument("--axes", default=None, help="axes of the input when its metadata does not say, e.g. ZYX, TZYX, CZYX")
     f.add_argument("--guide", default="auto", help="auto, luminance, mean or a channel number")
     f.add_argument("--threads", type=int, default=None, help="threads for CPU methods (default: all cores)")
@@ -180,7 +184,8 @@ def _options(args, params: dict) -> dict:
         except ValueError:
             raise EdofError(f"--tile must be a number of pixels, 'auto' or 0, not {tile!r}") from None
     return dict(method=args.method or DEFAULT_METHOD, params=params, tile=tile, overlap=args.overlap,
-                device=None if args.device == "auto" else args.device, guide=_guide(args.guide))
+                device=None if args.device == "auto" else args.device, guide=_guide(args.guide),
+                precision=args.precision)
 
 
 def _drain_with_bar(gen, bar):

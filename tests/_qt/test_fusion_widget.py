@@ -365,6 +365,23 @@ def test_device_combo_is_lazy(viewer, qtbot, monkeypatch):
     assert not w.device_combo.isEnabled()
 
 
+def test_precision_choice_is_for_learned_methods(viewer, qtbot, errors):
+    layer = viewer.add_image(api.sample_stack(n_planes=4, shape=(48, 48), seed=3).stack.data, name="stack")
+    w = _widget(viewer, qtbot, layer)
+    w.set_method("focus-select")
+    assert not w.precision_combo.isEnabled()
+    w.set_method("stackmff-v2")
+    assert w.precision_combo.isEnabled()
+    w.precision_combo.setCurrentIndex(w.precision_combo.findData("half"))
+    w.tile_spin.setValue(0)
+    res = w.run(sync=True)
+    assert errors == []
+    check = res.provenance["half_precision_check"]  # the first tile ran both ways
+    assert res.provenance["precision"] == ("half" if check["kept"] else "float32")
+    w.set_method("focus-select")  # back to a numpy method: the choice goes back to auto
+    assert not w.precision_combo.isEnabled() and w.precision_combo.currentData() == "auto"
+
+
 def test_reader_metadata_sets_default_axes(viewer, qtbot, tmp_path, errors):
     from napari_edof.io.writers import write_tiff
 

@@ -119,3 +119,20 @@ def test_registering_every_method_does_not_import_torch():
             "assert 'torch' not in sys.modules, 'torch imported'; print(len(names))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert int(out) == len(METHODS)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if get_method(m)[0].backend == "torch"])
+def test_learned_methods_run_under_autocast(method, sample_grey):
+    """precision="half" (bfloat16 autocast on the CPU, float16 on CUDA): the network runs (no
+    dtype clash in a hand-written layer), and the gate's decision is honest: one tile, so a kept
+    half precision gives the float32 index exactly."""
+    r = ne.fuse(sample_grey.stack, method=method, precision="half", tile=0)
+    check = r.provenance["half_precision_check"]
+    assert "error" not in check, check.get("error")
+    ref = ne.fuse(sample_grey.stack, method=method, tile=0)
+    assert r.provenance["precision"] == ("half" if check["kept"] else "float32")
+    if check["kept"]:
+        np.testing.assert_array_equal(r.index, ref.index)
+    else:
+        assert check["differing"] > 0
+        np.testing.assert_array_equal(r.index, ref.index)  # the float32 result

@@ -308,6 +308,13 @@ class FusionWidget(QWidget):
         form = QFormLayout(box)
         self.device_combo = _DeviceCombo()
         self.device_combo.setToolTip("auto: a GPU when the method can use one, else the CPU")
+        self.precision_combo = QComboBox()
+        for label, value in (("auto", "auto"), ("float32", "float32"), ("half (if the index stays identical)", "half")):
+            self.precision_combo.addItem(label, value)
+        self.precision_combo.setToolTip(
+            "Learned methods: half runs the network in half precision (a GPU's speed-up) if the first tile's "
+            "focus index is identical to float32's, else in float32; auto: half on CUDA for methods measured "
+            "safe in it")
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 16384)
         self.tile_spin.setSingleStep(64)
@@ -331,6 +338,7 @@ class FusionWidget(QWidget):
         cl.addWidget(self.cluster_check)
         cl.addWidget(self.cluster_workers)
         form.addRow("device", self.device_combo)
+        form.addRow("precision", self.precision_combo)
         form.addRow("tile size", self.tile_spin)
         form.addRow("run", cl)
         form.addRow("retouch", self.retouch_check)
@@ -561,8 +569,9 @@ class FusionWidget(QWidget):
                              pixel_size=pixel_size, z_step=z_step, unit=unit)
         tile = int(self.tile_spin.value()) or "auto"
         device = self.device_combo.currentData() if self.device_combo.isEnabled() else "auto"
+        precision = self.precision_combo.currentData() if self.precision_combo.isEnabled() else "auto"
         kwargs = dict(method=self.method_combo.currentData(), params=self.params(), tile=tile,
-                      device=device, guide=self._guide())
+                      device=device, guide=self._guide(), precision=precision)
         reg = self.registration()
         if reg is not None:
             kwargs["register"] = reg
@@ -682,6 +691,7 @@ class FusionWidget(QWidget):
         self.guide_combo.setEnabled(not running and self._n_channels() > 1)
         if running:
             self.device_combo.setEnabled(False)
+            self.precision_combo.setEnabled(False)
         else:
             self._update_device_enabled()
 
@@ -691,6 +701,9 @@ class FusionWidget(QWidget):
         spec = api.get_method(name) if name is not None else None
         gpu = spec is not None and (spec.backend == "torch" or any(d != "cpu" for d in spec.devices))
         self.device_combo.setEnabled(gpu)
+        self.precision_combo.setEnabled(spec is not None and spec.backend == "torch")
+        if not self.precision_combo.isEnabled():
+            self.precision_combo.setCurrentIndex(0)
         return gpu
 
     def _on_progress(self, step) -> None:

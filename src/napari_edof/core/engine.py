@@ -101,6 +101,8 @@ class FusionPlan:
     halo: int
     overlap: int
     workers: int
+    precision: str = "float32"  # "float32" or "half" (then ``gate`` keeps or drops it at the first tile)
+    gate: Any = None
 
     def make_impl(self):
         return self.cls(self.params, device=self.device)
@@ -117,7 +119,7 @@ class FusionPlan:
 
 def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = None, axes: str | None = None,
                 tile: int | str | None = "auto", overlap: int | None = None, device: str | None = None,
-                guide="auto", workers: int | None = None, register=None) -> FusionPlan:
+                guide="auto", workers: int | None = None, register=None, precision: str = "auto") -> FusionPlan:
     """Check the options and plan the tiles (no pixel is read, unless ``register`` asks to align
     the planes first: the plan's stack is then the aligned one). Raises EdofError subclasses."""
     stack = as_stack(stack, axes=axes)
@@ -141,10 +143,93 @@ def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = No
     if ov < 0:
         raise StackError(f"overlap={ov} must be 0 or more")
     tiles = plan_tiles((Y, X), tile, halo=halo, overlap=ov, multiple=mult)
-    nw = 1 if spec.backend == "torch" else max(1, int(workers or os.cpu_count() or 1))
+    prec = resolve_precision(precision, spec, dev)
+    if spec.backend == "torch":
+        from ..nn.accel import lanes
+
+        nw = lanes(dev)  # CUDA: tiles in two threads, each on its own stream; elsewhere one at a time
+    else:
+        nw = max(1, int(workers or os.cpu_count() or 1))
     return FusionPlan(stack=stack, spec=spec, cls=cls, params=p, device=dev, guide=g,
                       tile=None if single else int(tile), tiles=tiles,
-                      halo=tiles[0].halo, overlap=tiles[0].overlap, workers=nw)
+                      halo=tiles[0].halo, overlap=tiles[0].overlap, workers=nw, precision=prec,
+                      gate=HalfGate(dev) if prec == "half" else None)
+
+
+PRECISIONS = ("auto", "float32", "half")
+
+
+def resolve_precision(precision: str | None, spec, device: str) -> str:
+    """"float32" or "half" for a run of ``spec`` on ``device``.
+
+    "auto" is half precision only on CUDA and only for methods that declare it measured safe
+    (``MethodSpec.half_precision``); "half" asks for it on any device a learned method runs on
+    (bfloat16 on the CPU); either way :class:`HalfGate` drops it if the first tile's index differs.
+    """
+    precision = "auto" if precision is None else str(precision).lower()
+    if precision not in PRECISIONS:
+        raise StackError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "half" and spec.backend != "torch":
+        raise StackError(f"{spec.name} computes in float32 on the CPU (numpy); precision='half' is for the "
+                         "learned methods")
+    if precision == "auto":
+        return "half" if spec.half_precision and device.startswith("cuda") else "float32"
+    return precision
+
+
+class HalfGate:
+    """Half precision, kept only where the focus index stays identical.
+
+    The first tile a run fuses is fused twice, in float32 and in half precision; half precision
+    is kept for the run only if the tile's focus index is bitwise identical, else the run goes on
+    in float32 (as it does when the method fails in half precision). A first pass (whole-image
+    statistics) always runs in float32. Thread-safe: other tiles wait for the decision.
+    :attr:`report` goes into the provenance.
+    """
+
+    def __init__(self, device: str):
+        import threading
+
+        self.device = device
+        self.state = "unchecked"  # then "half" or "float32"
+        self.report: dict | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self):  # shipped to dask workers with the plan (each decides for its tasks)
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state):
+        import threading
+
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[[], dict]) -> dict:
+        """``fn()`` (a method call on one tile) in the precision decided, deciding it first if needed."""
+        from ..nn.accel import autocast, half_dtype
+
+        if self.state == "unchecked":
+            with self._lock:
+                if self.state == "unchecked":
+                    ref = fn()
+                    try:
+                        with autocast(self.device, True):
+                            half = fn()
+                    except Exception as exc:  # a method that cannot run in half precision: float32
+                        if is_oom(exc):
+                            raise
+                        self.state = "float32"
+                        self.report = {"half_type": str(half_dtype(self.device)).replace("torch.", ""),
+                                       "kept": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+                        return ref
+                    differ = int(np.count_nonzero(np.asarray(ref["index"]) != np.asarray(half["index"])))
+                    self.state = "float32" if differ else "half"
+                    self.report = {"half_type": str(half_dtype(self.device)).replace("torch.", ""),
+                                   "pixels": int(np.asarray(ref["index"]).size), "differing": differ,
+                                   "kept": not differ}
+                    return ref if differ else half
+        with autocast(self.device, self.state == "half"):
+            return fn()
 
 
 def provenance(pl: FusionPlan, seconds: float, impl=None) -> dict:
@@ -155,6 +240,7 @@ def provenance(pl: FusionPlan, seconds: float, impl=None) -> dict:
         "params": pl.params,
         "version": __version__,
         "device": pl.device,
+        "precision": pl.precision if pl.gate is None or pl.gate.state == "unchecked" else pl.gate.state,
         "guide": pl.guide,
         "tile": pl.tile,
         "overlap": pl.overlap,
@@ -171,6 +257,8 @@ def provenance(pl: FusionPlan, seconds: float, impl=None) -> dict:
         prov["weights_sha256"] = impl.weights_sha256
     if "registration" in stack.metadata:  # a stack aligned by register_stack
         prov["registration"] = stack.metadata["registration"]
+    if pl.gate is not None and pl.gate.report is not None:
+        prov["half_precision_check"] = pl.gate.report
     return prov
 
 
@@ -186,6 +274,7 @@ def fuse_iter(
     guide="auto",
     workers: int | None = None,
     register=None,
+    precision: str = "auto",
 ) -> Generator[Progress, None, FusionResult]:
     """Fuse a focus stack tile by tile, yielding progress; returns the :class:`FusionResult`.
 
@@ -212,6 +301,11 @@ def fuse_iter(
         Align the planes first (see :func:`napari_edof.core.registration.register_stack`; a dict
         holds its options, e.g. ``{"mode": "similarity", "scale": False, "edges": "edge"}``); the
         report goes to ``provenance["registration"]``.
+    precision : "auto", "float32" or "half"
+        Learned methods only. "half" runs the networks in half precision (float16 on CUDA,
+        bfloat16 on the CPU) if the first tile's focus index is identical to float32's, else in
+        float32 (``provenance["half_precision_check"]`` says which and why); "auto" is half
+        precision on CUDA for methods measured safe in it, float32 otherwise.
 
     A run that would not fit in memory is refused before anything large is allocated
     (:class:`~napari_edof.core.policy.OutOfMemory`). A GPU method that runs out of memory on a
@@ -223,7 +317,7 @@ def fuse_iter(
     if reg_opts is not None:
         stack, _ = register_stack(stack, **reg_opts)
     plan_kw = dict(method=method, params=params, tile=tile, overlap=overlap, device=device, guide=guide,
-                   workers=workers)
+                   workers=workers, precision=precision)
     pl = plan_fusion(stack, **plan_kw)
     stack, g, tiles = pl.stack, pl.guide, pl.tiles
     Y, X = stack.yx_shape
@@ -243,7 +337,7 @@ def fuse_iter(
     t_start = time.perf_counter()
 
     counter = [0]
-    oom_tiles = []
+    oom_tiles, oom_lanes = [], None
     for t_index in range(T):
         frame = canon[t_index]
         if is_dask(frame):
@@ -261,17 +355,22 @@ def fuse_iter(
                 yield from _counted(run_region(pl, impl, frame, r0=0, s0=0, s1=Y, tiles=tiles, t_index=t_index,
                                                stats=stats, out=outs), counter, total, "fuse", t_index)
                 break
-            except Exception as exc:  # a GPU out of memory: shrink the tiles and run this frame again
+            except Exception as exc:  # a GPU out of memory: one tile at a time, then smaller tiles
                 if pl.spec.backend != "torch" or not is_oom(exc):
                     raise
+                free_accelerator_memory()
+                if pl.workers > 1:
+                    pl = replace(pl, workers=1)
+                    oom_lanes = 1
+                    total = counter[0] + (T - t_index) * len(tiles) * (2 if two_pass else 1)
+                    continue
                 new = smaller_tile(pl.tile, (Y, X), pl.halo)
                 if new is None:
                     hint = "use --device cpu" if pl.device != "cpu" else "free memory or use a larger machine"
                     raise OutOfMemory(f"{stack.name}: {pl.spec.name} ran out of {pl.device} memory even with "
                                       f"tiles of {pl.tile} pixels ({exc}); {hint}") from None
-                free_accelerator_memory()
                 oom_tiles.append(new)
-                pl = plan_fusion(stack, **{**plan_kw, "tile": new})
+                pl = replace(plan_fusion(stack, **{**plan_kw, "tile": new}), workers=1, gate=pl.gate)
                 tiles = pl.tiles
                 total = counter[0] + (T - t_index) * len(tiles) * (2 if two_pass else 1)
         del frame
@@ -284,6 +383,8 @@ def fuse_iter(
     prov = provenance(pl, seconds, impl)
     if oom_tiles:
         prov["out_of_memory_retries"] = oom_tiles
+    if oom_lanes:
+        prov["lanes_after_out_of_memory"] = oom_lanes
     return FusionResult(
         fused=fused,
         index=index,
@@ -325,18 +426,29 @@ def run_region(pl: FusionPlan, impl, frame: np.ndarray, *, r0: int, s0: int, s1:
                    "confidence": np.empty((s1 - s0, X), np.float32)}
         canvas = Canvas((s1 - s0, X), specs, pl.overlap, out=out, cast=_cast_tile)
 
+    if str(pl.device).startswith("cuda"):
+        from ..nn.accel import lane
+    else:
+        from contextlib import nullcontext as lane
+    gate = pl.gate
+
     def job(t_):
         planes = read_window(frame, _shift(t_, -r0).window)
         gd = make_guide(planes, g)
         if check:
             _check_finite(gd, stack, t_index)
-        if pass1:
-            return impl.pass1(planes, gd, halo=halo)
-        res = impl.fuse_tile(planes, gd, halo=halo, stats=stats)
-        res["fused"] = np.asarray(res["fused"]).reshape(res["index"].shape + (C,))
+        if pass1:  # (in float32: its statistics reach every tile, and only the index is checked)
+            call = lambda: impl.pass1(planes, gd, halo=halo)  # noqa: E731
+        else:
+            call = lambda: impl.fuse_tile(planes, gd, halo=halo, stats=stats)  # noqa: E731
+        with lane(pl.device):  # CUDA: this thread's stream
+            res = call() if gate is None or pass1 else gate.run(call)
+        if not pass1:
+            res["fused"] = np.asarray(res["fused"]).reshape(res["index"].shape + (C,))
         return res
 
-    for t_, res in _run_tiles(tiles, job, pl.workers):
+    # blended overlaps are float sums: add the tiles in plan order, whatever thread finishes first
+    for t_, res in _run_tiles(tiles, job, pl.workers, ordered=pl.overlap > 0):
         canvas.add(_shift(t_, -s0), res)
         yield
     res = canvas.result()
@@ -362,8 +474,9 @@ def _counted(gen, counter: list, total: int, stage: str, t_index: int):
         gen.close()  # a cancelled run stops the region's tile pool now, not at garbage collection
 
 
-def _run_tiles(tiles, job: Callable, workers: int) -> Iterator:
-    """Run ``job`` on every tile, in ``workers`` threads, yielding (tile, output) as they finish.
+def _run_tiles(tiles, job: Callable, workers: int, ordered: bool = False) -> Iterator:
+    """Run ``job`` on every tile, in ``workers`` threads, yielding (tile, output) as they finish
+    (``ordered``: in the order of ``tiles``, so that sums over the outputs do not depend on timing).
 
     At most 2 x workers tiles are in flight, so memory stays one tile's working set per thread.
     Closing the iterator stops before the next tile (tiles already running finish first).
@@ -381,7 +494,11 @@ def _run_tiles(tiles, job: Callable, workers: int) -> Iterator:
             if len(pending) >= 2 * workers:
                 break
         while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            if ordered:
+                finished = [next(iter(pending))]  # the oldest (dicts keep insertion order)
+                wait(finished)
+            else:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for f in finished:
                 t = pending.pop(f)
                 out = f.result()

@@ -84,6 +84,9 @@ class MethodSpec:
     default_tile: int | Callable[[dict, int], int] = 256
     default_overlap: int = 0
     weights: WeightsSpec | None = None
+    #: measured: in half precision on CUDA the focus index stays identical (``precision="auto"``
+    #: then uses it there); see ``benchmarks/gpu_check.py``
+    half_precision: bool = False
     citation: str = ""
     paper: str = ""
 

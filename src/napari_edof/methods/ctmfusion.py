@@ -110,10 +110,12 @@ def make_decide(model, device: str):
     pairs -> (B, H, W) float32 probability that ``a`` is in focus rather than ``b``."""
     import torch
 
+    from ..nn.accel import to_device
+
     def decide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            ta = torch.from_numpy(np.require(a, np.float32, ("C", "W")))[:, None].to(device)
-            tb = torch.from_numpy(np.require(b, np.float32, ("C", "W")))[:, None].to(device)
+            ta = to_device(a, device)[:, None]
+            tb = to_device(b, device)[:, None]
             return model.decision(ta, tb)[:, 0].float().cpu().numpy()
 
     return decide

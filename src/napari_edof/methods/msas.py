@@ -119,20 +119,22 @@ def make_decide(model, device: str):
     """
     import torch
 
+    from ..nn.accel import to_device
+
     kept: dict = {}
 
     def decide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            ta = torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(device)
+            ta = to_device(a, device)
             if all(np.array_equal(b[0], b[i]) for i in range(1, b.shape[0])):
                 key = (b[0].shape, hashlib.blake2b(np.ascontiguousarray(b[0], np.float32).data,
                                                     digest_size=16).digest())
                 if kept.get("key") != key:
-                    tb = torch.from_numpy(np.array(b[:1], np.float32)).to(device)
+                    tb = to_device(b[:1], device)
                     kept.clear()
                     kept.update(key=key, features=model.encode_padded(tb))
                 return model.decide_encoded(ta, kept["features"]).float().cpu().numpy()
-            tb = torch.from_numpy(np.ascontiguousarray(b, np.float32)).to(device)
+            tb = to_device(b, device)
             return model.decide(ta, tb).float().cpu().numpy()
 
     return decide

@@ -245,7 +245,9 @@ class FMBFN:
         (h, w), its probability (h, w))."""
         import torch
 
-        xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))[None].to(self.device)
+        from ..nn.accel import to_device
+
+        xt = to_device(x.transpose(0, 3, 1, 2), self.device, x.dtype)[None]
         with torch.inference_mode():
             y, prov, sel, prob = self.model.infer(xt)
         if sel is None:  # a network without the selection head (the paper's FN)

@@ -159,7 +159,9 @@ class StackMFFV2Method:
         import torch
 
         x = normalise_guide(guide, dtype, self.p["normalise"])
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        from ..nn.accel import to_device
+
+        xt = to_device(x, self.device)
         logits = self.model.infer_logits(xt)[0]
         if halo:
             logits = logits[:, halo:-halo, halo:-halo]

@@ -46,6 +46,7 @@ import numpy as np
 
 from ..core.colour import gather
 from ..core.scaling import unit_range
+from ..nn.accel import to_device
 from ..nn.taef2_weights import ENCODER
 from ..nn.weights import cached_model, load_state_dict
 from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
@@ -211,7 +212,7 @@ class VAEEDOFMethod:
             rgb = rgb[select_planes(plane_scores(guide), self.net.slots)]
             z_n = rgb.shape[0]
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(rgb, np.float32)).to(self.device)
+            x = to_device(rgb, self.device)
             x = pad_multiple(x)
             lat = torch.cat([self.encoder(x[k : k + 1]) for k in range(z_n)])
             fused = fuse_latents(self.net, lat, long=self.p["long"])

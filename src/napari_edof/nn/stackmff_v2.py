@@ -458,17 +458,19 @@ def _step(fp, spans, hid: int, dst, prev, n: int, weights) -> None:
     below, so each row chunk's convolutions read their neighbours without copies.
     """
     wx, bx, whg, whc = weights
+    # (.float(): under autocast the convolutions run in half precision and the gates in float32,
+    # into the float32 state buffers; without it .float() is the tensor itself)
     for r0, r1 in spans:
-        xg = F.conv2d(fp[n : n + 1, :, r0 : r1 + 4], wx, bx, padding=(0, 1))  # rows r0-1 .. r1+1
+        xg = F.conv2d(fp[n : n + 1, :, r0 : r1 + 4], wx, bx, padding=(0, 1)).float()  # rows r0-1 .. r1+1
         if prev is None:  # h = 0: the h-part convolutions vanish (xg is scratch: in place)
             z = xg[:, hid : 2 * hid, 1:-1].sigmoid_()
             c = xg[:, 2 * hid :, 1:-1].mul_(2).sigmoid_().mul_(2).sub_(1)  # tanh
             torch.mul(c, z, out=dst[:, :, r0 + 2 : r1 + 2])
             continue
         hp = prev[:, :, r0 : r1 + 4]  # rows r0-2 .. r1+2 of h_{n-1} (zeros outside the image)
-        g = F.conv2d(hp, whg, padding=(0, 1))  # rows r0-1 .. r1+1
+        g = F.conv2d(hp, whg, padding=(0, 1)).float()  # rows r0-1 .. r1+1
         g.add_(xg[:, : 2 * hid]).sigmoid_()  # [reset, update]
-        c = F.conv2d(g[:, :hid] * hp[:, :, 1:-1], whc, padding=(0, 1))  # rows r0 .. r1
+        c = F.conv2d(g[:, :hid] * hp[:, :, 1:-1], whc, padding=(0, 1)).float()  # rows r0 .. r1
         c.add_(xg[:, 2 * hid :, 1:-1]).mul_(2).sigmoid_().mul_(2).sub_(1)  # tanh = 2 sigmoid(2x) - 1
         torch.lerp(hp[:, :, 2:-2], c, g[:, hid:, 1:-1], out=dst[:, :, r0 + 2 : r1 + 2])
 

@@ -1,0 +1,81 @@
+"""How tiles reach an accelerator: pinned transfers, one CUDA stream per lane, half precision.
+
+* :func:`to_device` moves a numpy window to the method's device. On CUDA the host copy goes
+  through page-locked ("pinned") memory (torch's caching host allocator, so buffers are reused)
+  and the upload is asynchronous on the current stream: the CPU goes on preparing while the copy
+  runs. Elsewhere it is ``torch.from_numpy`` (no copy on the CPU).
+* :func:`lane` gives each engine thread that runs tiles its own CUDA stream, so the upload,
+  compute and download of one tile overlap those of the tile in the other lane (the engine runs
+  :data:`CUDA_LANES` tiles at a time on CUDA, one elsewhere).
+* :func:`autocast` runs a tile in half precision (float16 on CUDA, bfloat16 on the CPU) where
+  the engine decided it may (see ``precision`` in :func:`napari_edof.fuse`).
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+
+#: tiles a CUDA device runs at a time, each thread on its own stream
+CUDA_LANES = 2
+
+_streams = threading.local()
+
+
+def to_device(a: np.ndarray, device: str, dtype=np.float32):
+    """``a`` as a contiguous torch tensor of ``dtype`` on ``device`` (see the module text)."""
+    import torch
+
+    t = torch.from_numpy(np.require(a, dtype, ("C", "W")))  # (a read-only window is copied)
+    if not str(device).startswith("cuda"):
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def lanes(device: str) -> int:
+    """How many tiles the engine runs at once on ``device``."""
+    return CUDA_LANES if str(device).startswith("cuda") else 1
+
+
+@contextlib.contextmanager
+def lane(device: str):
+    """This thread's own CUDA stream while a tile runs on ``device`` (nothing elsewhere).
+
+    The tile's results are copied back to numpy inside (``.cpu()`` waits for its stream), so
+    nothing made on the stream is used on another.
+    """
+    if not str(device).startswith("cuda"):
+        yield
+        return
+    import torch
+
+    dev = torch.device(device)
+    per = getattr(_streams, "by_device", None)
+    if per is None:
+        per = _streams.by_device = {}
+    s = per.get(dev)
+    if s is None:
+        s = per[dev] = torch.cuda.Stream(device=dev)
+    with torch.cuda.stream(s):
+        yield
+
+
+def half_dtype(device: str):
+    """The half-precision type of ``device``: float16 on CUDA and MPS, bfloat16 on the CPU."""
+    import torch
+
+    return torch.bfloat16 if str(device).split(":")[0] == "cpu" else torch.float16
+
+
+@contextlib.contextmanager
+def autocast(device: str, enabled: bool):
+    """torch's autocast for ``device`` in its half type while ``enabled`` (thread-local)."""
+    if not enabled:
+        yield
+        return
+    import torch
+
+    kind = str(device).split(":")[0]
+    with torch.autocast(device_type=kind, dtype=half_dtype(device)):
+        yield
