@@ -174,9 +174,8 @@ class ChunkFiles:
     def _read_chunk(self, coords: tuple[int, ...]) -> np.ndarray | None:
         """The chunk at ``coords`` (a view of the reused buffer), or None where it has no file."""
         import errno
-        import os
-
         import mmap
+        import os
 
         buf = getattr(self._local, "buf", None)
         if buf is None:
@@ -316,6 +315,7 @@ class ZarrRows:
                 self.files.read_into(sel, out)
                 return
             except _NoDirectIO:  # e.g. a file system without O_DIRECT: zarr reads from now on
+                self.files.close()
                 self.files = None
         try:
             from zarr.core.buffer import default_buffer_prototype
