@@ -50,14 +50,17 @@ def test_params_and_method(stack_tif, tmp_path):
     assert prov["method"] == "pyramid" and prov["params"]["levels"] == 2
 
 
-def test_precision_half_is_checked_and_recorded(stack_tif, tmp_path):
+def test_precision_half_is_checked_and_recorded(stack_tif, tmp_path, capsys):
     path, _ = stack_tif
     out = tmp_path / "o"
     assert cli.main(["fuse", str(path), "-o", str(out), "-m", "stackmff-v2", "--tile", "0",
-                     "--precision", "half", "-q"]) == 0
+                     "--precision", "half"]) == 0
     prov = json.loads((out / "provenance.json").read_text())
     check = prov["half_precision_check"]
     assert check["pixels"] == 64 * 72 and prov["precision"] == ("half" if check["kept"] else "float32")
+    said = capsys.readouterr().out
+    assert ("half precision (bfloat16): the first tile's index was identical" in said if check["kept"]
+            else "float32: half precision changed" in said)
 
 
 def test_batch(stack_tif, tmp_path):

@@ -378,6 +378,7 @@ def test_precision_choice_is_for_learned_methods(viewer, qtbot, errors):
     assert errors == []
     check = res.provenance["half_precision_check"]  # the first tile ran both ways
     assert res.provenance["precision"] == ("half" if check["kept"] else "float32")
+    assert "first tile" in w.status.text()  # the status line says what became of half precision
     w.set_method("focus-select")  # back to a numpy method: the choice goes back to auto
     assert not w.precision_combo.isEnabled() and w.precision_combo.currentData() == "auto"
 

@@ -87,6 +87,7 @@ def test_half_precision_is_dropped_when_it_changes_the_index(autocast_probe):
     assert r.provenance["precision"] == "float32"
     check = r.provenance["half_precision_check"]
     assert not check["kept"] and check["differing"] == check["pixels"] == 32 * 32
+    assert r.summary().endswith("; float32: half precision changed 1024 of 1024 index pixels of the first tile")
     assert not any(calls[2:])  # the rest of the run in float32
     ref = ne.fuse(_stack(), method="_autocast-probe", params={"shift": True})
     np.testing.assert_array_equal(r.index, ref.index)  # the float32 result, first tile included
@@ -97,6 +98,7 @@ def test_half_precision_is_dropped_when_the_method_fails_in_it(autocast_probe):
     assert r.provenance["precision"] == "float32"
     check = r.provenance["half_precision_check"]
     assert not check["kept"] and "expected dtype float" in check["error"]
+    assert "float32: the method failed in half precision (RuntimeError: expected dtype" in r.summary()
     np.testing.assert_array_equal(r.index, ne.fuse(_stack(), method="_autocast-probe").index)
 
 

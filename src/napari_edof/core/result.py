@@ -98,8 +98,21 @@ class FusionResult:
         return (
             f"method {p.get('method')}: {self.n_planes} planes of "
             f"{'x'.join(map(str, np.shape(self.index)[-2:]))} in {p.get('seconds', float('nan')):.2f} s "
-            f"({p.get('mvoxel_per_s', float('nan')):.1f} Mvoxel/s)"
+            f"({p.get('mvoxel_per_s', float('nan')):.1f} Mvoxel/s)" + precision_note(p)
         )
+
+
+def precision_note(prov: dict) -> str:
+    """What became of a request for half precision, for a one-line summary ("" if none was made)."""
+    check = prov.get("half_precision_check")
+    if not check:
+        return ""
+    if check.get("kept"):
+        return f"; half precision ({check.get('half_type')}): the first tile's index was identical"
+    if "error" in check:
+        return f"; float32: the method failed in half precision ({check['error'][:80]})"
+    return (f"; float32: half precision changed {check.get('differing')} of {check.get('pixels')} "
+            "index pixels of the first tile")
 
 
 def labels_from_index(index, n_planes: int) -> np.ndarray:
