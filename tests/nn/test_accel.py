@@ -27,7 +27,7 @@ def autocast_probe():
         pass1_keys = ("m",)
 
         def __init__(self, params, *, device="cpu"):
-            self.shift, self.fail = params["shift"], params["fail"]
+            self.shift, self.fail, self.mark = params["shift"], params["fail"], params["mark"]
 
         @staticmethod
         def needs_pass1(params):
@@ -53,12 +53,13 @@ def autocast_probe():
             h, w = idx.shape
             src = planes[:, halo:halo + h, halo:halo + w]
             return {"fused": gather(src, idx.astype(np.int16) % planes.shape[0]), "index": idx,
-                    "confidence": np.ones(idx.shape, np.float32)}
+                    "confidence": np.full(idx.shape, 0.5 if on and self.mark else 1, np.float32)}
 
     spec = MethodSpec(name="_autocast-probe", summary="test", family="learned", backend="torch",
                       devices=("cpu",), default_tile=32,
                       params=(Param("shift", bool, False, "half precision changes the index"),
                               Param("fail", bool, False, "the network fails in half precision"),
+                              Param("mark", bool, False, "confidence 0.5 when computed in half precision"),
                               Param("two_pass", bool, False, "a first pass")))
     register(spec)(Probe)
     yield calls
@@ -120,6 +121,24 @@ def test_precision_auto_is_float32_off_cuda_and_options_are_checked(autocast_pro
     assert ne.fuse(_stack(), precision="float32").provenance["precision"] == "float32"
 
 
+def test_lazy_runs_check_half_precision_in_their_tasks(autocast_probe):
+    import dask.array as da
+
+    # (dask copies the plan, and with it this test's method class: its calls are not seen here, so
+    # the probe says in its outputs what ran: confidence 0.5 where a tile ran in half precision)
+    def lazy(**params):
+        r = ne.fuse(da.from_array(_stack(), chunks=(1, 32, 64)), method="_autocast-probe", params=params,
+                    precision="half")
+        assert r.provenance["precision"].startswith("half where each task's first tile kept")
+        return r.compute()
+
+    kept = lazy(mark=True)  # the index stays: every task keeps half precision
+    assert (kept.confidence == 0.5).all()
+    dropped = lazy(mark=True, shift=True)  # the index moves: every task drops it, first tile included
+    assert (dropped.confidence == 1).all()
+    np.testing.assert_array_equal(dropped.index, ne.fuse(_stack(), method="_autocast-probe").index)
+
+
 def test_the_half_precision_gate_travels_to_dask_workers():
     from napari_edof.core.engine import HalfGate
 
@@ -157,7 +176,7 @@ def test_to_device_on_the_cpu_shares_contiguous_float32():
 
 
 @pytest.mark.parametrize("method", ["stackmff-v2", "ctmfusion"])
-def test_two_lanes_give_the_result_of_one(monkeypatch, method):
+def test_two_lanes_give_the_result_of_one(monkeypatch, method, one_torch_thread):
     """On CUDA the engine runs two tiles at a time (one stream each): the methods must not share
     state between concurrent tiles. Forced here on the CPU."""
     from napari_edof import sample_stack

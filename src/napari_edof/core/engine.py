@@ -232,6 +232,14 @@ class HalfGate:
             return fn()
 
 
+def _precision_said(pl: FusionPlan) -> str:
+    if pl.gate is None:
+        return pl.precision
+    if pl.gate.state == "unchecked":  # a lazy or cluster run: the tasks hold their own gates
+        return "half where each task's first tile kept the float32 index (checked in the tasks)"
+    return pl.gate.state
+
+
 def provenance(pl: FusionPlan, seconds: float, impl=None) -> dict:
     """The provenance dictionary of a finished run."""
     stack, spec = pl.stack, pl.spec
@@ -240,7 +248,7 @@ def provenance(pl: FusionPlan, seconds: float, impl=None) -> dict:
         "params": pl.params,
         "version": __version__,
         "device": pl.device,
-        "precision": pl.precision if pl.gate is None or pl.gate.state == "unchecked" else pl.gate.state,
+        "precision": _precision_said(pl),
         "guide": pl.guide,
         "tile": pl.tile,
         "overlap": pl.overlap,
