@@ -81,6 +81,9 @@ def main(argv=None) -> int:
                 finally:
                     accel.lanes = lanes_before
                 row[f"mvoxel_s_{n_lanes}_lanes"] = vox / sec / 1e6
+            if "batch" in spec.defaults() and dev.startswith("cuda"):  # pair methods: auto (8) against 1
+                _, sec_1 = timed(lambda: ne.fuse(st, method=spec.name, device=dev, params={"batch": 1}), dev)
+                row["mvoxel_s_1_pair_per_call"] = vox / sec_1 / 1e6
             h, sec_h = timed(lambda: ne.fuse(st, method=spec.name, device=dev, precision="half"), dev)
             row.update(mvoxel_s_half=vox / sec_h / 1e6, half_kept=h.provenance["precision"] == "half",
                        half_first_tile=h.provenance.get("half_precision_check"),

@@ -234,3 +234,16 @@ def test_out_of_memory_with_two_lanes_drops_a_lane_before_shrinking_tiles(monkey
     assert r.provenance["lanes_after_out_of_memory"] == 1
     assert "out_of_memory_retries" not in r.provenance and r.provenance["tile"] == 32
     np.testing.assert_array_equal(r.index, data.argmax(0))
+
+
+def test_pair_methods_batch_auto_is_one_pair_on_the_cpu_and_more_on_a_gpu():
+    from napari_edof.methods._registry import get_method
+    from napari_edof.nn.accel import GPU_PAIR_BATCH, pair_batch
+
+    assert pair_batch(0, "cpu") == 1 and pair_batch(0, "cuda:0") == pair_batch(0, "mps") == GPU_PAIR_BATCH > 1
+    assert pair_batch(3, "cuda:0") == 3
+    for name in ("msas", "ctmfusion"):
+        spec, cls = get_method(name)
+        assert spec.defaults()["batch"] == 0
+        assert cls(spec.resolve(None), device="cpu").p["batch"] == 1
+        assert cls(spec.resolve({"batch": 4}), device="cpu").p["batch"] == 4

@@ -76,7 +76,8 @@ SPEC = MethodSpec(
               "together) or 'dtype' (integers divided by their maximum, floats as given)", choices=NORMALISE),
         Param("context", int, 32, "extra pixels read around each tile (and reflected around the image)",
               min=0, max=1024),
-        Param("batch", int, 1, "pairs per network call (memory grows with it: peak RSS 0.73 GB at 1, 2.0 GB at 4 for 8 x 512 x 512 on a CPU)", min=1, max=256),
+        Param("batch", int, 0, "pairs per network call; 0: auto, 1 on a CPU and 8 on a GPU (memory grows with "
+              "it: peak RSS 0.73 GB at 1, 2.0 GB at 4 for 8 x 512 x 512 on a CPU)", min=0, max=256),
     ),
     halo=context_halo,
     devices=("cuda", "mps", "cpu"),
@@ -124,7 +125,9 @@ def make_decide(model, device: str):
 @register(SPEC)
 class CTMFusionMethod:
     def __init__(self, params: dict, *, device: str = "cpu"):
-        self.p = params
+        from ..nn.accel import pair_batch
+
+        self.p = {**params, "batch": pair_batch(params["batch"], device)}
         self.device = device
         self.model = get_model(params["weights"], device)
         #: the hash of the weights actually used

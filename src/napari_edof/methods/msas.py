@@ -64,8 +64,9 @@ SPEC = MethodSpec(
               "by their maximum, floats as given)", choices=NORMALISE),
         Param("context", int, 32, "extra pixels read around each tile (and reflected around the image)",
               min=0, max=1024),
-        Param("batch", int, 1, "pairs per network call (on a CPU 1 is fastest and smallest: 16 x 512 x 512 took "
-              "4.4 s and 0.58 GB extra at 1, 12.3 s and 2.5 GB at 8)", min=1, max=256),
+        Param("batch", int, 0, "pairs per network call; 0: auto, 1 on a CPU (fastest and smallest there: "
+              "16 x 512 x 512 took 4.4 s and 0.58 GB extra at 1, 12.3 s and 2.5 GB at 8) and 8 on a GPU",
+              min=0, max=256),
     ),
     halo=context_halo,
     devices=("cuda", "mps", "cpu"),
@@ -165,7 +166,9 @@ def decide_stack(x: np.ndarray, decide, p: dict) -> tuple[np.ndarray, np.ndarray
 @register(SPEC)
 class MSASMethod:
     def __init__(self, params: dict, *, device: str = "cpu"):
-        self.p = params
+        from ..nn.accel import pair_batch
+
+        self.p = {**params, "batch": pair_batch(params["batch"], device)}
         self.device = device
         self.model = get_model(device)
         self.weights_sha256 = WEIGHTS.sha256

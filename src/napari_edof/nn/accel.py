@@ -19,6 +19,9 @@ import numpy as np
 
 #: tiles a CUDA device runs at a time, each thread on its own stream
 CUDA_LANES = 2
+#: plane pairs per network call of the pair methods (MSAS, CTMFusion) on a GPU with ``batch=0``;
+#: on the CPU 1 is fastest and smallest (measured: docs/pair_networks.md)
+GPU_PAIR_BATCH = 8
 
 _streams = threading.local()
 
@@ -31,6 +34,14 @@ def to_device(a: np.ndarray, device: str, dtype=np.float32):
     if not str(device).startswith("cuda"):
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
+
+
+def pair_batch(batch: int, device: str) -> int:
+    """Pairs per network call: ``batch``, or for 0 ("auto") 1 on the CPU and
+    :data:`GPU_PAIR_BATCH` on an accelerator (whose kernels want larger calls)."""
+    if batch:
+        return int(batch)
+    return 1 if str(device).split(":")[0] == "cpu" else GPU_PAIR_BATCH
 
 
 def lanes(device: str) -> int:
