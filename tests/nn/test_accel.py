@@ -175,13 +175,24 @@ def test_to_device_on_the_cpu_shares_contiguous_float32():
     assert lanes("cpu") == 1 and lanes("cuda:0") == 2
 
 
-@pytest.mark.parametrize("method", ["stackmff-v2", "ctmfusion"])
+@pytest.mark.parametrize("method", ["stackmff-v2", "ctmfusion", "msas", "vaeedof", "fmb-fn"])
 def test_two_lanes_give_the_result_of_one(monkeypatch, method, one_torch_thread):
     """On CUDA the engine runs two tiles at a time (one stream each): the methods must not share
     state between concurrent tiles. Forced here on the CPU."""
     from napari_edof import sample_stack
     from napari_edof.nn import accel
 
+    from napari_edof.methods._registry import get_method
+    from napari_edof.nn import weights as W
+
+    from ..conftest import SHARED
+
+    spec = get_method(method)[0]
+    if spec.weights is not None and spec.weights.urls:  # third-party weights: from ../shared, never downloaded
+        if not (SHARED / "weights" / spec.weights.filename).is_file():
+            pytest.skip(f"{spec.weights.filename} not in ../shared/weights")
+        monkeypatch.setenv(W.ENV, str(SHARED / "weights"))
+        monkeypatch.setattr(W, "_download", lambda *a: pytest.fail("tests must not download"))
     s = sample_stack(n_planes=4, shape=(96, 96), seed=1)
     one = ne.fuse(s.stack, method=method, tile=64)
     monkeypatch.setattr(accel, "lanes", lambda device: 2)
@@ -247,3 +258,38 @@ def test_pair_methods_batch_auto_is_one_pair_on_the_cpu_and_more_on_a_gpu():
         assert spec.defaults()["batch"] == 0
         assert cls(spec.resolve(None), device="cpu").p["batch"] == 1
         assert cls(spec.resolve({"batch": 4}), device="cpu").p["batch"] == 4
+
+
+def test_msas_keeps_its_reference_features_per_thread():
+    """Two lanes decide against different references at once: each thread keeps its own
+    reference's features (one shared slot let a lane read the other's, a race on a GPU)."""
+    import threading
+
+    from napari_edof.methods.msas import make_decide
+
+    encoded = []
+
+    class Fake:
+        def encode_padded(self, tb):
+            encoded.append(float(tb.mean()))
+            return tb
+
+        def decide_encoded(self, ta, feats):
+            return ta - feats  # depends on whose features are used
+
+    decide = make_decide(Fake(), "cpu")
+    a = np.ones((2, 4, 4), np.float32)
+    ra, rb = np.zeros((2, 4, 4), np.float32), np.full((2, 4, 4), 5, np.float32)
+    out = {}
+
+    def lane(name, ref):
+        out[name] = decide(a, ref)
+
+    lane("a1", ra)
+    t = threading.Thread(target=lane, args=("b", rb))
+    t.start()
+    t.join()
+    lane("a2", ra)  # this thread's reference is still kept: no new encoding
+    assert encoded == [0.0, 5.0]
+    np.testing.assert_array_equal(out["a2"], out["a1"])
+    np.testing.assert_array_equal(out["b"], a - 5)
