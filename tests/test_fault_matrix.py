@@ -370,6 +370,25 @@ def case_gpu_out_of_memory(tmp_path, capsys, oom_method):
         api.fuse(s.stack, method="_oom-sim")
 
 
+def case_gpu_out_of_memory_streaming(tmp_path, capsys, oom_method):
+    """The same back-off when the stack streams from disk stripe by stripe (--format zarr)."""
+    OOM, calls = oom_method
+    import json
+
+    src = _stack_tif(tmp_path / "in.tif", shape=(200, 180))
+    assert main(["fuse", str(src), "-o", str(tmp_path / "out"), "-m", "_oom-sim", "--format", "zarr", "-q"]) == EXIT_OK
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert prov["out_of_memory_retries"] == [64, 32] and prov["tile"] == 32
+    zarr = pytest.importorskip("zarr")
+    data = tifffile.imread(src)
+    index = zarr.open_group(str(tmp_path / "out" / "focus_index.ome.zarr"), mode="r")["0"][...]
+    np.testing.assert_array_equal(index.reshape(data.shape[1:]), data.argmax(axis=0))
+    OOM.limit = 0
+    assert main(["fuse", str(src), "-o", str(tmp_path / "never"), "-m", "_oom-sim", "--format", "zarr", "-q"]) == EXIT_INPUT
+    assert "ran out of cpu memory even with tiles of 32 pixels" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()  # nothing half-written is left
+
+
 def case_weights_hash_mismatch(tmp_path, capsys, monkeypatch):
     from napari_edof.methods._registry import WeightsSpec
     from napari_edof.nn import weights as W

@@ -345,7 +345,7 @@ def fuse_iter(
     t_start = time.perf_counter()
 
     counter = [0]
-    oom_tiles, oom_lanes = [], None
+    backoff: dict = {}
     for t_index in range(T):
         frame = canon[t_index]
         if is_dask(frame):
@@ -364,21 +364,7 @@ def fuse_iter(
                                                stats=stats, out=outs), counter, total, "fuse", t_index)
                 break
             except Exception as exc:  # a GPU out of memory: one tile at a time, then smaller tiles
-                if pl.spec.backend != "torch" or not is_oom(exc):
-                    raise
-                free_accelerator_memory()
-                if pl.workers > 1:
-                    pl = replace(pl, workers=1)
-                    oom_lanes = 1
-                    total = counter[0] + (T - t_index) * len(tiles) * (2 if two_pass else 1)
-                    continue
-                new = smaller_tile(pl.tile, (Y, X), pl.halo)
-                if new is None:
-                    hint = "use --device cpu" if pl.device != "cpu" else "free memory or use a larger machine"
-                    raise OutOfMemory(f"{stack.name}: {pl.spec.name} ran out of {pl.device} memory even with "
-                                      f"tiles of {pl.tile} pixels ({exc}); {hint}") from None
-                oom_tiles.append(new)
-                pl = replace(plan_fusion(stack, **{**plan_kw, "tile": new}), workers=1, gate=pl.gate)
+                pl = retry_plan(pl, exc, lambda tile: plan_fusion(stack, **{**plan_kw, "tile": tile}), backoff)
                 tiles = pl.tiles
                 total = counter[0] + (T - t_index) * len(tiles) * (2 if two_pass else 1)
         del frame
@@ -389,10 +375,7 @@ def fuse_iter(
     if "T" not in stack.axes:
         fused, index, conf = fused[0], index[0], conf[0]
     prov = provenance(pl, seconds, impl)
-    if oom_tiles:
-        prov["out_of_memory_retries"] = oom_tiles
-    if oom_lanes:
-        prov["lanes_after_out_of_memory"] = oom_lanes
+    prov.update(backoff)
     return FusionResult(
         fused=fused,
         index=index,
@@ -404,6 +387,29 @@ def fuse_iter(
         unit=stack.unit,
         rgb=stack.rgb,
     )
+
+
+def retry_plan(pl: FusionPlan, exc: BaseException, replan: Callable[[int], FusionPlan], backoff: dict) -> FusionPlan:
+    """The plan to run a time point again with after ``exc``, or ``exc`` raised again.
+
+    A torch method that ran out of accelerator memory runs one tile at a time (when it ran two),
+    then with tiles half as large (``replan(tile)``), down to 32 pixels; below that it is an
+    :class:`OutOfMemory` naming the device. ``backoff`` collects what was done, for the provenance
+    ("lanes_after_out_of_memory", "out_of_memory_retries": the tile sides tried).
+    """
+    if pl.spec is None or pl.spec.backend != "torch" or not is_oom(exc):
+        raise exc
+    free_accelerator_memory()
+    if pl.workers > 1:
+        backoff["lanes_after_out_of_memory"] = 1
+        return replace(pl, workers=1)
+    new = smaller_tile(pl.tile, pl.stack.yx_shape, pl.halo)
+    if new is None:
+        hint = "use --device cpu" if pl.device != "cpu" else "free memory or use a larger machine"
+        raise OutOfMemory(f"{pl.stack.name}: {pl.spec.name} ran out of {pl.device} memory even with "
+                          f"tiles of {pl.tile} pixels ({exc}); {hint}") from None
+    backoff.setdefault("out_of_memory_retries", []).append(new)
+    return replace(replan(new), workers=1, gate=pl.gate)
 
 
 def _shift(t: Tile, dy: int) -> Tile:

@@ -25,7 +25,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .engine import FusionPlan, _counted, drain, plan_fusion, provenance, run_region
+from .engine import FusionPlan, _counted, drain, plan_fusion, provenance, retry_plan, run_region
 from .result import FusionResult
 from .stack import is_dask
 from .tiling import reflect_index
@@ -635,14 +635,27 @@ def fuse_to_store_iter(stack, out: dict, *, budget: int = STRIPE_BUDGET, **optio
     total, counter = T * per_frame, [0]
     t_start = time.perf_counter()
     writer = _Writer()
+    backoff: dict = {}
     try:
-        yield from _stream_frames(pl, impl, canon, stripes, out, writer, budget, two_pass, counter, total)
+        for t in range(T):
+            while True:
+                try:
+                    yield from _stream_frame(pl, impl, canon[t], t, stripes, out, writer, budget, two_pass,
+                                             counter, total)
+                    break
+                except Exception as exc:  # a GPU out of memory: one tile at a time, then smaller tiles
+                    writer.wait()  # (a write of this time point's rows in flight: they are written again)
+                    pl = retry_plan(pl, exc, lambda tile: plan_fusion(stack, **{**options, "tile": tile}), backoff)
+                    stripes = plan_stripes(pl, budget)
+                    per_frame = sum(len(s.tiles) for s in stripes) * (2 if two_pass else 1)
+                    total = counter[0] + (T - t) * per_frame
     finally:
         writer.close()
     seconds = time.perf_counter() - t_start
     view = {k: (out[k].to_dask() if hasattr(out[k], "to_dask") else out[k]) for k in want}
     res = _result(pl, view["fused"], view["index"], view["confidence"], seconds, impl)
     res.provenance["stripes"] = len(stripes)
+    res.provenance.update(backoff)
     return res
 
 
@@ -684,38 +697,36 @@ class _Writer:
         self._pending = None
 
 
-def _stream_frames(pl, impl, canon, stripes, out, writer, budget, two_pass, counter, total):
-    """The stripes of every time point (the body of :func:`fuse_to_store_iter`)."""
+def _stream_frame(pl, impl, frame, t, stripes, out, writer, budget, two_pass, counter, total):
+    """The stripes of time point ``t`` (``frame``, lazy (Z, Y, X, C)) into ``out``, with progress."""
     st = pl.stack
     Y, X = st.yx_shape
-    for t in range(st.n_times):
-        frame = canon[t]
-        stats = None
-        if two_pass:
-            full = {k: np.empty((Y, X), np.float32) for k in impl.pass1_keys}
-            for s in stripes:
-                block = read_rows(frame, s.r0, s.r1, Y)
-                maps = yield from _counted(run_region(pl, impl, block, r0=s.r0, s0=s.s0, s1=s.s1, tiles=s.tiles,
-                                                      t_index=t, pass1=True), counter, total, "pass 1", t)
-                for k in full:
-                    full[k][s.s0:s.s1] = maps[k]
-                del block
-            stats = impl.reduce(full)
-            del full
-        row_bytes = X * st.n_planes * st.n_channels * st.dtype.itemsize
-        reader = RowReader(frame, Y, max_rows=max(1, budget // row_bytes), direct=ZarrRows.of(st, t))
-        try:
-            for i, s in enumerate(stripes):
-                block = reader.read(s.r0, s.r1)
-                # read the next rows the reader does not hold while this stripe is fused
-                reader.prefetch_next((n.r0, n.r1) for n in stripes[i + 1:])
-                res = yield from _counted(run_region(pl, impl, block, r0=s.r0, s0=s.s0, s1=s.s1, tiles=s.tiles,
-                                                     t_index=t, stats=stats), counter, total, "fuse", t)
-                writer.put(_write_rows, out, t, s.s0, s.s1, res)  # while the next stripe is fused
-                del block, res
-            writer.wait()
-        finally:
-            reader.close()
+    stats = None
+    if two_pass:
+        full = {k: np.empty((Y, X), np.float32) for k in impl.pass1_keys}
+        for s in stripes:
+            block = read_rows(frame, s.r0, s.r1, Y)
+            maps = yield from _counted(run_region(pl, impl, block, r0=s.r0, s0=s.s0, s1=s.s1, tiles=s.tiles,
+                                                  t_index=t, pass1=True), counter, total, "pass 1", t)
+            for k in full:
+                full[k][s.s0:s.s1] = maps[k]
+            del block
+        stats = impl.reduce(full)
+        del full
+    row_bytes = X * st.n_planes * st.n_channels * st.dtype.itemsize
+    reader = RowReader(frame, Y, max_rows=max(1, budget // row_bytes), direct=ZarrRows.of(st, t))
+    try:
+        for i, s in enumerate(stripes):
+            block = reader.read(s.r0, s.r1)
+            # read the next rows the reader does not hold while this stripe is fused
+            reader.prefetch_next((n.r0, n.r1) for n in stripes[i + 1:])
+            res = yield from _counted(run_region(pl, impl, block, r0=s.r0, s0=s.s0, s1=s.s1, tiles=s.tiles,
+                                                 t_index=t, stats=stats), counter, total, "fuse", t)
+            writer.put(_write_rows, out, t, s.s0, s.s1, res)  # while the next stripe is fused
+            del block, res
+        writer.wait()
+    finally:
+        reader.close()
 
 
 __all__ = ["Stripe", "fuse_lazy", "fuse_to_store_iter", "plan_stripes", "read_rows", "stripe_tasks",

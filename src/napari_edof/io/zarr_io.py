@@ -126,6 +126,7 @@ class ZarrOutputs:
     partial: Path
     arrays: dict = field(default_factory=dict)  # role -> zarr array, in the engine's (T, Y, X[, C]) order
     files: dict = field(default_factory=dict)  # role -> final path
+    made_outdir: bool = False  # created for this run (removed again by abort while empty)
 
     def commit(self, provenance: dict | None = None) -> dict[str, Path]:
         """Move the finished images into place (replacing older results of the same names)."""
@@ -147,8 +148,14 @@ class ZarrOutputs:
         return dict(self.files)
 
     def abort(self) -> None:
-        """Remove the partial images (the previous results stay as they were)."""
+        """Remove the partial images (the previous results stay as they were), and the output
+        folder if this run created it and nothing else is in it."""
         shutil.rmtree(self.partial, ignore_errors=True)
+        if self.made_outdir:
+            try:
+                self.outdir.rmdir()  # only if empty
+            except OSError:
+                pass
 
 
 def create_outputs(outdir, *, shape_tyx: tuple[int, int, int], channels: int, dtype, axes: str,
@@ -162,6 +169,7 @@ def create_outputs(outdir, *, shape_tyx: tuple[int, int, int], channels: int, dt
     import zarr
 
     outdir = Path(outdir)
+    made = not outdir.exists()
     try:
         outdir.mkdir(parents=True, exist_ok=True)
         partial = outdir / f".partial-{uuid.uuid4().hex[:12]}"
@@ -172,7 +180,7 @@ def create_outputs(outdir, *, shape_tyx: tuple[int, int, int], channels: int, dt
     C = channels
     rows = max(1, min(int(rows_per_chunk), Y))
     px = tuple(pixel_size) if pixel_size else (1.0, 1.0)
-    out = ZarrOutputs(outdir=outdir, partial=partial)
+    out = ZarrOutputs(outdir=outdir, partial=partial, made_outdir=made)
     has_t, has_c = "T" in axes, "C" in axes
     for role, fname, dt, with_c in (("fused", "fused.ome.zarr", np.dtype(dtype), True),
                                     ("index", "focus_index.ome.zarr", np.dtype(np.float32), False),
