@@ -158,7 +158,7 @@ def test_a_changed_stack_reads_through_dask_not_the_zarr_array(tmp_path, direct_
 # -- uncompressed chunks read around the page cache (stream.ChunkFiles) --------------------------
 @pytest.fixture
 def chunk_reads(monkeypatch):
-    """Chunk files read with O_DIRECT, as chunk coordinates."""
+    """Chunk files read by ChunkFiles, as chunk coordinates."""
     from napari_edof.core import stream
 
     seen = []
@@ -179,13 +179,14 @@ def _raw_zarr(path, data, chunks, **kw):
     return z
 
 
+@pytest.mark.parametrize("direct", ["1", "0"])  # around the page cache, and through it
 @pytest.mark.parametrize("axes,shape,chunks", [
     ("ZYX", (5, 150, 70), (1, 40, 32)),               # edge chunks in Y and X
     ("TZCYX", (2, 4, 2, 70, 48), (2, 1, 2, 32, 48)),  # a chunk holds both time points and channels
 ])
-def test_uncompressed_zarr_is_read_around_the_page_cache_with_the_same_result(
-        tmp_path, monkeypatch, chunk_reads, axes, shape, chunks):
-    monkeypatch.setenv("NAPARI_EDOF_DIRECT_IO", "1")
+def test_uncompressed_zarr_is_read_by_chunk_files_with_the_same_result(
+        tmp_path, monkeypatch, chunk_reads, axes, shape, chunks, direct):
+    monkeypatch.setenv("NAPARI_EDOF_DIRECT_IO", direct)
     data = np.random.default_rng(3).integers(0, 60000, size=shape, dtype=np.uint16)
     z = _raw_zarr(tmp_path / "in.zarr", data, chunks)
     st = ne.open_stack(tmp_path / "in.zarr", axes=axes)
@@ -195,7 +196,7 @@ def test_uncompressed_zarr_is_read_around_the_page_cache_with_the_same_result(
     np.testing.assert_array_equal(np.asarray(res.index), ref.index)
     np.testing.assert_array_equal(np.asarray(res.confidence), ref.confidence)
     n_chunks = int(np.prod([-(-n // c) for n, c in zip(shape, chunks)]))
-    assert len(chunk_reads) >= n_chunks  # every chunk came through O_DIRECT (halo rows: some twice)
+    assert len(chunk_reads) >= n_chunks  # every chunk came through ChunkFiles (halo rows: some twice)
     assert np.array_equal(z[...], data)
 
 
@@ -221,7 +222,7 @@ def test_chunk_files_missing_chunks_are_the_fill_value_and_damaged_ones_are_name
     rows.files.close()
 
 
-def test_chunk_files_fall_back_to_zarr_where_o_direct_is_refused(tmp_path, monkeypatch):
+def test_chunk_files_fall_back_to_buffered_reads_where_o_direct_is_refused(tmp_path, monkeypatch):
     import errno
     import os
 
@@ -242,7 +243,7 @@ def test_chunk_files_fall_back_to_zarr_where_o_direct_is_refused(tmp_path, monke
     out = np.zeros((2, 40, 20), np.uint8)
     rows.read_into(10, 50, out)
     np.testing.assert_array_equal(out, data[:, 10:50])
-    assert rows.files is None  # zarr reads from now on
+    assert rows.files is not None and not rows.files.direct  # through the page cache from now on
 
 
 def test_direct_io_is_chosen_for_raw_chunks_larger_than_the_memory(tmp_path, monkeypatch):
@@ -256,6 +257,10 @@ def test_direct_io_is_chosen_for_raw_chunks_larger_than_the_memory(tmp_path, mon
     assert ChunkFiles.of(raw) is not None and ChunkFiles.of(packed) is None
     monkeypatch.delenv("NAPARI_EDOF_DIRECT_IO", raising=False)
     assert not direct_io_wanted(raw)  # 4 KiB: the page cache holds it
+    from napari_edof.core.stream import ZarrRows
+
+    assert not ZarrRows(raw, "ZYX", 0).files.direct  # read by file, through the page cache
+    assert ZarrRows(packed, "ZYX", 0).files is None  # zarr decodes it
     monkeypatch.setattr(policy, "available_memory", lambda: 1000)
     assert direct_io_wanted(raw)
     monkeypatch.setenv("NAPARI_EDOF_DIRECT_IO", "0")
