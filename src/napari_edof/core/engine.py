@@ -212,6 +212,7 @@ class HalfGate:
             with self._lock:
                 if self.state == "unchecked":
                     ref = fn()
+                    self.report = {"half_type": str(half_dtype(self.device)).replace("torch.", "")}
                     try:
                         with autocast(self.device, True):
                             half = fn()
@@ -219,14 +220,11 @@ class HalfGate:
                         if is_oom(exc):
                             raise
                         self.state = "float32"
-                        self.report = {"half_type": str(half_dtype(self.device)).replace("torch.", ""),
-                                       "kept": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+                        self.report.update(kept=False, error=f"{type(exc).__name__}: {exc}"[:300])
                         return ref
                     differ = int(np.count_nonzero(np.asarray(ref["index"]) != np.asarray(half["index"])))
                     self.state = "float32" if differ else "half"
-                    self.report = {"half_type": str(half_dtype(self.device)).replace("torch.", ""),
-                                   "pixels": int(np.asarray(ref["index"]).size), "differing": differ,
-                                   "kept": not differ}
+                    self.report.update(pixels=int(np.asarray(ref["index"]).size), differing=differ, kept=not differ)
                     return ref if differ else half
         with autocast(self.device, self.state == "half"):
             return fn()
