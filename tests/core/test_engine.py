@@ -197,6 +197,21 @@ def test_reflected_windows_match_numpy_pad():
         np.testing.assert_array_equal(read_window(frame, win), padded[:, y0 + 7 : y1 + 7, x0 + 7 : x1 + 7])
 
 
+def test_take_runs_is_np_take_for_reflected_indices():
+    from napari_edof.core.tiling import reflect_index, take_runs
+
+    a = np.random.default_rng(2).integers(0, 100, size=(3, 11, 6, 2))
+    for n in (1, 2, 5, 11):  # the axis length
+        for lo in range(-25, 20):
+            for length in (1, 2, 3, 7, 30):
+                idx = reflect_index(np.arange(lo, lo + length), n)
+                for axis, b in ((1, a[:, :n]), (2, a[:, :, :n] if n <= 6 else a[:, :, :6])):
+                    i = idx if axis == 1 or n <= 6 else reflect_index(np.arange(lo, lo + length), 6)
+                    got = take_runs(b, i, axis)
+                    np.testing.assert_array_equal(got, np.take(b, i, axis=axis))
+                    assert got.base is None or not np.shares_memory(got, b)  # a copy, as np.take's
+
+
 @pytest.mark.parametrize("win", [(-6, 10, 100, 130), (20, 36, -6, 10), (-6, 10, -6, 10), (30, 50, 3990, 4010)])
 def test_a_reflected_window_copies_the_window_not_the_frame(win):
     import tracemalloc

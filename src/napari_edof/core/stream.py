@@ -28,7 +28,7 @@ import numpy as np
 from .engine import FusionPlan, _counted, drain, plan_fusion, provenance, retry_plan, run_region
 from .result import FusionResult
 from .stack import is_dask
-from .tiling import reflect_index
+from .tiling import reflect_index, take_runs
 
 #: default bytes of source rows read per stripe (the memory bound of a streaming run)
 STRIPE_BUDGET = 256 * 2**20
@@ -88,7 +88,7 @@ def read_rows(frame, r0: int, r1: int, Y: int) -> np.ndarray:
     block = block.compute() if is_dask(block) else np.asarray(block)
     if r0 == lo and r1 == hi:
         return block
-    return np.take(block, idx - lo, axis=1)
+    return take_runs(block, idx - lo, axis=1)
 
 
 def _chunk_rows(frame) -> int:
@@ -441,7 +441,7 @@ class RowReader:
         idx = reflect_index(np.arange(r0, r1), self.Y)
         if r0 >= lo and r1 <= hi and r0 >= 0 and r1 <= self.Y:
             return block[:, r0 - lo:r1 - lo]
-        return np.take(block, idx - lo, axis=1)
+        return take_runs(block, idx - lo, axis=1)
 
     def close(self) -> None:
         if self._pool is not None:

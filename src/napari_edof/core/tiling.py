@@ -76,6 +76,33 @@ def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
     return np.where(i >= n, period - i, i)
 
 
+def take_runs(a: np.ndarray, idx, axis: int) -> np.ndarray:
+    """``np.take(a, idx, axis)`` for indices made of runs of consecutive positions (up or down,
+    as reflected indices are), copied as slices joined by one concatenate.
+
+    ``np.take`` copied a reflected 16 x 270 x 26624 block of a stripe at 0.23 GB/s (1 s, twice
+    per time point); the slices go at memory speed (0.02 s).
+    """
+    idx = [int(i) for i in np.asarray(idx).ravel()]
+    pieces, s, n = [], 0, len(idx)
+    while s < n:
+        e = s + 1
+        if e < n and abs(idx[e] - idx[s]) == 1:
+            step = idx[e] - idx[s]
+            while e < n and idx[e] - idx[e - 1] == step:
+                e += 1
+        first, last = idx[s], idx[e - 1]
+        if last >= first:
+            sl = slice(first, last + 1)
+        else:
+            sl = slice(first, last - 1 if last > 0 else None, -1)
+        pieces.append(a[(slice(None),) * (axis % a.ndim) + (sl,)])
+        s = e
+    if not pieces:
+        return np.take(a, [], axis=axis)
+    return np.concatenate(pieces, axis=axis)
+
+
 def read_window(frame: np.ndarray, win: tuple[int, int, int, int]) -> np.ndarray:
     """``frame[:, y0:y1, x0:x1]`` of a (Z, Y, X, C) array, reflected where it leaves the image.
 
@@ -92,11 +119,11 @@ def read_window(frame: np.ndarray, win: tuple[int, int, int, int]) -> np.ndarray
     ly, lx = int(iy.min()), int(ix.min())
     out = frame[:, ly : int(iy.max()) + 1, lx : int(ix.max()) + 1]  # the rows and columns it reads: a view
     if y0 < 0 or y1 > Y:
-        out = np.take(out, iy - ly, axis=1)
+        out = take_runs(out, iy - ly, axis=1)
     else:
         out = out[:, y0 - ly : y1 - ly]
     if x0 < 0 or x1 > X:
-        out = np.take(out, ix - lx, axis=2)
+        out = take_runs(out, ix - lx, axis=2)
     return out
 
 
