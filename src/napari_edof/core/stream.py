@@ -357,6 +357,7 @@ class RowReader:
         self._at = (0, 0)  # the rows of that buffer it occupies
         self._pool = None
         self._next = None
+        self._edge = None  # the reflected rows of the top and bottom stripes (read gives a view of it)
 
     def _fetch(self, lo: int, hi: int) -> np.ndarray:
         b = self.frame[:, lo:hi]
@@ -423,7 +424,8 @@ class RowReader:
                 return
 
     def read(self, r0: int, r1: int) -> np.ndarray:
-        """Rows ``[r0, r1)`` (reflected outside the image) as numpy."""
+        """Rows ``[r0, r1)`` (reflected outside the image) as numpy: a view, valid until the next
+        ``read`` (the reader's buffers are reused)."""
         span = self._span(r0, r1)
         if not self._holds(span):
             pending, self._next = self._next, None
@@ -441,13 +443,21 @@ class RowReader:
         idx = reflect_index(np.arange(r0, r1), self.Y)
         if r0 >= lo and r1 <= hi and r0 >= 0 and r1 <= self.Y:
             return block[:, r0 - lo:r1 - lo]
-        return take_runs(block, idx - lo, axis=1)
+        # a stripe at the image's edge: its rows with the reflected ones, in one array reused for
+        # the top and bottom stripes (a fresh one cost 0.5 s of page faults at 16 x 263 x 26624)
+        shape = (block.shape[0], r1 - r0) + block.shape[2:]
+        e = self._edge
+        if e is None or e.dtype != block.dtype or e.shape[1] < shape[1] or (e.shape[0],) + e.shape[2:] != (
+                shape[0],) + shape[2:]:
+            self._edge = None
+            self._edge = np.empty(shape, block.dtype)
+        return take_runs(block, idx - lo, axis=1, out=self._edge[:, : r1 - r0])
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-        self.block = None
+        self.block = self._edge = None
         if self.direct is not None:
             self.direct.bufs = [None, None]
             if self.direct.files is not None:
