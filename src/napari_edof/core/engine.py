@@ -22,6 +22,7 @@ A method whose first pass depends on its parameters also defines
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -35,7 +36,7 @@ from .colour import make_guide, resolve_guide
 from .errors import StackError
 from .policy import OutOfMemory, check_memory, free_accelerator_memory, is_oom, smaller_tile
 from .registration import parse_register, register_stack
-from .result import FusionResult, Progress
+from .result import FusionResult, Progress, to_stack_axes
 from .stack import Stack, as_stack, is_dask
 from .tiling import Canvas, Tile, plan_tiles, read_window
 
@@ -188,8 +189,6 @@ class HalfGate:
     """
 
     def __init__(self, device: str):
-        import threading
-
         self.device = device
         self.state = "unchecked"  # then "half" or "float32"
         self.report: dict | None = None
@@ -199,8 +198,6 @@ class HalfGate:
         return {k: v for k, v in self.__dict__.items() if k != "_lock"}
 
     def __setstate__(self, state):
-        import threading
-
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
@@ -325,12 +322,10 @@ def fuse_iter(
     plan_kw = dict(method=method, params=params, tile=tile, overlap=overlap, device=device, guide=guide,
                    workers=workers, precision=precision)
     pl = plan_fusion(stack, **plan_kw)
-    stack, g, tiles = pl.stack, pl.guide, pl.tiles
+    stack, tiles = pl.stack, pl.tiles
     Y, X = stack.yx_shape
-    halo_r, ov_r = pl.halo, pl.overlap
     impl = pl.make_impl()
     two_pass = pl.is_two_pass(impl)
-    nw = pl.workers
 
     T, Z, C = stack.n_times, stack.n_planes, stack.n_channels
     canon = stack.canonical()
@@ -368,10 +363,7 @@ def fuse_iter(
         del frame
 
     seconds = time.perf_counter() - t_start
-    if "C" not in stack.axes:
-        fused = fused[..., 0]
-    if "T" not in stack.axes:
-        fused, index, conf = fused[0], index[0], conf[0]
+    fused, index, conf = to_stack_axes(stack.axes, fused, index, conf)
     prov = provenance(pl, seconds, impl)
     prov.update(backoff)
     return FusionResult(

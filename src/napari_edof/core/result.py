@@ -115,6 +115,16 @@ def precision_note(prov: dict) -> str:
             "index pixels of the first tile")
 
 
+def to_stack_axes(axes: str, fused, index, confidence):
+    """Outputs in the engine's order (fused (T, Y, X, C), index and confidence (T, Y, X)) seen in
+    the order of a stack with ``axes``: T and C dropped where it has none (views)."""
+    if "C" not in axes:
+        fused = fused[..., 0]
+    if "T" not in axes:
+        fused, index, confidence = fused[0], index[0], confidence[0]
+    return fused, index, confidence
+
+
 def labels_from_index(index, n_planes: int) -> np.ndarray:
     """Plane + 1 (uint16); 0 (napari's "no label") where the index is NaN (masked, never in focus)."""
     if hasattr(index, "dask"):  # lazy in, lazy out

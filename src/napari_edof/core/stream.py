@@ -18,6 +18,10 @@ neighbouring row of tiles that blends into it).
 """
 from __future__ import annotations
 
+import errno
+import itertools
+import mmap
+import os
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -26,7 +30,7 @@ from functools import lru_cache
 import numpy as np
 
 from .engine import FusionPlan, _counted, drain, plan_fusion, provenance, retry_plan, run_region
-from .result import FusionResult
+from .result import FusionResult, to_stack_axes
 from .stack import is_dask
 from .tiling import reflect_index, take_runs
 
@@ -113,8 +117,6 @@ def direct_io_wanted(arr) -> bool:
     26 GiB benchmark stack that was 3.4 s of CPU per 4.9 GiB read against 0.6 s with
     ``O_DIRECT``, on a machine with 2 cores that the fusion needs.
     """
-    import os
-
     want = os.environ.get("NAPARI_EDOF_DIRECT_IO", "auto").strip().lower()
     if want in ("0", "false", "no", "off") or not hasattr(os, "O_DIRECT"):
         return False
@@ -179,10 +181,6 @@ class ChunkFiles:
 
     def _read_chunk(self, coords: tuple[int, ...]) -> np.ndarray | None:
         """The chunk at ``coords`` (a view of the reused buffer), or None where it has no file."""
-        import errno
-        import mmap
-        import os
-
         buf = getattr(self._local, "buf", None)
         if buf is None:
             size = max(4096, -(-self.nbytes // 4096) * 4096)
@@ -219,8 +217,6 @@ class ChunkFiles:
 
     def read_into(self, sel: tuple, out: np.ndarray) -> None:
         """``out[...] = arr[sel]`` for ``sel`` of ints and slices (steps of 1), chunk by chunk."""
-        import itertools
-
         spans = []  # per axis: (first, stop) in array coordinates, int axes marked
         for s, n in zip(sel, self.shape):
             if isinstance(s, slice):
@@ -532,10 +528,7 @@ def _reduce_task(pl: FusionPlan, stripes: list[Stripe], *maps):
 
 def _result(pl: FusionPlan, fused, index, conf, seconds: float, impl=None) -> FusionResult:
     st = pl.stack
-    if "C" not in st.axes:
-        fused = fused[..., 0]
-    if "T" not in st.axes:
-        fused, index, conf = fused[0], index[0], conf[0]
+    fused, index, conf = to_stack_axes(st.axes, fused, index, conf)
     return FusionResult(fused=fused, index=index, confidence=conf, n_planes=st.n_planes,
                         provenance=provenance(pl, seconds, impl), pixel_size=st.pixel_size, z_step=st.z_step,
                         unit=st.unit, rgb=st.rgb)

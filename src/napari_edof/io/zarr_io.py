@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ReadError, StackError
+from ..core.result import to_stack_axes
 from ..core.stack import Stack, guess_axes
 
 _LETTER = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
@@ -243,11 +244,7 @@ def committed_arrays(outs: ZarrOutputs, files: dict):
 def reopen_committed(result, outs: ZarrOutputs, files: dict, axes: str):
     """``result`` with its arrays replaced by those of :func:`committed_arrays`, in the stack's
     own axes (T and C dropped when ``axes`` has none)."""
-    fused, index, conf = committed_arrays(outs, files)
-    if "C" not in axes:
-        fused = fused[..., 0]
-    if "T" not in axes:
-        fused, index, conf = fused[0], index[0], conf[0]
+    fused, index, conf = to_stack_axes(axes, *committed_arrays(outs, files))
     result.fused, result.index, result.confidence = fused, index, conf
     result.provenance["output"] = {k: str(v) for k, v in files.items()}
     return result

@@ -156,11 +156,9 @@ class StackMFFV2Method:
     # -- the network on one window ---------------------------------------------------------------
     def logits(self, guide, dtype, halo):
         """Focus logits of a window's guide, cropped by ``halo``: (N, h', w') torch tensor."""
-        import torch
-
-        x = normalise_guide(guide, dtype, self.p["normalise"])
         from ..nn.accel import to_device
 
+        x = normalise_guide(guide, dtype, self.p["normalise"])
         xt = to_device(x, self.device)
         logits = self.model.infer_logits(xt)[0]
         if halo:
