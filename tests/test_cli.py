@@ -24,7 +24,7 @@ def test_fuse_writes_every_output(stack_tif, tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(["fuse", str(path), "-o", str(out), "--tile", "32"]) == 0
     text = capsys.readouterr().out
-    assert "focus-select" in text and "6 planes of 64x72" in text and "Mvoxel/s" in text and str(out) in text
+    assert "focus-fuse" in text and "6 planes of 64x72" in text and "Mvoxel/s" in text and str(out) in text
     fused = tifffile.imread(out / "fused.tif")
     assert fused.dtype == np.uint16 and fused.shape == (64, 72)
     np.testing.assert_array_equal(fused, ne.fuse(s.stack, tile=32).fused)
@@ -36,7 +36,7 @@ def test_fuse_writes_every_output(stack_tif, tmp_path, capsys):
     assert labels.min() >= 1 and labels.max() <= 6
     assert (out / "focus_index.png").stat().st_size > 0
     prov = json.loads((out / "provenance.json").read_text())
-    assert prov["method"] == "focus-select" and prov["tile"] == 32
+    assert prov["method"] == "focus-fuse" and prov["tile"] == 32
     # inputs untouched, no temporary files left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "stack.tif"]
     assert not [p for p in out.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
@@ -79,7 +79,7 @@ def test_batch(stack_tif, tmp_path):
         (["-p", "radius=-3"], "minimum"),
         (["-p", "bogus=1"], "no parameter"),
         (["--tile", "big"], "--tile"),
-        (["--precision", "half"], "focus-select computes in float32"),
+        (["--precision", "half"], "focus-fuse computes in float32"),
     ],
 )
 def test_bad_options_exit_2(stack_tif, tmp_path, capsys, extra, message):

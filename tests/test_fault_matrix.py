@@ -147,14 +147,18 @@ def case_inf(tmp_path, capsys):
 
 
 def case_constant_planes(tmp_path, capsys):
-    """Not an error: a flat stack fuses, with confidence 0 everywhere."""
+    """Not an error: a flat stack fuses, with confidence 0 everywhere; the default marks every
+    pixel unknown (index NaN: no plane is in focus), focus-select keeps an index."""
     for dtype in (np.uint8, np.uint16, np.float32):
         a = np.full((5, 40, 36), 7, dtype)
         r = api.fuse(a)
         assert r.fused.dtype == dtype and (r.fused == 7).all()
+        assert (r.confidence == 0).all() and np.isnan(r.index).all()
+        r = api.fuse(a, method="focus-select")
+        assert r.fused.dtype == dtype and (r.fused == 7).all()
         assert (r.confidence == 0).all() and np.isfinite(r.index).all()
     for policy in ("nearest", "blend", "mask"):
-        r = api.fuse(np.full((5, 40, 36), 7, np.uint16), params={"lowtexture": policy})
+        r = api.fuse(np.full((5, 40, 36), 7, np.uint16), method="focus-select", params={"lowtexture": policy})
         assert (r.confidence == 0).all()
     f = tmp_path / "flat.tif"
     tifffile.imwrite(f, np.full((5, 40, 36), 7, np.uint16), photometric="minisblack")
@@ -305,11 +309,12 @@ def case_unknown_method(tmp_path, capsys):
 
 
 def case_unknown_parameter(tmp_path, capsys):
-    _api_refuses(MethodError, "has no parameter 'radius_px'; it takes: measure, radius", np.zeros((3, 32, 32)),
+    _api_refuses(MethodError, "has no parameter 'radius_px'; it takes: radius, coarse_r", np.zeros((3, 32, 32)),
                  params={"radius_px": 3})
-    _api_refuses(MethodError, "radius=99 is above its maximum 32", np.zeros((3, 32, 32)), params={"radius": 99})
+    _api_refuses(MethodError, "radius=99 is above its maximum 16", np.zeros((3, 32, 32)), params={"radius": 99})
     src = _stack_tif(tmp_path / "in.tif")
-    _cli_refuses(["fuse", str(src), "-o", str(tmp_path / "out"), "-p", "tie=sideways", "-q"], EXIT_INPUT,
+    _cli_refuses(["fuse", str(src), "-o", str(tmp_path / "out"), "-m", "focus-select", "-p", "tie=sideways", "-q"],
+                 EXIT_INPUT,
                  capsys, "tie='sideways' is not one of none, near, far", out=tmp_path / "out")
 
 

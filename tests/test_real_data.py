@@ -26,8 +26,9 @@ def test_epfl_rgb_stack_is_sharper_than_every_plane(shared_data, method):
     planes = np.asarray(st.data)
     assert r.fused.shape == planes.shape[1:] and r.fused.dtype == np.uint8
     assert sharpness(r.fused) > 0.95 * max(sharpness(p) for p in planes)
-    # every plane is used somewhere: the skeleton is not flat
-    assert len(np.unique(r.labels())) == 3
+    # every plane is used somewhere: the skeleton is not flat (label 0: pixels in focus in no plane,
+    # the flat background, which the default marks unknown)
+    assert set(np.unique(r.labels())) - {0} == {1, 2, 3}
 
 
 def test_pcb_colour_stack_crop(shared_data):
@@ -46,7 +47,25 @@ def test_dfnn_uint16_light_sheet(shared_data):
     st = ne.open_stack(shared_data / "dfnn_lightsheet_microtubules_zstack")
     assert st.n_planes == 31 and st.dtype == np.uint16
     crop = np.asarray(st.data[:, 300:428, 200:328])
-    r = ne.fuse(crop, tile=64)
+    # hard selection (focus-select) keeps the sharpest plane's detail, noise and all
+    r = ne.fuse(crop, method="focus-select", tile=64)
     assert r.fused.dtype == np.uint16
     assert crop.min(axis=0).min() <= r.fused.min() and r.fused.max() <= crop.max()
     assert sharpness(r.fused) > 0.95 * max(sharpness(p) for p in crop)
+    # this lattice light-sheet stack's 31 planes span 1.5 um: the focus measure hardly changes over
+    # z. The default gives an index where the cell gives evidence, marks the rest unknown (NaN,
+    # confidence 0), and averages the planes instead of copying one plane's noise: the finest
+    # (Haar) detail, which is noise here, is several times weaker than in any plane; every pixel
+    # stays within the planes' values there
+    r = ne.fuse(crop, tile=64)
+    assert r.fused.dtype == np.uint16
+    assert (crop.min(axis=0) <= r.fused).all() and (r.fused <= crop.max(axis=0)).all()
+    known = np.isfinite(r.index)
+    assert 0.2 < known.mean() < 0.95
+    assert (r.confidence[~known] == 0).all()
+
+    def haar(a):
+        a = np.asarray(a, np.float64)
+        return float(np.median(np.abs(a[0::2, 0::2] - a[0::2, 1::2] - a[1::2, 0::2] + a[1::2, 1::2])))
+
+    assert haar(r.fused) < 0.5 * min(haar(p) for p in crop)

@@ -302,7 +302,7 @@ def _guide(g: str):
 
 
 def _summary(run: dict, outdir: Path) -> str:
-    from .core.result import precision_note
+    from .core.result import precision_note, unknown_note
 
     r, st = run["result"], run["stack"]
     p = r.provenance
@@ -311,7 +311,7 @@ def _summary(run: dict, outdir: Path) -> str:
         f"napari-edof: {p['method']} fused {r.n_planes} planes of {st.yx_shape[0]}x{st.yx_shape[1]} "
         f"{st.dtype}{' RGB' if st.rgb else ''}{f' x {st.n_times} time points' if st.n_times > 1 else ''} "
         f"in {p['seconds']:.2f} s ({p['mvoxel_per_s']:.1f} Mvoxel/s, {p['tiles']} tiles, {p['device']})"
-        f"{precision_note(p)}\n"
+        f"{precision_note(p)}{unknown_note(r.index)}\n"
         f"  wrote to {outdir}: {names}"
     )
 

@@ -98,11 +98,12 @@ def test_sync_run_adds_result_layers(viewer, qtbot, errors):
         np.testing.assert_allclose(layer.translate, (10, 20))
         md = layer.metadata["napari_edof"]
         assert md["source"] == "stack" and md["n_planes"] == 6 and md["z_axis"] == 0
-        assert md["axes"] == "ZYX" and md["method"] == "focus-select"
+        assert md["axes"] == "ZYX" and md["method"] == "focus-fuse"  # the default
         assert md["z_step"] == 2.0 and md["pixel_size"] == (0.5, 0.25)
     np.testing.assert_allclose(index.metadata["napari_edof"]["height"], index.data * 2.0)
-    # the fusion is right on most pixels of the synthetic stack
-    assert np.mean(np.rint(index.data) == ZSTACK.index) > 0.8
+    # the fusion is right on most pixels of the synthetic stack (depth in 6 flat bins, no noise: the
+    # default's sub-plane index rounds to the bin on 3/4 of them; focus-select, hard selection, 0.8+)
+    assert np.mean(np.rint(index.data) == ZSTACK.index) > 0.7
     np.testing.assert_array_equal(src.data, before)
     assert w.last_layers["fused"] is fused
 
@@ -114,6 +115,7 @@ def test_rerun_updates_in_place(viewer, qtbot, errors):
     first = find_result_layers(viewer, "stack")
     ids = {r: id(layer) for r, layer in first.items()}
     n = len(viewer.layers)
+    w.set_method("focus-select")
     w.set_params(radius=1, smooth=0)
     res = w.run(sync=True)
     assert errors == []
@@ -288,7 +290,7 @@ def test_save_result_layers_with_the_plugin_writer(viewer, qtbot, tmp_path, erro
         back = tifffile.imread(tmp_path / name)
         np.testing.assert_array_equal(back, layers[role].data)
     with tifffile.TiffFile(tmp_path / "index.tif") as tf:
-        assert "focus-select" in str(tf.pages[0].description) + str(tf.imagej_metadata)
+        assert "focus-fuse" in str(tf.pages[0].description) + str(tf.imagej_metadata)
 
 
 def test_timelapse_input(viewer, qtbot, errors):

@@ -120,7 +120,7 @@ def test_new_fusion_resets_the_baseline(viewer, grey):
     src, L, res = add_result(viewer, grey)
     dec, fused = L["decision"], L["fused"]
     h = connect_retouch(viewer, dec)
-    res2 = api.fuse(grey, params={"smooth": 0}, tile=None)
+    res2 = api.fuse(grey, method="focus-select", params={"smooth": 0}, tile=None)
     dec.data = res2.labels()  # what a re-run writes: not an edit
     fused.data = res2.fused
     assert h.last_changed == 0
@@ -181,7 +181,7 @@ def test_with_the_fusion_widget_layers(viewer, grey):
     changed = res.labels()[20:30, 20:30] != 2
     np.testing.assert_array_equal(fused.data[20:30, 20:30][changed], grey[1, 20:30, 20:30][changed])
     # a re-run updates the same layers in place: the new fusion is the new baseline
-    res2 = api.fuse(grey, params={"blend": 0}, tile=None)
+    res2 = api.fuse(grey, method="focus-select", params={"blend": 0}, tile=None)
     layers_mod.add_or_update_result_layers(viewer, src, res2, z_axis=0)
     np.testing.assert_array_equal(fused.data, res2.fused)
     dec.data_setitem((ys.ravel(), xs.ravel()), 2)

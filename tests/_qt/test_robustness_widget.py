@@ -68,6 +68,7 @@ def test_never_in_focus_shown_in_the_confidence_layer(viewer, qtbot):
     a += np.random.default_rng(0).normal(0, 40, a.shape)
     src = viewer.add_image(np.clip(np.rint(a), 0, 65535).astype(np.uint16), name="half")
     w = _widget(viewer, qtbot, src)
+    w.set_method("focus-select")
     w.set_params(lowtexture="mask", tie="near")
     assert w.params()["lowtexture"] == "mask"
     res = w.run(sync=True)

@@ -131,11 +131,17 @@ def test_input_is_never_modified(sample_rgb):
 
 def test_pair_gives_binary_masks():
     s = ne.sample_stack(n_planes=2, shape=(32, 32), seed=1)
-    r = ne.fuse(s.stack)
+    r = ne.fuse(s.stack, method="focus-select")
     m = r.masks()
     assert m.shape == (2, 32, 32) and m.dtype == bool
     np.testing.assert_array_equal(m[0], ~m[1])
     assert set(np.unique(r.labels())) <= {1, 2}
+    # the default marks pixels where no plane is in focus as unknown: in no mask, label 0
+    r = ne.fuse(s.stack)
+    m, lab, unknown = r.masks(), r.labels(), np.isnan(r.index)
+    assert not (m[0] & m[1]).any()
+    np.testing.assert_array_equal(m[0] | m[1], ~unknown)
+    assert set(np.unique(lab[~unknown])) <= {1, 2} and (lab[unknown] == 0).all()
 
 
 @pytest.mark.parametrize(
@@ -174,7 +180,7 @@ def test_parameter_bounds(sample_grey):
     with pytest.raises(MethodError, match="below its minimum"):
         ne.fuse(sample_grey.stack, params={"radius": -1})
     with pytest.raises(MethodError, match="not one of"):
-        ne.fuse(sample_grey.stack, params={"measure": "entropy"})
+        ne.fuse(sample_grey.stack, method="focus-select", params={"measure": "entropy"})
     r = ne.fuse(sample_grey.stack, params={"radius": "3"})
     assert r.provenance["params"]["radius"] == 3
 
@@ -182,8 +188,8 @@ def test_parameter_bounds(sample_grey):
 def test_provenance(sample_grey):
     r = ne.fuse(sample_grey.stack)
     p = r.provenance
-    assert p["method"] == "focus-select" and p["version"] == ne.__version__
-    assert p["params"] == ne.get_method("focus-select").defaults()
+    assert p["method"] == "focus-fuse" and p["version"] == ne.__version__  # the default
+    assert p["params"] == ne.get_method("focus-fuse").defaults()
     assert r.z_step == 2.0 and r.pixel_size == (0.5, 0.5)
     np.testing.assert_allclose(r.height(), r.index * 2.0)
 

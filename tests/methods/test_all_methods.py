@@ -35,8 +35,8 @@ def _learned_methods_offline(request, monkeypatch):
 
 
 def test_registry_lists_the_classical_methods():
-    assert {"focus-select", "pyramid", "wavelet"} <= set(METHODS)
-    assert METHODS[0] == "focus-select"  # the default comes first
+    assert {"focus-fuse", "focus-select", "pyramid", "wavelet"} <= set(METHODS)
+    assert METHODS[0] == "focus-fuse"  # the default comes first
     for spec in ne.list_methods():
         assert spec.summary and spec.family in ("classical", "learned")
         assert spec.halo(spec.defaults()) >= 0

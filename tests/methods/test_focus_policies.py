@@ -34,7 +34,7 @@ def test_policies_off_by_default_and_declared():
 def test_noise_estimated_from_the_stack(half_flat):
     from napari_edof.core.engine import plan_fusion, run_region
 
-    pl = plan_fusion(half_flat, params={"lowtexture": "mask"}, tile=64)
+    pl = plan_fusion(half_flat, method="focus-select", params={"lowtexture": "mask"}, tile=64)
     assert pl.is_two_pass()
     impl = pl.make_impl()
     frame = np.asarray(pl.stack.canonical()[0])
@@ -50,7 +50,7 @@ def test_noise_estimated_from_the_stack(half_flat):
 
 @pytest.mark.parametrize("policy", ["nearest", "blend", "mask"])
 def test_never_in_focus_flagged_with_confidence_zero(half_flat, policy):
-    r = api.fuse(half_flat, params={"lowtexture": policy})
+    r = api.fuse(half_flat, method="focus-select", params={"lowtexture": policy})
     conf, idx = np.asarray(r.confidence), np.asarray(r.index)
     assert (conf[:, 104:] == 0).mean() > 0.97  # the flat half is flagged
     assert (conf[:, :88] == 0).mean() < 0.02  # the textured half is not
@@ -64,7 +64,7 @@ def test_never_in_focus_flagged_with_confidence_zero(half_flat, policy):
         assert np.abs(np.diff(right, axis=1)).max() < 1.0 and np.abs(np.diff(right, axis=0)).max() < 1.0
     if policy == "nearest":  # each row continues the plane of the sharp pixels at the border
         assert np.abs(idx[:, 110] - idx[:, 100]).mean() < 1.0
-    plain = api.fuse(half_flat)
+    plain = api.fuse(half_flat, method="focus-select")
     assert (np.asarray(plain.confidence)[:, 104:] > 0).mean() > 0.5  # off: the noise wins confidence
 
 
@@ -72,8 +72,8 @@ def test_flags_and_tie_edge_consistency_are_tile_exact(half_flat):
     """With a given noise level; an estimated one depends a little on the tiling (64-pixel blocks
     from each tile's origin)."""
     params = {"lowtexture": "mask", "noise": 40.0, "tie": "far", "edge_refine": 3, "consistency": 1}
-    whole = api.fuse(half_flat, params=params, tile=0)
-    tiled = api.fuse(half_flat, params=params, tile=48)
+    whole = api.fuse(half_flat, method="focus-select", params=params, tile=0)
+    tiled = api.fuse(half_flat, method="focus-select", params=params, tile=48)
     assert tiled.provenance["tiles"] > 4
     np.testing.assert_array_equal(np.isnan(whole.index), np.isnan(tiled.index))
     np.testing.assert_array_equal(np.nan_to_num(whole.index), np.nan_to_num(tiled.index))
@@ -82,9 +82,9 @@ def test_flags_and_tie_edge_consistency_are_tile_exact(half_flat):
 
 
 def test_explicit_noise_skips_the_first_pass(half_flat):
-    r = api.fuse(half_flat, params={"lowtexture": "nearest", "noise": 40.0})
+    r = api.fuse(half_flat, method="focus-select", params={"lowtexture": "nearest", "noise": 40.0})
     assert (np.asarray(r.confidence)[:, 104:] == 0).mean() > 0.97
-    r2 = api.fuse(half_flat, params={"lowtexture": "nearest", "noise": 1.0})  # tiny noise: little is flagged
+    r2 = api.fuse(half_flat, method="focus-select", params={"lowtexture": "nearest", "noise": 1.0})  # tiny noise: little is flagged
     assert (np.asarray(r2.confidence)[:, 104:] == 0).mean() < 0.5
 
 
@@ -97,12 +97,12 @@ def test_tie_preference_near_far():
 
     blur = ndi.gaussian_filter(tex, 3)
     stack = np.stack([blur, tex, tex * 1.02, blur]).astype(np.float32)  # plane 2 sharper by 4% in energy
-    near = api.fuse(stack, params={"tie": "near", "tie_tol": 0.1, "smooth": 0, "blend": 0})
-    far = api.fuse(stack, params={"tie": "far", "tie_tol": 0.1, "smooth": 0, "blend": 0})
-    none = api.fuse(stack, params={"smooth": 0, "blend": 0})
+    near = api.fuse(stack, method="focus-select", params={"tie": "near", "tie_tol": 0.1, "smooth": 0, "blend": 0})
+    far = api.fuse(stack, method="focus-select", params={"tie": "far", "tie_tol": 0.1, "smooth": 0, "blend": 0})
+    none = api.fuse(stack, method="focus-select", params={"smooth": 0, "blend": 0})
     assert np.median(np.rint(near.index)) == 1 and np.median(np.rint(far.index)) == 2
     assert np.median(np.rint(none.index)) == 2
-    tight = api.fuse(stack, params={"tie": "near", "tie_tol": 0.01, "smooth": 0, "blend": 0})
+    tight = api.fuse(stack, method="focus-select", params={"tie": "near", "tie_tol": 0.01, "smooth": 0, "blend": 0})
     assert np.median(np.rint(tight.index)) == 2  # 4% apart is no tie at 1%
 
 
@@ -114,7 +114,7 @@ def test_halo_reduced_at_depth_edges():
     aif = s.all_in_focus.astype(np.float64)
 
     def score(params):
-        r = api.fuse(s.stack, params=params)
+        r = api.fuse(s.stack, method="focus-select", params=params)
         acc = (np.rint(r.index) == s.index)[band].mean()
         mse = np.mean((np.asarray(r.fused, np.float64) - aif)[band] ** 2)
         return acc, 10 * np.log10(60000.0**2 / mse)
@@ -133,8 +133,8 @@ def test_consistency_filter_removes_isolated_outliers():
     rng = np.random.default_rng(3)
     ys, xs = rng.integers(10, 86, 30), rng.integers(10, 86, 30)
     a[-1, ys, xs] = 65535
-    plain = api.fuse(a, params={"smooth": 0, "radius": 0})
-    filt = api.fuse(a, params={"smooth": 0, "radius": 0, "consistency": 1})
+    plain = api.fuse(a, method="focus-select", params={"smooth": 0, "radius": 0})
+    filt = api.fuse(a, method="focus-select", params={"smooth": 0, "radius": 0, "consistency": 1})
     err = lambda r: (np.rint(r.index) != s.index).mean()  # noqa: E731
     assert err(filt) < err(plain)
 
@@ -143,4 +143,4 @@ def test_unknown_policy_refused():
     from napari_edof.core.errors import MethodError
 
     with pytest.raises(MethodError, match="lowtexture='ignore' is not one of"):
-        api.fuse(np.zeros((3, 32, 32), np.float32), params={"lowtexture": "ignore"})
+        api.fuse(np.zeros((3, 32, 32), np.float32), method="focus-select", params={"lowtexture": "ignore"})

@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from napari.layers import Image
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
@@ -764,7 +766,8 @@ class FusionWidget(QWidget):
         registered = "registration" in (result.provenance or {})
         if self.retouch_check.isChecked() and not registered:  # retouching gathers from the unaligned planes
             connect_retouch(self.viewer, layers["decision"])
-        if (result.provenance.get("params") or {}).get("lowtexture", "off") != "off":
+        unknown = isinstance(result.index, np.ndarray) and bool(np.isnan(result.index).any())
+        if unknown or (result.provenance.get("params") or {}).get("lowtexture", "off") != "off":
             layers["confidence"].visible = True  # never-in-focus pixels show as confidence 0
         text = result.summary()
         if registered:

@@ -98,8 +98,16 @@ class FusionResult:
         return (
             f"method {p.get('method')}: {self.n_planes} planes of "
             f"{'x'.join(map(str, np.shape(self.index)[-2:]))} in {p.get('seconds', float('nan')):.2f} s "
-            f"({p.get('mvoxel_per_s', float('nan')):.1f} Mvoxel/s)" + precision_note(p)
+            f"({p.get('mvoxel_per_s', float('nan')):.1f} Mvoxel/s)" + precision_note(p) + unknown_note(self.index)
         )
+
+
+def unknown_note(index) -> str:
+    """The share of pixels in focus in no plane (index NaN), for a summary ("" if none or lazy)."""
+    if not isinstance(index, np.ndarray) or index.dtype.kind != "f":
+        return ""
+    share = float(np.isnan(index).mean())
+    return f"; {100 * share:.0f}% of pixels in focus in no plane (index NaN, confidence 0)" if share >= 0.005 else ""
 
 
 def precision_note(prov: dict) -> str:

@@ -177,4 +177,4 @@ def get_method(name: str):
         ) from None
 
 
-DEFAULT_METHOD = "focus-select"
+DEFAULT_METHOD = "focus-fuse"

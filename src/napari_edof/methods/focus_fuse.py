@@ -13,9 +13,12 @@ works at two scales, with every decision weighed against the noise measured wher
   noise, so this gives the local, signal-dependent (Poisson) noise level with no global estimate.
 - *Index*: the argmax of the measure plus ``coarse_w`` times its ``coarse_r`` box mean (a weak
   region takes the decision of strong evidence nearby instead of the spill of a blurred edge),
-  with a parabolic sub-plane refinement and a 3 x 3 median. A pixel whose best measure is below
-  ``unknown_k`` times its noise floor is *unknown*: no plane is in focus there. Its confidence is
-  0 and its index NaN (``unknown="nan"``, the default) or the argmax as it came (``"keep"``).
+  with a parabolic sub-plane refinement and a 3 x 3 median. A pixel whose best measure does not
+  stand above its noise floor by more than noise alone reaches (the 99.5th percentile of that
+  ratio over as many planes of pure noise, times ``unknown_k``) is *unknown*: no plane is in focus
+  there. Its confidence is
+  0 and its index NaN (``unknown="nan"``, the default), interpolated from the known pixels near it
+  (``"fill"``, for height views) or the argmax as it came (``"keep"``).
 - *Fusion*: a Laplacian pyramid. Per level, each plane's weight is ``exp(-(best energy - its
   energy) / (softness x the noise's energy at that level))``: a plane with clearly more detail is
   selected, planes whose differences are within the noise are averaged (flat regions lose noise
@@ -26,7 +29,8 @@ works at two scales, with every decision weighed against the noise measured wher
 **Full resolution.** The finest detail (each plane minus its up-sampled bins) is weighed the same
 way by its own local energy, plane by plane, then shrunk by a local Wiener factor ``1 - detail_k x
 noise / energy`` where it is as weak as the noise. The fused image is the up-sampled
-half-resolution fusion plus that detail; index and confidence are up-sampled.
+half-resolution fusion plus that detail, clipped per pixel to the range of the planes' values
+there (no overshoot at edges, no colour that no plane has); index and confidence are up-sampled.
 
 All filters are local and position-independent on grids aligned to the image
 (``tile_multiple``), and the halo covers their reach, so tiles agree with the whole image.
@@ -35,17 +39,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.colour import LUMA
 from ..core.focus import box_sum_valid
 from ._registry import MethodSpec, Param, register
 
-UNKNOWN = ("nan", "keep")
+UNKNOWN = ("nan", "fill", "keep")
 _F = np.float32
 
 
 def _index_reach(p: dict) -> int:
     """Half-resolution pixels from which the index (and the base's filled index) is read."""
-    return 1 + p["radius"] + p["coarse_r"] + 1 + p["fill"]
+    coarse = 2 * ((p["coarse_r"] + 1) // 2) + 3 if p["coarse_r"] else 0  # a quarter-resolution box
+    return 1 + p["radius"] + coarse + 1 + p["fill"]
 
 
 def _pyramid_reach(levels: int) -> int:
@@ -63,7 +67,7 @@ def _halo(p: dict) -> int:
 
 
 def _multiple(p: dict) -> int:
-    return 2 ** p["levels"]
+    return max(4, 2 ** p["levels"])  # the neighbourhood evidence is binned twice
 
 
 SPEC = MethodSpec(
@@ -76,18 +80,20 @@ SPEC = MethodSpec(
         Param("coarse_r", int, 8, "radius of the neighbourhood evidence added to the focus measure "
               "(half-resolution pixels; 0: off)", min=0, max=32),
         Param("coarse_w", float, 1.0, "weight of the neighbourhood evidence", min=0.0, max=100.0),
-        Param("levels", int, 2, "scales of the fusion (the tile alignment is 2**levels)", min=1, max=5),
+        Param("levels", int, 3, "scales of the fusion (the tile alignment is 2**levels)", min=1, max=5),
         Param("softness", float, 1.0, "how readily planes are averaged: the weights' temperature in units "
               "of the noise energy (0.05: nearly hard selection)", min=0.05, max=100.0),
         Param("fill", int, 8, "the base's index is filled from known pixels this near (half-resolution "
               "pixels; beyond, the plane average)", min=0, max=32),
-        Param("detail_k", float, 2.0, "finest detail shrinks where its energy is below detail_k x the "
+        Param("detail_k", float, 1.0, "finest detail shrinks where its energy is below detail_k x the "
               "noise's (0: keep all detail, noise included)", min=0.0, max=100.0),
         Param("detail_window", int, 2, "window radius of the finest detail's energy (pixels)", min=1, max=8),
-        Param("unknown", str, "nan", "pixels where no plane is in focus: index NaN, or keep the argmax "
-              "(confidence is 0 either way)", choices=UNKNOWN),
-        Param("unknown_k", float, 2.0, "a pixel is in focus in some plane when its best focus measure is "
-              "at least unknown_k x its noise floor", min=1.0, max=1000.0),
+        Param("unknown", str, "nan", "pixels where no plane is in focus: index NaN; fill: interpolated from "
+              "the known pixels within 'fill' (NaN beyond); keep: the argmax as it came (confidence is 0 in all "
+              "three)", choices=UNKNOWN),
+        Param("unknown_k", float, 1.0, "a pixel is in focus in some plane when its best focus measure stands "
+              "above its noise floor by unknown_k x what noise alone reaches (0.5 marks less unknown)",
+              min=0.1, max=100.0),
     ),
     halo=_halo,
     tile_multiple=_multiple,
@@ -110,26 +116,28 @@ def bin2(a: np.ndarray) -> np.ndarray:
 
 def up2(a: np.ndarray) -> np.ndarray:
     """Bilinear up-sampling by 2 onto the grid of :func:`bin2` (each bin sits between two pixels:
-    weights 3/4 and 1/4), edges replicated: (..., h, w) -> (..., 2h, 2w) float32."""
+    weights 3/4 and 1/4), edges replicated: (..., h, w) -> (..., 2h, 2w) float32.
+
+    Along x first, on the small array (strided writes), then along y, whole rows at a time."""
     h, w = a.shape[-2:]
-    q = _F(0.25) * a
-    r = np.empty(a.shape[:-2] + (2 * h, w), _F)
-    ev, od = r[..., 0::2, :], r[..., 1::2, :]
+    r = np.empty(a.shape[:-2] + (h, 2 * w), _F)
+    ev, od = r[..., 0::2], r[..., 1::2]
     np.multiply(a, _F(0.75), out=ev)
     od[...] = ev
-    ev[..., 1:, :] += q[..., :-1, :]
-    ev[..., 0, :] += q[..., 0, :]
-    od[..., :-1, :] += q[..., 1:, :]
-    od[..., -1, :] += q[..., -1, :]
-    q = _F(0.25) * r
-    out = np.empty(a.shape[:-2] + (2 * h, 2 * w), _F)
-    ev, od = out[..., 0::2], out[..., 1::2]
-    np.multiply(r, _F(0.75), out=ev)
-    od[...] = ev
+    q = _F(0.25) * a
     ev[..., 1:] += q[..., :-1]
     ev[..., 0] += q[..., 0]
     od[..., :-1] += q[..., 1:]
     od[..., -1] += q[..., -1]
+    out = np.empty(a.shape[:-2] + (2 * h, 2 * w), _F)
+    ev, od = out[..., 0::2, :], out[..., 1::2, :]
+    np.multiply(r, _F(0.75), out=ev)
+    od[...] = ev
+    r *= _F(0.25)
+    ev[..., 1:, :] += r[..., :-1, :]
+    ev[..., 0, :] += r[..., 0, :]
+    od[..., :-1, :] += r[..., 1:, :]
+    od[..., -1, :] += r[..., -1, :]
     return out
 
 
@@ -183,6 +191,27 @@ def noise_gains(levels: int, radius: int) -> tuple[float, float, np.ndarray]:
     return _NOISE[key]
 
 
+_NOISE_RATIO: dict = {}
+
+
+def noise_ratio(n: int, radius: int, coarse: int = 0) -> float:
+    """How far the best of ``n`` planes of pure noise stands above their minimum, in the focus
+    measure (the 99.5th percentile of best / floor over pixels, by simulation; cached). With
+    ``coarse``, for the measure's quarter-resolution box mean of that radius (the neighbourhood
+    evidence): many more samples, so a much smaller ratio."""
+    key = (n, radius, coarse)
+    if key not in _NOISE_RATIO:
+        size = 192 if not coarse else 64 * coarse + 128
+        g = np.random.default_rng(1).standard_normal((n, size, size)).astype(_F)
+        fm = box_mean(laplacian_energy(bin2(g)), radius)
+        if coarse:
+            fm = box_mean(bin2(fm), coarse)
+        m = 2 * coarse + 8
+        fm = fm[:, m:-m, m:-m]
+        _NOISE_RATIO[key] = float(np.quantile(fm.max(axis=0) / fm.min(axis=0), 0.995))
+    return _NOISE_RATIO[key]
+
+
 def sub_plane(vol: np.ndarray) -> np.ndarray:
     """Argmax over planes with a parabolic refinement: the sub-plane index, float32."""
     n = vol.shape[0]
@@ -214,6 +243,21 @@ def interp_planes(p: np.ndarray, index: np.ndarray) -> np.ndarray:
     return out
 
 
+def z_smooth(e: np.ndarray) -> np.ndarray:
+    """[1 2 1] / 4 along the planes (ends replicated), in place: detail that is in focus persists
+    over neighbouring planes, an impulse (a hot or dead pixel, a photon spike) is in one only."""
+    if e.shape[0] < 2:
+        return e
+    o = e.copy()
+    e *= _F(2)
+    e[1:] += o[:-1]
+    e[0] += o[0]
+    e[:-1] += o[1:]
+    e[-1] += o[-1]
+    e *= _F(0.25)
+    return e
+
+
 def soft_weights(e: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """exp(-(max energy - energy) / noise) over planes, normalised: (Z, h, w)."""
     best = e.max(axis=0)
@@ -236,7 +280,7 @@ def pyramid_fuse(planes: np.ndarray, guide: np.ndarray, sigma2: np.ndarray, inde
     for lvl in range(levels):
         gn, pn = bin2(g), bin2(p)
         bg = g - up2(gn)
-        e = box_mean(bg * bg, 1)
+        e = z_smooth(box_mean(bg * bg, 1))
         w = soft_weights(e, s2 * _F(softness * gains[lvl]))
         bands.append(np.einsum("zchw,zhw->chw", p - up2(pn), w))
         g, p, s2 = gn, pn, bin2(s2)
@@ -247,38 +291,42 @@ def pyramid_fuse(planes: np.ndarray, guide: np.ndarray, sigma2: np.ndarray, inde
     return fused
 
 
-def fine_detail(planes: np.ndarray, guide: np.ndarray, pb: np.ndarray, gb: np.ndarray,
-                noise: np.ndarray) -> np.ndarray:
+def fine_detail(planes: np.ndarray, guide: np.ndarray, pb: np.ndarray, gb: np.ndarray, noise: np.ndarray):
     """The finest detail (each plane minus its up-sampled bins), averaged over planes with weights
-    ``exp(-(best - own) / noise)`` of its local (3 x 3) energy on the guide: (H, W, C) float32."""
+    ``exp(-(best - own) / noise)`` of its local (3 x 3) energy on the guide.
+
+    Returns the detail of every channel (H, W, C) and of the guide (H, W), float32."""
     Z, H, W = guide.shape
     C = planes.shape[-1]
-    grey = C == 1
     e = np.empty((Z, H, W), _F)
-    fg = np.empty((Z, H, W), _F) if grey else None
+    fg = np.empty((Z, H, W), _F)
     for k in range(Z):
-        f = np.subtract(guide[k], up2(gb[k]), out=fg[k] if grey else None)
+        f = np.subtract(guide[k], up2(gb[k]), out=fg[k])
         e[k] = box_mean(f * f, 1)
+    z_smooth(e)
     best = e.max(axis=0)
     inv = _F(1) / (noise + _F(1e-30))
     total = np.zeros((H, W), _F)
-    acc = np.zeros((H, W, C), _F)
+    acc_g = np.zeros((H, W), _F)
+    acc = None if C == 1 else np.zeros((H, W, C), _F)
     for k in range(Z):
         wk = e[k]
         wk -= best
         wk *= inv
         np.exp(wk, out=wk)
         total += wk
-        if grey:
-            fk = fg[k]
-            fk *= wk
-            acc[..., 0] += fk
-        else:
+        if C > 1:
             fk = planes[k].astype(_F) - np.moveaxis(up2(pb[k]), 0, -1)
             fk *= wk[..., None]
             acc += fk
+        fk = fg[k]
+        fk *= wk
+        acc_g += fk
+    acc_g /= total
+    if C == 1:
+        return acc_g[..., None], acc_g
     acc /= total[..., None]
-    return acc
+    return acc, acc_g
 
 
 @register(SPEC)
@@ -299,11 +347,20 @@ class FocusFuse:
         best = fm.max(axis=0)
         mean = fm.mean(axis=0)
         sigma2 = floor * _F(1 / fm_gain)  # local noise variance, full-resolution units
-        if p["coarse_r"] and p["coarse_w"]:  # at quarter resolution: the same reach, a quarter of the work
-            fm += _F(p["coarse_w"]) * up2(box_mean(bin2(fm), (p["coarse_r"] + 1) // 2))
+        # in focus somewhere: the best plane stands above the floor by more than noise alone reaches,
+        # at the pixel or in its neighbourhood (a flat stack, all zeros, is unknown everywhere)
+        kq = _F(p["unknown_k"] * noise_ratio(Z, p["radius"]))
+        known = best > kq * floor
+        if p["coarse_r"]:  # at quarter resolution: the same reach, a quarter of the work
+            cr = (p["coarse_r"] + 1) // 2
+            fc = box_mean(bin2(fm), cr)
+            kc = _F(p["unknown_k"] * noise_ratio(Z, p["radius"], cr))
+            known |= up2(fc.max(axis=0) > kc * fc.min(axis=0).astype(_F)) > 0.5
+            if p["coarse_w"]:
+                fm += _F(p["coarse_w"]) * up2(fc)
+            del fc
         d = _median3(sub_plane(fm))
         del fm
-        known = best >= _F(p["unknown_k"]) * floor
         with np.errstate(divide="ignore", invalid="ignore"):
             conf = np.where(best > 0, (best - mean) / (best * _F(1 - 1 / Z)), 0).astype(_F)
         conf[~known] = 0
@@ -321,23 +378,27 @@ class FocusFuse:
                             gains=gains)
 
         # ---- full resolution: the finest detail, weighted by its own energy, Wiener-shrunk
-        detail = fine_detail(planes, guide, pb, gb, up2(sigma2) * _F(p["softness"] * fine_gain))
+        detail, dl = fine_detail(planes, guide, pb, gb, up2(sigma2) * _F(p["softness"] * fine_gain))
         if p["detail_k"] > 0:
-            dl = detail[..., 0] if C == 1 else (detail[..., :3] @ LUMA if C in (3, 4) else detail.mean(axis=-1))
-            e = box_mean(np.ascontiguousarray(dl * dl), p["detail_window"])
+            e = box_mean(dl * dl, p["detail_window"])  # on the guide: one decision for every channel
             noise = up2(sigma2)
             noise *= _F(fine_gain * p["detail_k"])
-            with np.errstate(divide="ignore", invalid="ignore"):
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 beta = 1 - noise / e
             beta = np.nan_to_num(np.clip(beta, 0, 1), nan=0.0).astype(_F)
             detail *= beta[..., None]
         fused = np.moveaxis(up2(half), 0, -1)
         fused += detail
+        # never outside what the planes hold there: no overshoot at edges, no invented colour
+        c = (slice(halo, H - halo), slice(halo, W - halo))
+        src = planes[:, c[0], c[1]]
+        fused = fused[c]
+        np.clip(fused, src.min(axis=0), src.max(axis=0), out=fused)
 
         # ---- outputs (cropped by the halo)
-        c = (slice(halo, H - halo), slice(halo, W - halo))
         ch = (slice(halo // 2, (H - halo) // 2), slice(halo // 2, (W - halo) // 2))
-        index = up2(d[ch[0].start - 1 : ch[0].stop + 1, ch[1].start - 1 : ch[1].stop + 1])[2:-2, 2:-2]
+        shown = base_index if p["unknown"] == "fill" else d
+        index = up2(shown[ch[0].start - 1 : ch[0].stop + 1, ch[1].start - 1 : ch[1].stop + 1])[2:-2, 2:-2]
         conf_f = up2(conf[ch[0].start - 1 : ch[0].stop + 1, ch[1].start - 1 : ch[1].stop + 1])[2:-2, 2:-2]
         kn = np.repeat(np.repeat(known[ch], 2, 0), 2, 1)
         conf_f[~kn] = 0
@@ -345,4 +406,6 @@ class FocusFuse:
         np.clip(index, 0, Z - 1, out=index)
         if p["unknown"] == "nan":
             index[~kn] = np.nan
-        return {"fused": fused[c], "index": index, "confidence": conf_f}
+        elif p["unknown"] == "fill":  # the up-sampling spreads NaN by one pixel: only where nothing is near
+            index[~kn & ~np.repeat(np.repeat(np.isfinite(base_index[ch]), 2, 0), 2, 1)] = np.nan
+        return {"fused": fused, "index": index, "confidence": conf_f}
