@@ -235,6 +235,55 @@ def case_output_is_a_file(tmp_path, capsys):
     assert f.read_text() == "keep me"
 
 
+def case_output_would_replace_input(tmp_path, capsys):
+    """An output never resolves to an input: refused before anything runs, exit 2, input intact."""
+    d = tmp_path / "d"
+    d.mkdir()
+    src = _stack_tif(d / "fused.tif")
+    before = _digest(d)
+    _cli_refuses(["fuse", str(src), "-o", str(d), "-q"], EXIT_INPUT, capsys, "would replace the input", "fused.tif")
+    assert _digest(d) == before  # nothing written beside it either
+    _cli_refuses(["fuse", str(src), "-o", str(d), "--format", "tiled-tiff", "-q"], EXIT_INPUT, capsys,
+                 "would replace")
+    assert _digest(d) == before
+    # planes named like results, in a folder used as its own output
+    from PIL import Image
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k, n in enumerate(("a.png", "masks.tif", "decision.tif")):
+        Image.fromarray(np.full((32, 40), 10 * k, np.uint8)).save(frames / n)
+    before = _digest(frames)
+    _cli_refuses(["fuse", str(frames), "-o", str(frames), "-q"], EXIT_INPUT, capsys, "would replace the input")
+    assert _digest(frames) == before
+    # through symlinks: the output folder is a link to the input's folder
+    link = tmp_path / "link"
+    link.symlink_to(d, target_is_directory=True)
+    _cli_refuses(["fuse", str(src), "-o", str(link), "-q"], EXIT_INPUT, capsys, "would replace")
+    # an OME-Zarr output onto the input store (and an output folder inside the store)
+    import zarr
+
+    z = tmp_path / "z"
+    z.mkdir()
+    store = z / "fused.ome.zarr"
+    zarr.create_array(store=str(store), shape=(4, 48, 40), chunks=(1, 48, 40), dtype="uint16")[...] = \
+        tifffile.imread(src)
+    before = _digest(z)
+    _cli_refuses(["fuse", str(store), "-o", str(z), "--format", "zarr", "-q"], EXIT_INPUT, capsys, "would replace")
+    _cli_refuses(["fuse", str(store), "-o", str(store / "out"), "-q"], EXIT_INPUT, capsys, "inside the input")
+    assert _digest(z) == before
+    # the API refuses the same
+    from napari_edof.io import write_result
+    from napari_edof.io.outputs import OverwriteError
+
+    r = api.fuse(api.open_stack(src))
+    with pytest.raises(OverwriteError, match="would replace the input"):
+        write_result(r, d)
+    assert _digest(d) == _digest(tmp_path / "d")
+    # a different folder is fine
+    assert main(["fuse", str(src), "-o", str(tmp_path / "ok"), "-q"]) == EXIT_OK
+
+
 def _first_run(tmp_path):
     src = _stack_tif(tmp_path / "in.tif")
     out = tmp_path / "out"

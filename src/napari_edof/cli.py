@@ -6,7 +6,9 @@ written, 130 interrupted (Ctrl-C; no partial output files are left behind).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
 from pathlib import Path
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -222,12 +224,17 @@ def _run_zarr(stack, outdir: Path, args, params: dict) -> dict:
     work = outdir / f".work-{uuid.uuid4().hex[:8]}"
     try:
         result, _ = _drain_with_bar(fuse_to_zarr_iter(stack, work, workers=args.threads, **opts), bar)
-        files = export_result_tiled(result, outdir, axes=stack.axes, rgb=stack.rgb)
         import json
 
-        prov = outdir / "provenance.json"
-        prov.write_text(json.dumps(json_safe(result.provenance), indent=2))
-        files["provenance"] = prov
+        from .io.outputs import previous_files, result_names, retire_previous
+        from .io.writers import _atomic_write
+
+        old = previous_files(outdir)
+        files = export_result_tiled(result, outdir, axes=stack.axes, rgb=stack.rgb)
+        names = result_names("tiled-tiff")
+        text = json.dumps(json_safe(dict(result.provenance, files=names)), indent=2)
+        files["provenance"] = _atomic_write(outdir / "provenance.json", lambda tmp: tmp.write_text(text))
+        retire_previous(outdir, old, names, stack.source)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"result": result, "stack": stack, "paths": files}
@@ -256,7 +263,7 @@ def _write(run: dict, dest: Path, fmt: str) -> dict:
         r, st = run["result"], run["stack"]
         outs = create_outputs(dest, shape_tyx=(st.n_times,) + tuple(st.yx_shape), channels=st.n_channels,
                               dtype=st.dtype, axes=st.axes, rows_per_chunk=512, pixel_size=st.pixel_size,
-                              z_step=st.z_step, unit=st.unit, name=st.name)
+                              z_step=st.z_step, unit=st.unit, name=st.name, sources=st.source)
         try:
             for role, a in (("fused", r.fused), ("index", r.index), ("confidence", r.confidence)):
                 a = np.asarray(a)
@@ -295,6 +302,18 @@ def _register_jobs(jobs, args):
                   f"largest residual {rep.max_residual:.2f} px", file=sys.stderr)
         out.append((reg, dest))
     return out
+
+
+def _plan_outputs(jobs, fmt: str) -> None:
+    """Before anything runs: every output folder can hold a result, and no output of any job
+    resolves to an input of any job (OverwriteError, exit 2)."""
+    from .io.outputs import check_not_inputs, result_names
+
+    sources = [s for st, _ in jobs for s in st.source]
+    for st, dest in jobs:
+        if dest.exists() and not dest.is_dir():
+            raise OSError(f"{dest} exists and is not a folder")
+        check_not_inputs(dest, result_names(fmt, st.n_times), sources)
 
 
 def _guide(g: str):
@@ -343,9 +362,7 @@ def cmd_fuse(args) -> int:
             else:
                 src = args.inputs[0] if len(args.inputs) == 1 else list(args.inputs)
                 jobs = [(open_stack(src, axes=args.axes), out)]
-        for _, dest in jobs:
-            if dest.exists() and not dest.is_dir():
-                raise OSError(f"{dest} exists and is not a folder")
+        _plan_outputs(jobs, args.format)
         jobs = _register_jobs(jobs, args)
         if args.scheduler or args.workers:
             runs = _run_cluster(jobs, args, params)
@@ -422,8 +439,33 @@ def cmd_evaluate(args) -> int:
     return EXIT_OK
 
 
+@contextlib.contextmanager
+def _warnings_to_stderr():
+    """napari-edof's warnings (metadata reconciled with the data, a result replaced) printed as
+    one line each on stderr; other warnings as Python prints them."""
+    from .core.errors import EdofWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", EdofWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, EdofWarning):
+                print(f"napari-edof: warning: {message}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with _warnings_to_stderr():
+        return _dispatch(args)
+
+
+def _dispatch(args) -> int:
     if args.command == "fuse":
         return cmd_fuse(args)
     if args.command == "methods":

@@ -160,7 +160,8 @@ def fuse_many_to_zarr_iter(jobs: Iterable, client, **options):
             s = pl.stack
             outs = create_outputs(outdir, shape_tyx=(s.n_times,) + tuple(s.yx_shape), channels=s.n_channels,
                                   dtype=s.dtype, axes=s.axes, rows_per_chunk=max(x.s1 - x.s0 for x in stripes),
-                                  pixel_size=s.pixel_size, z_step=s.z_step, unit=s.unit, name=s.name)
+                                  pixel_size=s.pixel_size, z_step=s.z_step, unit=s.unit, name=s.name,
+                                  sources=s.source)
             planned.append((pl, stripes, outs))
             stores += [dask.delayed(_store_task, pure=False)(part, outs.arrays, t, x.s0, x.s1)
                        for t, x, part in tasks]

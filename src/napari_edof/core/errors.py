@@ -20,3 +20,9 @@ class MethodError(EdofError):
 
 class Cancelled(Exception):
     """Raised inside a run when the consumer stopped it between tiles."""
+
+
+class EdofWarning(UserWarning):
+    """Something the user should know about a run that still went ahead: metadata that did not
+    match the data and was reconciled, a previous result that was replaced. The CLI prints these
+    on stderr; napari shows them as notifications."""

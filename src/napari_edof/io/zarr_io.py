@@ -128,14 +128,19 @@ class ZarrOutputs:
     arrays: dict = field(default_factory=dict)  # role -> zarr array, in the engine's (T, Y, X[, C]) order
     files: dict = field(default_factory=dict)  # role -> final path
     made_outdir: bool = False  # created for this run (removed again by abort while empty)
+    sources: tuple = ()  # the run's input files (never replaced or removed)
 
     def commit(self, provenance: dict | None = None) -> dict[str, Path]:
         """Move the finished images into place (replacing older results of the same names)."""
+        from .outputs import previous_files, retire_previous
+
         if provenance is not None:
             from .writers import json_safe
 
-            (self.partial / "provenance.json").write_text(json.dumps(json_safe(provenance), indent=2))
             self.files["provenance"] = self.outdir / "provenance.json"
+            prov = dict(provenance, files=[p.name for p in self.files.values()])
+            (self.partial / "provenance.json").write_text(json.dumps(json_safe(prov), indent=2))
+        old_files = previous_files(self.outdir)
         for role, final in self.files.items():
             src = self.partial / final.name
             old = None
@@ -146,6 +151,7 @@ class ZarrOutputs:
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
         shutil.rmtree(self.partial, ignore_errors=True)
+        retire_previous(self.outdir, old_files, [p.name for p in self.files.values()], self.sources)
         return dict(self.files)
 
     def abort(self) -> None:
@@ -161,7 +167,7 @@ class ZarrOutputs:
 
 def create_outputs(outdir, *, shape_tyx: tuple[int, int, int], channels: int, dtype, axes: str,
                    rows_per_chunk: int, pixel_size=None, z_step=None, unit: str | None = None,
-                   name: str = "fused") -> ZarrOutputs:
+                   name: str = "fused", sources=()) -> ZarrOutputs:
     """Create the fused, focus-index and confidence OME-Zarr images in a partial folder.
 
     ``axes`` are the input stack's; the outputs keep its T and C and drop Z. Chunks hold
@@ -169,7 +175,10 @@ def create_outputs(outdir, *, shape_tyx: tuple[int, int, int], channels: int, dt
     """
     import zarr
 
+    from .outputs import check_not_inputs, result_names
+
     outdir = Path(outdir)
+    check_not_inputs(outdir, result_names("zarr"), sources)  # a result never replaces its own input
     made = not outdir.exists()
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +190,7 @@ def create_outputs(outdir, *, shape_tyx: tuple[int, int, int], channels: int, dt
     C = channels
     rows = max(1, min(int(rows_per_chunk), Y))
     px = tuple(pixel_size) if pixel_size else (1.0, 1.0)
-    out = ZarrOutputs(outdir=outdir, partial=partial, made_outdir=made)
+    out = ZarrOutputs(outdir=outdir, partial=partial, made_outdir=made, sources=tuple(sources or ()))
     has_t, has_c = "T" in axes, "C" in axes
     for role, fname, dt, with_c in (("fused", "fused.ome.zarr", np.dtype(dtype), True),
                                     ("index", "focus_index.ome.zarr", np.dtype(np.float32), False),
@@ -218,7 +227,7 @@ def fuse_to_zarr_iter(stack, outdir, *, budget: int | None = None, **options):
     rows = max(s.s1 - s.s0 for s in plan_stripes(pl, budget))
     outs = create_outputs(outdir, shape_tyx=(st.n_times,) + tuple(st.yx_shape), channels=st.n_channels,
                           dtype=st.dtype, axes=st.axes, rows_per_chunk=rows, pixel_size=st.pixel_size,
-                          z_step=st.z_step, unit=st.unit, name=st.name)
+                          z_step=st.z_step, unit=st.unit, name=st.name, sources=st.source)
     try:
         result = yield from fuse_to_store_iter(st, outs.arrays, budget=budget, **options)
     except BaseException:
