@@ -284,6 +284,39 @@ def case_output_would_replace_input(tmp_path, capsys):
     assert main(["fuse", str(src), "-o", str(tmp_path / "ok"), "-q"]) == EXIT_OK
 
 
+def case_rerun_replaces_previous_result(tmp_path, capsys):
+    """A run into a folder that holds a result says it replaces it and removes the files of that
+    result which the new one does not write; nothing else in the folder is touched."""
+    from napari_edof import sample_stack
+
+    s = np.asarray(sample_stack(n_planes=4, shape=(40, 36)).stack.data)
+    five, two = tmp_path / "five.tif", tmp_path / "two.tif"
+    tifffile.imwrite(five, np.stack([s] * 5), imagej=True, metadata={"axes": "TZYX"})
+    tifffile.imwrite(two, np.stack([s] * 2), imagej=True, metadata={"axes": "TZYX"})
+    out = tmp_path / "out"
+    assert main(["fuse", str(five), "-o", str(out), "-q"]) == EXIT_OK
+    assert (out / "focus_index_t004.png").exists()
+    err = capsys.readouterr().err
+    assert "replaced" not in err  # a first run replaces nothing
+    (out / "notes.txt").write_text("mine")
+    assert main(["fuse", str(two), "-o", str(out), "-q"]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "replaced the previous result" in err and "focus_index_t004.png" in err, err
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if n.endswith(("_t002.png", "_t003.png", "_t004.png"))], names
+    assert (out / "notes.txt").read_text() == "mine"
+    import json
+
+    prov = json.loads((out / "provenance.json").read_text())
+    assert sorted(prov["files"]) == sorted(n for n in names if n != "notes.txt")
+    assert tifffile.imread(out / "masks.tif").shape[0] == 2
+    # another format replaces the whole previous set
+    assert main(["fuse", str(two), "-o", str(out), "--format", "zarr", "-q"]) == EXIT_OK
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["confidence.ome.zarr", "focus_index.ome.zarr", "fused.ome.zarr", "notes.txt", "provenance.json"])
+    assert "replaced the previous result" in capsys.readouterr().err
+
+
 def _first_run(tmp_path):
     src = _stack_tif(tmp_path / "in.tif")
     out = tmp_path / "out"
