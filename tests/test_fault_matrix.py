@@ -317,6 +317,22 @@ def case_rerun_replaces_previous_result(tmp_path, capsys):
     assert "replaced the previous result" in capsys.readouterr().err
 
 
+def case_batch_inputs_with_one_name(tmp_path, capsys):
+    """--batch a/stack.tif b/stack.tif: each result in its own folder, named after its parent."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = _stack_tif(tmp_path / "a" / "stack.tif", seed=1)
+    b = _stack_tif(tmp_path / "b" / "stack.tif", seed=2)
+    c = _stack_tif(tmp_path / "other.tif", seed=3)
+    out = tmp_path / "out"
+    assert main(["fuse", str(a), str(b), str(c), str(c), "-o", str(out), "--batch"]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["a_stack", "b_stack", "other", "other_2"]
+    for src, folder in ((a, "a_stack"), (b, "b_stack"), (c, "other")):
+        np.testing.assert_array_equal(tifffile.imread(out / folder / "fused.tif"), api.fuse(tifffile.imread(src)).fused)
+        assert f"{src} -> {folder}" in text, text
+
+
 def _first_run(tmp_path):
     src = _stack_tif(tmp_path / "in.tif")
     out = tmp_path / "out"

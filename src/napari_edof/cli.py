@@ -304,6 +304,43 @@ def _register_jobs(jobs, args):
     return out
 
 
+def batch_folders(inputs, stems) -> list[str]:
+    """One distinct result folder name per batch input: its stem, with its parent folders' names
+    put in front (``a/stack.tif``, ``b/stack.tif`` -> ``a_stack``, ``b_stack``) for as long as two
+    inputs share a name (compared without case); a number after the name where the paths do not
+    tell them apart (the same input given twice)."""
+    import os
+
+    parents = [list(reversed(Path(os.path.abspath(os.fspath(p))).parent.parts)) for p in inputs]
+    names = [str(s) or "stack" for s in stems]
+    depth = [0] * len(names)
+
+    def clashes():  # inputs sharing a name with an input elsewhere (not with the same path again)
+        seen = {}
+        for i, n in enumerate(names):
+            seen.setdefault(n.casefold(), []).append(i)
+        return [i for group in seen.values() if len(group) > 1 for i in group
+                if any(parents[j] != parents[i] for j in group)]
+
+    while True:
+        dup = clashes()
+        grow = [i for i in dup if depth[i] < len(parents[i]) and parents[i][depth[i]] not in ("", os.sep)]
+        if not grow:
+            break
+        for i in grow:
+            names[i] = f"{parents[i][depth[i]]}_{names[i]}"
+            depth[i] += 1
+    taken = set()
+    for i, n in enumerate(names):
+        k, cand = 1, n
+        while cand.casefold() in taken:
+            k += 1
+            cand = f"{n}_{k}"
+        taken.add(cand.casefold())
+        names[i] = cand
+    return names
+
+
 def _plan_outputs(jobs, fmt: str) -> None:
     """Before anything runs: every output folder can hold a result, and no output of any job
     resolves to an input of any job (OverwriteError, exit 2)."""
@@ -355,10 +392,9 @@ def cmd_fuse(args) -> int:
             from .io import open_stack
 
             if args.batch:
-                jobs = []
-                for inp in args.inputs:
-                    st = open_stack(inp, axes=args.axes)
-                    jobs.append((st, out / Path(st.name).stem))
+                stacks = [open_stack(inp, axes=args.axes) for inp in args.inputs]
+                names = batch_folders(args.inputs, [Path(st.name).stem for st in stacks])
+                jobs = [(st, out / n) for st, n in zip(stacks, names)]
             else:
                 src = args.inputs[0] if len(args.inputs) == 1 else list(args.inputs)
                 jobs = [(open_stack(src, axes=args.axes), out)]
@@ -383,6 +419,10 @@ def cmd_fuse(args) -> int:
                 return EXIT_OUTPUT
             if not args.quiet:
                 print(_summary(run, dest))
+        if args.batch and not args.quiet and len(jobs) > 1:
+            print(f"napari-edof: {len(jobs)} stacks, each in its own folder of {out}:")
+            for inp, (_, dest) in zip(args.inputs, jobs):
+                print(f"  {inp} -> {dest.name}")
     except EdofError as e:
         print(f"napari-edof: error: {e}", file=sys.stderr)
         return EXIT_INPUT
