@@ -95,6 +95,77 @@ def case_zero_byte_file(tmp_path, capsys):
                  out=tmp_path / "out")
 
 
+def _rewrite_description(src: Path, dest: Path, old: str, new: str) -> Path:
+    """``dest``: the pages of ``src`` with its first page's description edited (wrong metadata)."""
+    with tifffile.TiffFile(src) as tf:
+        desc = tf.pages[0].description
+        pages = tf.asarray(key=range(len(tf.pages)))
+    assert old in desc
+    tifffile.imwrite(dest, pages, description=desc.replace(old, new), metadata=None, photometric="minisblack")
+    return dest
+
+
+def case_declared_planes_not_in_file(tmp_path, capsys):
+    """OME SizeZ=50 over 5 pages, ImageJ images=3 over 5 pages: the 5 real pages are the planes,
+    with a warning (API, napari reader, CLI stderr, provenance); never 45 invented zero planes."""
+    import json
+    import warnings
+
+    from napari_edof._napari import get_reader
+    from napari_edof.core.errors import EdofWarning
+
+    data = tifffile.imread(_stack_tif(tmp_path / "s.tif", planes=5))
+    tifffile.imwrite(tmp_path / "ok.ome.tif", data, ome=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "ok_ij.tif", data, imagej=True, metadata={"axes": "ZYX"})
+    ome = _rewrite_description(tmp_path / "ok.ome.tif", tmp_path / "z50.ome.tif", 'SizeZ="5"', 'SizeZ="50"')
+    ij = _rewrite_description(tmp_path / "ok_ij.tif", tmp_path / "ij3.tif", "images=5\nslices=5",
+                              "images=3\nslices=3")
+    for f, words in ((ome, "declares 50 images"), (ij, "declares 3 images")):
+        with pytest.warns(EdofWarning, match=words + r".*holds 5 pages"):
+            st = api.open_stack(f)
+        assert st.n_planes == 5 and st.metadata["reconciled"]
+        np.testing.assert_array_equal(np.asarray(st.data), data)
+        with pytest.warns(EdofWarning, match=words):
+            get_reader(str(f))(str(f))  # napari shows the warning as a notification
+        out = tmp_path / f"out_{f.stem}"
+        assert main(["fuse", str(f), "-o", str(out), "-q"]) == EXIT_OK
+        assert "warning:" in capsys.readouterr().err
+        prov = json.loads((out / "provenance.json").read_text())
+        assert words in prov["input_warnings"][0]
+        assert tifffile.imread(out / "masks.tif").shape[0] == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EdofWarning)  # a consistent file warns about nothing
+        assert api.open_stack(tmp_path / "ok.ome.tif").n_planes == 5
+        assert api.open_stack(tmp_path / "ok_ij.tif").n_planes == 5
+    # several declared dimensions cannot be matched to the pages: refused
+    tifffile.imwrite(tmp_path / "tz.ome.tif", data[:4].reshape(2, 2, 48, 40), ome=True, metadata={"axes": "TZYX"})
+    bad = _rewrite_description(tmp_path / "tz.ome.tif", tmp_path / "tz9.ome.tif", 'SizeZ="2"', 'SizeZ="9"')
+    with pytest.raises(StackError, match="declares 18 images.*cannot be told which page"):
+        api.open_stack(bad)
+
+
+def case_zarr_missing_chunks(tmp_path, capsys):
+    """Chunk files missing from an OME-Zarr store are not read as planes of zeros."""
+    import shutil
+
+    import zarr
+
+    from napari_edof.core.errors import EdofWarning
+
+    data = tifffile.imread(_stack_tif(tmp_path / "s.tif", planes=6, shape=(64, 40)))
+    store = tmp_path / "s.zarr"
+    zarr.create_array(store=str(store), shape=data.shape, chunks=(1, 32, 40), dtype=data.dtype)[...] = data
+    shutil.rmtree(store / "c" / "5")  # plane 5: no chunk at all
+    (store / "c" / "2" / "1" / "0").unlink()  # half of plane 2
+    with pytest.warns(EdofWarning, match=r"planes 5 of 6 have no chunk.*1 chunk\(s\) of the other planes"):
+        st = api.open_stack(store)
+    assert st.n_planes == 5
+    np.testing.assert_array_equal(np.asarray(st.data)[:2], data[:2])
+    out = tmp_path / "out"
+    assert main(["fuse", str(store), "-o", str(out), "-q"]) == EXIT_OK
+    assert "planes 5 of 6 have no chunk" in capsys.readouterr().err
+
+
 def case_mixed_plane_sizes(tmp_path, capsys):
     from PIL import Image
 

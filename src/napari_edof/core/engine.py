@@ -258,6 +258,8 @@ def provenance(pl: FusionPlan, seconds: float, impl=None) -> dict:
         prov["weights_sha256"] = spec.weights.sha256
     if getattr(impl, "weights_sha256", None):  # the weights the instance loaded (a method may offer several)
         prov["weights_sha256"] = impl.weights_sha256
+    if stack.metadata.get("reconciled"):  # the input's metadata did not match its data (see io.metadata)
+        prov["input_warnings"] = list(stack.metadata["reconciled"])
     if "registration" in stack.metadata:  # a stack aligned by register_stack
         prov["registration"] = stack.metadata["registration"]
     if pl.gate is not None and pl.gate.report is not None:

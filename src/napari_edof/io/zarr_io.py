@@ -88,6 +88,16 @@ def open_zarr(path, *, axes: str | None = None, name: str | None = None) -> Stac
         ax = guess_axes(tuple(data.shape))
     if len(ax) != data.ndim:
         raise StackError(f"{label}: axes {ax!r} do not match the array's {data.ndim} dimensions {tuple(data.shape)}")
+    from .metadata import reconcile_zarr_chunks
+    from .readers import _report
+
+    metadata = {"zarr": (arr, data.name)}  # the zarr array itself, for direct stripe reads
+    keep, message = reconcile_zarr_chunks(arr, ax, label)
+    if keep is not None:  # planes with no chunk in the store are not there: leave them out
+        data = data[(slice(None),) * ax.index("Z") + (np.asarray(keep),)]
+        metadata = {}
+    if message:
+        _report(metadata, message)
     pixel_size = z_step = None
     unit = "pixel"
     if scale is not None and len(scale) == len(ax):
@@ -98,9 +108,8 @@ def open_zarr(path, *, axes: str | None = None, name: str | None = None) -> Stac
         u = units.get("X") or units.get("Y") or units.get("Z")
         unit = _UNIT_NAMES.get(u, u) if u else "pixel"
     try:
-        # the zarr array itself, for direct stripe reads while ``data`` is still this dask array
         return Stack(data=data, axes=ax, pixel_size=pixel_size, z_step=z_step, unit=unit, rgb=False,
-                     name=name or p.name.split(".")[0], source=(str(p),), metadata={"zarr": (arr, data.name)})
+                     name=name or p.name.split(".")[0], source=(str(p),), metadata=metadata)
     except StackError as e:
         raise StackError(f"{label}: {e}") from None
 
