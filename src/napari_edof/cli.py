@@ -299,7 +299,7 @@ def _register_jobs(jobs, args):
             print(f"napari-edof: registered {st.name} ({args.register}): largest shift "
                   f"{max(math.hypot(p.dy, p.dx) for p in rep.planes):.1f} px, scale "
                   f"{min(p.scale for p in rep.planes):.4f}..{max(p.scale for p in rep.planes):.4f}, "
-                  f"largest residual {rep.max_residual:.2f} px", file=sys.stderr)
+                  f"largest residual {rep.max_residual:.2f} px{_no_signal_note(rep)}", file=sys.stderr)
         out.append((reg, dest))
     return out
 
@@ -351,6 +351,13 @@ def _plan_outputs(jobs, fmt: str) -> None:
         if dest.exists() and not dest.is_dir():
             raise OSError(f"{dest} exists and is not a folder")
         check_not_inputs(dest, result_names(fmt, st.n_times), sources)
+
+
+def _no_signal_note(rep) -> str:
+    from .core.registration import NO_SIGNAL
+
+    blank = [p.plane for p in rep.planes if p.method == NO_SIGNAL]
+    return f"; plane(s) {', '.join(map(str, blank))} have no signal and were not registered" if blank else ""
 
 
 def _guide(g: str):
