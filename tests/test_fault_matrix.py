@@ -233,6 +233,30 @@ def case_constant_planes(tmp_path, capsys):
     assert (tifffile.imread(tmp_path / "out" / "confidence.tif") == 0).all()
 
 
+def case_extreme_float_ranges(tmp_path, capsys):
+    """Floats near 1e19, 1e-25 (or 1e200 in float64) fuse as their ordinary-range copy does: they
+    are scaled exactly (a power of two) for fusion and back; no NaN confidence, index 0 or Inf."""
+    from napari_edof import sample_stack
+
+    s = np.asarray(sample_stack(n_planes=5, shape=(64, 64), seed=0).stack.data).astype(np.float64) / 65535
+    for method in ("focus-select", "pyramid"):
+        ref = api.fuse(s.astype(np.float32), method=method)
+        for factor, dtype in ((1e19, np.float32), (1e-25, np.float32), (1e200, np.float64)):
+            a = (s * factor).astype(dtype)
+            r = api.fuse(a, method=method)
+            assert r.fused.dtype == dtype and np.isfinite(r.fused).all()
+            assert np.isfinite(r.confidence).all() and np.isfinite(r.index).all()
+            assert (np.rint(r.index) == np.rint(ref.index)).mean() > 0.999, (method, factor)
+            np.testing.assert_allclose(r.confidence, ref.confidence, atol=1e-3)
+            np.testing.assert_allclose(r.fused / factor, ref.fused, rtol=1e-5, atol=1e-6)
+    f = tmp_path / "huge.tif"
+    tifffile.imwrite(f, (s * 1e19).astype(np.float32), photometric="minisblack")
+    assert main(["fuse", str(f), "-o", str(tmp_path / "out"), "-q"]) == EXIT_OK
+    fused = tifffile.imread(tmp_path / "out" / "fused.tif")
+    assert np.isfinite(fused).all() and np.isfinite(tifffile.imread(tmp_path / "out" / "confidence.tif")).all()
+    np.testing.assert_allclose(fused / 1e19, api.fuse(s.astype(np.float32)).fused, rtol=1e-5, atol=1e-6)
+
+
 def _unsupported_dtype(dtype, tmp_path, capsys):
     name = np.dtype(dtype).name
     _api_refuses(StackError, f"unsupported pixel type {name}", np.zeros((3, 32, 32), dtype))

@@ -37,6 +37,7 @@ from .errors import StackError
 from .policy import OutOfMemory, check_memory, free_accelerator_memory, is_oom, smaller_tile
 from .registration import parse_register, register_stack
 from .result import FusionResult, Progress, to_stack_axes
+from .scaling import value_scale
 from .stack import Stack, as_stack, is_dask
 from .tiling import Canvas, Tile, plan_tiles, read_window
 
@@ -104,9 +105,16 @@ class FusionPlan:
     workers: int
     precision: str = "float32"  # "float32" or "half" (then ``gate`` keeps or drops it at the first tile)
     gate: Any = None
+    value_scale: float = 1.0  # extreme floats: planes are fused times this power of two (core.scaling)
+
+    def impl_params(self) -> dict:
+        """The parameters the method instance gets: those in image units scaled like the planes."""
+        if self.value_scale != 1.0 and self.params.get("noise"):
+            return dict(self.params, noise=float(self.params["noise"]) * self.value_scale)
+        return self.params
 
     def make_impl(self):
-        return self.cls(self.params, device=self.device)
+        return self.cls(self.impl_params(), device=self.device)
 
     def is_two_pass(self, impl=None) -> bool:
         """The method has a first pass (``pass1``/``reduce``) and, if it says when it needs it
@@ -154,7 +162,7 @@ def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = No
     return FusionPlan(stack=stack, spec=spec, cls=cls, params=p, device=dev, guide=g,
                       tile=None if single else int(tile), tiles=tiles,
                       halo=tiles[0].halo, overlap=tiles[0].overlap, workers=nw, precision=prec,
-                      gate=HalfGate(dev) if prec == "half" else None)
+                      gate=HalfGate(dev) if prec == "half" else None, value_scale=value_scale(stack))
 
 
 PRECISIONS = ("auto", "float32", "half")
@@ -438,8 +446,12 @@ def run_region(pl: FusionPlan, impl, frame: np.ndarray, *, r0: int, s0: int, s1:
         from contextlib import nullcontext as lane
     gate = pl.gate
 
+    vs = pl.value_scale
+
     def job(t_):
         planes = read_window(frame, _shift(t_, -r0).window)
+        if vs != 1.0:  # extreme floats: fused near magnitude 1, exactly (a power of two), then scaled back
+            planes = planes * planes.dtype.type(vs)
         gd = make_guide(planes, g)
         if check:
             _check_finite(gd, stack, t_index)
@@ -451,6 +463,9 @@ def run_region(pl: FusionPlan, impl, frame: np.ndarray, *, r0: int, s0: int, s1:
             res = call() if gate is None or pass1 else gate.run(call)
         if not pass1:
             res["fused"] = np.asarray(res["fused"]).reshape(res["index"].shape + (C,))
+            if vs != 1.0:  # (in the stack's precision: a float32 result of a float64 stack may not hold 1 / vs)
+                f = res["fused"].astype(np.promote_types(res["fused"].dtype, dtype), copy=False)
+                res["fused"] = f * f.dtype.type(1.0 / vs)
         return res
 
     # blended overlaps are float sums: add the tiles in plan order, whatever thread finishes first

@@ -497,7 +497,7 @@ def _impl_for(cls, params_key, device):
 
 def _impl(pl: FusionPlan):
     try:
-        key = tuple(sorted(pl.params.items()))
+        key = tuple(sorted(pl.impl_params().items()))
         hash(key)
     except TypeError:
         return pl.make_impl()
