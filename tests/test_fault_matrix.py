@@ -489,6 +489,20 @@ def case_cancel_during_fusion(tmp_path, capsys, monkeypatch):
 
 
 # --- methods, devices, weights --------------------------------------------------------------------
+def case_cli_bad_counts_and_params(tmp_path, capsys):
+    """-p without '=', -m "", --threads/--workers/--steps below 1: exit 2 with the option named."""
+    src = _stack_tif(tmp_path / "in.tif")
+    out = tmp_path / "out"
+    base = ["fuse", str(src), "-o", str(out), "-q"]
+    _cli_refuses(base + ["-p", "radius"], EXIT_INPUT, capsys, "NAME=VALUE", "'radius'", out=out)
+    _cli_refuses(base + ["-m", ""], EXIT_INPUT, capsys, "unknown method ''", out=out)
+    _cli_refuses(base + ["--threads", "-1"], EXIT_INPUT, capsys, "--threads must be 1 or more", out=out)
+    _cli_refuses(base + ["--workers", "-2"], EXIT_INPUT, capsys, "--workers must be 1 or more", out=out)
+    _cli_refuses(["train", "stackmff-v2", "--steps", "-1", "--out", str(tmp_path / "t")], EXIT_INPUT, capsys,
+                 "--steps must be 1 or more")
+    assert not (tmp_path / "t").exists()
+
+
 def case_unknown_method(tmp_path, capsys):
     _api_refuses(MethodError, "unknown method 'sharpest'; choose one of: .*focus-select", np.zeros((3, 32, 32)),
                  method="sharpest")

@@ -15,10 +15,12 @@ EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _parse_params(items: list[str]) -> dict:
+    from .core.errors import MethodError
+
     out = {}
     for it in items or []:
         if "=" not in it:
-            raise SystemExit(f"napari-edof: error: --param takes NAME=VALUE, got {it!r}")
+            raise MethodError(f"--param takes NAME=VALUE, got {it!r}")
         k, v = it.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -119,7 +121,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_counts(args, names) -> None:
+    """Counts (threads, workers, steps) are whole numbers of 1 or more: -1 is not "all"."""
+    from .core.errors import EdofError
+
+    for n in names:
+        v = getattr(args, n, None)
+        if v is not None and v < 1:
+            raise EdofError(f"--{n.replace('_', '-')} must be 1 or more, not {v}")
+
+
 def cmd_train(args) -> int:
+    from .core.errors import EdofError
+
+    try:
+        _check_counts(args, ("steps", "threads", "batch_size", "crop", "n_min", "n_max", "ckpt_every"))
+    except EdofError as e:
+        print(f"napari-edof: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
     try:
         from .training.train import RECIPES, get_recipe, recipe_options
     except ImportError as e:  # torch missing
@@ -185,7 +204,8 @@ def _options(args, params: dict) -> dict:
             tile = int(tile)
         except ValueError:
             raise EdofError(f"--tile must be a number of pixels, 'auto' or 0, not {tile!r}") from None
-    return dict(method=args.method or DEFAULT_METHOD, params=params, tile=tile, overlap=args.overlap,
+    method = DEFAULT_METHOD if args.method is None else args.method  # -m "" is not the default
+    return dict(method=method, params=params, tile=tile, overlap=args.overlap,
                 device=None if args.device == "auto" else args.device, guide=_guide(args.guide),
                 precision=args.precision)
 
@@ -382,7 +402,12 @@ def _summary(run: dict, outdir: Path) -> str:
 def cmd_fuse(args) -> int:
     from .core.errors import EdofError
 
-    params = _parse_params(args.param)
+    try:
+        params = _parse_params(args.param)
+        _check_counts(args, ("threads", "workers"))
+    except EdofError as e:
+        print(f"napari-edof: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
     out = Path(args.output)
     if args.sample and args.inputs:
         print("napari-edof: error: give INPUT files or --sample, not both", file=sys.stderr)
