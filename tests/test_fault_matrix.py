@@ -217,6 +217,39 @@ def case_inf(tmp_path, capsys):
     _api_refuses(StackError, "NaN or infinite", a)
 
 
+def case_api_bad_arguments(tmp_path, capsys):
+    """The API's arguments get the CLI's clear errors (EdofError subclasses), not raw
+    ValueError/TypeError/AttributeError/IndexError from deep inside."""
+    import dask.array as da
+
+    a = np.random.default_rng(0).random((4, 32, 32)).astype(np.float32)
+    _api_refuses(StackError, r"plane 1 has shape \(32, 40\) but plane 0 has \(32, 32\)",
+                 [np.zeros((32, 32)), np.zeros((32, 40))])
+    d = da.from_array(a)
+    unknown = d[d[:, 0, 0] > -1]  # boolean indexing: unknown chunk sizes
+    for lazy in (None, False):
+        _api_refuses(StackError, r"not known \(shape \(\?, 32, 32\).*compute_chunk_sizes", unknown, lazy=lazy)
+    _api_refuses(StackError, "axes must be text of letters from TCZYX.*not 123", a, axes=123)
+    with pytest.raises(StackError, match="axes must be text"):
+        next(api.fuse_iter(a, axes=5))
+    _api_refuses(MethodError, r"params must be a dict of name: value.*not 'radius=3'", a, params="radius=3")
+    _api_refuses(StackError, "tile must be a number of pixels, 'auto' or 0, not '32px'", a, tile="32px")
+    _api_refuses(StackError, "overlap='x' is not a whole number", a, overlap="x")
+    _api_refuses(StackError, "workers=0.5 is not a whole number", a, workers=0.5)
+    _api_refuses(StackError, "not a file name", "stack.tif")
+    assert api.fuse(np.tile(a, (1, 2, 2)), tile="32").provenance["tile"] == 32  # the CLI's text works too
+    # recompose: labels that are not plane numbers
+    for labels, words in ((np.full((32, 32), np.nan), "NaN or infinite"), (np.full((32, 32), 1.5), "1.5 is not a whole"),
+                          (np.full((32, 32), -1), "-1 is negative"), (np.full((32, 32), 9), "9 names a plane")):
+        with pytest.raises(StackError, match=words):
+            api.recompose(a, labels)
+    with pytest.raises(StackError, match="fill of shape"):
+        api.recompose(a, np.ones((32, 32), np.uint8), fill=np.zeros((8, 8)))
+    np.testing.assert_array_equal(api.recompose(a, np.full((32, 32), 2.0)), a[1])
+    with pytest.raises(StackError, match="y=1.5 is not a whole number"):
+        api.focus_curve(a, 1.5, 3)
+
+
 def case_constant_planes(tmp_path, capsys):
     """Not an error: a flat stack fuses, with confidence 0 everywhere."""
     for dtype in (np.uint8, np.uint16, np.float32):

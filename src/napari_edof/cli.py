@@ -195,15 +195,10 @@ def _run_one(stack, outdir: Path, args, params: dict) -> dict:
 
 
 def _options(args, params: dict) -> dict:
-    from .core.errors import EdofError
+    from .core.engine import parse_tile
     from .methods import DEFAULT_METHOD
 
-    tile = args.tile
-    if isinstance(tile, str) and tile != "auto":
-        try:
-            tile = int(tile)
-        except ValueError:
-            raise EdofError(f"--tile must be a number of pixels, 'auto' or 0, not {tile!r}") from None
+    tile = parse_tile(args.tile, "--tile")
     method = DEFAULT_METHOD if args.method is None else args.method  # -m "" is not the default
     return dict(method=method, params=params, tile=tile, overlap=args.overlap,
                 device=None if args.device == "auto" else args.device, guide=_guide(args.guide),

@@ -39,6 +39,7 @@ from .registration import parse_register, register_stack
 from .result import FusionResult, Progress, to_stack_axes
 from .scaling import value_scale
 from .stack import Stack, as_stack, is_dask
+from .values import to_count, to_int
 from .tiling import Canvas, Tile, plan_tiles, read_window
 
 
@@ -140,17 +141,18 @@ def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = No
     p = spec.resolve(params)
     dev = resolve_device(device, spec.devices, spec.backend)
     g = resolve_guide(guide, stack.n_channels, stack.rgb)
+    tile = parse_tile(tile)
     if tile == "auto":
         tile = spec.tile_for(p, stack.n_planes)
-    if tile is not None and tile != 0 and int(tile) < 16:
-        raise StackError(f"tile={tile} is too small: use at least 16 pixels (or 0 for no tiling)")
     halo = int(spec.halo(p))
     mult = int(spec.tile_multiple(p))
     Y, X = stack.yx_shape
     single = not tile or tile >= max(Y, X)
-    ov = (0 if single else spec.default_overlap) if overlap is None else int(overlap)
+    ov = (0 if single else spec.default_overlap) if overlap is None else to_int(overlap, "overlap", StackError)
     if ov < 0:
         raise StackError(f"overlap={ov} must be 0 or more")
+    if workers is not None:
+        workers = to_count(workers, "workers", 1, StackError)
     tiles = plan_tiles((Y, X), tile, halo=halo, overlap=ov, multiple=mult)
     prec = resolve_precision(precision, spec, dev)
     if spec.backend == "torch":
@@ -163,6 +165,20 @@ def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = No
                       tile=None if single else int(tile), tiles=tiles,
                       halo=tiles[0].halo, overlap=tiles[0].overlap, workers=nw, precision=prec,
                       gate=HalfGate(dev) if prec == "half" else None, value_scale=value_scale(stack))
+
+
+def parse_tile(tile, name: str = "tile"):
+    """``tile`` as the API and the CLI take it: "auto", None or 0 (no tiling), or a whole number of
+    pixels of at least 16 (an int, or its text: "32"). Anything else is a StackError."""
+    if tile is None or (isinstance(tile, str) and tile.strip().lower() == "auto"):
+        return None if tile is None else "auto"
+    try:
+        t = to_int(tile, name, StackError)
+    except StackError:
+        raise StackError(f"{name} must be a number of pixels, 'auto' or 0, not {tile!r}") from None
+    if t != 0 and t < 16:
+        raise StackError(f"{name}={t} is too small: use at least 16 pixels (or 0 for no tiling)")
+    return t
 
 
 PRECISIONS = ("auto", "float32", "half")

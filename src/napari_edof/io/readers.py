@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.errors import EdofError, ReadError, StackError
-from ..core.stack import SUPPORTED_DTYPES, Stack
+from ..core.stack import SUPPORTED_DTYPES, Stack, check_axes_text
 from .metadata import map_axes, reconcile_tiff_pages, tiff_scale
 
 __all__ = ["IMAGE_SUFFIXES", "open_stack", "natural_key"]
@@ -115,6 +115,7 @@ def open_stack(source, *, axes: str | None = None, name: str | None = None) -> S
         The images do not make a focus stack: planes of different sizes, channels or dtypes,
         fewer than 2 planes, a single 2D image, an unsupported dtype, axes that cannot be told.
     """
+    axes = check_axes_text(axes)
     if isinstance(source, Stack):
         return source
     if isinstance(source, (list, tuple)):

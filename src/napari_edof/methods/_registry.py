@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from ..core.errors import MethodError
@@ -100,7 +101,12 @@ class MethodSpec:
 
     def resolve(self, params: dict | None) -> dict:
         """Defaults overridden by ``params``, each validated; unknown names are refused."""
+        if params is not None and not isinstance(params, Mapping):
+            raise MethodError(f"params must be a dict of name: value (for example {{'radius': 3}}), not {params!r}")
         params = dict(params or {})
+        bad = sorted(repr(k) for k in params if not isinstance(k, str))
+        if bad:
+            raise MethodError(f"parameter names are text: {', '.join(bad)} is not a parameter of {self.name!r}")
         known = {p.name: p for p in self.params}
         unknown = sorted(set(params) - set(known))
         if unknown:
