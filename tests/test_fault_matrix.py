@@ -553,6 +553,29 @@ def case_unknown_parameter(tmp_path, capsys):
                  capsys, "tie='sideways' is not one of none, near, far", out=tmp_path / "out")
 
 
+def case_parameter_values_read_alike(tmp_path, capsys):
+    """One reading of parameter values for the API and the CLI: NaN passes no bound, unknown text
+    is not False, 3.7 or True is not an int (the CLI refused 2.5 while the API took 3.7)."""
+    a = np.zeros((3, 32, 32), np.float32)
+    _api_refuses(MethodError, "radius=3.7 is not a whole number", a, params={"radius": 3.7})
+    _api_refuses(MethodError, "radius=True is not a whole number", a, params={"radius": True})
+    _api_refuses(MethodError, "threshold=nan is not a finite number", a, params={"threshold": float("nan")})
+    _api_refuses(MethodError, "tie_tol=nan is not a finite number", a, params={"tie_tol": np.nan})
+    _api_refuses(MethodError, "consistency='maybe' is not true or false", a, method="pyramid",
+                 params={"consistency": "maybe"})
+    _api_refuses(MethodError, "consistency=2 is not true or false", a, method="pyramid", params={"consistency": 2})
+    spec = api.get_method("focus-select")
+    assert spec.resolve({"radius": 3.0, "threshold": "0.5"}) == spec.resolve({"radius": "3", "threshold": 0.5})
+    assert api.get_method("pyramid").resolve({"consistency": "off"})["consistency"] is False
+    src = _stack_tif(tmp_path / "in.tif")
+    out = tmp_path / "out"
+    for p, words in (("radius=2.5", "radius='2.5' is not a whole number"), ("threshold=nan", "not a finite number"),
+                     ("tie_tol=NaN", "not a finite number")):
+        _cli_refuses(["fuse", str(src), "-o", str(out), "-p", p, "-q"], EXIT_INPUT, capsys, words, out=out)
+    _cli_refuses(["fuse", str(src), "-o", str(out), "-m", "pyramid", "-p", "consistency=maybe", "-q"], EXIT_INPUT,
+                 capsys, "is not true or false", out=out)
+
+
 @pytest.fixture
 def oom_method():
     """A torch-backend method that runs out of (simulated) accelerator memory on tiles larger than
