@@ -521,6 +521,72 @@ def case_cancel_during_fusion(tmp_path, capsys, monkeypatch):
     _cli_refuses(["fuse", str(src), "-o", str(out), "-q"], EXIT_INTERRUPTED, capsys, "interrupted", out=out)
 
 
+_SLOW_CHILD = """
+import sys, time
+import tifffile
+from napari_edof.methods import get_method
+from napari_edof.cli import main
+
+cls = get_method("focus-select")[1]
+fuse_tile, imwrite = cls.fuse_tile, tifffile.imwrite
+
+def slow_tile(self, *a, **k):  # a slow fusion: the run is still going when SIGTERM comes
+    time.sleep(0.1)
+    return fuse_tile(self, *a, **k)
+
+def slow_write(*a, **k):  # a slow write: the staging folder is there when SIGTERM comes
+    imwrite(*a, **k)
+    time.sleep(1.0)
+
+cls.fuse_tile, tifffile.imwrite = slow_tile, slow_write
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def case_sigterm_mid_run(tmp_path, capsys):
+    """SIGTERM is handled as Ctrl-C: exit 143, no hidden .staging-/.partial-/.work- folder or
+    partial file left in the output, the previous result kept byte for byte."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import napari_edof
+
+    src = _stack_tif(tmp_path / "in.tif", shape=(128, 128))
+    child = tmp_path / "child.py"
+    child.write_text(_SLOW_CHILD)
+    env = dict(os.environ, PYTHONPATH=str(Path(napari_edof.__file__).parents[1]))
+    for fmt, previous in (("tiff", True), ("zarr", False), ("tiled-tiff", False)):
+        out = tmp_path / f"out_{fmt}"
+        if previous:
+            assert main(["fuse", str(src), "-o", str(out), "-q"]) == EXIT_OK
+        before = _digest(out) if previous else {}
+        proc = subprocess.Popen([sys.executable, str(child), "fuse", str(src), "-o", str(out), "--tile", "32",
+                                 "--format", fmt, "-q"], env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not (out.is_dir() and any(p.name.startswith(".") for p in out.iterdir())):
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "the run never started writing"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        err = proc.stderr.read()
+        assert rc == 143, (fmt, rc, err)
+        assert "terminated" in err, err
+        left = [p.name for p in out.rglob("*")] if out.exists() else []
+        if previous:
+            assert _digest(out) == before
+            _no_temp_files(out)
+        else:
+            assert left == [], (fmt, left)
+
+
 # --- methods, devices, weights --------------------------------------------------------------------
 def case_cli_bad_counts_and_params(tmp_path, capsys):
     """-p without '=', -m "", --threads/--workers/--steps below 1: exit 2 with the option named."""

@@ -1,7 +1,8 @@
 """The command-line tool: ``napari-edof fuse | methods | evaluate | train``.
 
 Exit codes: 0 done, 1 unexpected failure, 2 bad usage or bad input, 3 the output could not be
-written, 130 interrupted (Ctrl-C; no partial output files are left behind).
+written, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); interrupted or terminated, no partial
+output files are left behind.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import warnings
 from pathlib import Path
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15): cleaned up like Ctrl-C
 
 
 def _parse_params(items: list[str]) -> dict:
@@ -166,9 +168,10 @@ def cmd_train(args) -> int:
                   + ", ".join("--" + k.replace("_", "-") for k in unused), file=sys.stderr)
             return EXIT_INPUT
         s = recipe(**recipe_options(recipe, given))
-    except KeyboardInterrupt:
-        print(f"napari-edof: interrupted; resume with --resume (checkpoint in {args.out})", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        word = "terminated" if _stopped_code(e) == EXIT_TERMINATED else "interrupted"
+        print(f"napari-edof: {word}; resume with --resume (checkpoint in {args.out})", file=sys.stderr)
+        return _stopped_code(e)
     except OSError as e:
         print(f"napari-edof: error: {e}", file=sys.stderr)
         return EXIT_OUTPUT
@@ -456,10 +459,11 @@ def cmd_fuse(args) -> int:
     except OSError as e:
         print(f"napari-edof: error: cannot write the results: {e}", file=sys.stderr)
         return EXIT_OUTPUT
-    except KeyboardInterrupt:
-        print("napari-edof: interrupted; the results being written were discarded (earlier results "
+    except KeyboardInterrupt as e:
+        word = "terminated" if _stopped_code(e) == EXIT_TERMINATED else "interrupted"
+        print(f"napari-edof: {word}; the results being written were discarded (earlier results "
               "are as they were)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _stopped_code(e)
     return EXIT_OK
 
 
@@ -526,10 +530,23 @@ def _warnings_to_stderr():
         yield
 
 
+def _stopped_code(exc: KeyboardInterrupt) -> int:
+    from .core.errors import Terminated
+
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with _warnings_to_stderr():
-        return _dispatch(args)
+    from .core.interrupts import handle_signals
+
+    with handle_signals(), _warnings_to_stderr():
+        try:
+            return _dispatch(args)
+        except KeyboardInterrupt as e:  # commands without their own message (evaluate, methods)
+            print(f"napari-edof: {'terminated' if _stopped_code(e) == EXIT_TERMINATED else 'interrupted'}",
+                  file=sys.stderr)
+            return _stopped_code(e)
 
 
 def _dispatch(args) -> int:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core.errors import EdofError
+from ..core.interrupts import critical
 from .metadata import imagej_unit, normalise_unit
 
 __all__ = ["colourise", "write_png", "write_result", "write_tiff"]
@@ -306,12 +307,14 @@ def write_result(result, outdir, *, stem: str | None = None) -> dict[str, Path]:
         old = previous_files(outdir, prefix)
         out = {}
         for key, path in staged.items():
-            dest = outdir / path.name
-            if dest.is_dir():
-                raise EdofError(f"cannot write {dest}: it is a folder")
-            os.replace(path, dest)
-            out[key] = dest
-        retire_previous(outdir, old, names, sources)
+            if (outdir / path.name).is_dir():
+                raise EdofError(f"cannot write {outdir / path.name}: it is a folder")
+        with critical():  # Ctrl-C or SIGTERM now waits for the set to be in place
+            for key, path in staged.items():
+                dest = outdir / path.name
+                os.replace(path, dest)
+                out[key] = dest
+            retire_previous(outdir, old, names, sources)
         return out
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ReadError, StackError
+from ..core.interrupts import critical
 from ..core.result import to_stack_axes
 from ..core.stack import Stack, guess_axes
 
@@ -150,17 +151,18 @@ class ZarrOutputs:
             prov = dict(provenance, files=[p.name for p in self.files.values()])
             (self.partial / "provenance.json").write_text(json.dumps(json_safe(prov), indent=2))
         old_files = previous_files(self.outdir)
-        for role, final in self.files.items():
-            src = self.partial / final.name
-            old = None
-            if final.exists():
-                old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-                os.replace(final, old)
-            os.replace(src, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-        shutil.rmtree(self.partial, ignore_errors=True)
-        retire_previous(self.outdir, old_files, [p.name for p in self.files.values()], self.sources)
+        with critical():  # Ctrl-C or SIGTERM now waits for the set to be in place
+            for role, final in self.files.items():
+                src = self.partial / final.name
+                old = None
+                if final.exists():
+                    old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+                    os.replace(final, old)
+                os.replace(src, final)
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+            shutil.rmtree(self.partial, ignore_errors=True)
+            retire_previous(self.outdir, old_files, [p.name for p in self.files.values()], self.sources)
         return dict(self.files)
 
     def abort(self) -> None:
@@ -182,24 +184,35 @@ def create_outputs(outdir, *, shape_tyx: tuple[int, int, int], channels: int, dt
     ``axes`` are the input stack's; the outputs keep its T and C and drop Z. Chunks hold
     ``rows_per_chunk`` full-width rows (the stripes of a streaming run) of one time point.
     """
-    import zarr
-
     from .outputs import check_not_inputs, result_names
 
     outdir = Path(outdir)
     check_not_inputs(outdir, result_names("zarr"), sources)  # a result never replaces its own input
     made = not outdir.exists()
+    partial = outdir / f".partial-{uuid.uuid4().hex[:12]}"
+    out = ZarrOutputs(outdir=outdir, partial=partial, made_outdir=made, sources=tuple(sources or ()))
     try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        partial = outdir / f".partial-{uuid.uuid4().hex[:12]}"
-        partial.mkdir()
-    except OSError as e:
-        raise OSError(f"cannot write to {outdir}: {e.strerror or e}") from e
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+            partial.mkdir()
+        except OSError as e:
+            raise OSError(f"cannot write to {outdir}: {e.strerror or e}") from e
+        with critical():  # zarr writes from its own I/O thread: not left writing after the abort
+            _create_images(out, shape_tyx, channels, dtype, axes, rows_per_chunk, pixel_size, unit, name)
+    except BaseException:  # an error, Ctrl-C or SIGTERM while creating them: nothing is left
+        out.abort()
+        raise
+    return out
+
+
+def _create_images(out, shape_tyx, channels, dtype, axes, rows_per_chunk, pixel_size, unit, name) -> None:
+    import zarr
+
+    outdir, partial = out.outdir, out.partial
     T, Y, X = shape_tyx
     C = channels
     rows = max(1, min(int(rows_per_chunk), Y))
     px = tuple(pixel_size) if pixel_size else (1.0, 1.0)
-    out = ZarrOutputs(outdir=outdir, partial=partial, made_outdir=made, sources=tuple(sources or ()))
     has_t, has_c = "T" in axes, "C" in axes
     for role, fname, dt, with_c in (("fused", "fused.ome.zarr", np.dtype(dtype), True),
                                     ("index", "focus_index.ome.zarr", np.dtype(np.float32), False),
@@ -216,7 +229,6 @@ def create_outputs(outdir, *, shape_tyx: tuple[int, int, int], channels: int, dt
         g.attrs.update(_ome_attrs(disk_axes, scale, unit if pixel_size else None, f"{name} {role}"))
         out.arrays[role] = _EngineView(arr, has_t, with_c and has_c, C if with_c else None)
         out.files[role] = outdir / fname
-    return out
 
 
 def fuse_to_zarr_iter(stack, outdir, *, budget: int | None = None, **options):
