@@ -166,6 +166,62 @@ def case_zarr_missing_chunks(tmp_path, capsys):
     assert "planes 5 of 6 have no chunk" in capsys.readouterr().err
 
 
+def _ome_zarr(store: Path, data: np.ndarray, mutate=None) -> Path:
+    import zarr
+
+    g = zarr.open_group(str(store), mode="w", zarr_format=3)
+    g.create_array("0", shape=data.shape, chunks=(1, 32, data.shape[2]), dtype=data.dtype)[...] = data
+    ome = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": "z", "type": "space"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 0.5, 0.5]}]}]}]}
+    if mutate is not None:
+        mutate(ome)
+    g.attrs.update({"ome": ome})
+    return store
+
+
+def case_malformed_ome_zarr(tmp_path, capsys):
+    """OME-Zarr metadata of the wrong shape and a corrupt chunk: a ReadError naming the store
+    and the problem (not KeyError/IndexError/TypeError, or a codec's RuntimeError), exit 2."""
+    data = tifffile.imread(_stack_tif(tmp_path / "s.tif", planes=4, shape=(64, 40)))
+    ms = lambda o: o["multiscales"][0]  # noqa: E731
+    cases = {
+        "no_datasets": (lambda o: ms(o).pop("datasets"), "'multiscales' has no 'datasets' list"),
+        "axis_without_name": (lambda o: ms(o)["axes"][1].pop("name"), "axis 1 has no name"),
+        "scale_text": (lambda o: ms(o)["datasets"][0]["coordinateTransformations"][0].update(scale=["a", 1, 1]),
+                       r"the scale \['a', 1, 1\] is not a list of numbers"),
+        "multiscales_dict": (lambda o: o.update(multiscales=ms(o)), "'multiscales' must be a list of objects, not dict"),
+    }
+    for name, (mutate, words) in cases.items():
+        store = _ome_zarr(tmp_path / f"{name}.zarr", data, mutate)
+        with pytest.raises(ReadError, match=f"{name}.zarr: the OME metadata is malformed: {words}"):
+            api.open_stack(store)
+    _cli_refuses(["fuse", str(tmp_path / "no_datasets.zarr"), "-o", str(tmp_path / "out"), "-q"], EXIT_INPUT,
+                 capsys, "malformed", out=tmp_path / "out")
+    good = _ome_zarr(tmp_path / "good.zarr", data)
+    assert api.open_stack(good).pixel_size == (0.5, 0.5)
+    corrupt = _ome_zarr(tmp_path / "corrupt.zarr", data)
+    chunk = corrupt / "0" / "c" / "2" / "1" / "0"
+    raw = chunk.read_bytes()
+    chunk.write_bytes(raw[: len(raw) // 2])  # a truncated chunk file
+    before = _digest(corrupt)
+    with pytest.raises(ReadError, match="corrupt.zarr: a chunk of the zarr store cannot be read; it may be truncated"):
+        np.asarray(api.open_stack(corrupt).data)
+    for fmt in ("tiff", "zarr"):
+        out = tmp_path / f"out_{fmt}"
+        _cli_refuses(["fuse", str(corrupt), "-o", str(out), "--format", fmt, "-q"], EXIT_INPUT, capsys,
+                     "truncated or corrupt", out=out)
+    assert _digest(corrupt) == before
+
+
+def case_too_many_planes(tmp_path, capsys):
+    """More planes than the 16-bit focus index holds: refused (the last plane read as plane 0 before)."""
+    a = np.zeros((32768, 2, 2), np.uint8)
+    _api_refuses(StackError, "32768 planes are more than the 32767", a)
+    with pytest.raises(StackError, match="32767"):
+        api.fuse(a, lazy=True)
+
+
 def case_mixed_plane_sizes(tmp_path, capsys):
     from PIL import Image
 
@@ -600,6 +656,53 @@ def case_cli_bad_counts_and_params(tmp_path, capsys):
     _cli_refuses(["train", "stackmff-v2", "--steps", "-1", "--out", str(tmp_path / "t")], EXIT_INPUT, capsys,
                  "--steps must be 1 or more")
     assert not (tmp_path / "t").exists()
+
+
+def case_scheduler_not_an_address(tmp_path, capsys):
+    """--scheduler values that are not scheduler addresses: exit 2 at once, naming the value."""
+    pytest.importorskip("distributed")
+    src = _stack_tif(tmp_path / "in.tif")
+    out = tmp_path / "out"
+    for bad, words in (("not an address", "missing port"), ("http://host:8786", "unknown address scheme 'http'"),
+                       ("127.0.0.1:99999", "port 99999 is not 1..65535"), ("tcp://:8786", "no host")):
+        _cli_refuses(["fuse", str(src), "-o", str(out), "--scheduler", bad, "-q"], EXIT_INPUT, capsys,
+                     f"--scheduler {bad!r} is not a dask scheduler address", words, out=out)
+
+
+def case_ctrl_c_with_workers(tmp_path, capsys):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during a --workers run:
+    exit 130, no traceback from the workers or the cluster's shutdown, nothing left in the output."""
+    pytest.importorskip("distributed")
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import napari_edof
+
+    src = _stack_tif(tmp_path / "in.tif", planes=8, shape=(1024, 1024))
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(Path(napari_edof.__file__).parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "napari_edof.cli", "fuse", str(src), "-o", str(out), "--workers",
+                             "2", "--format", "zarr", "--tile", "64", "-q"], env=env, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.is_dir() and any(p.name.startswith(".partial-") for p in out.iterdir())):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the workers are fusing
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = proc.stderr.read()
+    assert rc == EXIT_INTERRUPTED, (rc, err)
+    assert "Traceback" not in err and "CommClosedError" not in err, err
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def case_unknown_method(tmp_path, capsys):

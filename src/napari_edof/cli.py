@@ -403,6 +403,10 @@ def cmd_fuse(args) -> int:
     try:
         params = _parse_params(args.param)
         _check_counts(args, ("threads", "workers"))
+        if args.scheduler is not None:
+            from .cluster import check_address
+
+            check_address(args.scheduler)
     except EdofError as e:
         print(f"napari-edof: error: {e}", file=sys.stderr)
         return EXIT_INPUT
@@ -413,6 +417,7 @@ def cmd_fuse(args) -> int:
     if not args.sample and not args.inputs:
         print("napari-edof: error: no INPUT given (or use --sample for the built-in stack)", file=sys.stderr)
         return EXIT_INPUT
+    written: list[Path] = []
     try:
         if args.sample:
             from .data import sample_stack
@@ -447,6 +452,7 @@ def cmd_fuse(args) -> int:
             except EdofError as e:
                 print(f"napari-edof: error: {e}", file=sys.stderr)
                 return EXIT_OUTPUT
+            written.append(dest)
             if not args.quiet:
                 print(_summary(run, dest))
         if args.batch and not args.quiet and len(jobs) > 1:
@@ -461,8 +467,9 @@ def cmd_fuse(args) -> int:
         return EXIT_OUTPUT
     except KeyboardInterrupt as e:
         word = "terminated" if _stopped_code(e) == EXIT_TERMINATED else "interrupted"
-        print(f"napari-edof: {word}; the results being written were discarded (earlier results "
-              "are as they were)", file=sys.stderr)
+        kept = f"; the results already written ({', '.join(map(str, written))}) are complete" if written else ""
+        print(f"napari-edof: {word}; results being written were discarded (earlier results "
+              f"are as they were){kept}", file=sys.stderr)
         return _stopped_code(e)
     return EXIT_OK
 

@@ -44,6 +44,10 @@ from .tiling import Canvas, Tile, plan_tiles, read_window
 
 
 
+#: the most planes a stack may have: focus indices are int16 (and decision labels plane + 1 uint16)
+MAX_PLANES = 32767
+
+
 def resolve_device(device: str | None, devices: tuple[str, ...], backend: str) -> str:
     """``None``/"auto": cuda, then mps, then cpu, among what the method runs on."""
     if backend != "torch":
@@ -133,6 +137,9 @@ def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = No
     """Check the options and plan the tiles (no pixel is read, unless ``register`` asks to align
     the planes first: the plan's stack is then the aligned one). Raises EdofError subclasses."""
     stack = as_stack(stack, axes=axes)
+    if stack.n_planes > MAX_PLANES:
+        raise StackError(f"{stack.name}: {stack.n_planes} planes are more than the {MAX_PLANES} napari-edof can "
+                         "fuse (the focus index is 16-bit); fuse sub-stacks, or every k-th plane")
     spec, cls = get_method(method)
     reg_opts = parse_register(register)
     if reg_opts is not None:

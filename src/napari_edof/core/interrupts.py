@@ -37,7 +37,10 @@ def handle_signals():
     if threading.current_thread() is not threading.main_thread() or _state["installed"]:
         yield
         return
-    previous = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    # only where Python's own behaviour is in force: a signal the parent ignores (nohup, a shell's
+    # background job) stays ignored
+    ours = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    previous = {s: signal.signal(s, _handler) for s, d in ours.items() if signal.getsignal(s) is d}
     _state["installed"] = True
     try:
         yield

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import ReadError, StackError
+from ..core.errors import EdofError, ReadError, StackError
 from ..core.interrupts import critical
 from ..core.result import to_stack_axes
 from ..core.stack import Stack, guess_axes
@@ -37,13 +37,91 @@ def is_zarr(path) -> bool:
     return p.is_dir() and any((p / f).exists() for f in ("zarr.json", ".zarray", ".zgroup"))
 
 
-def _multiscales(attrs: dict):
+def _multiscales(attrs: dict, label: str = "the store"):
+    """The first multiscales entry of OME attributes (0.5 ``"ome"`` or 0.4), or None; metadata of
+    the wrong shape is a ReadError saying what is wrong."""
     ome = attrs.get("ome")
-    if isinstance(ome, dict) and ome.get("multiscales"):
-        return ome["multiscales"][0]
-    if attrs.get("multiscales"):
-        return attrs["multiscales"][0]
-    return None
+    ms = ome.get("multiscales") if isinstance(ome, dict) and ome.get("multiscales") else attrs.get("multiscales")
+    if not ms:
+        return None
+    if not isinstance(ms, list) or not isinstance(ms[0], dict):
+        raise ReadError(f"{label}: the OME metadata is malformed: 'multiscales' must be a list of objects, "
+                        f"not {type(ms).__name__ if not isinstance(ms, list) else 'a list of ' + type(ms[0]).__name__}")
+    return ms[0]
+
+
+def _ome_image(ms: dict, label: str):
+    """(dataset path, axis names or None, units, scale or None) of a multiscales entry, each field
+    checked: a missing ``datasets``, an axis without a name, a non-numeric scale are ReadErrors."""
+    bad = f"{label}: the OME metadata is malformed:"
+    datasets = ms.get("datasets")
+    if not isinstance(datasets, list) or not datasets:
+        raise ReadError(f"{bad} 'multiscales' has no 'datasets' list naming the image's arrays")
+    ds = datasets[0]
+    if not isinstance(ds, dict) or not isinstance(ds.get("path"), str):
+        raise ReadError(f"{bad} its first dataset has no 'path'")
+    names, units = None, {}
+    axes = ms.get("axes")
+    if axes is not None:
+        if not isinstance(axes, list):
+            raise ReadError(f"{bad} 'axes' must be a list, not {axes!r}")
+        names = []
+        for k, a in enumerate(axes):
+            n = a.get("name") if isinstance(a, dict) else a
+            if not isinstance(n, str) or not n:
+                raise ReadError(f"{bad} axis {k} has no name ({a!r})")
+            names.append(n)
+            if isinstance(a, dict) and isinstance(a.get("unit"), str) and n.lower() in _LETTER:
+                units[_LETTER[n.lower()]] = a["unit"]
+    scale = None
+    trs = ds.get("coordinateTransformations", [])
+    if not isinstance(trs, list):
+        raise ReadError(f"{bad} 'coordinateTransformations' must be a list")
+    for tr in trs:
+        if isinstance(tr, dict) and tr.get("type") == "scale":
+            v = tr.get("scale")
+            try:
+                if not isinstance(v, list) or any(isinstance(x, (bool, str)) for x in v):
+                    raise TypeError
+                scale = [float(x) for x in v]
+            except (TypeError, ValueError):
+                raise ReadError(f"{bad} the scale {v!r} is not a list of numbers") from None
+            if not all(np.isfinite(scale)) or any(x <= 0 for x in scale):
+                raise ReadError(f"{bad} the scale {v!r} must be positive numbers")
+    return ds["path"], names, units, scale
+
+
+class _CheckedChunks:
+    """A zarr array read through dask with its errors named: a chunk that cannot be decoded (a
+    corrupt or truncated chunk file) is a ReadError naming the store, not a codec's RuntimeError."""
+
+    def __init__(self, arr, label: str):
+        self.arr, self.label = arr, label
+        self.shape, self.dtype, self.ndim = tuple(arr.shape), arr.dtype, arr.ndim
+
+    def __getitem__(self, key):
+        try:
+            return self.arr[key]
+        except EdofError:
+            raise
+        except Exception as e:  # noqa: BLE001 - codecs raise many kinds
+            raise chunk_error(self.label, e) from None
+
+
+def chunk_error(label: str, e: BaseException) -> ReadError:
+    return ReadError(f"{label}: a chunk of the zarr store cannot be read; it may be truncated or corrupt "
+                     f"({type(e).__name__}: {e})")
+
+
+def _token(arr, path: Path) -> str:
+    """A dask name for the store's array that changes when the store does (path, shape, chunks,
+    dtype and the array metadata file's time)."""
+    import hashlib
+
+    meta = [path / f for f in ("zarr.json", ".zarray", "0/zarr.json", "0/.zarray")]
+    mtimes = [os.stat(m).st_mtime_ns for m in meta if m.exists()]
+    key = repr((str(path.resolve()), getattr(arr, "path", ""), arr.shape, arr.chunks, str(arr.dtype), mtimes))
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 def open_zarr(path, *, axes: str | None = None, name: str | None = None) -> Stack:
@@ -59,30 +137,27 @@ def open_zarr(path, *, axes: str | None = None, name: str | None = None) -> Stac
         raise ReadError(f"{label}: not a readable zarr store ({type(e).__name__}: {e})") from None
     scale, units, ax = None, {}, None
     if isinstance(node, zarr.Group):
-        ms = _multiscales(dict(node.attrs))
+        ms = _multiscales(dict(node.attrs), label)
         if ms is None:
             arrays = sorted(k for k, _ in node.arrays())
             raise ReadError(f"{label}: a zarr group without OME multiscales metadata; open one of its "
                             f"arrays instead ({', '.join(arrays) or 'it has none'})")
-        ds = ms["datasets"][0]
+        path, names, units, scale = _ome_image(ms, label)
         try:
-            arr = node[ds["path"]]
+            arr = node[path]
         except KeyError:
-            raise ReadError(f"{label}: the OME metadata names the dataset {ds['path']!r}, which is missing") from None
-        names = [a["name"] if isinstance(a, dict) else str(a) for a in ms.get("axes", [])]
+            raise ReadError(f"{label}: the OME metadata names the dataset {path!r}, which is missing") from None
+        if not isinstance(arr, zarr.Array):
+            raise ReadError(f"{label}: the OME dataset {path!r} is a group, not an array")
         if names:
             try:
                 ax = "".join(_LETTER[n.lower()] for n in names)
             except KeyError as e:
                 raise StackError(f"{label}: OME axis {e.args[0]!r} is not one of t, c, z, y, x") from None
-            units = {_LETTER[a["name"].lower()]: a.get("unit") for a in ms.get("axes", [])
-                     if isinstance(a, dict) and a.get("unit")}
-        for tr in ds.get("coordinateTransformations", []):
-            if tr.get("type") == "scale":
-                scale = [float(v) for v in tr["scale"]]
     else:
         arr = node
-    data = da.from_zarr(arr)
+    data = da.from_array(_CheckedChunks(arr, label), chunks=arr.chunks, name=f"edof-zarr-{_token(arr, p)}",
+                         asarray=False, fancy=False)
     if axes is not None:
         ax = axes.upper()
     if ax is None:
