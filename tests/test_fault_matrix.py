@@ -95,6 +95,133 @@ def case_zero_byte_file(tmp_path, capsys):
                  out=tmp_path / "out")
 
 
+def _rewrite_description(src: Path, dest: Path, old: str, new: str) -> Path:
+    """``dest``: the pages of ``src`` with its first page's description edited (wrong metadata)."""
+    with tifffile.TiffFile(src) as tf:
+        desc = tf.pages[0].description
+        pages = tf.asarray(key=range(len(tf.pages)))
+    assert old in desc
+    tifffile.imwrite(dest, pages, description=desc.replace(old, new), metadata=None, photometric="minisblack")
+    return dest
+
+
+def case_declared_planes_not_in_file(tmp_path, capsys):
+    """OME SizeZ=50 over 5 pages, ImageJ images=3 over 5 pages: the 5 real pages are the planes,
+    with a warning (API, napari reader, CLI stderr, provenance); never 45 invented zero planes."""
+    import json
+    import warnings
+
+    from napari_edof._napari import get_reader
+    from napari_edof.core.errors import EdofWarning
+
+    data = tifffile.imread(_stack_tif(tmp_path / "s.tif", planes=5))
+    tifffile.imwrite(tmp_path / "ok.ome.tif", data, ome=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "ok_ij.tif", data, imagej=True, metadata={"axes": "ZYX"})
+    ome = _rewrite_description(tmp_path / "ok.ome.tif", tmp_path / "z50.ome.tif", 'SizeZ="5"', 'SizeZ="50"')
+    ij = _rewrite_description(tmp_path / "ok_ij.tif", tmp_path / "ij3.tif", "images=5\nslices=5",
+                              "images=3\nslices=3")
+    for f, words in ((ome, "declares 50 images"), (ij, "declares 3 images")):
+        with pytest.warns(EdofWarning, match=words + r".*holds 5 pages"):
+            st = api.open_stack(f)
+        assert st.n_planes == 5 and st.metadata["reconciled"]
+        np.testing.assert_array_equal(np.asarray(st.data), data)
+        with pytest.warns(EdofWarning, match=words):
+            get_reader(str(f))(str(f))  # napari shows the warning as a notification
+        out = tmp_path / f"out_{f.stem}"
+        assert main(["fuse", str(f), "-o", str(out), "-q"]) == EXIT_OK
+        assert "warning:" in capsys.readouterr().err
+        prov = json.loads((out / "provenance.json").read_text())
+        assert words in prov["input_warnings"][0]
+        assert tifffile.imread(out / "masks.tif").shape[0] == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EdofWarning)  # a consistent file warns about nothing
+        assert api.open_stack(tmp_path / "ok.ome.tif").n_planes == 5
+        assert api.open_stack(tmp_path / "ok_ij.tif").n_planes == 5
+    # several declared dimensions cannot be matched to the pages: refused
+    tifffile.imwrite(tmp_path / "tz.ome.tif", data[:4].reshape(2, 2, 48, 40), ome=True, metadata={"axes": "TZYX"})
+    bad = _rewrite_description(tmp_path / "tz.ome.tif", tmp_path / "tz9.ome.tif", 'SizeZ="2"', 'SizeZ="9"')
+    with pytest.raises(StackError, match="declares 18 images.*cannot be told which page"):
+        api.open_stack(bad)
+
+
+def case_zarr_missing_chunks(tmp_path, capsys):
+    """Chunk files missing from an OME-Zarr store are not read as planes of zeros."""
+    import shutil
+
+    import zarr
+
+    from napari_edof.core.errors import EdofWarning
+
+    data = tifffile.imread(_stack_tif(tmp_path / "s.tif", planes=6, shape=(64, 40)))
+    store = tmp_path / "s.zarr"
+    zarr.create_array(store=str(store), shape=data.shape, chunks=(1, 32, 40), dtype=data.dtype)[...] = data
+    shutil.rmtree(store / "c" / "5")  # plane 5: no chunk at all
+    (store / "c" / "2" / "1" / "0").unlink()  # half of plane 2
+    with pytest.warns(EdofWarning, match=r"planes 5 of 6 have no chunk.*1 chunk\(s\) of the other planes"):
+        st = api.open_stack(store)
+    assert st.n_planes == 5
+    np.testing.assert_array_equal(np.asarray(st.data)[:2], data[:2])
+    out = tmp_path / "out"
+    assert main(["fuse", str(store), "-o", str(out), "-q"]) == EXIT_OK
+    assert "planes 5 of 6 have no chunk" in capsys.readouterr().err
+
+
+def _ome_zarr(store: Path, data: np.ndarray, mutate=None) -> Path:
+    import zarr
+
+    g = zarr.open_group(str(store), mode="w", zarr_format=3)
+    g.create_array("0", shape=data.shape, chunks=(1, 32, data.shape[2]), dtype=data.dtype)[...] = data
+    ome = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": "z", "type": "space"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 0.5, 0.5]}]}]}]}
+    if mutate is not None:
+        mutate(ome)
+    g.attrs.update({"ome": ome})
+    return store
+
+
+def case_malformed_ome_zarr(tmp_path, capsys):
+    """OME-Zarr metadata of the wrong shape and a corrupt chunk: a ReadError naming the store
+    and the problem (not KeyError/IndexError/TypeError, or a codec's RuntimeError), exit 2."""
+    data = tifffile.imread(_stack_tif(tmp_path / "s.tif", planes=4, shape=(64, 40)))
+    ms = lambda o: o["multiscales"][0]  # noqa: E731
+    cases = {
+        "no_datasets": (lambda o: ms(o).pop("datasets"), "'multiscales' has no 'datasets' list"),
+        "axis_without_name": (lambda o: ms(o)["axes"][1].pop("name"), "axis 1 has no name"),
+        "scale_text": (lambda o: ms(o)["datasets"][0]["coordinateTransformations"][0].update(scale=["a", 1, 1]),
+                       r"the scale \['a', 1, 1\] is not a list of numbers"),
+        "multiscales_dict": (lambda o: o.update(multiscales=ms(o)), "'multiscales' must be a list of objects, not dict"),
+    }
+    for name, (mutate, words) in cases.items():
+        store = _ome_zarr(tmp_path / f"{name}.zarr", data, mutate)
+        with pytest.raises(ReadError, match=f"{name}.zarr: the OME metadata is malformed: {words}"):
+            api.open_stack(store)
+    _cli_refuses(["fuse", str(tmp_path / "no_datasets.zarr"), "-o", str(tmp_path / "out"), "-q"], EXIT_INPUT,
+                 capsys, "malformed", out=tmp_path / "out")
+    good = _ome_zarr(tmp_path / "good.zarr", data)
+    assert api.open_stack(good).pixel_size == (0.5, 0.5)
+    corrupt = _ome_zarr(tmp_path / "corrupt.zarr", data)
+    chunk = corrupt / "0" / "c" / "2" / "1" / "0"
+    raw = chunk.read_bytes()
+    chunk.write_bytes(raw[: len(raw) // 2])  # a truncated chunk file
+    before = _digest(corrupt)
+    with pytest.raises(ReadError, match="corrupt.zarr: a chunk of the zarr store cannot be read; it may be truncated"):
+        np.asarray(api.open_stack(corrupt).data)
+    for fmt in ("tiff", "zarr"):
+        out = tmp_path / f"out_{fmt}"
+        _cli_refuses(["fuse", str(corrupt), "-o", str(out), "--format", fmt, "-q"], EXIT_INPUT, capsys,
+                     "truncated or corrupt", out=out)
+    assert _digest(corrupt) == before
+
+
+def case_too_many_planes(tmp_path, capsys):
+    """More planes than the 16-bit focus index holds: refused (the last plane read as plane 0 before)."""
+    a = np.zeros((32768, 2, 2), np.uint8)
+    _api_refuses(StackError, "32768 planes are more than the 32767", a)
+    with pytest.raises(StackError, match="32767"):
+        api.fuse(a, lazy=True)
+
+
 def case_mixed_plane_sizes(tmp_path, capsys):
     from PIL import Image
 
@@ -146,6 +273,39 @@ def case_inf(tmp_path, capsys):
     _api_refuses(StackError, "NaN or infinite", a)
 
 
+def case_api_bad_arguments(tmp_path, capsys):
+    """The API's arguments get the CLI's clear errors (EdofError subclasses), not raw
+    ValueError/TypeError/AttributeError/IndexError from deep inside."""
+    import dask.array as da
+
+    a = np.random.default_rng(0).random((4, 32, 32)).astype(np.float32)
+    _api_refuses(StackError, r"plane 1 has shape \(32, 40\) but plane 0 has \(32, 32\)",
+                 [np.zeros((32, 32)), np.zeros((32, 40))])
+    d = da.from_array(a)
+    unknown = d[d[:, 0, 0] > -1]  # boolean indexing: unknown chunk sizes
+    for lazy in (None, False):
+        _api_refuses(StackError, r"not known \(shape \(\?, 32, 32\).*compute_chunk_sizes", unknown, lazy=lazy)
+    _api_refuses(StackError, "axes must be text of letters from TCZYX.*not 123", a, axes=123)
+    with pytest.raises(StackError, match="axes must be text"):
+        next(api.fuse_iter(a, axes=5))
+    _api_refuses(MethodError, r"params must be a dict of name: value.*not 'radius=3'", a, params="radius=3")
+    _api_refuses(StackError, "tile must be a number of pixels, 'auto' or 0, not '32px'", a, tile="32px")
+    _api_refuses(StackError, "overlap='x' is not a whole number", a, overlap="x")
+    _api_refuses(StackError, "workers=0.5 is not a whole number", a, workers=0.5)
+    _api_refuses(StackError, "not a file name", "stack.tif")
+    assert api.fuse(np.tile(a, (1, 2, 2)), tile="32").provenance["tile"] == 32  # the CLI's text works too
+    # recompose: labels that are not plane numbers
+    for labels, words in ((np.full((32, 32), np.nan), "NaN or infinite"), (np.full((32, 32), 1.5), "1.5 is not a whole"),
+                          (np.full((32, 32), -1), "-1 is negative"), (np.full((32, 32), 9), "9 names a plane")):
+        with pytest.raises(StackError, match=words):
+            api.recompose(a, labels)
+    with pytest.raises(StackError, match="fill of shape"):
+        api.recompose(a, np.ones((32, 32), np.uint8), fill=np.zeros((8, 8)))
+    np.testing.assert_array_equal(api.recompose(a, np.full((32, 32), 2.0)), a[1])
+    with pytest.raises(StackError, match="y=1.5 is not a whole number"):
+        api.focus_curve(a, 1.5, 3)
+
+
 def case_constant_planes(tmp_path, capsys):
     """Not an error: a flat stack fuses, with confidence 0 everywhere; the default marks every
     pixel unknown (index NaN: no plane is in focus), focus-select keeps an index."""
@@ -164,6 +324,30 @@ def case_constant_planes(tmp_path, capsys):
     tifffile.imwrite(f, np.full((5, 40, 36), 7, np.uint16), photometric="minisblack")
     assert main(["fuse", str(f), "-o", str(tmp_path / "out"), "-q"]) == EXIT_OK
     assert (tifffile.imread(tmp_path / "out" / "confidence.tif") == 0).all()
+
+
+def case_extreme_float_ranges(tmp_path, capsys):
+    """Floats near 1e19, 1e-25 (or 1e200 in float64) fuse as their ordinary-range copy does: they
+    are scaled exactly (a power of two) for fusion and back; no NaN confidence, index 0 or Inf."""
+    from napari_edof import sample_stack
+
+    s = np.asarray(sample_stack(n_planes=5, shape=(64, 64), seed=0).stack.data).astype(np.float64) / 65535
+    for method in ("focus-select", "pyramid"):
+        ref = api.fuse(s.astype(np.float32), method=method)
+        for factor, dtype in ((1e19, np.float32), (1e-25, np.float32), (1e200, np.float64)):
+            a = (s * factor).astype(dtype)
+            r = api.fuse(a, method=method)
+            assert r.fused.dtype == dtype and np.isfinite(r.fused).all()
+            assert np.isfinite(r.confidence).all() and np.isfinite(r.index).all()
+            assert (np.rint(r.index) == np.rint(ref.index)).mean() > 0.999, (method, factor)
+            np.testing.assert_allclose(r.confidence, ref.confidence, atol=1e-3)
+            np.testing.assert_allclose(r.fused / factor, ref.fused, rtol=1e-5, atol=1e-6)
+    f = tmp_path / "huge.tif"
+    tifffile.imwrite(f, (s * 1e19).astype(np.float32), photometric="minisblack")
+    assert main(["fuse", str(f), "-o", str(tmp_path / "out"), "-q"]) == EXIT_OK
+    fused = tifffile.imread(tmp_path / "out" / "fused.tif")
+    assert np.isfinite(fused).all() and np.isfinite(tifffile.imread(tmp_path / "out" / "confidence.tif")).all()
+    np.testing.assert_allclose(fused / 1e19, api.fuse(s.astype(np.float32)).fused, rtol=1e-5, atol=1e-6)
 
 
 def _unsupported_dtype(dtype, tmp_path, capsys):
@@ -239,6 +423,104 @@ def case_output_is_a_file(tmp_path, capsys):
     assert f.read_text() == "keep me"
 
 
+def case_output_would_replace_input(tmp_path, capsys):
+    """An output never resolves to an input: refused before anything runs, exit 2, input intact."""
+    d = tmp_path / "d"
+    d.mkdir()
+    src = _stack_tif(d / "fused.tif")
+    before = _digest(d)
+    _cli_refuses(["fuse", str(src), "-o", str(d), "-q"], EXIT_INPUT, capsys, "would replace the input", "fused.tif")
+    assert _digest(d) == before  # nothing written beside it either
+    _cli_refuses(["fuse", str(src), "-o", str(d), "--format", "tiled-tiff", "-q"], EXIT_INPUT, capsys,
+                 "would replace")
+    assert _digest(d) == before
+    # planes named like results, in a folder used as its own output
+    from PIL import Image
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k, n in enumerate(("a.png", "masks.tif", "decision.tif")):
+        Image.fromarray(np.full((32, 40), 10 * k, np.uint8)).save(frames / n)
+    before = _digest(frames)
+    _cli_refuses(["fuse", str(frames), "-o", str(frames), "-q"], EXIT_INPUT, capsys, "would replace the input")
+    assert _digest(frames) == before
+    # through symlinks: the output folder is a link to the input's folder
+    link = tmp_path / "link"
+    link.symlink_to(d, target_is_directory=True)
+    _cli_refuses(["fuse", str(src), "-o", str(link), "-q"], EXIT_INPUT, capsys, "would replace")
+    # an OME-Zarr output onto the input store (and an output folder inside the store)
+    import zarr
+
+    z = tmp_path / "z"
+    z.mkdir()
+    store = z / "fused.ome.zarr"
+    zarr.create_array(store=str(store), shape=(4, 48, 40), chunks=(1, 48, 40), dtype="uint16")[...] = \
+        tifffile.imread(src)
+    before = _digest(z)
+    _cli_refuses(["fuse", str(store), "-o", str(z), "--format", "zarr", "-q"], EXIT_INPUT, capsys, "would replace")
+    _cli_refuses(["fuse", str(store), "-o", str(store / "out"), "-q"], EXIT_INPUT, capsys, "inside the input")
+    assert _digest(z) == before
+    # the API refuses the same
+    from napari_edof.io import write_result
+    from napari_edof.io.outputs import OverwriteError
+
+    r = api.fuse(api.open_stack(src))
+    with pytest.raises(OverwriteError, match="would replace the input"):
+        write_result(r, d)
+    assert _digest(d) == _digest(tmp_path / "d")
+    # a different folder is fine
+    assert main(["fuse", str(src), "-o", str(tmp_path / "ok"), "-q"]) == EXIT_OK
+
+
+def case_rerun_replaces_previous_result(tmp_path, capsys):
+    """A run into a folder that holds a result says it replaces it and removes the files of that
+    result which the new one does not write; nothing else in the folder is touched."""
+    from napari_edof import sample_stack
+
+    s = np.asarray(sample_stack(n_planes=4, shape=(40, 36)).stack.data)
+    five, two = tmp_path / "five.tif", tmp_path / "two.tif"
+    tifffile.imwrite(five, np.stack([s] * 5), imagej=True, metadata={"axes": "TZYX"})
+    tifffile.imwrite(two, np.stack([s] * 2), imagej=True, metadata={"axes": "TZYX"})
+    out = tmp_path / "out"
+    assert main(["fuse", str(five), "-o", str(out), "-q"]) == EXIT_OK
+    assert (out / "focus_index_t004.png").exists()
+    err = capsys.readouterr().err
+    assert "replaced" not in err  # a first run replaces nothing
+    (out / "notes.txt").write_text("mine")
+    assert main(["fuse", str(two), "-o", str(out), "-q"]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "replaced the previous result" in err and "focus_index_t004.png" in err, err
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if n.endswith(("_t002.png", "_t003.png", "_t004.png"))], names
+    assert (out / "notes.txt").read_text() == "mine"
+    import json
+
+    prov = json.loads((out / "provenance.json").read_text())
+    assert sorted(prov["files"]) == sorted(n for n in names if n != "notes.txt")
+    assert tifffile.imread(out / "masks.tif").shape[0] == 2
+    # another format replaces the whole previous set
+    assert main(["fuse", str(two), "-o", str(out), "--format", "zarr", "-q"]) == EXIT_OK
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["confidence.ome.zarr", "focus_index.ome.zarr", "fused.ome.zarr", "notes.txt", "provenance.json"])
+    assert "replaced the previous result" in capsys.readouterr().err
+
+
+def case_batch_inputs_with_one_name(tmp_path, capsys):
+    """--batch a/stack.tif b/stack.tif: each result in its own folder, named after its parent."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = _stack_tif(tmp_path / "a" / "stack.tif", seed=1)
+    b = _stack_tif(tmp_path / "b" / "stack.tif", seed=2)
+    c = _stack_tif(tmp_path / "other.tif", seed=3)
+    out = tmp_path / "out"
+    assert main(["fuse", str(a), str(b), str(c), str(c), "-o", str(out), "--batch"]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["a_stack", "b_stack", "other", "other_2"]
+    for src, folder in ((a, "a_stack"), (b, "b_stack"), (c, "other")):
+        np.testing.assert_array_equal(tifffile.imread(out / folder / "fused.tif"), api.fuse(tifffile.imread(src)).fused)
+        assert f"{src} -> {folder}" in text, text
+
+
 def _first_run(tmp_path):
     src = _stack_tif(tmp_path / "in.tif")
     out = tmp_path / "out"
@@ -299,7 +581,134 @@ def case_cancel_during_fusion(tmp_path, capsys, monkeypatch):
     _cli_refuses(["fuse", str(src), "-o", str(out), "-q"], EXIT_INTERRUPTED, capsys, "interrupted", out=out)
 
 
+_SLOW_CHILD = """
+import sys, time
+import tifffile
+from napari_edof.methods import get_method
+from napari_edof.cli import main
+
+cls = get_method("focus-select")[1]
+fuse_tile, imwrite = cls.fuse_tile, tifffile.imwrite
+
+def slow_tile(self, *a, **k):  # a slow fusion: the run is still going when SIGTERM comes
+    time.sleep(0.1)
+    return fuse_tile(self, *a, **k)
+
+def slow_write(*a, **k):  # a slow write: the staging folder is there when SIGTERM comes
+    imwrite(*a, **k)
+    time.sleep(1.0)
+
+cls.fuse_tile, tifffile.imwrite = slow_tile, slow_write
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def case_sigterm_mid_run(tmp_path, capsys):
+    """SIGTERM is handled as Ctrl-C: exit 143, no hidden .staging-/.partial-/.work- folder or
+    partial file left in the output, the previous result kept byte for byte."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import napari_edof
+
+    src = _stack_tif(tmp_path / "in.tif", shape=(128, 128))
+    child = tmp_path / "child.py"
+    child.write_text(_SLOW_CHILD)
+    env = dict(os.environ, PYTHONPATH=str(Path(napari_edof.__file__).parents[1]))
+    for fmt, previous in (("tiff", True), ("zarr", False), ("tiled-tiff", False)):
+        out = tmp_path / f"out_{fmt}"
+        if previous:
+            assert main(["fuse", str(src), "-o", str(out), "-q"]) == EXIT_OK
+        before = _digest(out) if previous else {}
+        proc = subprocess.Popen([sys.executable, str(child), "fuse", str(src), "-o", str(out), "--tile", "32",
+                                 "--format", fmt, "-q"], env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not (out.is_dir() and any(p.name.startswith(".") for p in out.iterdir())):
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "the run never started writing"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        err = proc.stderr.read()
+        assert rc == 143, (fmt, rc, err)
+        assert "terminated" in err, err
+        left = [p.name for p in out.rglob("*")] if out.exists() else []
+        if previous:
+            assert _digest(out) == before
+            _no_temp_files(out)
+        else:
+            assert left == [], (fmt, left)
+
+
 # --- methods, devices, weights --------------------------------------------------------------------
+def case_cli_bad_counts_and_params(tmp_path, capsys):
+    """-p without '=', -m "", --threads/--workers/--steps below 1: exit 2 with the option named."""
+    src = _stack_tif(tmp_path / "in.tif")
+    out = tmp_path / "out"
+    base = ["fuse", str(src), "-o", str(out), "-q"]
+    _cli_refuses(base + ["-p", "radius"], EXIT_INPUT, capsys, "NAME=VALUE", "'radius'", out=out)
+    _cli_refuses(base + ["-m", ""], EXIT_INPUT, capsys, "unknown method ''", out=out)
+    _cli_refuses(base + ["--threads", "-1"], EXIT_INPUT, capsys, "--threads must be 1 or more", out=out)
+    _cli_refuses(base + ["--workers", "-2"], EXIT_INPUT, capsys, "--workers must be 1 or more", out=out)
+    _cli_refuses(["train", "stackmff-v2", "--steps", "-1", "--out", str(tmp_path / "t")], EXIT_INPUT, capsys,
+                 "--steps must be 1 or more")
+    assert not (tmp_path / "t").exists()
+
+
+def case_scheduler_not_an_address(tmp_path, capsys):
+    """--scheduler values that are not scheduler addresses: exit 2 at once, naming the value."""
+    pytest.importorskip("distributed")
+    src = _stack_tif(tmp_path / "in.tif")
+    out = tmp_path / "out"
+    for bad, words in (("not an address", "missing port"), ("http://host:8786", "unknown address scheme 'http'"),
+                       ("127.0.0.1:99999", "port 99999 is not 1..65535"), ("tcp://:8786", "no host")):
+        _cli_refuses(["fuse", str(src), "-o", str(out), "--scheduler", bad, "-q"], EXIT_INPUT, capsys,
+                     f"--scheduler {bad!r} is not a dask scheduler address", words, out=out)
+
+
+def case_ctrl_c_with_workers(tmp_path, capsys):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during a --workers run:
+    exit 130, no traceback from the workers or the cluster's shutdown, nothing left in the output."""
+    pytest.importorskip("distributed")
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import napari_edof
+
+    src = _stack_tif(tmp_path / "in.tif", planes=8, shape=(1024, 1024))
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(Path(napari_edof.__file__).parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "napari_edof.cli", "fuse", str(src), "-o", str(out), "--workers",
+                             "2", "--format", "zarr", "--tile", "64", "-q"], env=env, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.is_dir() and any(p.name.startswith(".partial-") for p in out.iterdir())):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the workers are fusing
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = proc.stderr.read()
+    assert rc == EXIT_INTERRUPTED, (rc, err)
+    assert "Traceback" not in err and "CommClosedError" not in err, err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 def case_unknown_method(tmp_path, capsys):
     _api_refuses(MethodError, "unknown method 'sharpest'; choose one of: .*focus-select", np.zeros((3, 32, 32)),
                  method="sharpest")
@@ -316,6 +725,29 @@ def case_unknown_parameter(tmp_path, capsys):
     _cli_refuses(["fuse", str(src), "-o", str(tmp_path / "out"), "-m", "focus-select", "-p", "tie=sideways", "-q"],
                  EXIT_INPUT,
                  capsys, "tie='sideways' is not one of none, near, far", out=tmp_path / "out")
+
+
+def case_parameter_values_read_alike(tmp_path, capsys):
+    """One reading of parameter values for the API and the CLI: NaN passes no bound, unknown text
+    is not False, 3.7 or True is not an int (the CLI refused 2.5 while the API took 3.7)."""
+    a = np.zeros((3, 32, 32), np.float32)
+    _api_refuses(MethodError, "radius=3.7 is not a whole number", a, params={"radius": 3.7})
+    _api_refuses(MethodError, "radius=True is not a whole number", a, params={"radius": True})
+    _api_refuses(MethodError, "threshold=nan is not a finite number", a, params={"threshold": float("nan")})
+    _api_refuses(MethodError, "tie_tol=nan is not a finite number", a, params={"tie_tol": np.nan})
+    _api_refuses(MethodError, "consistency='maybe' is not true or false", a, method="pyramid",
+                 params={"consistency": "maybe"})
+    _api_refuses(MethodError, "consistency=2 is not true or false", a, method="pyramid", params={"consistency": 2})
+    spec = api.get_method("focus-select")
+    assert spec.resolve({"radius": 3.0, "threshold": "0.5"}) == spec.resolve({"radius": "3", "threshold": 0.5})
+    assert api.get_method("pyramid").resolve({"consistency": "off"})["consistency"] is False
+    src = _stack_tif(tmp_path / "in.tif")
+    out = tmp_path / "out"
+    for p, words in (("radius=2.5", "radius='2.5' is not a whole number"), ("threshold=nan", "not a finite number"),
+                     ("tie_tol=NaN", "not a finite number")):
+        _cli_refuses(["fuse", str(src), "-o", str(out), "-p", p, "-q"], EXIT_INPUT, capsys, words, out=out)
+    _cli_refuses(["fuse", str(src), "-o", str(out), "-m", "pyramid", "-p", "consistency=maybe", "-q"], EXIT_INPUT,
+                 capsys, "is not true or false", out=out)
 
 
 @pytest.fixture

@@ -10,6 +10,28 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+
+def _spawned_cli_worker() -> bool:
+    """True in a worker process the CLI's local dask cluster is starting (multiprocessing's spawn
+    re-imports the CLI as the child's main module, with the CLI's argv). A Ctrl-C in the terminal
+    goes to the whole process group: such workers ignore it (the CLI stops them cleanly) instead
+    of each printing a KeyboardInterrupt traceback from the middle of its imports."""
+    import os
+    import sys
+
+    mp = sys.modules.get("multiprocessing.process")
+    if mp is None or not getattr(mp.current_process(), "_inheriting", False):
+        return False
+    prog = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return prog in ("napari-edof", "napari-edof.exe", "napari-edof-script.py") or (
+        prog == "cli.py" and os.path.basename(os.path.dirname(sys.argv[0])) == "napari_edof")
+
+
+if _spawned_cli_worker():
+    import signal as _signal
+
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+
 from .api import (  # noqa: E402
     FusionResult,
     Progress,

@@ -66,12 +66,21 @@ def get_reader(path) -> Callable[[Any], list[LayerData]] | None:
     if not paths or not all(_claims(p) for p in paths):
         return None
     source = paths[0] if len(paths) == 1 else paths
+    import warnings
+
+    from .core.errors import EdofWarning
+
     try:
-        stack = api.open_stack(source)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EdofWarning)
+            stack = api.open_stack(source)
     except Exception:  # not a focus stack (or not readable): let another reader try
         return None
+    said = list(caught)
 
     def read_focus_stack(_path) -> list[LayerData]:
+        for w in said:  # e.g. metadata reconciled with the data: napari shows these as notifications
+            warnings.warn(w.message, stacklevel=2)
         return stack_to_layer_data(stack)
 
     return read_focus_stack

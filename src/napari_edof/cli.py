@@ -1,22 +1,28 @@
 """The command-line tool: ``napari-edof fuse | methods | evaluate | train``.
 
 Exit codes: 0 done, 1 unexpected failure, 2 bad usage or bad input, 3 the output could not be
-written, 130 interrupted (Ctrl-C; no partial output files are left behind).
+written, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); interrupted or terminated, no partial
+output files are left behind.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
 from pathlib import Path
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15): cleaned up like Ctrl-C
 
 
 def _parse_params(items: list[str]) -> dict:
+    from .core.errors import MethodError
+
     out = {}
     for it in items or []:
         if "=" not in it:
-            raise SystemExit(f"napari-edof: error: --param takes NAME=VALUE, got {it!r}")
+            raise MethodError(f"--param takes NAME=VALUE, got {it!r}")
         k, v = it.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -117,7 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_counts(args, names) -> None:
+    """Counts (threads, workers, steps) are whole numbers of 1 or more: -1 is not "all"."""
+    from .core.errors import EdofError
+
+    for n in names:
+        v = getattr(args, n, None)
+        if v is not None and v < 1:
+            raise EdofError(f"--{n.replace('_', '-')} must be 1 or more, not {v}")
+
+
 def cmd_train(args) -> int:
+    from .core.errors import EdofError
+
+    try:
+        _check_counts(args, ("steps", "threads", "batch_size", "crop", "n_min", "n_max", "ckpt_every"))
+    except EdofError as e:
+        print(f"napari-edof: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
     try:
         from .training.train import RECIPES, get_recipe, recipe_options
     except ImportError as e:  # torch missing
@@ -145,9 +168,10 @@ def cmd_train(args) -> int:
                   + ", ".join("--" + k.replace("_", "-") for k in unused), file=sys.stderr)
             return EXIT_INPUT
         s = recipe(**recipe_options(recipe, given))
-    except KeyboardInterrupt:
-        print(f"napari-edof: interrupted; resume with --resume (checkpoint in {args.out})", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        word = "terminated" if _stopped_code(e) == EXIT_TERMINATED else "interrupted"
+        print(f"napari-edof: {word}; resume with --resume (checkpoint in {args.out})", file=sys.stderr)
+        return _stopped_code(e)
     except OSError as e:
         print(f"napari-edof: error: {e}", file=sys.stderr)
         return EXIT_OUTPUT
@@ -174,16 +198,12 @@ def _run_one(stack, outdir: Path, args, params: dict) -> dict:
 
 
 def _options(args, params: dict) -> dict:
-    from .core.errors import EdofError
+    from .core.engine import parse_tile
     from .methods import DEFAULT_METHOD
 
-    tile = args.tile
-    if isinstance(tile, str) and tile != "auto":
-        try:
-            tile = int(tile)
-        except ValueError:
-            raise EdofError(f"--tile must be a number of pixels, 'auto' or 0, not {tile!r}") from None
-    return dict(method=args.method or DEFAULT_METHOD, params=params, tile=tile, overlap=args.overlap,
+    tile = parse_tile(args.tile, "--tile")
+    method = DEFAULT_METHOD if args.method is None else args.method  # -m "" is not the default
+    return dict(method=method, params=params, tile=tile, overlap=args.overlap,
                 device=None if args.device == "auto" else args.device, guide=_guide(args.guide),
                 precision=args.precision)
 
@@ -222,12 +242,17 @@ def _run_zarr(stack, outdir: Path, args, params: dict) -> dict:
     work = outdir / f".work-{uuid.uuid4().hex[:8]}"
     try:
         result, _ = _drain_with_bar(fuse_to_zarr_iter(stack, work, workers=args.threads, **opts), bar)
-        files = export_result_tiled(result, outdir, axes=stack.axes, rgb=stack.rgb)
         import json
 
-        prov = outdir / "provenance.json"
-        prov.write_text(json.dumps(json_safe(result.provenance), indent=2))
-        files["provenance"] = prov
+        from .io.outputs import previous_files, result_names, retire_previous
+        from .io.writers import _atomic_write
+
+        old = previous_files(outdir)
+        files = export_result_tiled(result, outdir, axes=stack.axes, rgb=stack.rgb)
+        names = result_names("tiled-tiff")
+        text = json.dumps(json_safe(dict(result.provenance, files=names)), indent=2)
+        files["provenance"] = _atomic_write(outdir / "provenance.json", lambda tmp: tmp.write_text(text))
+        retire_previous(outdir, old, names, stack.source)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"result": result, "stack": stack, "paths": files}
@@ -256,7 +281,7 @@ def _write(run: dict, dest: Path, fmt: str) -> dict:
         r, st = run["result"], run["stack"]
         outs = create_outputs(dest, shape_tyx=(st.n_times,) + tuple(st.yx_shape), channels=st.n_channels,
                               dtype=st.dtype, axes=st.axes, rows_per_chunk=512, pixel_size=st.pixel_size,
-                              z_step=st.z_step, unit=st.unit, name=st.name)
+                              z_step=st.z_step, unit=st.unit, name=st.name, sources=st.source)
         try:
             for role, a in (("fused", r.fused), ("index", r.index), ("confidence", r.confidence)):
                 a = np.asarray(a)
@@ -292,9 +317,65 @@ def _register_jobs(jobs, args):
             print(f"napari-edof: registered {st.name} ({args.register}): largest shift "
                   f"{max(math.hypot(p.dy, p.dx) for p in rep.planes):.1f} px, scale "
                   f"{min(p.scale for p in rep.planes):.4f}..{max(p.scale for p in rep.planes):.4f}, "
-                  f"largest residual {rep.max_residual:.2f} px", file=sys.stderr)
+                  f"largest residual {rep.max_residual:.2f} px{_no_signal_note(rep)}", file=sys.stderr)
         out.append((reg, dest))
     return out
+
+
+def batch_folders(inputs, stems) -> list[str]:
+    """One distinct result folder name per batch input: its stem, with its parent folders' names
+    put in front (``a/stack.tif``, ``b/stack.tif`` -> ``a_stack``, ``b_stack``) for as long as two
+    inputs share a name (compared without case); a number after the name where the paths do not
+    tell them apart (the same input given twice)."""
+    import os
+
+    parents = [list(reversed(Path(os.path.abspath(os.fspath(p))).parent.parts)) for p in inputs]
+    names = [str(s) or "stack" for s in stems]
+    depth = [0] * len(names)
+
+    def clashes():  # inputs sharing a name with an input elsewhere (not with the same path again)
+        seen = {}
+        for i, n in enumerate(names):
+            seen.setdefault(n.casefold(), []).append(i)
+        return [i for group in seen.values() if len(group) > 1 for i in group
+                if any(parents[j] != parents[i] for j in group)]
+
+    while True:
+        dup = clashes()
+        grow = [i for i in dup if depth[i] < len(parents[i]) and parents[i][depth[i]] not in ("", os.sep)]
+        if not grow:
+            break
+        for i in grow:
+            names[i] = f"{parents[i][depth[i]]}_{names[i]}"
+            depth[i] += 1
+    taken = set()
+    for i, n in enumerate(names):
+        k, cand = 1, n
+        while cand.casefold() in taken:
+            k += 1
+            cand = f"{n}_{k}"
+        taken.add(cand.casefold())
+        names[i] = cand
+    return names
+
+
+def _plan_outputs(jobs, fmt: str) -> None:
+    """Before anything runs: every output folder can hold a result, and no output of any job
+    resolves to an input of any job (OverwriteError, exit 2)."""
+    from .io.outputs import check_not_inputs, result_names
+
+    sources = [s for st, _ in jobs for s in st.source]
+    for st, dest in jobs:
+        if dest.exists() and not dest.is_dir():
+            raise OSError(f"{dest} exists and is not a folder")
+        check_not_inputs(dest, result_names(fmt, st.n_times), sources)
+
+
+def _no_signal_note(rep) -> str:
+    from .core.registration import NO_SIGNAL
+
+    blank = [p.plane for p in rep.planes if p.method == NO_SIGNAL]
+    return f"; plane(s) {', '.join(map(str, blank))} have no signal and were not registered" if blank else ""
 
 
 def _guide(g: str):
@@ -319,7 +400,16 @@ def _summary(run: dict, outdir: Path) -> str:
 def cmd_fuse(args) -> int:
     from .core.errors import EdofError
 
-    params = _parse_params(args.param)
+    try:
+        params = _parse_params(args.param)
+        _check_counts(args, ("threads", "workers"))
+        if args.scheduler is not None:
+            from .cluster import check_address
+
+            check_address(args.scheduler)
+    except EdofError as e:
+        print(f"napari-edof: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
     out = Path(args.output)
     if args.sample and args.inputs:
         print("napari-edof: error: give INPUT files or --sample, not both", file=sys.stderr)
@@ -327,6 +417,7 @@ def cmd_fuse(args) -> int:
     if not args.sample and not args.inputs:
         print("napari-edof: error: no INPUT given (or use --sample for the built-in stack)", file=sys.stderr)
         return EXIT_INPUT
+    written: list[Path] = []
     try:
         if args.sample:
             from .data import sample_stack
@@ -336,16 +427,13 @@ def cmd_fuse(args) -> int:
             from .io import open_stack
 
             if args.batch:
-                jobs = []
-                for inp in args.inputs:
-                    st = open_stack(inp, axes=args.axes)
-                    jobs.append((st, out / Path(st.name).stem))
+                stacks = [open_stack(inp, axes=args.axes) for inp in args.inputs]
+                names = batch_folders(args.inputs, [Path(st.name).stem for st in stacks])
+                jobs = [(st, out / n) for st, n in zip(stacks, names)]
             else:
                 src = args.inputs[0] if len(args.inputs) == 1 else list(args.inputs)
                 jobs = [(open_stack(src, axes=args.axes), out)]
-        for _, dest in jobs:
-            if dest.exists() and not dest.is_dir():
-                raise OSError(f"{dest} exists and is not a folder")
+        _plan_outputs(jobs, args.format)
         jobs = _register_jobs(jobs, args)
         if args.scheduler or args.workers:
             runs = _run_cluster(jobs, args, params)
@@ -364,18 +452,25 @@ def cmd_fuse(args) -> int:
             except EdofError as e:
                 print(f"napari-edof: error: {e}", file=sys.stderr)
                 return EXIT_OUTPUT
+            written.append(dest)
             if not args.quiet:
                 print(_summary(run, dest))
+        if args.batch and not args.quiet and len(jobs) > 1:
+            print(f"napari-edof: {len(jobs)} stacks, each in its own folder of {out}:")
+            for inp, (_, dest) in zip(args.inputs, jobs):
+                print(f"  {inp} -> {dest.name}")
     except EdofError as e:
         print(f"napari-edof: error: {e}", file=sys.stderr)
         return EXIT_INPUT
     except OSError as e:
         print(f"napari-edof: error: cannot write the results: {e}", file=sys.stderr)
         return EXIT_OUTPUT
-    except KeyboardInterrupt:
-        print("napari-edof: interrupted; the results being written were discarded (earlier results "
-              "are as they were)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        word = "terminated" if _stopped_code(e) == EXIT_TERMINATED else "interrupted"
+        kept = f"; the results already written ({', '.join(map(str, written))}) are complete" if written else ""
+        print(f"napari-edof: {word}; results being written were discarded (earlier results "
+              f"are as they were){kept}", file=sys.stderr)
+        return _stopped_code(e)
     return EXIT_OK
 
 
@@ -422,8 +517,46 @@ def cmd_evaluate(args) -> int:
     return EXIT_OK
 
 
+@contextlib.contextmanager
+def _warnings_to_stderr():
+    """napari-edof's warnings (metadata reconciled with the data, a result replaced) printed as
+    one line each on stderr; other warnings as Python prints them."""
+    from .core.errors import EdofWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", EdofWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, EdofWarning):
+                print(f"napari-edof: warning: {message}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
+def _stopped_code(exc: KeyboardInterrupt) -> int:
+    from .core.errors import Terminated
+
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .core.interrupts import handle_signals
+
+    with handle_signals(), _warnings_to_stderr():
+        try:
+            return _dispatch(args)
+        except KeyboardInterrupt as e:  # commands without their own message (evaluate, methods)
+            print(f"napari-edof: {'terminated' if _stopped_code(e) == EXIT_TERMINATED else 'interrupted'}",
+                  file=sys.stderr)
+            return _stopped_code(e)
+
+
+def _dispatch(args) -> int:
     if args.command == "fuse":
         return cmd_fuse(args)
     if args.command == "methods":

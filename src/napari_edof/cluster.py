@@ -14,6 +14,7 @@ time point) runs on any dask scheduler; this module adds what batch work needs a
 """
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from typing import Iterable
@@ -35,6 +36,69 @@ def _distributed():
     return distributed
 
 
+def check_address(scheduler) -> str:
+    """``scheduler`` if it reads as a dask scheduler address (``tcp://host:8786``, ``host:8786``,
+    ``tls://...``); an EdofError saying what is wrong otherwise (checked before anything runs)."""
+    _distributed()  # a clear error when it is not installed
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import get_backend
+
+    text = str(scheduler).strip()
+    try:
+        scheme, loc = parse_address(text)
+        get_backend(scheme)  # "unknown address scheme 'http' (known schemes: ...)"
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            host, port = parse_host_port(loc)
+            if not host or not 0 < int(port) < 65536:
+                raise ValueError(f"port {port} is not 1..65535" if host else "no host")
+    except (ValueError, TypeError) as e:
+        raise EdofError(f"--scheduler {scheduler!r} is not a dask scheduler address such as tcp://host:8786 "
+                        f"({e})") from None
+    return text
+
+
+def _local_cluster(distributed, workers, threads_per_worker: int = 1):
+    """A LocalCluster of ``workers`` processes; one stopped half-way (Ctrl-C while its workers
+    start) is closed here, quietly, not at exit with an AssertionError traceback. (The CLI's
+    worker processes ignore Ctrl-C: see napari_edof._spawned_cli_worker.)"""
+    from distributed.deploy.spec import SpecCluster
+
+    before = set(SpecCluster._instances)
+    try:
+        return distributed.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
+                                        processes=True, dashboard_address=None, host="127.0.0.1",
+                                        # the workers' own logs: not their CommClosedError noise when a run ends or
+                                        # is stopped (a task's error still reaches the client and is raised there)
+                                        silence_logs=logging.CRITICAL)
+    except BaseException:
+        for c in set(SpecCluster._instances) - before:
+            _close_quietly(c, stay_quiet=True)
+            SpecCluster._instances.discard(c)
+        raise
+
+
+def _close_quietly(*things, stay_quiet: bool = False) -> None:
+    """Close clients and clusters without the CommClosedError / "stream is closed" log noise
+    distributed prints while its connections go down (the work is done or cancelled by then).
+    ``stay_quiet`` (a run stopped by Ctrl-C or SIGTERM, the process about to exit): its loggers
+    stay silent afterwards too, for what its threads still report about the workers stopped."""
+    loggers = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        for t in things:
+            if t is not None:
+                try:
+                    t.close()
+                except Exception:  # a cluster already half down (e.g. after Ctrl-C)
+                    pass
+    finally:
+        if not stay_quiet:
+            for lg, lv in zip(loggers, levels):
+                lg.setLevel(lv)
+
+
 @contextmanager
 def connect(scheduler: str | None = None, workers: int | None = None, *, threads_per_worker: int = 1):
     """A dask.distributed client for the duration of the block.
@@ -44,23 +108,31 @@ def connect(scheduler: str | None = None, workers: int | None = None, *, threads
     """
     distributed = _distributed()
     if scheduler:
+        address = check_address(scheduler)
         try:
-            client = distributed.Client(scheduler, timeout="5s")
-        except (OSError, TimeoutError) as e:
+            client = distributed.Client(address, timeout="5s")
+        except (OSError, TimeoutError, ValueError) as e:
             raise EdofError(f"cannot reach the dask scheduler at {scheduler}: {e}") from None
+        stopped = False
         try:
             yield client
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+            stopped = True
+            raise
         finally:
-            client.close()
+            _close_quietly(client, stay_quiet=stopped)
         return
-    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
-                                       processes=True, dashboard_address=None, host="127.0.0.1")
-    client = distributed.Client(cluster)
+    cluster = client = None
+    stopped = False
     try:
+        cluster = _local_cluster(distributed, workers, threads_per_worker)
+        client = distributed.Client(cluster)
         yield client
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+        stopped = True
+        raise
     finally:
-        client.close()
-        cluster.close()
+        _close_quietly(client, cluster, stay_quiet=stopped)
 
 
 def local_client(workers: int | None = None):
@@ -69,8 +141,7 @@ def local_client(workers: int | None = None):
     key = workers
     c = _LOCAL.get(key)
     if c is None or c.status not in ("running", "connecting"):
-        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, host="127.0.0.1")
+        cluster = _local_cluster(distributed, workers)
         c = distributed.Client(cluster, set_as_default=False)
         if not _LOCAL:
             import atexit
@@ -82,10 +153,7 @@ def local_client(workers: int | None = None):
 
 def close_local_clients() -> None:
     for c in list(_LOCAL.values()):
-        cluster = c.cluster
-        c.close()
-        if cluster is not None:
-            cluster.close()
+        _close_quietly(c, c.cluster)
     _LOCAL.clear()
 
 
@@ -160,7 +228,8 @@ def fuse_many_to_zarr_iter(jobs: Iterable, client, **options):
             s = pl.stack
             outs = create_outputs(outdir, shape_tyx=(s.n_times,) + tuple(s.yx_shape), channels=s.n_channels,
                                   dtype=s.dtype, axes=s.axes, rows_per_chunk=max(x.s1 - x.s0 for x in stripes),
-                                  pixel_size=s.pixel_size, z_step=s.z_step, unit=s.unit, name=s.name)
+                                  pixel_size=s.pixel_size, z_step=s.z_step, unit=s.unit, name=s.name,
+                                  sources=s.source)
             planned.append((pl, stripes, outs))
             stores += [dask.delayed(_store_task, pure=False)(part, outs.arrays, t, x.s0, x.s1)
                        for t, x, part in tasks]

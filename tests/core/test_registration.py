@@ -41,6 +41,35 @@ def test_translation_recovered(scene):
     assert reg.data.shape == (5, 256, 256)
 
 
+@pytest.mark.parametrize("mode", ["translation", "similarity"])
+def test_planes_without_signal_are_not_registered(scene, mode):
+    """A blank or constant plane gets the identity, reported as such; its neighbours are chained
+    past it to the nearest plane with signal (no shift invented and carried into good planes)."""
+    from napari_edof.core.registration import NO_SIGNAL
+
+    motions = [(2.5, -1.25, 1, 0), (0, 0, 1, 0), (1.0, -0.5, 1, 0), (0, 0, 1, 0), (-1.75, 0.75, 1, 0)]
+    planes = _moved(scene, motions)
+    planes[1] = 1234.0  # constant
+    reg, rep = register_stack(planes, mode=mode, reference=3, edges="edge", rotation=False, scale=False)
+    assert rep.planes[1].method == NO_SIGNAL
+    assert rep.planes[1].dy == 0 and rep.planes[1].dx == 0
+    np.testing.assert_array_equal(reg.data[1], planes[1])
+    for k in (0, 2, 4):
+        p = rep.planes[k]
+        assert np.isfinite(p.pair_error)
+        assert p.dy == pytest.approx(motions[k][0], abs=0.2) and p.dx == pytest.approx(motions[k][1], abs=0.2)
+    # a blank reference: the planes with signal are still registered to each other
+    planes[3] = 0.0
+    reg, rep = register_stack(planes, mode=mode, reference=3, edges="edge", rotation=False, scale=False)
+    assert rep.planes[3].method == rep.planes[1].method == NO_SIGNAL
+    assert rep.reference in (2, 4) and "plane 3" in rep.planes[rep.reference].method
+    assert all(np.isfinite(p.pair_error) for p in rep.planes)
+    d = [(rep.planes[k].dy - rep.planes[2].dy, rep.planes[k].dx - rep.planes[2].dx) for k in (0, 4)]
+    for (dy, dx), k in zip(d, (0, 4)):
+        assert dy == pytest.approx(motions[k][0] - motions[2][0], abs=0.2)
+        assert dx == pytest.approx(motions[k][1] - motions[2][1], abs=0.2)
+
+
 def test_similarity_recovers_scale_and_rotation(scene):
     motions = [(0, 0, 1 + 0.012 * (k - 2), 0.8 * (k - 2)) for k in range(5)]
     _, rep = register_stack(_moved(scene, motions), mode="similarity", edges="edge")

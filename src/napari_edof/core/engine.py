@@ -37,9 +37,15 @@ from .errors import StackError
 from .policy import OutOfMemory, check_memory, free_accelerator_memory, is_oom, smaller_tile
 from .registration import parse_register, register_stack
 from .result import FusionResult, Progress, to_stack_axes
+from .scaling import value_scale
 from .stack import Stack, as_stack, is_dask
+from .values import to_count, to_int
 from .tiling import Canvas, Tile, plan_tiles, read_window
 
+
+
+#: the most planes a stack may have: focus indices are int16 (and decision labels plane + 1 uint16)
+MAX_PLANES = 32767
 
 
 def resolve_device(device: str | None, devices: tuple[str, ...], backend: str) -> str:
@@ -104,9 +110,16 @@ class FusionPlan:
     workers: int
     precision: str = "float32"  # "float32" or "half" (then ``gate`` keeps or drops it at the first tile)
     gate: Any = None
+    value_scale: float = 1.0  # extreme floats: planes are fused times this power of two (core.scaling)
+
+    def impl_params(self) -> dict:
+        """The parameters the method instance gets: those in image units scaled like the planes."""
+        if self.value_scale != 1.0 and self.params.get("noise"):
+            return dict(self.params, noise=float(self.params["noise"]) * self.value_scale)
+        return self.params
 
     def make_impl(self):
-        return self.cls(self.params, device=self.device)
+        return self.cls(self.impl_params(), device=self.device)
 
     def is_two_pass(self, impl=None) -> bool:
         """The method has a first pass (``pass1``/``reduce``) and, if it says when it needs it
@@ -124,6 +137,9 @@ def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = No
     """Check the options and plan the tiles (no pixel is read, unless ``register`` asks to align
     the planes first: the plan's stack is then the aligned one). Raises EdofError subclasses."""
     stack = as_stack(stack, axes=axes)
+    if stack.n_planes > MAX_PLANES:
+        raise StackError(f"{stack.name}: {stack.n_planes} planes are more than the {MAX_PLANES} napari-edof can "
+                         "fuse (the focus index is 16-bit); fuse sub-stacks, or every k-th plane")
     spec, cls = get_method(method)
     reg_opts = parse_register(register)
     if reg_opts is not None:
@@ -132,17 +148,18 @@ def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = No
     p = spec.resolve(params)
     dev = resolve_device(device, spec.devices, spec.backend)
     g = resolve_guide(guide, stack.n_channels, stack.rgb)
+    tile = parse_tile(tile)
     if tile == "auto":
         tile = spec.tile_for(p, stack.n_planes)
-    if tile is not None and tile != 0 and int(tile) < 16:
-        raise StackError(f"tile={tile} is too small: use at least 16 pixels (or 0 for no tiling)")
     halo = int(spec.halo(p))
     mult = int(spec.tile_multiple(p))
     Y, X = stack.yx_shape
     single = not tile or tile >= max(Y, X)
-    ov = (0 if single else spec.default_overlap) if overlap is None else int(overlap)
+    ov = (0 if single else spec.default_overlap) if overlap is None else to_int(overlap, "overlap", StackError)
     if ov < 0:
         raise StackError(f"overlap={ov} must be 0 or more")
+    if workers is not None:
+        workers = to_count(workers, "workers", 1, StackError)
     tiles = plan_tiles((Y, X), tile, halo=halo, overlap=ov, multiple=mult)
     prec = resolve_precision(precision, spec, dev)
     if spec.backend == "torch":
@@ -154,7 +171,21 @@ def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = No
     return FusionPlan(stack=stack, spec=spec, cls=cls, params=p, device=dev, guide=g,
                       tile=None if single else int(tile), tiles=tiles,
                       halo=tiles[0].halo, overlap=tiles[0].overlap, workers=nw, precision=prec,
-                      gate=HalfGate(dev) if prec == "half" else None)
+                      gate=HalfGate(dev) if prec == "half" else None, value_scale=value_scale(stack))
+
+
+def parse_tile(tile, name: str = "tile"):
+    """``tile`` as the API and the CLI take it: "auto", None or 0 (no tiling), or a whole number of
+    pixels of at least 16 (an int, or its text: "32"). Anything else is a StackError."""
+    if tile is None or (isinstance(tile, str) and tile.strip().lower() == "auto"):
+        return None if tile is None else "auto"
+    try:
+        t = to_int(tile, name, StackError)
+    except StackError:
+        raise StackError(f"{name} must be a number of pixels, 'auto' or 0, not {tile!r}") from None
+    if t != 0 and t < 16:
+        raise StackError(f"{name}={t} is too small: use at least 16 pixels (or 0 for no tiling)")
+    return t
 
 
 PRECISIONS = ("auto", "float32", "half")
@@ -258,6 +289,8 @@ def provenance(pl: FusionPlan, seconds: float, impl=None) -> dict:
         prov["weights_sha256"] = spec.weights.sha256
     if getattr(impl, "weights_sha256", None):  # the weights the instance loaded (a method may offer several)
         prov["weights_sha256"] = impl.weights_sha256
+    if stack.metadata.get("reconciled"):  # the input's metadata did not match its data (see io.metadata)
+        prov["input_warnings"] = list(stack.metadata["reconciled"])
     if "registration" in stack.metadata:  # a stack aligned by register_stack
         prov["registration"] = stack.metadata["registration"]
     if pl.gate is not None and pl.gate.report is not None:
@@ -436,8 +469,12 @@ def run_region(pl: FusionPlan, impl, frame: np.ndarray, *, r0: int, s0: int, s1:
         from contextlib import nullcontext as lane
     gate = pl.gate
 
+    vs = pl.value_scale
+
     def job(t_):
         planes = read_window(frame, _shift(t_, -r0).window)
+        if vs != 1.0:  # extreme floats: fused near magnitude 1, exactly (a power of two), then scaled back
+            planes = planes * planes.dtype.type(vs)
         gd = make_guide(planes, g)
         if check:
             _check_finite(gd, stack, t_index)
@@ -449,6 +486,9 @@ def run_region(pl: FusionPlan, impl, frame: np.ndarray, *, r0: int, s0: int, s1:
             res = call() if gate is None or pass1 else gate.run(call)
         if not pass1:
             res["fused"] = np.asarray(res["fused"]).reshape(res["index"].shape + (C,))
+            if vs != 1.0:  # (in the stack's precision: a float32 result of a float64 stack may not hold 1 / vs)
+                f = res["fused"].astype(np.promote_types(res["fused"].dtype, dtype), copy=False)
+                res["fused"] = f * f.dtype.type(1.0 / vs)
         return res
 
     # blended overlaps are float sums: add the tiles in plan order, whatever thread finishes first

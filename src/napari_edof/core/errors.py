@@ -20,3 +20,14 @@ class MethodError(EdofError):
 
 class Cancelled(Exception):
     """Raised inside a run when the consumer stopped it between tiles."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the CLI's handler: every clean-up that Ctrl-C runs
+    (staging, partial and work folders removed, earlier results kept) runs for it too."""
+
+
+class EdofWarning(UserWarning):
+    """Something the user should know about a run that still went ahead: metadata that did not
+    match the data and was reconciled, a previous result that was replaced. The CLI prints these
+    on stderr; napari shows them as notifications."""

@@ -8,6 +8,7 @@ from .errors import StackError
 from .focus import measure_radius, measure_valid
 from .stack import as_stack
 from .tiling import read_window
+from .values import to_int
 
 
 def _frame(stack, t: int):
@@ -25,6 +26,7 @@ def focus_curve(stack, y: int, x: int, *, t: int = 0, measure: str = "laplacian"
     """
     stack = as_stack(stack, axes=axes)
     Y, X = stack.yx_shape
+    y, x, t = to_int(y, "y", StackError), to_int(x, "x", StackError), to_int(t, "t", StackError)
     if not (0 <= y < Y and 0 <= x < X):
         raise StackError(f"pixel ({y}, {x}) is outside the {Y}x{X} image")
     r = measure_radius(measure, radius, step)
@@ -44,6 +46,29 @@ def _read_lazy(frame, win, Y, X):
     return np.pad(block, ((0, 0), (cy0 - y0, y1 - cy1), (cx0 - x0, x1 - cx1), (0, 0)), mode="reflect")
 
 
+def _check_labels(labels, stack) -> np.ndarray:
+    """Labels as recompose reads them: whole numbers 0 (erased) .. planes (plane + 1)."""
+    try:
+        lab = np.asarray(labels)
+    except (TypeError, ValueError) as exc:
+        raise StackError(f"labels are not an array of whole numbers: {exc}") from None
+    if lab.dtype.kind not in "biuf":
+        raise StackError(f"labels must be whole numbers (plane + 1, 0: erased), not {lab.dtype} values")
+    if lab.dtype.kind == "f":
+        if not np.isfinite(lab).all():
+            raise StackError("labels contain NaN or infinite values; labels are whole numbers: plane + 1, "
+                             "or 0 where erased")
+        if (lab != np.rint(lab)).any():
+            bad = lab[lab != np.rint(lab)].flat[0]
+            raise StackError(f"label {bad} is not a whole number; labels are plane + 1, or 0 where erased")
+    if lab.size and lab.min() < 0:
+        raise StackError(f"label {lab.min():g} is negative; labels are plane + 1, or 0 where erased")
+    if lab.size and lab.max() > stack.n_planes:
+        raise StackError(f"label {lab.max():g} names a plane that does not exist (the stack has "
+                         f"{stack.n_planes}; labels are plane + 1)")
+    return lab
+
+
 def recompose(stack, labels, *, fill=None, axes: str | None = None) -> np.ndarray:
     """Re-render the fused image from a decision map without recomputing focus measures.
 
@@ -52,14 +77,17 @@ def recompose(stack, labels, *, fill=None, axes: str | None = None) -> np.ndarra
     Returns ([T,] Y, X[, C]) in the stack's dtype.
     """
     stack = as_stack(stack, axes=axes)
-    labels = np.asarray(labels)
+    labels = _check_labels(labels, stack)
     T = stack.n_times
     lab = labels if labels.ndim == 3 else labels[None]
+    want = f"{'(%d, ' % T if T > 1 else '('}{stack.yx_shape[0]}, {stack.yx_shape[1]})"
     if lab.shape[1:] != stack.yx_shape or lab.shape[0] != T:
-        raise StackError(f"labels of shape {labels.shape} do not match the stack's "
-                         f"{'(%d, ' % T if T > 1 else '('}{stack.yx_shape[0]}, {stack.yx_shape[1]})")
-    if lab.max(initial=0) > stack.n_planes:
-        raise StackError(f"label {int(lab.max())} names a plane that does not exist (the stack has {stack.n_planes}; labels are plane + 1)")
+        raise StackError(f"labels of shape {labels.shape} do not match the stack's {want}")
+    if fill is not None:
+        fl = np.asarray(fill)
+        if fl.dtype.kind not in "biuf" or fl.size != T * stack.yx_shape[0] * stack.yx_shape[1] * stack.n_channels:
+            raise StackError(f"fill of shape {fl.shape} ({fl.dtype}) does not match the stack's image "
+                             f"{want[:-1]}{', %d' % stack.n_channels if 'C' in stack.axes else ''})")
     out = []
     for t in range(T):
         frame = np.asarray(_frame(stack, t))

@@ -260,6 +260,19 @@ def _downscale(planes: np.ndarray, max_size: int) -> tuple[np.ndarray, int]:
     return np.stack([downscale_local_mean(p, (f, f)).astype(np.float32) for p in planes]), f
 
 
+NO_SIGNAL = "no signal: not registered"
+
+
+def has_signal(planes: np.ndarray) -> np.ndarray:
+    """Per plane: True when it has structure to register on. A blank or constant plane (its
+    band-passed content at rounding level of its values, or below 1e-4 of the stack's strongest)
+    has none: a phase correlation on it finds shifts in rounding noise."""
+    sig = np.array([float(np.std(_prep(p))) for p in planes])
+    peak = np.array([float(np.max(np.abs(p))) if p.size else 0.0 for p in planes])
+    strongest = float(sig.max()) if sig.size else 0.0
+    return np.isfinite(sig) & (sig > np.maximum(1e-5 * peak, 1e-4 * strongest))
+
+
 def estimate_transforms(guide: np.ndarray, *, mode: str = "translation", reference: int | None = None,
                         scale: bool = True, rotation: bool = True, max_size: int = 1024):
     """Matrices mapping the reference plane's (row, col) to each plane's, at full resolution.
@@ -290,14 +303,23 @@ def estimate_transforms(guide: np.ndarray, *, mode: str = "translation", referen
 
     mats: list[np.ndarray] = [np.eye(3)] * Z
     info: list[tuple[float, str]] = [(0.0, "reference")] * Z
-    for k in range(ref + 1, Z):  # above the reference: k registered to k - 1
-        B, err, how = pair(k - 1, k)
-        mats[k] = B @ mats[k - 1]
-        info[k] = (err, how)
-    for k in range(ref - 1, -1, -1):  # below: k registered to k + 1
-        B, err, how = pair(k + 1, k)
-        mats[k] = B @ mats[k + 1]
-        info[k] = (err, how)
+    signal = has_signal(small)
+    asked = ref
+    if not signal[ref] and signal.any():  # a reference without signal: its nearest plane with signal
+        ref = min(np.flatnonzero(signal), key=lambda k: (abs(k - asked), k))
+        info[ref] = (0.0, f"reference (plane {asked}, asked for, has no signal)")
+    for side in (range(ref + 1, Z), range(ref - 1, -1, -1)):  # above, then below the reference
+        prev = ref  # each plane registered to its nearest neighbour (towards the reference) with signal
+        for k in side:
+            if not signal[k]:  # a blank or constant plane: nothing to register on, left where it is
+                info[k] = (0.0, NO_SIGNAL)
+                continue
+            B, err, how = pair(prev, k)
+            mats[k] = B @ mats[prev]
+            info[k] = (err, how)
+            prev = k
+    if not signal[asked]:
+        info[asked] = (0.0, NO_SIGNAL)
     # back to full resolution: x_small = x_full / f  (pixel centres: (x + 0.5) / f - 0.5)
     S = np.diag([1.0 / f, 1.0 / f, 1.0])
     S[:2, 2] = 0.5 / f - 0.5
@@ -329,11 +351,17 @@ def _valid_box(masks: np.ndarray) -> tuple[int, int, int, int]:
 
 def _residuals(planes: np.ndarray, ref: int, max_size: int) -> list[float]:
     small, f = _downscale(planes, max_size)
+    signal = has_signal(small)
     out = [0.0] * len(small)
     for k in range(len(small)):
-        if k == ref:
+        if k == ref or not signal[k]:
             continue
-        nb = k - 1 if k > ref else k + 1
+        step = -1 if k > ref else 1
+        nb = k + step  # the nearest neighbour towards the reference that has signal
+        while nb != ref and not signal[nb]:
+            nb += step
+        if not signal[nb]:
+            continue
         t, _ = _translation(small[nb], small[k], upsample=10)
         out[k] = float(np.hypot(*t)) * f
     return out

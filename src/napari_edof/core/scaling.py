@@ -11,6 +11,8 @@ Every learned method offers the same two conventions (its ``normalise`` paramete
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 QUANTILES = (0.0005, 0.9995)
@@ -49,3 +51,33 @@ def to_unit(planes: np.ndarray, dtype=None, mode: str = "range", q=QUANTILES) ->
     out = np.asarray((planes - np.float32(lo)) * np.float32(1.0 / (hi - lo)), np.float32)
     np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+#: Float data whose magnitude lies outside [2**-SAFE_EXP, 2**SAFE_EXP] is scaled for fusion: focus
+#: measures square and sum values, which overflows (to inf, NaN confidence) near 1e19 and
+#: underflows (to 0, index 0 everywhere) near 1e-19 in float32.
+SAFE_EXP = 40
+
+
+def value_scale(stack) -> float:
+    """A power of two ``s`` such that ``planes * s`` has magnitudes near 1, for float stacks whose
+    values are extreme (see :data:`SAFE_EXP`); 1.0 otherwise (integers, ordinary floats: the run
+    is unchanged). Multiplying by a power of two is exact, so the engine fuses ``planes * s`` and
+    divides the fused image by ``s`` again. Measured on the centre (at most 2048 x 2048 pixels)
+    of the first time point's middle plane (then its first and last, if that one is all zero)."""
+    if stack.dtype.kind != "f":
+        return 1.0
+    canon = stack.canonical()  # (T, Z, Y, X, C)
+    Z, Y, X = canon.shape[1:4]
+    ys = slice(max(0, Y // 2 - 1024), Y // 2 + 1024)
+    xs = slice(max(0, X // 2 - 1024), X // 2 + 1024)
+    for z in dict.fromkeys((Z // 2, 0, Z - 1)):
+        a = canon[0, z, ys, xs]
+        a = np.asarray(a.compute() if hasattr(a, "compute") else a)
+        a = np.abs(a[np.isfinite(a)])
+        peak = float(a.max()) if a.size else 0.0
+        if peak > 0:
+            if 2.0 ** -SAFE_EXP <= peak <= 2.0 ** SAFE_EXP:
+                return 1.0
+            return math.ldexp(1.0, -math.frexp(peak)[1])
+    return 1.0

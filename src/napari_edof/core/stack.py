@@ -1,6 +1,7 @@
 """The `Stack` type: a focus stack's data, its axes and its physical scale."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,6 +24,20 @@ SUPPORTED_DTYPES = (
     np.float32,
     np.float64,
 )
+
+
+def check_axes_text(axes) -> str | None:
+    """``axes`` as given to the API: None or text (upper-cased); anything else is a StackError."""
+    if axes is None:
+        return None
+    if not isinstance(axes, str):
+        raise StackError(f"axes must be text of letters from {VALID_AXES} (for example 'ZYX' or 'TZYX'), "
+                         f"not {axes!r}")
+    return axes.upper()
+
+
+def _unknown_shape(shape) -> bool:
+    return any(not isinstance(s, (int, np.integer)) or s != s for s in shape)
 
 
 def is_dask(a: Any) -> bool:
@@ -83,9 +98,11 @@ class Stack:
     metadata: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
-        axes = self.axes.upper()
-        object.__setattr__(self, "axes", axes)
         shape = tuple(self.data.shape)
+        if _unknown_shape(shape):
+            raise StackError(_unknown_shape_text(shape))
+        axes = check_axes_text(self.axes)
+        object.__setattr__(self, "axes", axes)
         if len(axes) != len(shape):
             raise StackError(f"axes {axes!r} do not match the {len(shape)}D data of shape {shape}")
         bad = set(axes) - set(VALID_AXES)
@@ -166,18 +183,62 @@ class Stack:
         return f"{self.n_planes} planes of {self.yx_shape[0]}x{self.yx_shape[1]} {self.dtype} {kind}{t}"
 
 
+def _unknown_shape_text(shape) -> str:
+    shown = "(" + ", ".join("?" if not isinstance(s, (int, np.integer)) or s != s else str(s) for s in shape) + ")"
+    return (f"the size of the array is not known (shape {shown}: a dask array with unknown chunk sizes, "
+            "for example after boolean indexing); call .compute_chunk_sizes() on it first")
+
+
+def _from_planes(items) -> Any:
+    """A list or tuple of planes (arrays of one shape) stacked along a new first axis."""
+    if any(isinstance(p, (str, bytes, os.PathLike)) for p in items):
+        raise StackError("fuse takes arrays or a Stack, not file names: open the files with "
+                         "napari_edof.open_stack(...) first")
+    shapes = []
+    for k, p in enumerate(items):
+        try:
+            shape = tuple(p.shape) if hasattr(p, "shape") else np.shape(p)
+        except ValueError:  # a ragged nested list
+            raise StackError(f"plane {k} is not an array: its rows have different lengths") from None
+        if _unknown_shape(shape):
+            raise StackError(f"plane {k}: " + _unknown_shape_text(shape))
+        shapes.append(shape)
+        if shape != shapes[0]:
+            raise StackError(f"plane {k} has shape {shape} but plane 0 has {shapes[0]}; all planes must have "
+                             "the same size")
+    if any(is_dask(p) for p in items):
+        import dask.array as da
+
+        return da.stack(list(items))
+    return np.stack([np.asarray(p) for p in items]) if items else np.asarray(items)
+
+
 def as_stack(data, *, axes: str | None = None, rgb: bool | None = None, name: str = "stack", **meta) -> Stack:
-    """Wrap an array (numpy or dask) or return a Stack unchanged (axes= may re-label it)."""
+    """Wrap an array (numpy or dask) or return a Stack unchanged (axes= may re-label it).
+
+    A list or tuple of planes is stacked along a new first axis (planes of different shapes are a
+    StackError naming the odd plane). Every problem with the input is a StackError.
+    """
+    axes = check_axes_text(axes)
     if isinstance(data, Stack):
-        if axes is not None and axes.upper() != data.axes:
+        if axes is not None and axes != data.axes:
             return replace(data, axes=axes)
         return data
-    if not hasattr(data, "shape") or not hasattr(data, "dtype"):
-        data = np.asarray(data)
+    if isinstance(data, (str, bytes, os.PathLike)):
+        raise StackError(f"fuse takes arrays or a Stack, not a file name ({data!r}): open it with "
+                         "napari_edof.open_stack(...) first")
+    if isinstance(data, (list, tuple)):
+        data = _from_planes(data)
+    elif not hasattr(data, "shape") or not hasattr(data, "dtype"):
+        try:
+            data = np.asarray(data)
+        except (TypeError, ValueError) as exc:
+            raise StackError(f"cannot read a focus stack from {type(data).__name__}: {exc}") from None
     shape = tuple(data.shape)
+    if _unknown_shape(shape):
+        raise StackError(_unknown_shape_text(shape))
     if axes is None:
         axes = guess_axes(shape)
-    axes = axes.upper()
     if rgb is None:
         rgb = axes.endswith("C") and shape[-1] in (3, 4)
     return Stack(data=data, axes=axes, rgb=bool(rgb), name=name, **meta)

@@ -30,6 +30,7 @@ from functools import lru_cache
 import numpy as np
 
 from .engine import FusionPlan, _counted, drain, plan_fusion, provenance, retry_plan, run_region
+from .errors import EdofError, ReadError
 from .result import FusionResult, to_stack_axes
 from .stack import is_dask
 from .tiling import reflect_index, take_runs
@@ -285,7 +286,9 @@ class ZarrRows:
         data = stack.data
         if not is_dask(data) or data.name != name or tuple(arr.shape) != tuple(data.shape):
             return None
-        return cls(arr, stack.axes, t)
+        rows = cls(arr, stack.axes, t)
+        rows.label = stack.source[0] if stack.source else stack.name
+        return rows
 
     def _shape(self, rows: int) -> tuple[int, ...]:
         return tuple(rows if a == "Y" else n for a, n in zip(self.axes, self.arr.shape) if a != "T")
@@ -309,8 +312,20 @@ class ZarrRows:
         """A zarr-order block seen as (Z, rows, X, C) (a view)."""
         return (blk[..., None] if self._add_c else blk).transpose(self._order)
 
+    label = "the zarr store"
+
     def read_into(self, lo: int, hi: int, out: np.ndarray) -> None:
-        """Rows [lo, hi) into ``out`` (zarr order, T dropped; any strides)."""
+        """Rows [lo, hi) into ``out`` (zarr order, T dropped; any strides). A chunk that cannot be
+        decoded is a ReadError naming the store."""
+        try:
+            self._read_into(lo, hi, out)
+        except (EdofError, _NoDirectIO):  # (already named)
+            raise
+        except Exception as e:  # noqa: BLE001 - codecs raise many kinds
+            raise ReadError(f"{self.label}: a chunk of the zarr store cannot be read; it may be truncated or "
+                            f"corrupt ({type(e).__name__}: {e})") from None
+
+    def _read_into(self, lo: int, hi: int, out: np.ndarray) -> None:
         sel = tuple(self.t if a == "T" else (slice(lo, hi) if a == "Y" else slice(None)) for a in self.axes)
         if self.files is not None:
             try:
@@ -319,7 +334,7 @@ class ZarrRows:
             except _NoDirectIO:  # a file system without O_DIRECT: through the page cache from now on
                 self.files.close()
                 self.files = ChunkFiles.of(self.arr, direct=False)
-                return self.read_into(lo, hi, out)
+                return self._read_into(lo, hi, out)
         try:
             from zarr.core.buffer import default_buffer_prototype
 
@@ -497,7 +512,7 @@ def _impl_for(cls, params_key, device):
 
 def _impl(pl: FusionPlan):
     try:
-        key = tuple(sorted(pl.params.items()))
+        key = tuple(sorted(pl.impl_params().items()))
         hash(key)
     except TypeError:
         return pl.make_impl()

@@ -290,3 +290,127 @@ def _shaped_scale(tf, series_index: int):
     if unit is None or (pixel_size is None and z_step is None):
         return None, None, None
     return pixel_size, z_step, unit
+
+
+# --- declared sizes against the data ------------------------------------------------------
+#
+# The one place where what a file's metadata declares is reconciled with the pixels it really
+# holds. A mismatch is either refused (StackError) or resolved to what is really there, with a
+# message that the reader reports as an EdofWarning (napari shows it, the CLI prints it) and
+# keeps in ``Stack.metadata["reconciled"]`` (and so in provenance.json).
+
+
+def _declared(shape, axes: str) -> tuple[int, str, int]:
+    """(images declared, "Z=50, T=2", how many of those dimensions are longer than 1)."""
+    dims = [(a, int(n)) for a, n in zip(axes, shape) if a not in "YXS"]
+    count = 1
+    for _, n in dims:
+        count *= n
+    text = ", ".join(f"{a}={n}" for a, n in dims) or "1 image"
+    return count, text, sum(1 for _, n in dims if n > 1)
+
+
+def reconcile_tiff_pages(tf, all_series, fmt: str, label: str) -> str | None:
+    """Compare the planes an OME or ImageJ TIFF's metadata declares with the pages it holds.
+
+    Returns None when they agree (or the file cannot tell), else the message to report when
+    the file's own pages are to be read as the planes (metadata ignored for the plane count);
+    raises :class:`StackError` when the pages cannot be matched to planes (the metadata declares
+    several dimensions, e.g. T and Z).
+    """
+    if fmt not in ("ome-tiff", "imagej-tiff") or not all_series:
+        return None
+    s0 = all_series[0]
+    declared, text, multi = _declared(s0.shape, s0.axes)
+    pages_in_file = len(tf.pages)
+    if fmt == "ome-tiff":
+        series_pages = list(s0.pages)
+        present = sum(p is not None for p in series_pages)
+        missing = len(series_pages) - present
+        extra = pages_in_file - present if len(all_series) == 1 else 0
+        if missing <= 0 and extra <= 0:
+            return None
+        held = present + max(extra, 0)
+    else:
+        if pages_in_file <= 1:  # one page with contiguous data: the extent check covers it
+            return None
+        held = pages_in_file
+        if held == declared:
+            return None
+    kind = "OME" if fmt == "ome-tiff" else "ImageJ"
+    what = "planes that are not in the file (they would read as zeros)" if held < declared else \
+        "fewer planes than the file holds (the others would be dropped)"
+    if multi > 1:
+        raise StackError(
+            f"{label}: the {kind} metadata declares {declared} images ({text}) but the file holds "
+            f"{held} pages, so it cannot be told which page is which plane; fix the metadata or "
+            "save the stack again"
+        )
+    return (f"{label}: the {kind} metadata declares {declared} images ({text}), {what}, but the file "
+            f"holds {held} pages: the {held} pages are read as the planes")
+
+
+def reconcile_zarr_chunks(arr, axes: str, label: str) -> tuple[list[int] | None, str | None]:
+    """Compare a zarr array's chunk grid with the chunk files its store really holds.
+
+    A missing chunk reads as the fill value: planes whose chunks are all missing are not in the
+    store and are left out (returned: the Z indices to keep), and chunks missing inside other
+    planes are reported. Returns ``(keep or None, message or None)``.
+    """
+    try:
+        if arr.nchunks_initialized >= arr.nchunks:
+            return None, None
+        total = int(arr.nchunks)
+        root = getattr(arr.store, "root", None)
+        if root is None or getattr(arr, "shards", None) is not None or "Z" not in axes:
+            return None, (f"{label}: {total - int(arr.nchunks_initialized)} of {total} chunks are missing "
+                          f"from the store; they read as the fill value {arr.fill_value}")
+        import os
+
+        import numpy as np
+
+        folder = os.path.join(os.fspath(root), arr.path or "")
+        stored = set()
+        for d, _, files in os.walk(folder):
+            rel = os.path.relpath(d, folder)
+            for f in files:
+                stored.add(f if rel == "." else os.path.join(rel, f).replace(os.sep, "/"))
+        grid = tuple(int(n) for n in arr.cdata_shape)
+        present = np.zeros(grid, bool)
+        for c in np.ndindex(*grid):
+            present[c] = arr.metadata.encode_chunk_key(c) in stored
+    except StackError:
+        raise
+    except Exception:  # a store we cannot list: nothing to reconcile
+        return None, None
+    if present.all():
+        return None, None
+    z = axes.index("Z")
+    cz = int(arr.chunks[z])
+    nz = int(arr.shape[z])
+    z_present = present.any(axis=tuple(k for k in range(present.ndim) if k != z))
+    keep = [i for i in range(nz) if z_present[i // cz]]
+    gone = [i for i in range(nz) if not z_present[i // cz]]
+    partial = int((~present).sum()) - int((~z_present).sum()) * (present.size // grid[z])
+    if gone and len(keep) < 2:
+        raise StackError(f"{label}: planes {_ranges(gone)} of {nz} have no chunk in the store (their chunk files "
+                         "are missing), which leaves fewer than 2 planes with data")
+    parts = []
+    if gone:
+        parts.append(f"planes {_ranges(gone)} of {nz} have no chunk in the store and are left out "
+                     f"(the {len(keep)} planes that hold data are fused, numbered 0..{len(keep) - 1})")
+    if partial:
+        parts.append(f"{partial} chunk(s) of the other planes are missing and read as the fill value "
+                     f"{arr.fill_value}")
+    return (keep if gone else None), f"{label}: " + "; ".join(parts)
+
+
+def _ranges(idx: list[int]) -> str:
+    out, start = [], None
+    for k, i in enumerate(idx):
+        if start is None:
+            start = i
+        if k + 1 == len(idx) or idx[k + 1] != i + 1:
+            out.append(str(start) if start == i else f"{start}-{i}")
+            start = None
+    return ", ".join(out)

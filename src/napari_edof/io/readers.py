@@ -34,8 +34,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.errors import EdofError, ReadError, StackError
-from ..core.stack import SUPPORTED_DTYPES, Stack
-from .metadata import map_axes, tiff_scale
+from ..core.stack import SUPPORTED_DTYPES, Stack, check_axes_text
+from .metadata import map_axes, reconcile_tiff_pages, tiff_scale
 
 __all__ = ["IMAGE_SUFFIXES", "open_stack", "natural_key"]
 
@@ -115,6 +115,7 @@ def open_stack(source, *, axes: str | None = None, name: str | None = None) -> S
         The images do not make a focus stack: planes of different sizes, channels or dtypes,
         fewer than 2 planes, a single 2D image, an unsupported dtype, axes that cannot be told.
     """
+    axes = check_axes_text(axes)
     if isinstance(source, Stack):
         return source
     if isinstance(source, (list, tuple)):
@@ -367,6 +368,17 @@ def _make_stack(data, axes: str, *, label: str, rgb: bool, name: str, source, sc
         raise StackError(f"{label}: {e}") from None
 
 
+def _report(metadata: dict, message: str) -> None:
+    """A mismatch between a file's metadata and its data that was resolved: kept with the stack
+    (and so in provenance.json) and warned about (napari shows it, the CLI prints it)."""
+    import warnings
+
+    from ..core.errors import EdofWarning
+
+    metadata.setdefault("reconciled", []).append(message)
+    warnings.warn(message, EdofWarning, stacklevel=4)
+
+
 def _check_dtype(dtype, label) -> np.dtype:
     dt = np.dtype(dtype)
     if dt.newbyteorder("=") not in _SUPPORTED:
@@ -387,8 +399,9 @@ class _TiffArray:
     :meth:`close` is called; a later read reopens it). Pickles without its handle.
     """
 
-    def __init__(self, path: Path, series: int, shape: tuple[int, ...], dtype, squeeze: bool):
+    def __init__(self, path: Path, series: int, shape: tuple[int, ...], dtype, squeeze: bool, flags=()):
         self.path = Path(path)
+        self.flags = dict(flags)  # TiffFile(is_ome=False, ...) when the file's pages are read as they are
         self.series = int(series)
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype).newbyteorder("=")
@@ -406,7 +419,7 @@ class _TiffArray:
                 import zarr
 
                 with _tifffile_log():
-                    tf = tifffile.TiffFile(self.path)
+                    tf = tifffile.TiffFile(self.path, **self.flags)
                     try:
                         store = tf.series[self.series].aszarr(
                             chunkmode=2, squeeze=self.squeeze, multiscales=False
@@ -469,9 +482,10 @@ class _SeriesInfo:
     dtype: np.dtype
     squeeze: bool
     rgb: bool
+    flags: tuple = ()
 
 
-def _series_info(tf, k: int, path: Path, squeeze: bool) -> _SeriesInfo:
+def _series_info(tf, k: int, path: Path, squeeze: bool, flags: tuple = ()) -> _SeriesInfo:
     import zarr
 
     s = tf.series[k]
@@ -489,14 +503,15 @@ def _series_info(tf, k: int, path: Path, squeeze: bool) -> _SeriesInfo:
         dtype=np.dtype(s.dtype),
         squeeze=squeeze,
         rgb=_is_photometric_rgb(s),
+        flags=tuple(flags),
     )
 
 
 def _tiff_dask(path: Path, info: _SeriesInfo):
     import dask.array as da
 
-    arr = _TiffArray(path, info.index, info.shape, info.dtype, info.squeeze)
-    name = "edof-tiff-" + _token(_stat_key(path), info.index, info.squeeze, info.shape)
+    arr = _TiffArray(path, info.index, info.shape, info.dtype, info.squeeze, info.flags)
+    name = "edof-tiff-" + _token(_stat_key(path), info.index, info.squeeze, info.shape, info.flags)
     return da.from_array(
         arr,
         chunks=info.chunks,
@@ -537,6 +552,18 @@ def _open_tiff(path: Path, size: int, *, axes, name) -> Stack:
                 if not all_series:
                     raise ReadError(f"{path}: the TIFF file holds no image; it may be truncated or corrupt")
                 fmt = "ome-tiff" if tf.is_ome else ("imagej-tiff" if tf.is_imagej else "tiff")
+                scale = tiff_scale(tf, 0)
+                ij = dict(tf.imagej_metadata or {}) if tf.is_imagej else None
+                reconciled = reconcile_tiff_pages(tf, all_series, fmt, label)
+                flags: tuple = ()
+                if reconciled:  # the metadata's plane count is wrong: read the pages as they are
+                    flags = (("is_ome", False), ("is_imagej", False), ("is_shaped", False))
+                    tf.close()
+                    tf = tifffile.TiffFile(path, **dict(flags))
+                    all_series = list(tf.series)
+                    if len(all_series) != 1:
+                        raise StackError(f"{reconciled}, but the pages differ in size or type; fix the metadata")
+                    fmt = f"{fmt} (pages; metadata plane count ignored)"
                 s0 = all_series[0]
                 squeeze = True
                 if axes is not None and len(axes) != len(s0.shape) and len(axes) == len(s0.get_shape(False)):
@@ -544,9 +571,7 @@ def _open_tiff(path: Path, size: int, *, axes, name) -> Stack:
                 if fmt == "tiff" and len(all_series) > 1:
                     infos = [_series_info(tf, k, path, True) for k in range(len(all_series))]
                 else:
-                    infos = [_series_info(tf, 0, path, squeeze)]
-                scale = tiff_scale(tf, 0)
-                ij = dict(tf.imagej_metadata or {}) if tf.is_imagej else None
+                    infos = [_series_info(tf, 0, path, squeeze, flags)]
             except EdofError:
                 raise
             except Exception as e:
@@ -570,8 +595,10 @@ def _open_tiff(path: Path, size: int, *, axes, name) -> Stack:
     metadata = {"format": fmt, "file_axes": file_axes, "axes_from": note, "files": 1}
     if ij is not None:
         metadata["imagej"] = {k: v for k, v in ij.items() if isinstance(v, (str, int, float, bool))}
-    if warnings_:
+    if warnings_ and not reconciled:
         metadata["warnings"] = warnings_
+    if reconciled:
+        _report(metadata, reconciled)
     return _make_stack(
         data,
         ax,

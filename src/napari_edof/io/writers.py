@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core.errors import EdofError
+from ..core.interrupts import critical
 from .metadata import imagej_unit, normalise_unit
 
 __all__ = ["colourise", "write_png", "write_result", "write_tiff"]
@@ -288,6 +289,12 @@ def write_result(result, outdir, *, stem: str | None = None) -> dict[str, Path]:
         raise EdofError(f"cannot write the results to {outdir}: the folder is not writable")
 
     prefix = "" if not stem else (str(stem) if str(stem)[-1] in "_-." else f"{stem}_")
+    from .outputs import check_not_inputs, previous_files, result_names, retire_previous
+
+    sources = list((getattr(result, "provenance", None) or {}).get("source") or ())
+    n_times = int(np.shape(result.index)[0]) if np.ndim(result.index) == 3 else 1
+    names = result_names("tiff", n_times, prefix)
+    check_not_inputs(outdir, names, sources)  # a result never replaces its own input
     # all or nothing: every file is written into a hidden staging folder first, then the set is
     # moved into place (an error or Ctrl-C leaves the previous results as they were)
     staging = outdir / f".staging-{secrets.token_hex(6)}"
@@ -296,20 +303,24 @@ def write_result(result, outdir, *, stem: str | None = None) -> dict[str, Path]:
     except OSError as e:
         raise EdofError(f"cannot write the results to {outdir}: {_oserror(e)}") from None
     try:
-        staged = _write_result_files(result, staging, prefix)
+        staged = _write_result_files(result, staging, prefix, files=names)
+        old = previous_files(outdir, prefix)
         out = {}
         for key, path in staged.items():
-            dest = outdir / path.name
-            if dest.is_dir():
-                raise EdofError(f"cannot write {dest}: it is a folder")
-            os.replace(path, dest)
-            out[key] = dest
+            if (outdir / path.name).is_dir():
+                raise EdofError(f"cannot write {outdir / path.name}: it is a folder")
+        with critical():  # Ctrl-C or SIGTERM now waits for the set to be in place
+            for key, path in staged.items():
+                dest = outdir / path.name
+                os.replace(path, dest)
+                out[key] = dest
+            retire_previous(outdir, old, names, sources)
         return out
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_result_files(result, outdir: Path, prefix: str) -> dict[str, Path]:
+def _write_result_files(result, outdir: Path, prefix: str, files: list[str] | None = None) -> dict[str, Path]:
     index = np.asarray(result.index, dtype=np.float32)
     if index.ndim not in (2, 3):
         raise EdofError(f"the result's focus index must be (Y, X) or (T, Y, X), not {index.shape}")
@@ -369,7 +380,10 @@ def _write_result_files(result, outdir: Path, prefix: str) -> dict[str, Path]:
         description="napari-edof confidence (0..1)",
         **scale,
     )
-    text = json.dumps(json_safe(result.provenance or {}), indent=2, ensure_ascii=False, allow_nan=False)
+    prov = dict(result.provenance or {})
+    if files is not None:
+        prov["files"] = list(files)  # what this result is made of: a later run into the folder replaces these
+    text = json.dumps(json_safe(prov), indent=2, ensure_ascii=False, allow_nan=False)
 
     def write_json(tmp: Path) -> None:
         tmp.write_text(text + "\n", encoding="utf-8")

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import ReadError, StackError
+from ..core.errors import EdofError, ReadError, StackError
+from ..core.interrupts import critical
 from ..core.result import to_stack_axes
 from ..core.stack import Stack, guess_axes
 
@@ -36,13 +37,91 @@ def is_zarr(path) -> bool:
     return p.is_dir() and any((p / f).exists() for f in ("zarr.json", ".zarray", ".zgroup"))
 
 
-def _multiscales(attrs: dict):
+def _multiscales(attrs: dict, label: str = "the store"):
+    """The first multiscales entry of OME attributes (0.5 ``"ome"`` or 0.4), or None; metadata of
+    the wrong shape is a ReadError saying what is wrong."""
     ome = attrs.get("ome")
-    if isinstance(ome, dict) and ome.get("multiscales"):
-        return ome["multiscales"][0]
-    if attrs.get("multiscales"):
-        return attrs["multiscales"][0]
-    return None
+    ms = ome.get("multiscales") if isinstance(ome, dict) and ome.get("multiscales") else attrs.get("multiscales")
+    if not ms:
+        return None
+    if not isinstance(ms, list) or not isinstance(ms[0], dict):
+        raise ReadError(f"{label}: the OME metadata is malformed: 'multiscales' must be a list of objects, "
+                        f"not {type(ms).__name__ if not isinstance(ms, list) else 'a list of ' + type(ms[0]).__name__}")
+    return ms[0]
+
+
+def _ome_image(ms: dict, label: str):
+    """(dataset path, axis names or None, units, scale or None) of a multiscales entry, each field
+    checked: a missing ``datasets``, an axis without a name, a non-numeric scale are ReadErrors."""
+    bad = f"{label}: the OME metadata is malformed:"
+    datasets = ms.get("datasets")
+    if not isinstance(datasets, list) or not datasets:
+        raise ReadError(f"{bad} 'multiscales' has no 'datasets' list naming the image's arrays")
+    ds = datasets[0]
+    if not isinstance(ds, dict) or not isinstance(ds.get("path"), str):
+        raise ReadError(f"{bad} its first dataset has no 'path'")
+    names, units = None, {}
+    axes = ms.get("axes")
+    if axes is not None:
+        if not isinstance(axes, list):
+            raise ReadError(f"{bad} 'axes' must be a list, not {axes!r}")
+        names = []
+        for k, a in enumerate(axes):
+            n = a.get("name") if isinstance(a, dict) else a
+            if not isinstance(n, str) or not n:
+                raise ReadError(f"{bad} axis {k} has no name ({a!r})")
+            names.append(n)
+            if isinstance(a, dict) and isinstance(a.get("unit"), str) and n.lower() in _LETTER:
+                units[_LETTER[n.lower()]] = a["unit"]
+    scale = None
+    trs = ds.get("coordinateTransformations", [])
+    if not isinstance(trs, list):
+        raise ReadError(f"{bad} 'coordinateTransformations' must be a list")
+    for tr in trs:
+        if isinstance(tr, dict) and tr.get("type") == "scale":
+            v = tr.get("scale")
+            try:
+                if not isinstance(v, list) or any(isinstance(x, (bool, str)) for x in v):
+                    raise TypeError
+                scale = [float(x) for x in v]
+            except (TypeError, ValueError):
+                raise ReadError(f"{bad} the scale {v!r} is not a list of numbers") from None
+            if not all(np.isfinite(scale)) or any(x <= 0 for x in scale):
+                raise ReadError(f"{bad} the scale {v!r} must be positive numbers")
+    return ds["path"], names, units, scale
+
+
+class _CheckedChunks:
+    """A zarr array read through dask with its errors named: a chunk that cannot be decoded (a
+    corrupt or truncated chunk file) is a ReadError naming the store, not a codec's RuntimeError."""
+
+    def __init__(self, arr, label: str):
+        self.arr, self.label = arr, label
+        self.shape, self.dtype, self.ndim = tuple(arr.shape), arr.dtype, arr.ndim
+
+    def __getitem__(self, key):
+        try:
+            return self.arr[key]
+        except EdofError:
+            raise
+        except Exception as e:  # noqa: BLE001 - codecs raise many kinds
+            raise chunk_error(self.label, e) from None
+
+
+def chunk_error(label: str, e: BaseException) -> ReadError:
+    return ReadError(f"{label}: a chunk of the zarr store cannot be read; it may be truncated or corrupt "
+                     f"({type(e).__name__}: {e})")
+
+
+def _token(arr, path: Path) -> str:
+    """A dask name for the store's array that changes when the store does (path, shape, chunks,
+    dtype and the array metadata file's time)."""
+    import hashlib
+
+    meta = [path / f for f in ("zarr.json", ".zarray", "0/zarr.json", "0/.zarray")]
+    mtimes = [os.stat(m).st_mtime_ns for m in meta if m.exists()]
+    key = repr((str(path.resolve()), getattr(arr, "path", ""), arr.shape, arr.chunks, str(arr.dtype), mtimes))
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 def open_zarr(path, *, axes: str | None = None, name: str | None = None) -> Stack:
@@ -58,36 +137,43 @@ def open_zarr(path, *, axes: str | None = None, name: str | None = None) -> Stac
         raise ReadError(f"{label}: not a readable zarr store ({type(e).__name__}: {e})") from None
     scale, units, ax = None, {}, None
     if isinstance(node, zarr.Group):
-        ms = _multiscales(dict(node.attrs))
+        ms = _multiscales(dict(node.attrs), label)
         if ms is None:
             arrays = sorted(k for k, _ in node.arrays())
             raise ReadError(f"{label}: a zarr group without OME multiscales metadata; open one of its "
                             f"arrays instead ({', '.join(arrays) or 'it has none'})")
-        ds = ms["datasets"][0]
+        path, names, units, scale = _ome_image(ms, label)
         try:
-            arr = node[ds["path"]]
+            arr = node[path]
         except KeyError:
-            raise ReadError(f"{label}: the OME metadata names the dataset {ds['path']!r}, which is missing") from None
-        names = [a["name"] if isinstance(a, dict) else str(a) for a in ms.get("axes", [])]
+            raise ReadError(f"{label}: the OME metadata names the dataset {path!r}, which is missing") from None
+        if not isinstance(arr, zarr.Array):
+            raise ReadError(f"{label}: the OME dataset {path!r} is a group, not an array")
         if names:
             try:
                 ax = "".join(_LETTER[n.lower()] for n in names)
             except KeyError as e:
                 raise StackError(f"{label}: OME axis {e.args[0]!r} is not one of t, c, z, y, x") from None
-            units = {_LETTER[a["name"].lower()]: a.get("unit") for a in ms.get("axes", [])
-                     if isinstance(a, dict) and a.get("unit")}
-        for tr in ds.get("coordinateTransformations", []):
-            if tr.get("type") == "scale":
-                scale = [float(v) for v in tr["scale"]]
     else:
         arr = node
-    data = da.from_zarr(arr)
+    data = da.from_array(_CheckedChunks(arr, label), chunks=arr.chunks, name=f"edof-zarr-{_token(arr, p)}",
+                         asarray=False, fancy=False)
     if axes is not None:
         ax = axes.upper()
     if ax is None:
         ax = guess_axes(tuple(data.shape))
     if len(ax) != data.ndim:
         raise StackError(f"{label}: axes {ax!r} do not match the array's {data.ndim} dimensions {tuple(data.shape)}")
+    from .metadata import reconcile_zarr_chunks
+    from .readers import _report
+
+    metadata = {"zarr": (arr, data.name)}  # the zarr array itself, for direct stripe reads
+    keep, message = reconcile_zarr_chunks(arr, ax, label)
+    if keep is not None:  # planes with no chunk in the store are not there: leave them out
+        data = data[(slice(None),) * ax.index("Z") + (np.asarray(keep),)]
+        metadata = {}
+    if message:
+        _report(metadata, message)
     pixel_size = z_step = None
     unit = "pixel"
     if scale is not None and len(scale) == len(ax):
@@ -98,9 +184,8 @@ def open_zarr(path, *, axes: str | None = None, name: str | None = None) -> Stac
         u = units.get("X") or units.get("Y") or units.get("Z")
         unit = _UNIT_NAMES.get(u, u) if u else "pixel"
     try:
-        # the zarr array itself, for direct stripe reads while ``data`` is still this dask array
         return Stack(data=data, axes=ax, pixel_size=pixel_size, z_step=z_step, unit=unit, rgb=False,
-                     name=name or p.name.split(".")[0], source=(str(p),), metadata={"zarr": (arr, data.name)})
+                     name=name or p.name.split(".")[0], source=(str(p),), metadata=metadata)
     except StackError as e:
         raise StackError(f"{label}: {e}") from None
 
@@ -128,24 +213,31 @@ class ZarrOutputs:
     arrays: dict = field(default_factory=dict)  # role -> zarr array, in the engine's (T, Y, X[, C]) order
     files: dict = field(default_factory=dict)  # role -> final path
     made_outdir: bool = False  # created for this run (removed again by abort while empty)
+    sources: tuple = ()  # the run's input files (never replaced or removed)
 
     def commit(self, provenance: dict | None = None) -> dict[str, Path]:
         """Move the finished images into place (replacing older results of the same names)."""
+        from .outputs import previous_files, retire_previous
+
         if provenance is not None:
             from .writers import json_safe
 
-            (self.partial / "provenance.json").write_text(json.dumps(json_safe(provenance), indent=2))
             self.files["provenance"] = self.outdir / "provenance.json"
-        for role, final in self.files.items():
-            src = self.partial / final.name
-            old = None
-            if final.exists():
-                old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-                os.replace(final, old)
-            os.replace(src, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-        shutil.rmtree(self.partial, ignore_errors=True)
+            prov = dict(provenance, files=[p.name for p in self.files.values()])
+            (self.partial / "provenance.json").write_text(json.dumps(json_safe(prov), indent=2))
+        old_files = previous_files(self.outdir)
+        with critical():  # Ctrl-C or SIGTERM now waits for the set to be in place
+            for role, final in self.files.items():
+                src = self.partial / final.name
+                old = None
+                if final.exists():
+                    old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+                    os.replace(final, old)
+                os.replace(src, final)
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+            shutil.rmtree(self.partial, ignore_errors=True)
+            retire_previous(self.outdir, old_files, [p.name for p in self.files.values()], self.sources)
         return dict(self.files)
 
     def abort(self) -> None:
@@ -161,27 +253,41 @@ class ZarrOutputs:
 
 def create_outputs(outdir, *, shape_tyx: tuple[int, int, int], channels: int, dtype, axes: str,
                    rows_per_chunk: int, pixel_size=None, z_step=None, unit: str | None = None,
-                   name: str = "fused") -> ZarrOutputs:
+                   name: str = "fused", sources=()) -> ZarrOutputs:
     """Create the fused, focus-index and confidence OME-Zarr images in a partial folder.
 
     ``axes`` are the input stack's; the outputs keep its T and C and drop Z. Chunks hold
     ``rows_per_chunk`` full-width rows (the stripes of a streaming run) of one time point.
     """
-    import zarr
+    from .outputs import check_not_inputs, result_names
 
     outdir = Path(outdir)
+    check_not_inputs(outdir, result_names("zarr"), sources)  # a result never replaces its own input
     made = not outdir.exists()
+    partial = outdir / f".partial-{uuid.uuid4().hex[:12]}"
+    out = ZarrOutputs(outdir=outdir, partial=partial, made_outdir=made, sources=tuple(sources or ()))
     try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        partial = outdir / f".partial-{uuid.uuid4().hex[:12]}"
-        partial.mkdir()
-    except OSError as e:
-        raise OSError(f"cannot write to {outdir}: {e.strerror or e}") from e
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+            partial.mkdir()
+        except OSError as e:
+            raise OSError(f"cannot write to {outdir}: {e.strerror or e}") from e
+        with critical():  # zarr writes from its own I/O thread: not left writing after the abort
+            _create_images(out, shape_tyx, channels, dtype, axes, rows_per_chunk, pixel_size, unit, name)
+    except BaseException:  # an error, Ctrl-C or SIGTERM while creating them: nothing is left
+        out.abort()
+        raise
+    return out
+
+
+def _create_images(out, shape_tyx, channels, dtype, axes, rows_per_chunk, pixel_size, unit, name) -> None:
+    import zarr
+
+    outdir, partial = out.outdir, out.partial
     T, Y, X = shape_tyx
     C = channels
     rows = max(1, min(int(rows_per_chunk), Y))
     px = tuple(pixel_size) if pixel_size else (1.0, 1.0)
-    out = ZarrOutputs(outdir=outdir, partial=partial, made_outdir=made)
     has_t, has_c = "T" in axes, "C" in axes
     for role, fname, dt, with_c in (("fused", "fused.ome.zarr", np.dtype(dtype), True),
                                     ("index", "focus_index.ome.zarr", np.dtype(np.float32), False),
@@ -198,7 +304,6 @@ def create_outputs(outdir, *, shape_tyx: tuple[int, int, int], channels: int, dt
         g.attrs.update(_ome_attrs(disk_axes, scale, unit if pixel_size else None, f"{name} {role}"))
         out.arrays[role] = _EngineView(arr, has_t, with_c and has_c, C if with_c else None)
         out.files[role] = outdir / fname
-    return out
 
 
 def fuse_to_zarr_iter(stack, outdir, *, budget: int | None = None, **options):
@@ -218,7 +323,7 @@ def fuse_to_zarr_iter(stack, outdir, *, budget: int | None = None, **options):
     rows = max(s.s1 - s.s0 for s in plan_stripes(pl, budget))
     outs = create_outputs(outdir, shape_tyx=(st.n_times,) + tuple(st.yx_shape), channels=st.n_channels,
                           dtype=st.dtype, axes=st.axes, rows_per_chunk=rows, pixel_size=st.pixel_size,
-                          z_step=st.z_step, unit=st.unit, name=st.name)
+                          z_step=st.z_step, unit=st.unit, name=st.name, sources=st.source)
     try:
         result = yield from fuse_to_store_iter(st, outs.arrays, budget=budget, **options)
     except BaseException:

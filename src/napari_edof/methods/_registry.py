@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from ..core.errors import MethodError
@@ -27,24 +28,36 @@ class Param:
     choices: tuple | None = None
 
     def validate(self, value, method: str):
+        """``value`` (Python from the API or the widget, text from the CLI) as this parameter's
+        type, within its bounds or choices; a MethodError naming it otherwise. The same reading for
+        every caller: 3.7, True or "2.5" for an int, NaN for a float, "maybe" for a bool are refused."""
+        from ..core.values import to_bool, to_float, to_int
+
+        label = f"{method}: {self.name}"
         if self.choices is not None:
-            if value not in self.choices:
-                raise MethodError(
-                    f"{method}: {self.name}={value!r} is not one of {', '.join(map(str, self.choices))}"
-                )
+            v = value.strip() if isinstance(value, str) else value
+            if v not in self.choices:
+                raise MethodError(f"{label}={value!r} is not one of {', '.join(map(str, self.choices))}")
+            return v
+        if self.type is bool:
+            return to_bool(value, label, MethodError)
+        if self.type is int:
+            v = to_int(value, label, MethodError)
+        elif self.type is float:
+            v = to_float(value, label, MethodError)
+        elif self.type is str:
+            if not isinstance(value, str):
+                raise MethodError(f"{label}={value!r} is not text")
             return value
-        try:
-            if self.type is bool and isinstance(value, str):
-                v = value.strip().lower() in ("1", "true", "yes", "on")
-            else:
-                v = self.type(value)
-        except (TypeError, ValueError):
-            raise MethodError(f"{method}: {self.name}={value!r} is not a valid {self.type.__name__}") from None
-        if self.type in (int, float):
-            if self.min is not None and v < self.min:
-                raise MethodError(f"{method}: {self.name}={v} is below its minimum {self.min}")
-            if self.max is not None and v > self.max:
-                raise MethodError(f"{method}: {self.name}={v} is above its maximum {self.max}")
+        else:
+            try:
+                return self.type(value)
+            except (TypeError, ValueError):
+                raise MethodError(f"{label}={value!r} is not a valid {self.type.__name__}") from None
+        if self.min is not None and v < self.min:
+            raise MethodError(f"{label}={v} is below its minimum {self.min}")
+        if self.max is not None and v > self.max:
+            raise MethodError(f"{label}={v} is above its maximum {self.max}")
         return v
 
 
@@ -100,7 +113,12 @@ class MethodSpec:
 
     def resolve(self, params: dict | None) -> dict:
         """Defaults overridden by ``params``, each validated; unknown names are refused."""
+        if params is not None and not isinstance(params, Mapping):
+            raise MethodError(f"params must be a dict of name: value (for example {{'radius': 3}}), not {params!r}")
         params = dict(params or {})
+        bad = sorted(repr(k) for k in params if not isinstance(k, str))
+        if bad:
+            raise MethodError(f"parameter names are text: {', '.join(bad)} is not a parameter of {self.name!r}")
         known = {p.name: p for p in self.params}
         unknown = sorted(set(params) - set(known))
         if unknown:
