@@ -733,8 +733,10 @@ def case_parameter_values_read_alike(tmp_path, capsys):
     a = np.zeros((3, 32, 32), np.float32)
     _api_refuses(MethodError, "radius=3.7 is not a whole number", a, params={"radius": 3.7})
     _api_refuses(MethodError, "radius=True is not a whole number", a, params={"radius": True})
-    _api_refuses(MethodError, "threshold=nan is not a finite number", a, params={"threshold": float("nan")})
-    _api_refuses(MethodError, "tie_tol=nan is not a finite number", a, params={"tie_tol": np.nan})
+    _api_refuses(MethodError, "threshold=nan is not a finite number", a, method="focus-select",
+                 params={"threshold": float("nan")})
+    _api_refuses(MethodError, "tie_tol=nan is not a finite number", a, method="focus-select",
+                 params={"tie_tol": np.nan})
     _api_refuses(MethodError, "consistency='maybe' is not true or false", a, method="pyramid",
                  params={"consistency": "maybe"})
     _api_refuses(MethodError, "consistency=2 is not true or false", a, method="pyramid", params={"consistency": 2})
@@ -745,7 +747,8 @@ def case_parameter_values_read_alike(tmp_path, capsys):
     out = tmp_path / "out"
     for p, words in (("radius=2.5", "radius='2.5' is not a whole number"), ("threshold=nan", "not a finite number"),
                      ("tie_tol=NaN", "not a finite number")):
-        _cli_refuses(["fuse", str(src), "-o", str(out), "-p", p, "-q"], EXIT_INPUT, capsys, words, out=out)
+        _cli_refuses(["fuse", str(src), "-o", str(out), "-m", "focus-select", "-p", p, "-q"], EXIT_INPUT, capsys,
+                     words, out=out)
     _cli_refuses(["fuse", str(src), "-o", str(out), "-m", "pyramid", "-p", "consistency=maybe", "-q"], EXIT_INPUT,
                  capsys, "is not true or false", out=out)
 

@@ -65,12 +65,13 @@ def test_flat_noisy_region_is_averaged_not_copied():
 
 
 def test_unknown_marked_only_where_no_plane_is_in_focus():
-    """Left half: a textured object sharp in plane 2; right half: flat with noise. The index is 2 on
-    the left and NaN (confidence 0) on the right; policy 'keep' and 'fill' keep numbers."""
+    """Left third: a textured object sharp in plane 2; the rest flat with noise. The index is 2 on
+    the object, NaN (confidence 0) far from it; near it (within the neighbourhood evidence's reach,
+    about 40 pixels) the object's plane. Policies 'keep' and 'fill' keep numbers."""
     from scipy import ndimage as ndi
 
     rng = np.random.default_rng(1)
-    tex = ndi.gaussian_filter(rng.standard_normal((96, 128)), 1.0) * 300 + 2000
+    tex = ndi.gaussian_filter(rng.standard_normal((96, 224)), 1.0) * 300 + 2000
     planes = []
     for k in range(6):
         p = ndi.gaussian_filter(tex, 0.01 + 1.5 * abs(k - 2))
@@ -78,17 +79,20 @@ def test_unknown_marked_only_where_no_plane_is_in_focus():
         planes.append(p + 5 * rng.standard_normal(p.shape))
     a = np.stack(planes).astype(np.float32)
     r = ne.fuse(a)
-    # (the right half's first columns see the left's blurred spill in defocused planes)
-    left, right = r.index[8:-8, 8:52], r.index[8:-8, 84:-8]
+    left, far = r.index[8:-8, 8:52], r.index[8:-8, 128:-8]
     assert np.isfinite(left).all() and np.abs(left - 2).mean() < 0.3
-    assert np.isnan(right).mean() > 0.97 and (r.confidence[np.isnan(r.index)] == 0).all()
+    assert np.isnan(far).mean() > 0.97 and (r.confidence[np.isnan(r.index)] == 0).all()
+    near = r.index[8:-8, 66:90]
+    assert np.abs(near[np.isfinite(near)] - 2).mean() < 0.5
     keep = ne.fuse(a, params={"unknown": "keep"})
     assert np.isfinite(keep.index).all() and (keep.confidence[np.isnan(r.index)] == 0).all()
     fill = ne.fuse(a, params={"unknown": "fill"})
     # filled from the known pixels within reach (16 pixels), NaN beyond
-    near = fill.index[8:-8, 66:72]
-    assert np.isfinite(near).all() and np.abs(near - 2).mean() < 0.5
-    assert np.isnan(fill.index[8:-8, 110:-8]).mean() > 0.97
+    edge = next(c for c in range(64, 224) if np.isnan(r.index[8:-8, c]).mean() > 0.5)  # where unknown starts
+    band = fill.index[8:-8, edge : edge + 8]
+    assert np.isfinite(band).mean() > 0.9 and np.abs(band[np.isfinite(band)] - 2).mean() < 0.5
+    # (noise alone passes the test at 0.5% of pixels, by its construction: fill spreads those a little)
+    assert np.isnan(fill.index[8:-8, edge + 48 :]).mean() > 0.75
     # labels and masks: unknown pixels belong to no plane
     assert (r.labels()[np.isnan(r.index)] == 0).all() and not r.masks()[:, np.isnan(r.index)].any()
 
