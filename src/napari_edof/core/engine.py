@@ -39,8 +39,8 @@ from .registration import parse_register, register_stack
 from .result import FusionResult, Progress, to_stack_axes
 from .scaling import value_scale
 from .stack import Stack, as_stack, is_dask
-from .values import to_count, to_int
 from .tiling import Canvas, Tile, plan_tiles, read_window
+from .values import to_count, to_int
 
 
 
