@@ -97,7 +97,10 @@ SPEC = MethodSpec(
     ),
     halo=_halo,
     tile_multiple=_multiple,
-    default_tile=1024,  # the halo is about 90 pixels: 1024-pixel tiles read 1.4x their area
+    # the halo is about 90 pixels, but 1024-pixel tiles (1.4x their area read) ran 1.3x slower than
+    # 512 (1.9x) on 16 x 2048 x 2048: the working volumes then stay nearer the caches; and memory
+    # grows with the planes
+    default_tile=lambda p, n: 512 if n <= 32 else 384,
     citation="Burt & Adelson, 'The Laplacian pyramid as a compact image code', IEEE Trans. Commun. 31(4), "
              "1983; Nayar & Nakagawa, 'Shape from focus', IEEE TPAMI 16(8), 1994.",
 )
@@ -149,6 +152,23 @@ def box_mean(a: np.ndarray, r: int) -> np.ndarray:
     s = box_sum_valid(np.pad(a, pad, mode="edge"), r)
     s *= _F(1.0 / (2 * r + 1) ** 2)
     return s
+
+
+def box3(a: np.ndarray) -> np.ndarray:
+    """Same-size 3 x 3 mean, borders replicated (the same as ``box_mean(a, 1)``), without padding
+    copies: (..., h, w) -> (..., h, w) float32."""
+    r = a.copy()
+    r[..., 1:, :] += a[..., :-1, :]
+    r[..., :-1, :] += a[..., 1:, :]
+    r[..., 0, :] += a[..., 0, :]
+    r[..., -1, :] += a[..., -1, :]
+    c = r.copy()
+    c[..., 1:] += r[..., :-1]
+    c[..., :-1] += r[..., 1:]
+    c[..., 0] += r[..., 0]
+    c[..., -1] += r[..., -1]
+    c *= _F(1 / 9)
+    return c
 
 
 def laplacian_energy(a: np.ndarray) -> np.ndarray:
@@ -280,7 +300,7 @@ def pyramid_fuse(planes: np.ndarray, guide: np.ndarray, sigma2: np.ndarray, inde
     for lvl in range(levels):
         gn, pn = bin2(g), bin2(p)
         bg = g - up2(gn)
-        e = z_smooth(box_mean(bg * bg, 1))
+        e = z_smooth(box3(bg * bg))
         w = soft_weights(e, s2 * _F(softness * gains[lvl]))
         bands.append(np.einsum("zchw,zhw->chw", p - up2(pn), w))
         g, p, s2 = gn, pn, bin2(s2)
@@ -298,11 +318,10 @@ def fine_detail(planes: np.ndarray, guide: np.ndarray, pb: np.ndarray, gb: np.nd
     Returns the detail of every channel (H, W, C) and of the guide (H, W), float32."""
     Z, H, W = guide.shape
     C = planes.shape[-1]
-    e = np.empty((Z, H, W), _F)
     fg = np.empty((Z, H, W), _F)
     for k in range(Z):
-        f = np.subtract(guide[k], up2(gb[k]), out=fg[k])
-        e[k] = box_mean(f * f, 1)
+        np.subtract(guide[k], up2(gb[k]), out=fg[k])
+    e = box3(fg * fg)
     z_smooth(e)
     best = e.max(axis=0)
     inv = _F(1) / (noise + _F(1e-30))
