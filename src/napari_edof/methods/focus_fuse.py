@@ -73,7 +73,7 @@ def _multiple(p: dict) -> int:
 SPEC = MethodSpec(
     name="focus-fuse",
     summary="Noise-aware depth-guided fusion: planes averaged where none is sharper than the noise, detail "
-            "from the sharpest, index marked unknown where no plane is in focus (default).",
+            "from the sharpest, index marked unknown where no plane is in focus.",
     family="classical",
     params=(
         Param("radius", int, 2, "focus-measure window radius, in half-resolution pixels", min=1, max=16),

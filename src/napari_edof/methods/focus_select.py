@@ -27,7 +27,7 @@ TIES = ("none", "near", "far")
 
 SPEC = MethodSpec(
     name="focus-select",
-    summary="Per-pixel sharpest plane by a focus measure, median-smoothed index, soft seams (fast default).",
+    summary="Per-pixel sharpest plane by a focus measure, median-smoothed index, soft seams (fast).",
     family="classical",
     params=(
         Param("measure", str, "laplacian", "focus measure", choices=MEASURES),
