@@ -15,10 +15,12 @@ works at two scales, with every decision weighed against the noise measured wher
   region takes the decision of strong evidence nearby instead of the spill of a blurred edge),
   with a parabolic sub-plane refinement and a 3 x 3 median. A pixel whose best measure does not
   stand above its noise floor by more than noise alone reaches (the 99.5th percentile of that
-  ratio over as many planes of pure noise, times ``unknown_k``) is *unknown*: no plane is in focus
-  there. Its confidence is
-  0 and its index NaN (``unknown="nan"``, the default), interpolated from the known pixels near it
+  ratio over as many planes of pure noise, times ``unknown_k``), at the pixel or in its
+  ``coarse_r`` neighbourhood, is *unknown*: no plane is in focus there. Its confidence is 0 and its
+  index NaN (``unknown="nan"``, the default), interpolated from the known pixels near it
   (``"fill"``, for height views) or the argmax as it came (``"keep"``).
+- *Impulses*: every energy is smoothed [1 2 1] over z first: detail in focus persists over
+  neighbouring planes, a hot or dead pixel is in one plane only.
 - *Fusion*: a Laplacian pyramid. Per level, each plane's weight is ``exp(-(best energy - its
   energy) / (softness x the noise's energy at that level))``: a plane with clearly more detail is
   selected, planes whose differences are within the noise are averaged (flat regions lose noise
