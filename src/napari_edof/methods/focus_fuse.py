@@ -42,6 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.focus import box_sum_valid
+from ..core.select import median3
 from ._registry import MethodSpec, Param, register
 
 UNKNOWN = ("nan", "fill", "keep")
@@ -186,8 +187,6 @@ def laplacian_energy(a: np.ndarray) -> np.ndarray:
 
 
 def _median3(a: np.ndarray) -> np.ndarray:
-    from .focus_select import median3
-
     return median3(np.pad(a, 1, mode="edge"))
 
 

@@ -13,6 +13,7 @@ from scipy import ndimage as ndi
 from ..core.colour import gather
 from ..core.focus import (MEASURES, flat_crop, laplacian_energy_flat, laplacian_valid, measure_radius,
                           measure_valid)
+from ..core.select import median3
 from ._registry import MethodSpec, Param, register
 
 
@@ -121,21 +122,6 @@ def select_planes(guide: np.ndarray, p: dict, *, want_best: bool = False):
     if want_best:
         return np.ascontiguousarray(idx), off, conf, vol, best
     return np.ascontiguousarray(idx), off, conf, vol
-
-
-def median3(a: np.ndarray) -> np.ndarray:
-    """3x3 median, valid part, by a 19-comparison sorting network on shifted views."""
-    h, w = a.shape[0] - 2, a.shape[1] - 2
-    v = [a[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)]
-    mn, mx = np.minimum, np.maximum
-
-    def s(i, j):
-        v[i], v[j] = mn(v[i], v[j]), mx(v[i], v[j])
-
-    for i, j in ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3),
-                 (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2)):
-        s(i, j)
-    return v[4]
 
 
 def median_valid(a: np.ndarray, radius: int) -> np.ndarray:
