@@ -290,7 +290,6 @@ def render(cfg: Config) -> RealisticStack:
             truth = c * a[..., None] + (1 - a[..., None]) * truth
             front = a >= 0.5
             index[front] = d[front]
-        detail = truth
     else:
         banks = [_bank(e, LEVELS, psf) for e, _ in emitters]
         for k in range(N):
@@ -299,7 +298,6 @@ def render(cfg: Config) -> RealisticStack:
         truth = bg_level + sum(e for e, _ in emitters)
         lum = np.stack([e @ LUMA for e, _ in emitters])
         index = np.take_along_axis(np.stack([d for _, d in emitters]), lum.argmax(0)[None], 0)[0]
-        detail = truth
     scale = 1.0 / max(1.0, float(truth.max()), float(planes.max()))
     planes *= scale
     truth = truth * scale
@@ -307,9 +305,6 @@ def render(cfg: Config) -> RealisticStack:
     if cfg.colour == "grey":
         planes = planes @ LUMA
         truth = truth @ LUMA
-        detail = truth[..., None]
-    else:
-        detail = truth
 
     # ---- camera: photo-electrons, read noise, gain, offset, quantisation
     photons = float(np.exp(rng.uniform(*np.log(NOISE[cfg.noise]))))
@@ -323,7 +318,7 @@ def render(cfg: Config) -> RealisticStack:
     truth_q = np.clip(np.rint(offset + gain * truth * photons), 0, vmax).astype(dtype)
 
     # ---- where the plane is decidable: local contrast of the truth well above the noise
-    lumt = detail @ LUMA if detail.shape[-1] == 3 else detail[..., 0]
+    lumt = truth @ LUMA if truth.ndim == 3 else truth
     m = ndi.gaussian_filter(lumt, 2.0)
     local_sd = np.sqrt(np.maximum(ndi.gaussian_filter(lumt * lumt, 2.0) - m * m, 0))
     noise_sd = np.sqrt(np.maximum(m, 0) * photons + read * read) / photons  # in [0, 1] units
