@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.focus import box_sum_valid
+from ..core.focus import box_sum_valid, laplacian_valid
 from ..core.select import median3
 from ._registry import MethodSpec, Param, register
 
@@ -176,12 +176,7 @@ def box3(a: np.ndarray) -> np.ndarray:
 
 def laplacian_energy(a: np.ndarray) -> np.ndarray:
     """Same-size squared 4-neighbour Laplacian, borders replicated."""
-    p = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(1, 1), (1, 1)], mode="edge")
-    out = p[..., 1:-1, 1:-1] * _F(4)
-    out -= p[..., :-2, 1:-1]
-    out -= p[..., 2:, 1:-1]
-    out -= p[..., 1:-1, :-2]
-    out -= p[..., 1:-1, 2:]
+    out = laplacian_valid(np.pad(a, [(0, 0)] * (a.ndim - 2) + [(1, 1), (1, 1)], mode="edge"))
     np.multiply(out, out, out=out)
     return out
 
@@ -375,7 +370,7 @@ class FocusFuse:
             cr = (p["coarse_r"] + 1) // 2
             fc = box_mean(bin2(fm), cr)
             kc = _F(p["unknown_k"] * noise_ratio(Z, p["radius"], cr))
-            known |= up2(fc.max(axis=0) > kc * fc.min(axis=0).astype(_F)) > 0.5
+            known |= up2(fc.max(axis=0) > kc * fc.min(axis=0)) > 0.5
             if p["coarse_w"]:
                 fm += _F(p["coarse_w"]) * up2(fc)
             del fc
