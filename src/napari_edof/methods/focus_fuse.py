@@ -29,19 +29,20 @@ works at two scales, with every decision weighed against the noise measured wher
   ``fill``; the plane average beyond), since a small object's base changes with defocus.
 
 **Full resolution.** The finest detail (each plane minus its up-sampled bins) is weighed the same
-way by its own local energy, plane by plane, then shrunk by a local Wiener factor ``1 - detail_k x
+way by its own local energy (3 x 3, binned: one weight per 2 x 2 block), then shrunk by a local Wiener factor ``1 - detail_k x
 noise / energy`` where it is as weak as the noise. The fused image is the up-sampled
 half-resolution fusion plus that detail, clipped per pixel to the range of the planes' values
 there (no overshoot at edges, no colour that no plane has); index and confidence are up-sampled.
 
 All filters are local and position-independent on grids aligned to the image
-(``tile_multiple``), and the halo covers their reach, so tiles agree with the whole image.
+(``tile_multiple``), and the halo covers their reach, so tiles agree with the whole image. The
+work is done one plane at a time where it can be (each plane's maps stay in the CPU's caches), and
+the windowed sums run on flattened arrays.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..core.focus import box_sum_valid, laplacian_valid
 from ..core.select import median3
 from ._registry import MethodSpec, Param, register
 
@@ -124,61 +125,113 @@ def up2(a: np.ndarray) -> np.ndarray:
     """Bilinear up-sampling by 2 onto the grid of :func:`bin2` (each bin sits between two pixels:
     weights 3/4 and 1/4), edges replicated: (..., h, w) -> (..., 2h, 2w) float32.
 
-    Along x first, on the small array (strided writes), then along y, whole rows at a time."""
+    Along x first, on the small array (the two phases written as one interleaved array), then
+    along y, whole rows at a time."""
     h, w = a.shape[-2:]
-    r = np.empty(a.shape[:-2] + (h, 2 * w), _F)
-    ev, od = r[..., 0::2], r[..., 1::2]
-    np.multiply(a, _F(0.75), out=ev)
-    od[...] = ev
-    q = _F(0.25) * a
-    ev[..., 1:] += q[..., :-1]
-    ev[..., 0] += q[..., 0]
-    od[..., :-1] += q[..., 1:]
-    od[..., -1] += q[..., -1]
-    out = np.empty(a.shape[:-2] + (2 * h, 2 * w), _F)
-    ev, od = out[..., 0::2, :], out[..., 1::2, :]
-    np.multiply(r, _F(0.75), out=ev)
-    od[...] = ev
+    lead = a.shape[:-2]
+    t = a * _F(0.75)
+    q = a * _F(0.25)
+    r = np.empty(lead + (h, w, 2), _F)
+    ev, od = r[..., 0], r[..., 1]
+    np.add(t[..., 1:], q[..., :-1], out=ev[..., 1:])
+    ev[..., 0] = a[..., 0]
+    np.add(t[..., :-1], q[..., 1:], out=od[..., :-1])
+    od[..., -1] = a[..., -1]
+    r = r.reshape(lead + (h, 2 * w))
+    out = np.empty(lead + (h, 2, 2 * w), _F)
+    t = r * _F(0.75)
     r *= _F(0.25)
-    ev[..., 1:, :] += r[..., :-1, :]
-    ev[..., 0, :] += r[..., 0, :]
-    od[..., :-1, :] += r[..., 1:, :]
-    od[..., -1, :] += r[..., -1, :]
+    np.add(t[..., 1:, :], r[..., :-1, :], out=out[..., 1:, 0, :])
+    np.add(t[..., 0, :], r[..., 0, :], out=out[..., 0, 0, :])
+    np.add(t[..., :-1, :], r[..., 1:, :], out=out[..., :-1, 1, :])
+    np.add(t[..., -1, :], r[..., -1, :], out=out[..., -1, 1, :])
+    return out.reshape(lead + (2 * h, 2 * w))
+
+
+# Windowed sums below run on the flattened array (contiguous shifts by 1 along x and by a row
+# along y), so the ``r`` outer rows and columns of their results mix unrelated pixels: every
+# caller's halo covers that reach, and those pixels never reach a tile's output.
+def _win(f: np.ndarray, n: int, step: int) -> np.ndarray:
+    """1D ``f``: ``out[c] = sum(f[c + j * step] for j in -r..r)`` (n = 2r + 1) where that is inside
+    ``f``, ``f[c]`` elsewhere."""
+    r = n // 2
+    L = f.shape[0] - (n - 1) * step
+    out = f.copy()
+    if L <= 0 or n == 1:
+        return out
+    res = out[r * step : r * step + L]
+    if n == 3:
+        np.add(f[:L], f[step : step + L], out=res)
+        res += f[2 * step :]
+        return out
+    first, cur, span, off, rem = True, f, 1, 0, n  # cur[i] holds the sum of `span` samples from i
+    while rem:
+        if rem & 1:
+            piece = cur[off * step : off * step + L]
+            if first:
+                res[...] = piece
+                first = False
+            else:
+                res += piece
+            off += span
+        rem >>= 1
+        if rem:
+            m = cur.shape[0]
+            cur = cur[: m - span * step] + cur[span * step :]
+            span *= 2
     return out
 
 
 def box_mean(a: np.ndarray, r: int) -> np.ndarray:
-    """Same-size mean over a (2r+1)^2 window, borders replicated."""
+    """Same-size mean over a (2r+1)^2 window of the last two axes (the ``r`` outer rows and
+    columns are not meaningful: see above)."""
     if r == 0:
         return a
-    pad = [(0, 0)] * (a.ndim - 2) + [(r, r), (r, r)]
-    s = box_sum_valid(np.pad(a, pad, mode="edge"), r)
-    s *= _F(1.0 / (2 * r + 1) ** 2)
-    return s
+    w = a.shape[-1]
+    n = 2 * r + 1
+    o = _win(_win(np.ascontiguousarray(a, _F).reshape(-1), n, 1), n, w)
+    o *= _F(1.0 / (n * n))
+    return o.reshape(a.shape)
 
 
 def box3(a: np.ndarray) -> np.ndarray:
-    """Same-size 3 x 3 mean, borders replicated (the same as ``box_mean(a, 1)``), without padding
-    copies: (..., h, w) -> (..., h, w) float32."""
-    r = a.copy()
-    r[..., 1:, :] += a[..., :-1, :]
-    r[..., :-1, :] += a[..., 1:, :]
-    r[..., 0, :] += a[..., 0, :]
-    r[..., -1, :] += a[..., -1, :]
-    c = r.copy()
-    c[..., 1:] += r[..., :-1]
-    c[..., :-1] += r[..., 1:]
-    c[..., 0] += r[..., 0]
-    c[..., -1] += r[..., -1]
-    c *= _F(1 / 9)
-    return c
+    """``box_mean(a, 1)``."""
+    return box_mean(a, 1)
+
+
+def _binned_box3(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``bin2(box3(x))`` of a (2h, 2w) map in one go: weights [1 2 2 1] / 6 along each axis at
+    stride 2 (the outer bins are not meaningful)."""
+    H, W = x.shape
+    h, w = H // 2, W // 2
+    v = np.add(x[0::2], x[1::2])  # rows 2i, 2i+1
+    v *= _F(2)
+    v[1:-1] += x[1:-3:2]  # row 2i - 1
+    v[1:-1] += x[4::2]  # row 2i + 2
+    o = out[:, 1:-1]
+    np.add(v[:, 2:-3:2], v[:, 3:-2:2], out=o)
+    o *= _F(2)
+    o += v[:, 1:-4:2]
+    o += v[:, 4::2]
+    out[:, 0] = out[:, 1]
+    out[:, -1] = out[:, -2]
+    out *= _F(1 / 36)
+    return out
 
 
 def laplacian_energy(a: np.ndarray) -> np.ndarray:
-    """Same-size squared 4-neighbour Laplacian, borders replicated."""
-    out = laplacian_valid(np.pad(a, [(0, 0)] * (a.ndim - 2) + [(1, 1), (1, 1)], mode="edge"))
+    """Same-size squared 4-neighbour Laplacian (the outer rows and columns are not meaningful)."""
+    w = a.shape[-1]
+    f = np.ascontiguousarray(a, _F).reshape(-1)
+    out = np.zeros_like(f)
+    s = out[w:-w]
+    np.multiply(f[w:-w], _F(4), out=s)
+    s -= f[w - 1 : -w - 1]
+    s -= f[w + 1 : f.shape[0] - w + 1]
+    s -= f[: -2 * w]
+    s -= f[2 * w :]
     np.multiply(out, out, out=out)
-    return out
+    return out.reshape(a.shape)
 
 
 def _median3(a: np.ndarray) -> np.ndarray:
@@ -228,13 +281,26 @@ def noise_ratio(n: int, radius: int, coarse: int = 0) -> float:
     return _NOISE_RATIO[key]
 
 
-def sub_plane(vol: np.ndarray) -> np.ndarray:
-    """Argmax over planes with a parabolic refinement: the sub-plane index, float32."""
-    n = vol.shape[0]
-    k = vol.argmax(axis=0)
-    best = np.take_along_axis(vol, k[None], 0)[0]
-    left = np.take_along_axis(vol, np.maximum(k - 1, 0)[None], 0)[0]
-    right = np.take_along_axis(vol, np.minimum(k + 1, n - 1)[None], 0)[0]
+def sub_plane(vol) -> np.ndarray:
+    """Argmax over planes with a parabolic refinement: the sub-plane index, float32.
+
+    ``vol`` is a (Z, h, w) array or a sequence of Z callables giving each plane's (h, w) map (made
+    one at a time, so that the maps stay in the caches)."""
+    n = len(vol)
+    get = (lambda k: vol[k]()) if callable(vol[0]) else (lambda k: vol[k])
+    v = np.array(get(0), _F)
+    best, left, right, prev = v, v.copy(), v.copy(), v
+    k = np.zeros(v.shape, np.int16 if n < 32768 else np.int32)
+    just = np.zeros(v.shape, bool)
+    for z in range(1, n):
+        v = get(z)
+        upd = v > best  # the first maximum wins, as in argmax
+        np.copyto(right, v, where=just & ~upd)  # the plane after the best one
+        np.copyto(left, prev, where=upd)
+        np.copyto(best, v, where=upd)
+        np.copyto(k, z, where=upd, casting="unsafe")
+        just = upd
+        prev = v
     den = left - 2 * best + right
     with np.errstate(divide="ignore", invalid="ignore"):
         off = np.where(den < 0, _F(0.5) * (left - right) / den, _F(0)).astype(_F)
@@ -275,73 +341,14 @@ def z_smooth(e: np.ndarray) -> np.ndarray:
 
 
 def soft_weights(e: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """exp(-(max energy - energy) / noise) over planes, normalised: (Z, h, w)."""
+    """exp(-(max energy - energy) / noise) over planes, normalised, in place of ``e``: (Z, h, w)."""
     best = e.max(axis=0)
     inv = _F(1) / (noise + _F(1e-30))
-    w = e - best[None]
-    w *= inv[None]
-    np.exp(w, out=w)
-    w /= w.sum(axis=0)[None]
-    return w
-
-
-def pyramid_fuse(planes: np.ndarray, guide: np.ndarray, sigma2: np.ndarray, index: np.ndarray, *,
-                 levels: int, softness: float, gains: np.ndarray):
-    """Noise-aware Laplacian-pyramid fusion of (Z, C, h, w) planes, weights from the (Z, h, w)
-    guide, ``sigma2`` (h, w) the local noise variance and ``index`` the base's sub-plane index.
-
-    Returns the fused (C, h, w) image."""
-    bands = []
-    g, p, s2, d = guide, planes, sigma2, index
-    for lvl in range(levels):
-        gn, pn = bin2(g), bin2(p)
-        bg = g - up2(gn)
-        e = z_smooth(box3(bg * bg))
-        w = soft_weights(e, s2 * _F(softness * gains[lvl]))
-        bands.append(np.einsum("zchw,zhw->chw", p - up2(pn), w))
-        g, p, s2 = gn, pn, bin2(s2)
-        d = bin2(d)  # NaN where any of the four is unknown
-    fused = interp_planes(p, d)
-    for band in bands[::-1]:
-        fused = up2(fused) + band
-    return fused
-
-
-def fine_detail(planes: np.ndarray, guide: np.ndarray, pb: np.ndarray, gb: np.ndarray, noise: np.ndarray):
-    """The finest detail (each plane minus its up-sampled bins), averaged over planes with weights
-    ``exp(-(best - own) / noise)`` of its local (3 x 3) energy on the guide.
-
-    Returns the detail of every channel (H, W, C) and of the guide (H, W), float32."""
-    Z, H, W = guide.shape
-    C = planes.shape[-1]
-    fg = np.empty((Z, H, W), _F)
-    for k in range(Z):
-        np.subtract(guide[k], up2(gb[k]), out=fg[k])
-    e = box3(fg * fg)
-    z_smooth(e)
-    best = e.max(axis=0)
-    inv = _F(1) / (noise + _F(1e-30))
-    total = np.zeros((H, W), _F)
-    acc_g = np.zeros((H, W), _F)
-    acc = None if C == 1 else np.zeros((H, W, C), _F)
-    for k in range(Z):
-        wk = e[k]
-        wk -= best
-        wk *= inv
-        np.exp(wk, out=wk)
-        total += wk
-        if C > 1:
-            fk = planes[k].astype(_F) - np.moveaxis(up2(pb[k]), 0, -1)
-            fk *= wk[..., None]
-            acc += fk
-        fk = fg[k]
-        fk *= wk
-        acc_g += fk
-    acc_g /= total
-    if C == 1:
-        return acc_g[..., None], acc_g
-    acc /= total[..., None]
-    return acc, acc_g
+    e -= best
+    e *= inv
+    np.exp(e, out=e)
+    e *= _F(1) / e.sum(axis=0)
+    return e
 
 
 @register(SPEC)
@@ -353,14 +360,47 @@ class FocusFuse:
         p = self.p
         Z, H, W = guide.shape
         C = planes.shape[-1]
-        fm_gain, fine_gain, gains = noise_gains(max(p["levels"] - 1, 1), p["radius"])
+        h, w = H // 2, W // 2
+        L = p["levels"] - 1  # pyramid levels at half resolution
+        fm_gain, fine_gain, gains = noise_gains(max(L, 1), p["radius"])
+        rgb = C > 1
 
-        # ---- half resolution: focus measure, noise floor, index, known pixels
-        gb = bin2(guide)
-        fm = box_mean(laplacian_energy(gb), p["radius"])
-        floor = fm.min(axis=0)
-        best = fm.max(axis=0)
-        mean = fm.mean(axis=0)
+        # ---- one plane at a time (its maps stay in the caches): the finest detail and its energy,
+        # the focus measure, and the half-resolution pyramid's bands and energies
+        FG = np.empty((Z, H, W), _F)  # the finest detail of the guide: each plane minus its up-sampled bins
+        EF = np.empty((Z, h, w), _F)  # its 3 x 3 energy, binned: one weight per 2 x 2 block
+        FM = np.empty((Z, h, w), _F)  # the focus measure
+        E = [np.empty((Z, h >> lvl, w >> lvl), _F) for lvl in range(L)]
+        B = [np.empty((Z, C, h >> lvl, w >> lvl), _F) for lvl in range(L)]
+        BASE = np.empty((Z, C, h >> L, w >> L), _F)
+        PB = np.empty((Z, C, h, w), _F) if rgb else None
+        for k in range(Z):
+            g = guide[k]
+            gb = bin2(g)
+            fg = FG[k]
+            np.subtract(g, up2(gb), out=fg)
+            _binned_box3(fg * fg, out=EF[k])
+            FM[k] = box_mean(laplacian_energy(gb), p["radius"])
+            cg = gb
+            if rgb:
+                PB[k] = cp = bin2(np.moveaxis(planes[k], -1, 0))
+            for lvl in range(L):
+                ng = bin2(cg)
+                bg = cg - up2(ng)
+                E[lvl][k] = box3(bg * bg)
+                if rgb:
+                    ncp = bin2(cp)
+                    np.subtract(cp, up2(ncp), out=B[lvl][k])
+                    cp = ncp
+                else:
+                    B[lvl][k, 0] = bg
+                cg = ng
+            BASE[k] = cp if rgb else cg
+
+        # ---- half resolution: noise floor, index, known pixels
+        floor = FM.min(axis=0)
+        best = FM.max(axis=0)
+        mean = FM.mean(axis=0)
         sigma2 = floor * _F(1 / fm_gain)  # local noise variance, full-resolution units
         # in focus somewhere: the best plane stands above the floor by more than noise alone reaches,
         # at the pixel or in its neighbourhood (a flat stack, all zeros, is unknown everywhere)
@@ -368,14 +408,15 @@ class FocusFuse:
         known = best > kq * floor
         if p["coarse_r"]:  # at quarter resolution: the same reach, a quarter of the work
             cr = (p["coarse_r"] + 1) // 2
-            fc = box_mean(bin2(fm), cr)
+            fc = box_mean(bin2(FM), cr)
             kc = _F(p["unknown_k"] * noise_ratio(Z, p["radius"], cr))
             known |= up2(fc.max(axis=0) > kc * fc.min(axis=0)) > 0.5
-            if p["coarse_w"]:
-                fm += _F(p["coarse_w"]) * up2(fc)
-            del fc
-        d = _median3(sub_plane(fm))
-        del fm
+        if p["coarse_r"] and p["coarse_w"]:
+            cw = _F(p["coarse_w"])
+            d = _median3(sub_plane([lambda z=z: FM[z] + cw * up2(fc[z]) for z in range(Z)]))
+        else:
+            d = _median3(sub_plane(FM))
+        del FM
         with np.errstate(divide="ignore", invalid="ignore"):
             conf = np.where(best > 0, (best - mean) / (best * _F(1 - 1 / Z)), 0).astype(_F)
         conf[~known] = 0
@@ -388,12 +429,34 @@ class FocusFuse:
             base_index = np.where(known, d, near).astype(_F)
 
         # ---- half-resolution fusion of every channel (one channel: the guide is that channel)
-        pb = gb[:, None] if C == 1 else bin2(np.moveaxis(planes, -1, 1))
-        half = pyramid_fuse(pb, gb, sigma2, base_index, levels=p["levels"] - 1, softness=p["softness"],
-                            gains=gains)
+        bands, s2, bi = [], sigma2, base_index
+        for lvl in range(L):
+            wl = soft_weights(z_smooth(E[lvl]), s2 * _F(p["softness"] * gains[lvl]))
+            bands.append(np.einsum("zchw,zhw->chw", B[lvl], wl))
+            s2, bi = bin2(s2), bin2(bi)  # NaN where any of the four is unknown
+        half = interp_planes(BASE, bi)
+        for band in bands[::-1]:
+            half = up2(half) + band
+        del E, B, BASE
 
         # ---- full resolution: the finest detail, weighted by its own energy, Wiener-shrunk
-        detail, dl = fine_detail(planes, guide, pb, gb, up2(sigma2) * _F(p["softness"] * fine_gain))
+        wf = soft_weights(z_smooth(EF), sigma2 * _F(p["softness"] * fine_gain))
+        del EF
+        dl = np.zeros((h, 2, W), _F)
+        tmp = np.empty((h, 2, W), _F)
+        acc = np.zeros((C, h, 2, W), _F) if rgb else None
+        for k in range(Z):
+            wk = np.repeat(wf[k], 2, axis=1)[:, None]  # (h, 1, W): the same for both rows of a block
+            np.multiply(FG[k].reshape(h, 2, W), wk, out=tmp)
+            dl += tmp
+            if rgb:
+                fk = np.moveaxis(planes[k], -1, 0) - up2(PB[k])
+                fk = fk.reshape(C, h, 2, W)
+                fk *= wk
+                acc += fk
+        del FG, wf
+        dl = dl.reshape(H, W)
+        detail = dl[None] if not rgb else acc.reshape(C, H, W)
         if p["detail_k"] > 0:
             e = box_mean(dl * dl, p["detail_window"])  # on the guide: one decision for every channel
             noise = up2(sigma2)
@@ -401,9 +464,10 @@ class FocusFuse:
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 beta = 1 - noise / e
             beta = np.nan_to_num(np.clip(beta, 0, 1), nan=0.0).astype(_F)
-            detail *= beta[..., None]
-        fused = np.moveaxis(up2(half), 0, -1)
+            detail = detail * beta
+        fused = up2(half)
         fused += detail
+        fused = np.moveaxis(fused, 0, -1)
         # never outside what the planes hold there: no overshoot at edges, no invented colour
         c = (slice(halo, H - halo), slice(halo, W - halo))
         src = planes[:, c[0], c[1]]
