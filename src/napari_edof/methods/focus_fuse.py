@@ -29,8 +29,8 @@ works at two scales, with every decision weighed against the noise measured wher
   ``fill``; the plane average beyond), since a small object's base changes with defocus.
 
 **Full resolution.** The finest detail (each plane minus its up-sampled bins) is weighed the same
-way by its own local energy (3 x 3, binned: one weight per 2 x 2 block), then shrunk by a local Wiener factor ``1 - detail_k x
-noise / energy`` where it is as weak as the noise. The fused image is the up-sampled
+way by its own local energy (3 x 3, binned: one weight per 2 x 2 block), then shrunk by a local
+Wiener factor ``1 - detail_k x noise / energy`` where it is as weak as the noise. The fused image is the up-sampled
 half-resolution fusion plus that detail, clipped per pixel to the range of the planes' values
 there (no overshoot at edges, no colour that no plane has); index and confidence are up-sampled.
 
@@ -202,8 +202,6 @@ def box3(a: np.ndarray) -> np.ndarray:
 def _binned_box3(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``bin2(box3(x))`` of a (2h, 2w) map in one go: weights [1 2 2 1] / 6 along each axis at
     stride 2 (the outer bins are not meaningful)."""
-    H, W = x.shape
-    h, w = H // 2, W // 2
     v = np.add(x[0::2], x[1::2])  # rows 2i, 2i+1
     v *= _F(2)
     v[1:-1] += x[1:-3:2]  # row 2i - 1
@@ -413,7 +411,7 @@ class FocusFuse:
             known |= up2(fc.max(axis=0) > kc * fc.min(axis=0)) > 0.5
         if p["coarse_r"] and p["coarse_w"]:
             cw = _F(p["coarse_w"])
-            d = _median3(sub_plane([lambda z=z: FM[z] + cw * up2(fc[z]) for z in range(Z)]))
+            d = _median3(sub_plane([lambda z=z, fm=FM: fm[z] + cw * up2(fc[z]) for z in range(Z)]))
         else:
             d = _median3(sub_plane(FM))
         del FM
