@@ -54,9 +54,8 @@ def vm(key: str) -> float:
 # ------------------------------------------------------------------------------------------------
 def official_structure():
     import torch
-    from torch import nn
-
     import torch.nn.functional as F
+    from torch import nn
 
     from napari_edof.nn.stackmff_v2 import IntraLayer, clean_state_dict
 

@@ -47,8 +47,9 @@ def to_u8(a: np.ndarray) -> np.ndarray:
 
 
 def evaluate(items: list[dict], method: str, params: dict) -> dict:
-    import napari_edof as ne
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    import napari_edof as ne
 
     ps, ss, ex, w1, secs = [], [], [], [], 0.0
     for it in items:

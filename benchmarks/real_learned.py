@@ -23,9 +23,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("NAPARI_EDOF_WEIGHTS", str(HERE.parents[1] / "shared" / "weights"))
 
+from rules_stackmff_v2 import SHARED, real_stacks  # noqa: E402
+
 import napari_edof as ne  # noqa: E402
 from napari_edof.metrics import evaluate  # noqa: E402
-from rules_stackmff_v2 import SHARED, real_stacks  # noqa: E402
 
 RUNS = (
     ("stackmff-v2 ours + argmax", "stackmff-v2", {}),
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
     stacks = real_stacks(args.quick) + ([] if args.quick else more_stacks())
     print("| stack | run | index = focus-select | within ±1 | " + " | ".join(METRICS) + " | seconds |")
     print("|---|---|---|---|" + "---|" * len(METRICS) + "---|")
-    for name, a, rgb in stacks:
+    for name, a, _rgb in stacks:
         res = {}
         for label, method, params in RUNS:
             t = time.perf_counter()

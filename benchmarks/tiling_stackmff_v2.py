@@ -25,9 +25,9 @@ sys.path.insert(0, str(HERE))
 os.environ.setdefault("NAPARI_EDOF_WEIGHTS", str(HERE.parents[1] / "shared" / "weights"))
 
 import torch  # noqa: E402
+from rules_stackmff_v2 import psnr, real_stacks  # noqa: E402
 
 import napari_edof as ne  # noqa: E402
-from rules_stackmff_v2 import psnr, real_stacks  # noqa: E402
 
 
 def main(argv=None):
@@ -56,7 +56,7 @@ def main(argv=None):
         print(f"\n### rule = {rule}\n")
         print("| stack | tile | overlap | context | fused PSNR vs whole (dB) | index = whole | within ±1 | time / whole |")
         print("|---|---|---|---|---|---|---|---|")
-        for name, a, rgb in stacks:
+        for name, a, _rgb in stacks:
             peak = 255.0 if a.dtype == np.uint8 else float(np.iinfo(a.dtype).max if a.dtype.kind in "iu" else 1.0)
             for ctx in contexts:
                 p = {"rule": rule, "context": ctx}

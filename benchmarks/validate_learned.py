@@ -67,7 +67,6 @@ def net_rules(model, stack: np.ndarray, normalise: str = "range") -> dict:
 
 
 def load(path):
-    import torch
 
     from napari_edof.nn.stackmff_v2 import StackMFFV2
     from napari_edof.training.train import load_init
@@ -133,7 +132,7 @@ def main(argv=None) -> int:
     secs["focus-select"] = time.perf_counter() - t
 
     models = [v["info"]["model"] for v in val]
-    print(f"| method | index acc | acc +-1 | fused PSNR (dB) | PSNR layered | PSNR thin-lens |")
+    print("| method | index acc | acc +-1 | fused PSNR (dB) | PSNR layered | PSNR thin-lens |")
     print("|---|---|---|---|---|---|")
     for name, rs in rows.items():
         acc = np.mean([r["acc"] for r in rs])

@@ -141,6 +141,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
 
     import napari
+
     from napari_edof._qt.inspector import FocusInspector
 
     out = args.out
@@ -186,7 +187,6 @@ def main(argv=None) -> int:
         settle(viewer)
         # a pixel near a seam between planes, where the fusion had to choose
         lab = np.asarray(L["decision"].data)
-        conf = np.asarray(L["confidence"].data)
         edges = (np.diff(lab.astype(int), axis=1) != 0)[:-1, :] | (np.diff(lab.astype(int), axis=0) != 0)[:, :-1]
         cand = np.argwhere(edges[40:-40, 40:-40]) + 40
         y, x = (int(v) for v in cand[len(cand) // 3]) if len(cand) else (128, 128)

@@ -90,7 +90,7 @@ def test_workers_write_zarr_outputs_themselves(client, tmp_path):
     n_stripes = sum(len(stream.plan_stripes(plan_fusion(st, tile=32), 1 << 15)) * st.n_times for st, _ in jobs)
     assert steps[-1].done == steps[-1].total == n_stripes  # one step per stripe written by a worker
     refs = [ne.fuse(movie, axes="TZYX", tile=32), ne.fuse(rgb, tile=32)]
-    for (res, files), ref, (_, out) in zip(done, refs, jobs):
+    for (res, _files), ref, (_, out) in zip(done, refs, jobs):
         np.testing.assert_array_equal(np.asarray(res.fused), ref.fused)
         np.testing.assert_array_equal(np.asarray(res.index), ref.index)
         np.testing.assert_array_equal(np.asarray(res.confidence), ref.confidence)

@@ -8,7 +8,7 @@ Importing this package imports neither torch, Qt nor napari.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def _spawned_cli_worker() -> bool:
@@ -33,10 +33,10 @@ if _spawned_cli_worker():
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
 
 from .api import (  # noqa: E402
+    EdofError,
     FusionResult,
     Progress,
     Stack,
-    EdofError,
     fuse,
     fuse_iter,
     get_method,

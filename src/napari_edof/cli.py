@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learned methods: half runs the network in half precision if the first tile's focus "
                         "index is identical to float32's (else float32; provenance.json says which); auto: "
                         "half on CUDA for methods measured safe in it")
-    f.add_argument("--axes", default=None, help="axes of the input when its metadata does not say, e.g. ZYX, TZYX, CZYX")
+    f.add_argument("--axes", default=None,
+                   help="axes of the input when its metadata does not say, e.g. ZYX, TZYX, CZYX")
     f.add_argument("--guide", default="auto", help="auto, luminance, mean or a channel number")
     f.add_argument("--threads", type=int, default=None, help="threads for CPU methods (default: all cores)")
     f.add_argument("--format", choices=("tiff", "zarr", "tiled-tiff"), default="tiff",
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "metrics (Q^AB/F, NMI, FMI, Q_Y, Q_CB) against its source stack")
     e.add_argument("fused", metavar="FUSED", help="the fused image (TIFF, PNG or JPEG)")
     e.add_argument("--stack", required=True, metavar="STACK", help="the source stack (anything `fuse` reads)")
-    e.add_argument("--truth", default=None, metavar="TRUTH", help="the ground-truth all-in-focus image (adds psnr, ssim)")
+    e.add_argument("--truth", default=None, metavar="TRUTH",
+                   help="the ground-truth all-in-focus image (adds psnr, ssim)")
     e.add_argument("--metrics", default=None, metavar="LIST",
                    help="comma-separated from psnr, ssim, qabf, nmi, fmi, qy, qcb (default: every one that applies)")
     e.add_argument("--axes", default=None, help="axes of the stack when its metadata does not say")
@@ -264,7 +266,8 @@ def _run_cluster(jobs, args, params: dict) -> list[dict]:
 
     opts = _options(args, params)
     with connect(args.scheduler, args.workers) as client:
-        bar = _progress_bar(args.quiet, f"{len(jobs)} stack{'s' if len(jobs) > 1 else ''} on {len(client.nthreads())} workers")
+        stacks = f"{len(jobs)} stack{'s' if len(jobs) > 1 else ''}"
+        bar = _progress_bar(args.quiet, f"{stacks} on {len(client.nthreads())} workers")
         if args.format == "zarr":  # the workers write their stripes into the images themselves
             done = _drain_with_bar(fuse_many_to_zarr_iter(jobs, client, **opts), bar)
             return [{"result": r, "stack": st, "paths": files} for (r, files), (st, _) in zip(done, jobs)]

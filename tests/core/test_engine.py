@@ -7,7 +7,7 @@ import pytest
 import napari_edof as ne
 from napari_edof.core.errors import EdofError, MethodError, StackError
 from napari_edof.core.tiling import plan_tiles, read_window
-from napari_edof.methods._registry import MethodSpec, Param, register, unregister
+from napari_edof.methods._registry import MethodSpec, register, unregister
 
 from ..conftest import drain
 

@@ -88,7 +88,7 @@ def test_degrees_of_freedom_switch_off(scene):
 def test_affine_falls_back_or_fits(scene):
     motions = [(2.0 * (k - 1), -1.0 * (k - 1), 1 + 0.01 * (k - 1), 0.5 * (k - 1)) for k in range(3)]
     _, rep = register_stack(_moved(scene, motions, blur=False), mode="affine", edges="edge")
-    for p, (dy, dx, s, r) in zip(rep.planes, motions):
+    for p, (dy, dx, s, _r) in zip(rep.planes, motions):
         assert p.scale == pytest.approx(s, abs=0.005)
         assert p.dy == pytest.approx(dy, abs=0.6) and p.dx == pytest.approx(dx, abs=0.6)
 

@@ -84,7 +84,8 @@ def test_flags_and_tie_edge_consistency_are_tile_exact(half_flat):
 def test_explicit_noise_skips_the_first_pass(half_flat):
     r = api.fuse(half_flat, method="focus-select", params={"lowtexture": "nearest", "noise": 40.0})
     assert (np.asarray(r.confidence)[:, 104:] == 0).mean() > 0.97
-    r2 = api.fuse(half_flat, method="focus-select", params={"lowtexture": "nearest", "noise": 1.0})  # tiny noise: little is flagged
+    # tiny noise: little is flagged
+    r2 = api.fuse(half_flat, method="focus-select", params={"lowtexture": "nearest", "noise": 1.0})
     assert (np.asarray(r2.confidence)[:, 104:] == 0).mean() < 0.5
 
 

@@ -1,7 +1,6 @@
 """The registered StackMFF-V2 method: official compatibility, rules, tiling, colour, provenance."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

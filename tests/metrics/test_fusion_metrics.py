@@ -248,31 +248,31 @@ def test_qabf_stack_weights(textured):
 
 def _fast_fmi_loop(a, f):
     """One window pair by the published Fast-FMI steps, written out with loops (slow, plain)."""
-    l = len(a)
+    n_pos = len(a)
     if np.array_equal(a, f):
         return 1.0
 
     def pdf(x):
-        x = np.ones(l) if x.max() == x.min() else (x - x.min()) / (x.max() - x.min())
+        x = np.ones(n_pos) if x.max() == x.min() else (x - x.min()) / (x.max() - x.min())
         return x / x.sum()
 
     pa, pf = pdf(a), pdf(f)
     ca, cf = np.cumsum(pa), np.cumsum(pf)
     da, df = pa - pa.mean(), pf - pf.mean()
     c = 0.0 if (da * df).sum() == 0 else (da * df).sum() / math.sqrt((da * da).sum() * (df * df).sum())
-    pos = np.arange(1, l + 1)
+    pos = np.arange(1, n_pos + 1)
     sda = math.sqrt(max((pos**2 * pa).sum() - (pos * pa).sum() ** 2, 0))
     sdf = math.sqrt(max((pos**2 * pf).sum() - (pos * pf).sum() ** 2, 0))
     bound = (lambda x, y: min(x, y)) if c >= 0 else (lambda x, y: max(x + y - 1, 0))
     if c == 0 or sda == 0 or sdf == 0:
         mix = 0.0
     else:
-        cov = sum(bound(cf[i], ca[j]) - cf[i] * ca[j] for i in range(l) for j in range(l))
+        cov = sum(bound(cf[i], ca[j]) - cf[i] * ca[j] for i in range(n_pos) for j in range(n_pos))
         mix = c / (cov / (sdf * sda))
     H = lambda i, j: 0.0 if i < 0 or j < 0 else bound(cf[i], ca[j])  # noqa: E731
     hj = 0.0
-    for i in range(l):
-        for j in range(l):
+    for i in range(n_pos):
+        for j in range(n_pos):
             jb = H(i, j) - H(i - 1, j) - H(i, j - 1) + H(i - 1, j - 1)
             p = mix * jb + (1 - mix) * pf[i] * pa[j]
             if p != 0:

@@ -180,9 +180,8 @@ def test_two_lanes_give_the_result_of_one(monkeypatch, method, one_torch_thread)
     """On CUDA the engine runs two tiles at a time (one stream each): the methods must not share
     state between concurrent tiles. Forced here on the CPU."""
     from napari_edof import sample_stack
-    from napari_edof.nn import accel
-
     from napari_edof.methods._registry import get_method
+    from napari_edof.nn import accel
     from napari_edof.nn import weights as W
 
     from ..conftest import SHARED
@@ -204,11 +203,11 @@ def test_two_lanes_give_the_result_of_one(monkeypatch, method, one_torch_thread)
 
 
 def test_out_of_memory_with_two_lanes_drops_a_lane_before_shrinking_tiles(monkeypatch):
+    import threading
+
     from napari_edof.core.colour import gather
     from napari_edof.methods._registry import MethodSpec, register, unregister
     from napari_edof.nn import accel
-
-    import threading
 
     running, lock, calls, met = [0], threading.Lock(), [], threading.Event()
 

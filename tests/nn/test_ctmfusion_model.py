@@ -8,9 +8,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from napari_edof.nn.ctmfusion import (  # noqa: E402
-    CARAFE, CrossAxisAttention, CrossWindowAttention, CTMFusion, FusionModule, build, n_parameters, normalise,
+    CARAFE,
+    CrossAxisAttention,
+    CrossWindowAttention,
+    CTMFusion,
+    FusionModule,
+    build,
+    n_parameters,
+    normalise,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,7 +6,6 @@ torch = pytest.importorskip("torch")
 
 from napari_edof.nn import msas as M  # noqa: E402
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -5,8 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from napari_edof.nn.pairwise import (contrast_decide, fuse_stack_pairwise, mean_composite,
-                                     small_area_filter)
+from napari_edof.nn.pairwise import contrast_decide, fuse_stack_pairwise, mean_composite, small_area_filter
 
 
 def _stack(n=6, shape=(64, 64), seed=1):

@@ -2,7 +2,6 @@
 plane-order invariance of the max-selection, any N, and the receptive radius the halo relies on."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")

@@ -7,7 +7,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from napari_edof.training.train_ctmfusion import (  # noqa: E402
-    PairBatches, ctmfusion_loss, pair_target, paper_terms, ssim, train_ctmfusion,
+    PairBatches,
+    ctmfusion_loss,
+    pair_target,
+    paper_terms,
+    ssim,
+    train_ctmfusion,
 )
 
 C1, C2 = 0.01 ** 2, 0.03 ** 2

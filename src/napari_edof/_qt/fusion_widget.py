@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from napari.layers import Image
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -145,7 +145,7 @@ class RetouchHandle:
         self._viewer = weakref.ref(viewer)
         self._layer = weakref.ref(decision_layer)
         self._connected = False
-        self.callbacks: list[Callable[["RetouchHandle"], None]] = []
+        self.callbacks: list[Callable[[RetouchHandle], None]] = []
         self.last_changed = 0
         self._reset()
 
@@ -158,7 +158,7 @@ class RetouchHandle:
     def layer(self):
         return self._layer()
 
-    def connect(self) -> "RetouchHandle":
+    def connect(self) -> RetouchHandle:
         layer = self.layer
         if self._connected or layer is None:
             return self
@@ -377,7 +377,7 @@ def _source_window(data, axes: str, t, y0, y1, x0, x1):
 # --------------------------------------------------------------------------------------------
 # Public entry points
 # --------------------------------------------------------------------------------------------
-_HANDLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_HANDLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def connect_retouch(viewer, decision_layer) -> RetouchHandle:

@@ -24,13 +24,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Generator, Iterator
+from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..methods._registry import DEFAULT_METHOD, get_method
 from .colour import make_guide, resolve_guide
 from .errors import StackError
@@ -41,8 +42,6 @@ from .scaling import value_scale
 from .stack import Stack, as_stack, is_dask
 from .tiling import Canvas, Tile, plan_tiles, read_window
 from .values import to_count, to_int
-
-
 
 #: the most planes a stack may have: focus indices are int16 (and decision labels plane + 1 uint16)
 MAX_PLANES = 32767

@@ -80,14 +80,14 @@ def recompose(stack, labels, *, fill=None, axes: str | None = None) -> np.ndarra
     labels = _check_labels(labels, stack)
     T = stack.n_times
     lab = labels if labels.ndim == 3 else labels[None]
-    want = f"{'(%d, ' % T if T > 1 else '('}{stack.yx_shape[0]}, {stack.yx_shape[1]})"
+    want = f"{f'({T}, ' if T > 1 else '('}{stack.yx_shape[0]}, {stack.yx_shape[1]})"
     if lab.shape[1:] != stack.yx_shape or lab.shape[0] != T:
         raise StackError(f"labels of shape {labels.shape} do not match the stack's {want}")
     if fill is not None:
         fl = np.asarray(fill)
         if fl.dtype.kind not in "biuf" or fl.size != T * stack.yx_shape[0] * stack.yx_shape[1] * stack.n_channels:
             raise StackError(f"fill of shape {fl.shape} ({fl.dtype}) does not match the stack's image "
-                             f"{want[:-1]}{', %d' % stack.n_channels if 'C' in stack.axes else ''})")
+                             f"{want[:-1]}{f', {stack.n_channels}' if 'C' in stack.axes else ''})")
     out = []
     for t in range(T):
         frame = np.asarray(_frame(stack, t))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
-
 from .errors import StackError
 
 #: Fraction of the available memory a run may plan to use.

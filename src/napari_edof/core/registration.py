@@ -28,7 +28,6 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .errors import StackError
 from .stack import Stack, as_stack, is_dask
@@ -89,6 +88,7 @@ class RegistrationReport:
 # --- estimation of one pair ---------------------------------------------------------------------
 def _prep(img: np.ndarray) -> np.ndarray:
     """Zero-mean, Hann-windowed, mildly band-passed image for Fourier methods."""
+    from scipy import ndimage as ndi
     from skimage.filters import window
 
     a = img.astype(np.float32)
@@ -139,7 +139,6 @@ def _refine(ref, mov, s0: float, rot0: float, centre: np.ndarray, *, scale: bool
     finds the value whose warp leaves the smallest phase-correlation error (translation-invariant)."""
     from scipy.optimize import minimize_scalar
     from skimage.registration import phase_cross_correlation
-
     from skimage.transform import downscale_local_mean
 
     f = max(1, int(math.ceil(max(ref.shape) / REFINE_SIZE)))
@@ -180,6 +179,8 @@ def _similarity_matrix(s: float, rot_deg: float, t: np.ndarray, centre: np.ndarr
 
 def _warp(img: np.ndarray, M: np.ndarray, *, order: int = 1, mode: str = "nearest", cval: float = 0.0):
     """``out(x) = img(M x)``: ``M`` maps the output's (reference's) (row, col) to ``img``'s."""
+    from scipy import ndimage as ndi
+
     return ndi.affine_transform(img, M, order=order, mode=mode, cval=cval)
 
 
@@ -289,7 +290,6 @@ def estimate_transforms(guide: np.ndarray, *, mode: str = "translation", referen
     small, f = _downscale(guide, max_size)
     if min(small.shape[1:]) < 16:
         raise StackError(f"planes of {guide.shape[1]}x{guide.shape[2]} pixels are too small to register")
-    centre = (np.array(small.shape[1:], np.float64) - 1) / 2
 
     def pair(a, b):
         if mode == "translation":
@@ -392,6 +392,8 @@ def register_stack(stack, *, mode: str = "translation", reference: int | None = 
     With a T axis each time point is registered on its own (the crop box is the one valid for
     all of them). The data is read into memory (numpy) in the input's dtype.
     """
+    from scipy import ndimage as ndi  # (imported here: ``import napari_edof`` stays without scipy)
+
     from .policy import check_memory, registration_memory
 
     stack = as_stack(stack, axes=axes)

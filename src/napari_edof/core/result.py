@@ -75,7 +75,7 @@ class FusionResult:
         """True when the arrays are dask arrays (nothing computed yet)."""
         return hasattr(self.fused, "dask")
 
-    def compute(self, **kwargs) -> "FusionResult":
+    def compute(self, **kwargs) -> FusionResult:
         """A result of numpy arrays: lazy arrays computed together (each stripe runs once).
 
         ``kwargs`` go to ``dask.compute`` (e.g. ``scheduler=``). A numpy result returns itself.

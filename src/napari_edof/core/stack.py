@@ -174,7 +174,7 @@ class Stack:
         order = [axes.index(letter) for letter in CANONICAL]
         return a.transpose(order)
 
-    def with_data(self, data, axes: str | None = None) -> "Stack":
+    def with_data(self, data, axes: str | None = None) -> Stack:
         return replace(self, data=data, axes=axes or self.axes)
 
     def describe(self) -> str:

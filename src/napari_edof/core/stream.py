@@ -156,7 +156,7 @@ class ChunkFiles:
         self._pool = None
 
     @classmethod
-    def of(cls, arr, direct: bool = True) -> "ChunkFiles | None":
+    def of(cls, arr, direct: bool = True) -> ChunkFiles | None:
         from pathlib import Path
 
         try:
@@ -278,7 +278,7 @@ class ZarrRows:
         self.files = ChunkFiles.of(arr, direct=direct_io_wanted(arr))
 
     @classmethod
-    def of(cls, stack, t: int) -> "ZarrRows | None":
+    def of(cls, stack, t: int) -> ZarrRows | None:
         entry = getattr(stack, "metadata", {}).get("zarr")
         if entry is None:
             return None
@@ -577,7 +577,7 @@ def stripe_tasks(stack, *, budget: int = STRIPE_BUDGET, **options):
     for t in range(st.n_times):
         frame = canon[t]
 
-        def src(s: Stripe):
+        def src(s: Stripe, frame=frame):
             idx = reflect_index(np.arange(s.r0, s.r1), Y)
             lo, hi = int(idx.min()), int(idx.max()) + 1
             block = frame[:, lo:hi]

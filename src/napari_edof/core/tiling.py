@@ -8,9 +8,8 @@ whose halo covers its receptive field gives the same result tiled and untiled.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-
-from typing import Callable
 
 import numpy as np
 
@@ -177,6 +176,6 @@ class Canvas:
         if self.weight is None:
             return self.arrays
         inv = 1.0 / np.maximum(self.weight, 1e-12)
-        for k, a in self.arrays.items():
+        for a in self.arrays.values():
             a *= inv if a.ndim == 2 else inv[..., None]
         return self.arrays

@@ -1,4 +1,4 @@
 """Built-in data: the synthetic focus stack with ground truth."""
-from .synthetic import Sample, sample_stack, layered_defocus
+from .synthetic import Sample, layered_defocus, sample_stack
 
 __all__ = ["Sample", "layered_defocus", "sample_stack"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from ..core.stack import Stack
 
@@ -34,6 +33,8 @@ class Sample:
 
 def _scene(shape, rng, channels):
     """Cell-like blobs with bright rims over band-pass texture, values in [0, 1]."""
+    from scipy import ndimage as ndi  # (here: ``import napari_edof`` stays without scipy)
+
     Y, X = shape
     img = np.empty((Y, X, channels), np.float32)
     for c in range(channels):  # fine texture: band-pass noise
@@ -82,7 +83,6 @@ def _photo_scene(shape, rng, channels):
             if channels == 3 and a.ndim == 2:
                 a = gray2rgb(a)
             a = a.reshape(a.shape[0], a.shape[1], -1)
-            h, w = min(t, Y - y0, a.shape[0]), min(t, X - x0, a.shape[1])
             block = np.zeros((min(t, Y - y0), min(t, X - x0), channels), np.float32)
             reps = (-(-block.shape[0] // a.shape[0]), -(-block.shape[1] // a.shape[1]), 1)
             block[...] = np.tile(a, reps)[: block.shape[0], : block.shape[1]]
@@ -126,6 +126,8 @@ def layered_defocus(image: np.ndarray, depth: np.ndarray, n_planes: int, *, sigm
         sigmas = np.asarray(sigmas, np.float64)
         if sigmas.shape != (n_planes,) or sigmas[0] != 0 or np.any(np.diff(sigmas) < 0):
             raise ValueError("sigmas must be n_planes non-decreasing blur levels starting at 0")
+    from scipy import ndimage as ndi
+
     blurred = np.empty((n_planes,) + image.shape, np.float32)
     blurred[0] = image
     for j in range(1, n_planes):

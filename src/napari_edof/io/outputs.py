@@ -17,8 +17,8 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from ..core.errors import EdofError, EdofWarning
 

@@ -27,9 +27,10 @@ import re
 import struct
 import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -644,7 +645,7 @@ def _stack_series(path: Path, infos: list[_SeriesInfo]):
         page += n
     _check_dtype(ref_info.dtype, str(path))
     parts = []
-    for info, shape, n, ax in planes:
+    for info, shape, n, _ax in planes:
         a = _tiff_dask(path, info)
         parts.append(a if n > 1 or len(info.shape) > len(shape) else a[None])
     data = da.concatenate(parts, axis=0)

@@ -12,8 +12,9 @@ import math
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -306,7 +307,7 @@ def write_result(result, outdir, *, stem: str | None = None) -> dict[str, Path]:
         staged = _write_result_files(result, staging, prefix, files=names)
         old = previous_files(outdir, prefix)
         out = {}
-        for key, path in staged.items():
+        for path in staged.values():
             if (outdir / path.name).is_dir():
                 raise EdofError(f"cannot write {outdir / path.name}: it is a folder")
         with critical():  # Ctrl-C or SIGTERM now waits for the set to be in place

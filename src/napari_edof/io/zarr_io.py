@@ -227,7 +227,7 @@ class ZarrOutputs:
             (self.partial / "provenance.json").write_text(json.dumps(json_safe(prov), indent=2))
         old_files = previous_files(self.outdir)
         with critical():  # Ctrl-C or SIGTERM now waits for the set to be in place
-            for role, final in self.files.items():
+            for final in self.files.values():
                 src = self.partial / final.name
                 old = None
                 if final.exists():

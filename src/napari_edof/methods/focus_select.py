@@ -11,8 +11,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..core.colour import gather
-from ..core.focus import (MEASURES, flat_crop, laplacian_energy_flat, laplacian_valid, measure_radius,
-                          measure_valid)
+from ..core.focus import MEASURES, flat_crop, laplacian_energy_flat, measure_radius, measure_valid
 from ..core.select import median3
 from ._registry import MethodSpec, Param, register
 

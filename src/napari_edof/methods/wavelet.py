@@ -39,7 +39,8 @@ bands per plane, so memory stays a few planes' worth whatever the number of plan
 
 Tiling: ``pywt.swt2`` needs sizes divisible by ``2**levels`` (``tile_multiple``; the aligned tile
 origins it also brings make ``pywt.iswt2`` average its phases in the same order in every tile, so
-tiled and untiled results are bit-identical) and extends the window periodically; ``halo`` is how far that wrap can reach into the result through the
+tiled and untiled results are bit-identical) and extends the window periodically; ``halo`` is how far that wrap
+can reach into the result through the
 analysis filters, the selection windows and the synthesis filters of every level, measured
 from ``pywt``'s own 1D impulse responses (see :func:`_reach`), a tight bound for any wavelet
 (17 pixels for the default, all of which the sample stack was measured to reach).

@@ -9,8 +9,8 @@ the definitions, the constants, the N-source forms and the references.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ._common import prepare
 from .fusion import QABF_MAX, _fmi, _nmi, _qabf, _qcb, _qy, fmi, nmi, qabf, qcb, qy

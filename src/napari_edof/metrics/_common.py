@@ -19,7 +19,7 @@ normalise each image to 0..255 on its own, which hides such changes).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

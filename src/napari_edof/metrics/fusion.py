@@ -211,7 +211,7 @@ def fast_fmi_windows(a_win: np.ndarray, f_win: np.ndarray) -> np.ndarray:
     Pearson correlation c of the pdfs is negative), weighted so that its correlation is c; the
     value is 2 MI / (H(a) + H(f)). Identical windows give 1.
     """
-    P, l = a_win.shape
+    P, n_pos = a_win.shape
     same = np.all(a_win == f_win, axis=1)
     ap, fp = _pdf(a_win), _pdf(f_win)
     ac, fc = np.cumsum(ap, 1), np.cumsum(fp, 1)
@@ -220,7 +220,7 @@ def fast_fmi_windows(a_win: np.ndarray, f_win: np.ndarray) -> np.ndarray:
     den = np.sqrt((at * at).sum(1) * (ft * ft).sum(1))
     with np.errstate(divide="ignore", invalid="ignore"):
         c = np.where(num == 0, 0.0, num / den)
-    pos = np.arange(1, l + 1, dtype=np.float64)
+    pos = np.arange(1, n_pos + 1, dtype=np.float64)
 
     def sd(p):
         e, e2 = p @ pos, p @ (pos * pos)
@@ -235,7 +235,7 @@ def fast_fmi_windows(a_win: np.ndarray, f_win: np.ndarray) -> np.ndarray:
     degenerate = (asd == 0) | (fsd == 0) | (c == 0) | (cov == 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         coef = np.where(degenerate, 0.0, c * fsd * asd / cov)
-    Hp = np.zeros((P, l + 1, l + 1))
+    Hp = np.zeros((P, n_pos + 1, n_pos + 1))
     Hp[:, 1:, 1:] = H
     bound_pdf = Hp[:, 1:, 1:] - Hp[:, :-1, 1:] - Hp[:, 1:, :-1] + Hp[:, :-1, :-1]
     jpdf = coef[:, None, None] * bound_pdf + (1.0 - coef[:, None, None]) * (fp[:, :, None] * ap[:, None, :])

@@ -37,7 +37,7 @@ Numpy only: this module never imports torch.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

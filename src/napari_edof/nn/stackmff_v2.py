@@ -21,8 +21,8 @@ torch is imported by this module: import it lazily (only torch methods and train
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -16,8 +16,9 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..core.errors import EdofError
 from ..methods._registry import WeightsSpec
@@ -90,7 +91,8 @@ def fetch(spec: WeightsSpec, *, download: bool = True) -> Path:
     if not spec.urls:  # shipped in the package
         path = PACKAGED / spec.filename
         if not path.is_file():
-            raise WeightsError(f"the packaged weights {spec.filename} are missing from {PACKAGED}; reinstall napari-edof")
+            raise WeightsError(f"the packaged weights {spec.filename} are missing from {PACKAGED}; "
+                               "reinstall napari-edof")
         return _check(path, spec)
     folder = cache_dir()
     path = folder / spec.filename
@@ -102,7 +104,8 @@ def fetch(spec: WeightsSpec, *, download: bool = True) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise WeightsError(f"cannot create the weights cache folder {folder} ({e}); set ${ENV} to a writable folder") from None
+        raise WeightsError(f"cannot create the weights cache folder {folder} ({e}); "
+                           f"set ${ENV} to a writable folder") from None
     for url in spec.urls:
         fd, tmp = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=folder)
         os.close(fd)

@@ -19,7 +19,7 @@ Scenes (:data:`SCENES`)
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -47,7 +47,7 @@ def _rgb(gray: np.ndarray, tint) -> np.ndarray:
     return np.clip(gray[..., None] * np.asarray(tint, np.float32), 0, 1).astype(np.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _photo(name: str) -> np.ndarray:
     from skimage import data as skdata
 

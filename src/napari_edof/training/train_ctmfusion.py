@@ -159,7 +159,8 @@ def train_ctmfusion(*, steps: int, out: str | Path, seed: int = 0, resume: bool 
                     crop: int = 64, n_min: int = 2, n_max: int = 8, lr: float = 1e-3, warmup: int = 50,
                     ckpt_every: int = 100, init: str | None = None, ce_weight: float = 20.0, range_p: float = 0.5,
                     pair_p: float = 0.3, ref_p: float = 0.4, threads: int | None = 1, dims=None, stages: int = 3,
-                    window: int = 8, highpass_gain: float | None = None, ema_decay: float | None = 0.995, progress: bool = True,
+                    window: int = 8, highpass_gain: float | None = None, ema_decay: float | None = 0.995,
+                    progress: bool = True,
                     stop_after: int | None = None) -> dict:
     """Train CTMFusion from scratch (or from ``init``) on synthetic pairs; see the module docstring.
 
