@@ -89,7 +89,7 @@ SPEC = MethodSpec(
               "of the noise energy (0.05: nearly hard selection)", min=0.05, max=100.0),
         Param("fill", int, 8, "the base's index is filled from known pixels this near (half-resolution "
               "pixels; beyond, the plane average)", min=0, max=32),
-        Param("detail_k", float, 1.0, "finest detail shrinks where its energy is below detail_k x the "
+        Param("detail_k", float, 0.5, "finest detail shrinks where its energy is below detail_k x the "
               "noise's (0: keep all detail, noise included)", min=0.0, max=100.0),
         Param("detail_window", int, 2, "window radius of the finest detail's energy (pixels)", min=1, max=8),
         Param("unknown", str, "nan", "pixels where no plane is in focus: index NaN; fill: interpolated from "
