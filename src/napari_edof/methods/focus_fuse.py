@@ -30,9 +30,10 @@ works at two scales, with every decision weighed against the noise measured wher
 
 **Full resolution.** The finest detail (each plane minus its up-sampled bins) is weighed the same
 way by its own local energy (3 x 3, binned: one weight per 2 x 2 block), then shrunk by a local
-Wiener factor ``1 - detail_k x noise / energy`` where it is as weak as the noise. The fused image is the up-sampled
-half-resolution fusion plus that detail, clipped per pixel to the range of the planes' values
-there (no overshoot at edges, no colour that no plane has); index and confidence are up-sampled.
+Wiener factor ``1 - detail_k x noise / energy`` where it is as weak as the noise. The fused image
+is the up-sampled half-resolution fusion plus that detail, clipped per pixel to the range of the
+planes' values there (no overshoot at edges, no colour that no plane has); index and confidence
+are up-sampled.
 
 All filters are local and position-independent on grids aligned to the image
 (``tile_multiple``), and the halo covers their reach, so tiles agree with the whole image. The
