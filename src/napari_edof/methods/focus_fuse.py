@@ -444,8 +444,11 @@ class FocusFuse:
         dl = np.zeros((h, 2, W), _F)
         tmp = np.empty((h, 2, W), _F)
         acc = np.zeros((C, h, 2, W), _F) if rgb else None
+        rep = np.empty((h, w, 2), _F)
+        wk = rep.reshape(h, 1, W)  # a block's weight for both of its columns (and, broadcast, rows)
         for k in range(Z):
-            wk = np.repeat(wf[k], 2, axis=1)[:, None]  # (h, 1, W): the same for both rows of a block
+            rep[..., 0] = wf[k]
+            rep[..., 1] = wf[k]
             np.multiply(FG[k].reshape(h, 2, W), wk, out=tmp)
             dl += tmp
             if rgb:
