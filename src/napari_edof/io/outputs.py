@@ -91,7 +91,7 @@ def check_writable(outdir, need_bytes: int | None = None) -> None:
     less free space than the results need."""
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
-        raise OutputError(f"cannot write the results to {outdir}: it exists and is not a folder")
+        raise OutputError(f"cannot write the results to {outdir}: it is a file, not a folder")
     probe = outdir
     while not probe.exists():
         if probe.parent == probe:
