@@ -1152,7 +1152,7 @@ def case_unwritable_output_found_before_fusing(tmp_path, capsys, monkeypatch):
 def case_tiny_tiff_declaring_huge_image(tmp_path, capsys):
     """A TIFF of a few hundred bytes that declares 100000 x 100000 pixels is corrupt (its data
     cannot hold them), not a memory problem: said at open, uncompressed or LZW."""
-    for comp in (None, "lzw"):
+    for comp in (None, "lzw", "zstd"):
         f = tmp_path / f"huge_{comp}.tif"
         tifffile.imwrite(f, np.zeros((2, 8, 8), np.uint8), photometric="minisblack", compression=comp,
                          rowsperstrip=100000, metadata=None)
@@ -1209,6 +1209,44 @@ def case_evaluate_colour_against_grey(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "small.tif", planes[1][:30], photometric="minisblack")
     _cli_refuses(["evaluate", str(tmp_path / "small.tif"), "--stack", str(tmp_path / "grey.tif")], EXIT_INPUT,
                  capsys, "30x48 grey", "40x48 grey", "same size")
+
+
+def case_output_names_that_mean_nothing(tmp_path, capsys, monkeypatch):
+    """Found in the adversarial pass: `-o ""` (an unset shell variable) wrote the results into the
+    current folder; a dangling symlink as the output, a read-only file system (which permissions
+    do not show to root) were found only after fusing. All refused before anything runs."""
+    import errno
+    import tempfile
+
+    import napari_edof.core.engine as engine
+
+    src = _stack_tif(tmp_path / "in.tif")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(engine, "fuse_iter", lambda *a, **k: pytest.fail("fused before the output was checked"))
+    _cli_refuses(["fuse", str(src), "-o", "", "-q"], EXIT_INPUT, capsys, "--output is empty")
+    assert list(work.iterdir()) == []
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "nowhere")
+    _cli_refuses(["fuse", str(src), "-o", str(link), "-q"], EXIT_OUTPUT, capsys, "symbolic link", "does not exist")
+    ro = tmp_path / "ro"
+    real = tempfile.mkstemp
+
+    def read_only_fs(*a, dir=None, **k):
+        if dir is not None and str(dir).startswith(str(ro)):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only_fs)
+    _cli_refuses(["fuse", str(src), "-o", str(ro / "a" / "b"), "-q"], EXIT_OUTPUT, capsys, "Read-only file system")
+    assert not ro.exists()  # the folders made to probe it are gone again
+    monkeypatch.undo()
+    # evaluate with a list of planes, one grey and one colour: checked plane by plane
+    from napari_edof import api as api_
+
+    g = _pattern((20, 24))
+    assert set(api_.evaluate(g, [g, np.repeat(g[..., None], 3, -1)], metrics="qabf")) == {"qabf"}
 
 
 CASES = {name[5:]: fn for name, fn in sorted(globals().items()) if name.startswith("case_")}

@@ -51,7 +51,7 @@ def _planes(stack) -> np.ndarray:
         a = np.asarray(stack.canonical()[0])  # (Z, Y, X, C)
         return a[..., 0] if a.shape[-1] == 1 else a
     if isinstance(stack, (list, tuple)):
-        return np.stack([np.asarray(p) for p in stack])
+        return [np.asarray(p) for p in stack]  # checked plane by plane against the fused image
     return np.asarray(stack)
 
 

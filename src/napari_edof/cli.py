@@ -428,6 +428,9 @@ def cmd_fuse(args) -> int:
     except EdofError as e:
         print(f"napari-edof: error: {e}", file=sys.stderr)
         return EXIT_INPUT
+    if not args.output.strip():  # an unset shell variable: never "the current folder"
+        print("napari-edof: error: -o/--output is empty: give the folder for the results", file=sys.stderr)
+        return EXIT_INPUT
     out = Path(args.output)
     if args.sample and args.inputs:
         print("napari-edof: error: give INPUT files or --sample, not both", file=sys.stderr)

@@ -90,6 +90,11 @@ def check_writable(outdir, need_bytes: int | None = None) -> None:
     existing folder above it) this user cannot write to, or (with ``need_bytes``) a disk with
     less free space than the results need."""
     outdir = Path(outdir)
+    if not os.fspath(outdir).strip():
+        raise OutputError("the output folder is an empty name: give a folder (-o)")
+    if outdir.is_symlink() and not outdir.exists():
+        raise OutputError(f"cannot write the results to {outdir}: it is a symbolic link to {os.readlink(outdir)}, "
+                          "which does not exist")
     if outdir.exists() and not outdir.is_dir():
         raise OutputError(f"cannot write the results to {outdir}: it is a file, not a folder")
     probe = outdir
@@ -103,14 +108,45 @@ def check_writable(outdir, need_bytes: int | None = None) -> None:
         if probe == outdir:
             raise OutputError(f"cannot write the results to {outdir}: the folder is not writable")
         raise OutputError(f"cannot create the output folder {outdir}: {probe} is not writable")
+    _probe_write(outdir, probe)
     if need_bytes:
         free = _free_bytes(probe)
-        if free is not None and free < need_bytes:
+        try:
+            pseudo = shutil.disk_usage(probe).total == 0  # /proc and the like: no size to compare with
+        except OSError:
+            pseudo = True
+        if free is not None and not pseudo and free < need_bytes:
             raise OutputError(
                 f"cannot write the results to {outdir}: No space left on device (the results need about "
                 f"{_size(need_bytes)} but the disk has {_size(free)} free): free some space or choose another "
                 "output folder (-o)"
             )
+
+
+def _probe_write(outdir: Path, existing: Path) -> None:
+    """Create what the results need (the missing folders, a file) and remove it again at once:
+    what permissions alone do not tell (a read-only file system, a name too long, /proc) is
+    found before the run, and nothing is left behind."""
+    import tempfile
+
+    made = []
+    try:
+        try:
+            for d in reversed([d for d in [outdir, *outdir.parents] if not d.exists()]):
+                d.mkdir()
+                made.append(d)
+            fd, tmp = tempfile.mkstemp(prefix=".napari-edof-probe-", dir=outdir)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as e:
+            what = "create the output folder" if made or not outdir.exists() else "write the results to"
+            raise OutputError(f"cannot {what} {outdir}: {explain_oserror(e, existing)}") from None
+    finally:
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
 
 
 def plan_outputs(outdir, names: Iterable[str], sources: Sequence, need_bytes: int | None = None) -> None:

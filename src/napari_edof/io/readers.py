@@ -308,8 +308,9 @@ def _check_log(messages: list[str], path: Path, size: int) -> None:
 
 #: The most a TIFF compression can shrink pixel data (uncompressed bytes per stored byte), with
 #: a margin: PackBits 128/2, LZW about 4096 bytes from one 12-bit code, Deflate 1032, JPEG a few
-#: bits per 8x8 block. Compressions not listed are not checked.
-_MAX_RATIO = {1: 1.0, 32773: 64.0, 5: 4096.0, 8: 1100.0, 32946: 1100.0, 6: 2000.0, 7: 2000.0}
+#: bits per 8x8 block, Zstandard 32768. Compressions not listed are not checked.
+_MAX_RATIO = {1: 1.0, 32773: 64.0, 5: 4096.0, 8: 1100.0, 32946: 1100.0, 6: 2000.0, 7: 2000.0,
+              50000: 40000.0}  # Zstandard: an RLE block of 128 KiB in 4 bytes
 _COMPRESSION_NAMES = {5: "LZW", 6: "old-style JPEG", 7: "JPEG", 8: "Deflate", 32946: "Deflate",
                       32773: "PackBits", 34925: "LZMA", 50000: "Zstandard", 34887: "LERC", 50001: "WebP",
                       33003: "JPEG 2000", 33005: "JPEG 2000", 34712: "JPEG 2000", 34892: "lossless JPEG",
@@ -783,6 +784,12 @@ class _PlaneInfo:
     png_colour: int = -1
 
 
+def _turned(p: _PlaneInfo) -> str:
+    o = p.render.orientation
+    return f" (as shown: its orientation tag {o} turns the stored pixels)" if p.render.swaps else (
+        f" (with orientation tag {o})" if o != 1 else "")
+
+
 def _plane_desc(p: _PlaneInfo) -> str:
     if p.rgb:
         return "RGBA" if p.channels == 4 else "RGB"
@@ -1019,8 +1026,8 @@ def _open_planes(paths: Sequence[Path], *, axes, name: str, label: str) -> Stack
     for info in infos[1:]:
         if info.shape[:2] != ref.shape[:2]:
             raise StackError(
-                f"{info.path}: the image is {info.shape[0]}x{info.shape[1]} pixels but "
-                f"{ref.path.name} (the first plane) is {ref.shape[0]}x{ref.shape[1]}; all planes "
+                f"{info.path}: the image is {info.shape[0]}x{info.shape[1]} pixels{_turned(info)} but "
+                f"{ref.path.name} (the first plane) is {ref.shape[0]}x{ref.shape[1]}{_turned(ref)}; all planes "
                 "must have the same size"
             )
         if info.channels != ref.channels or info.rgb != ref.rgb:
@@ -1084,5 +1091,11 @@ def read_image(path) -> np.ndarray:
     palettes applied, 16-bit colour PNGs kept at 16 bits). Raises ``ReadError``/``StackError``."""
     p = _as_path(path)
     kind, size = _sniff(p)
-    info = _image_header(p, kind, size)
+    try:
+        info = _image_header(p, kind, size)
+    except StackError as e:
+        found = re.search(r"holds more than one plane \((.*)\); a folder", str(e))
+        if found:
+            raise ReadError(f"{p}: not one 2D image: the TIFF holds {found.group(1)}") from None
+        raise
     return _read_plane(info)
