@@ -1092,6 +1092,9 @@ def case_weights_cache_read_only(tmp_path, capsys, monkeypatch):
     with pytest.raises(W.WeightsError, match=r"weights cache folder .*cache is not writable.*NAPARI_EDOF_WEIGHTS"):
         W.fetch(spec)
     pytest.importorskip("torch")
+    import napari_edof.methods.stackmff_v2 as smff
+
+    monkeypatch.setattr(smff, "_MODELS", {})  # a model loaded by an earlier test would need no weights
     src = _stack_tif(tmp_path / "in.tif")
     err = _cli_refuses(["fuse", str(src), "-o", str(tmp_path / "out"), "-m", "stackmff-v2", "-p", "weights=official",
                         "-q"], EXIT_INPUT, capsys, "weights cache", "NAPARI_EDOF_WEIGHTS", out=tmp_path / "out")
