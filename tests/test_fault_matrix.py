@@ -883,6 +883,375 @@ def case_registration_bad_options(tmp_path, capsys):
                  out=tmp_path / "out")
 
 
+# --- metadata the pixels depend on (issue 14, item 7) ---------------------------------------------
+def _pattern(shape, seed=0, hi=255, dtype=np.uint8):
+    """An image that no turn or mirror maps onto itself (a gradient plus noise)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    base = (y * 3 + x * 7) % 97 + rng.integers(0, 40, shape[:2])
+    a = base / base.max() * hi
+    if len(shape) == 3:
+        a = np.stack([a, a[::-1], a[:, ::-1]][: shape[2]], axis=-1)
+    return a.astype(dtype)
+
+
+def case_exif_orientation(tmp_path, capsys):
+    """Portrait phone pictures (stored landscape with EXIF orientation 6) are read as viewers show
+    them, every orientation 1..8 as Pillow's exif_transpose turns it, for PNG, JPEG and TIFF
+    planes and multi-page TIFFs alike; the results are written in that orientation and the
+    provenance says so."""
+    import json
+    import warnings
+
+    from PIL import Image, ImageOps
+
+    from napari_edof.io.readers import read_image
+
+    for o in range(1, 9):  # PNG: lossless, so exactly what Pillow shows
+        d = tmp_path / f"png{o}"
+        d.mkdir()
+        for k in range(2):
+            ex = Image.Exif()
+            ex[0x0112] = o
+            Image.fromarray(_pattern((30, 50, 3), seed=k)).save(d / f"p{k}.png", exif=ex)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            st = api.open_stack(d)
+        assert any(f"EXIF orientation {o}" in str(w.message) for w in said) == (o != 1)
+        with Image.open(d / "p1.png") as im:
+            want = np.asarray(ImageOps.exif_transpose(im))
+        np.testing.assert_array_equal(np.asarray(st.data)[1], want)
+        np.testing.assert_array_equal(read_image(d / "p1.png"), want)  # evaluate reads the same way
+    frames = tmp_path / "portrait"
+    frames.mkdir()
+    for k in range(3):
+        ex = Image.Exif()
+        ex[0x0112] = 6
+        Image.fromarray(_pattern((40, 64, 3), seed=k)).save(frames / f"img{k}.jpg", exif=ex, quality=95)
+    with pytest.warns(UserWarning, match="EXIF orientation 6"):
+        st = api.open_stack(frames)
+    assert st.yx_shape == (64, 40)  # portrait, as taken
+    out = tmp_path / "out"
+    assert main(["fuse", str(frames), "-o", str(out), "-q"]) == EXIT_OK
+    assert "orientation 6" in capsys.readouterr().err
+    assert tifffile.imread(out / "fused.tif").shape == (64, 40, 3)
+    assert "orientation 6" in json.loads((out / "provenance.json").read_text())["input_warnings"][0]
+    # a multi-page TIFF with an Orientation tag (274): every plane turned alike
+    planes = np.stack([_pattern((24, 36), seed=k, hi=60000, dtype=np.uint16) for k in range(3)])
+    tifffile.imwrite(tmp_path / "o8.tif", planes, photometric="minisblack", extratags=[(274, "H", 1, 8, True)])
+    with pytest.warns(UserWarning, match="orientation 8"):
+        st = api.open_stack(tmp_path / "o8.tif")
+    np.testing.assert_array_equal(np.asarray(st.data), np.rot90(planes, 1, axes=(1, 2)))
+
+
+def case_miniswhite_and_palette_tiffs(tmp_path, capsys):
+    """miniswhite (0 is white) is inverted on read and written minisblack: the result looks like
+    the input in every viewer; a palette TIFF has its palette applied (colour, or grey for a grey
+    palette): its stored values are colour indices, never fused as intensities."""
+    planes = np.stack([_pattern((32, 40), seed=k, hi=4000, dtype=np.uint16) for k in range(4)])
+    tifffile.imwrite(tmp_path / "mw.tif", planes, photometric="miniswhite")
+    with pytest.warns(UserWarning, match="miniswhite"):
+        st = api.open_stack(tmp_path / "mw.tif")
+    np.testing.assert_array_equal(np.asarray(st.data), 65535 - planes)
+    np.testing.assert_array_equal(api.fuse(st).fused, api.fuse(65535 - planes).fused)
+    out = tmp_path / "out_mw"
+    assert main(["fuse", str(tmp_path / "mw.tif"), "-o", str(out), "-q"]) == EXIT_OK
+    with tifffile.TiffFile(out / "fused.tif") as tf:
+        assert tf.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
+    # palette: random colours (8-bit values scaled to 16 bits, as writers store them)
+    rng = np.random.default_rng(1)
+    lut8 = rng.integers(0, 256, (256, 3)).astype(np.uint8)
+    idx = np.stack([_pattern((32, 40), seed=k) for k in range(3)])
+    tifffile.imwrite(tmp_path / "pal.tif", idx, photometric="palette", colormap=lut8.T.astype(np.uint16) * 257)
+    with pytest.warns(UserWarning, match="palette"):
+        st = api.open_stack(tmp_path / "pal.tif")
+    assert st.rgb and st.dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(st.data), lut8[idx])
+    out = tmp_path / "out_pal"
+    assert main(["fuse", str(tmp_path / "pal.tif"), "-o", str(out), "-q"]) == EXIT_OK
+    assert tifffile.imread(out / "fused.tif").shape == (32, 40, 3)
+    # a grey palette (a reversed ramp) gives grey intensities; the same for the planes of a folder
+    ramp = np.arange(255, -1, -1, dtype=np.uint16) * 257
+    d = tmp_path / "palplanes"
+    d.mkdir()
+    for k in range(2):
+        tifffile.imwrite(d / f"p{k}.tif", idx[k], photometric="palette", colormap=np.stack([ramp] * 3))
+    with pytest.warns(UserWarning, match="palette"):
+        st = api.open_stack(d)
+    assert not st.rgb
+    np.testing.assert_array_equal(np.asarray(st.data), 255 - idx[:2])
+
+
+# --- files users have (item 8) -----------------------------------------------------------------
+def case_compressed_tiffs_and_16_bit_png(tmp_path, capsys, monkeypatch):
+    """LZW, Deflate (with predictor) and JPEG TIFFs read with a real decoder (imagecodecs, a
+    dependency); 16-bit RGB PNGs keep 16 bits. Without the decoder the message says what is
+    missing, at open (not "may be corrupt" when the pixels are read)."""
+    import sys
+
+    import imagecodecs
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.split(">")[0].split("=")[0].strip() == "imagecodecs" for d in deps)
+    planes = np.stack([_pattern((48, 40), seed=k, hi=60000, dtype=np.uint16) for k in range(4)])
+    for comp, kw in (("lzw", {}), ("zlib", {"predictor": True}), ("lzw", {"predictor": True})):
+        f = tmp_path / f"{comp}{len(kw)}.tif"
+        tifffile.imwrite(f, planes, photometric="minisblack", compression=comp, **kw)
+        np.testing.assert_array_equal(np.asarray(api.open_stack(f).data), planes)
+    jpg = tmp_path / "jpeg.tif"
+    tifffile.imwrite(jpg, (planes >> 8).astype(np.uint8), photometric="minisblack", compression="jpeg")
+    assert np.abs(np.asarray(api.open_stack(jpg).data).astype(int) - (planes >> 8)).mean() < 4
+    assert main(["fuse", str(jpg), "-o", str(tmp_path / "out"), "-q"]) == EXIT_OK
+    # 16-bit RGB PNG planes: exactly the 16-bit values
+    d = tmp_path / "png16"
+    d.mkdir()
+    rgb = np.stack([_pattern((30, 44, 3), seed=k, hi=65535, dtype=np.uint16) for k in range(3)])
+    for k in range(3):
+        (d / f"p{k}.png").write_bytes(imagecodecs.png_encode(rgb[k]))
+    st = api.open_stack(d)
+    assert st.dtype == np.uint16 and st.rgb
+    np.testing.assert_array_equal(np.asarray(st.data), rgb)
+    # a (4, Y, X) stack written without photometric= is an RGBA image to tifffile: the message
+    # says so and how to read it as planes, which then fuses like the array
+    plain = tmp_path / "four.tif"
+    tifffile.imwrite(plain, planes, compression="lzw")
+    err = _cli_refuses(["fuse", str(plain), "-o", str(tmp_path / "o4"), "-q"], EXIT_INPUT, capsys,
+                       "RGBA", "--axes ZYX")
+    assert "corrupt" not in err
+    st = api.open_stack(plain, axes="ZYX")
+    np.testing.assert_array_equal(api.fuse(st).fused, api.fuse(planes).fused)
+    # the decoder missing (tifffile's pure-Python fallback has no LZW): said at open, by name
+    import tifffile.tifffile as tt
+
+    monkeypatch.setattr(tt, "imagecodecs", sys.modules.get("tifffile._imagecodecs") or __import__(
+        "tifffile._imagecodecs", fromlist=["x"]))
+    monkeypatch.setattr(tt.TIFF.DECOMPRESSORS, "_codecs", {1: tt.TIFF.DECOMPRESSORS._codecs[1]})
+    with pytest.raises(ReadError, match="compressed with LZW, which needs the imagecodecs package") as e:
+        api.open_stack(tmp_path / "lzw0.tif")  # at open: nothing computed yet
+    assert "corrupt" not in str(e.value)
+    _cli_refuses(["fuse", str(tmp_path / "lzw0.tif"), "-o", str(tmp_path / "o5"), "-q"], EXIT_INPUT, capsys,
+                 "pip install imagecodecs", out=tmp_path / "o5")
+
+
+def case_napari_reader_checks_and_says_why(tmp_path, capsys):
+    """npe2's get_reader checks the file when napari asks: a reader only for a stack it can read;
+    None for what it cannot, with the reason as a warning (a napari notification); None quietly
+    for a single 2D image (napari's own reader opens it)."""
+    import warnings
+
+    from PIL import Image
+
+    from napari_edof._napari import get_reader
+    from napari_edof.core.errors import EdofWarning
+
+    good = _stack_tif(tmp_path / "good.tif")
+    assert get_reader(str(good)) is not None
+    single = tmp_path / "single.png"
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(single)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert get_reader(str(single)) is None
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(b"II*\x00" + bytes(range(256)) * 8)
+    with pytest.warns(EdofWarning, match=r"napari-edof cannot open .*corrupt\.tif: .*(corrupt|not a readable)"):
+        assert get_reader(str(corrupt)) is None
+    # pixels that only fail when decoded: a JPEG cut inside its entropy-coded data
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k in range(2):
+        Image.fromarray(_pattern((64, 64, 3), seed=k)).save(frames / f"f{k}.jpg", quality=95)
+    raw = (frames / "f0.jpg").read_bytes()
+    (frames / "f0.jpg").write_bytes(raw[: len(raw) // 2])
+    with pytest.warns(EdofWarning, match=r"cannot open .*f0\.jpg"):
+        assert get_reader(str(frames)) is None
+
+
+# --- messages that blame the right thing (item 12) -----------------------------------------------
+def case_weights_cache_read_only(tmp_path, capsys, monkeypatch):
+    """A read-only weights cache is said to be one (with the variable that moves it), not
+    "cannot write the results"."""
+    import tempfile
+
+    from napari_edof.methods._registry import WeightsSpec
+    from napari_edof.nn import weights as W
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv(W.ENV, str(cache))
+    real = tempfile.mkstemp
+
+    def read_only(*a, dir=None, **k):
+        if dir is not None and Path(dir) == cache:
+            raise PermissionError(13, "Permission denied", str(cache))
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    spec = WeightsSpec(filename="m.pth", urls=("https://example.invalid/m.pth",), sha256="0" * 64)
+    with pytest.raises(W.WeightsError, match=r"weights cache folder .*cache is not writable.*NAPARI_EDOF_WEIGHTS"):
+        W.fetch(spec)
+    pytest.importorskip("torch")
+    import napari_edof.methods.stackmff_v2 as smff
+
+    monkeypatch.setattr(smff, "_MODELS", {})  # a model loaded by an earlier test would need no weights
+    src = _stack_tif(tmp_path / "in.tif")
+    err = _cli_refuses(["fuse", str(src), "-o", str(tmp_path / "out"), "-m", "stackmff-v2", "-p", "weights=official",
+                        "-q"], EXIT_INPUT, capsys, "weights cache", "NAPARI_EDOF_WEIGHTS", out=tmp_path / "out")
+    assert "cannot write the results" not in err
+
+
+def case_short_write_is_no_space(tmp_path, capsys, monkeypatch):
+    """numpy's "262144 requested and 81704 written" (a full disk, no errno) is "No space left on
+    device", in the TIFF writer and on the streaming (tiled-tiff) path; a disk without room for
+    the results is found before fusing."""
+    import shutil
+
+    import napari_edof.core.engine as engine
+
+    src = _stack_tif(tmp_path / "in.tif")
+    real = tifffile.imwrite
+
+    def short(path, *a, **k):
+        if "in.tif" not in str(path):
+            raise OSError("262144 requested and 81704 written")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(tifffile, "imwrite", short)
+    for fmt in ("tiff", "tiled-tiff"):
+        out = tmp_path / f"out_{fmt}"
+        err = _cli_refuses(["fuse", str(src), "-o", str(out), "--format", fmt, "-q"], EXIT_OUTPUT, capsys,
+                           "No space left on device", "81704 of 262144 bytes")
+        assert "requested and" not in err
+        _no_temp_files(out) if out.exists() else None
+    monkeypatch.setattr(tifffile, "imwrite", real)
+    Usage = type(shutil.disk_usage(tmp_path))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(engine, "fuse_iter", lambda *a, **k: pytest.fail("fused before the output was checked"))
+    _cli_refuses(["fuse", str(src), "-o", str(tmp_path / "full"), "-q"], EXIT_OUTPUT, capsys,
+                 "No space left on device", "1000 bytes free")
+
+
+def case_unwritable_output_found_before_fusing(tmp_path, capsys, monkeypatch):
+    """An output folder that cannot be written (or created) is refused before anything is fused."""
+    import os
+
+    import napari_edof.core.engine as engine
+
+    src = _stack_tif(tmp_path / "in.tif")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, *a, **k: False if Path(p) == locked else real_access(p, m))
+    monkeypatch.setattr(engine, "fuse_iter", lambda *a, **k: pytest.fail("fused before the output was checked"))
+    _cli_refuses(["fuse", str(src), "-o", str(locked), "-q"], EXIT_OUTPUT, capsys, "locked", "not writable")
+    _cli_refuses(["fuse", str(src), "-o", str(locked / "new" / "deeper"), "-q"], EXIT_OUTPUT, capsys,
+                 "cannot create the output folder", "locked is not writable")
+    _cli_refuses(["fuse", str(src), "-o", str(tmp_path / "in.tif" / "x"), "-q"], EXIT_OUTPUT, capsys,
+                 "is a file, not a folder")
+    assert list(locked.iterdir()) == []
+
+
+def case_tiny_tiff_declaring_huge_image(tmp_path, capsys):
+    """A TIFF of a few hundred bytes that declares 100000 x 100000 pixels is corrupt (its data
+    cannot hold them), not a memory problem: said at open, uncompressed or LZW."""
+    for comp in (None, "lzw", "zstd"):
+        f = tmp_path / f"huge_{comp}.tif"
+        tifffile.imwrite(f, np.zeros((2, 8, 8), np.uint8), photometric="minisblack", compression=comp,
+                         rowsperstrip=100000, metadata=None)
+        with tifffile.TiffFile(f, mode="r+b") as tf:
+            for page in tf.pages:
+                page.tags["ImageWidth"].overwrite(100000)
+                page.tags["ImageLength"].overwrite(100000)
+        size = f.stat().st_size
+        assert size < 1000
+        with pytest.raises(ReadError, match=r"corrupt or truncated: page 0 declares 100000x100000 pixels "
+                                            r"\(10000000000 bytes of pixel data\) but holds \d+ bytes"):
+            api.open_stack(f)
+        err = _cli_refuses(["fuse", str(f), "-o", str(tmp_path / "out"), "-q"], EXIT_INPUT, capsys,
+                           f"the file has {size} bytes", out=tmp_path / "out")
+        assert "GiB" not in err
+
+
+def case_axes_in_words(tmp_path, capsys):
+    """Messages name a file's dimensions in words, never tifffile's internal letters (Q, I)."""
+    f = tmp_path / "four.tif"
+    tifffile.imwrite(f, np.zeros((3, 4, 16, 16), np.uint8), photometric="minisblack")  # tifffile: "QQYX"
+    err = _cli_refuses(["fuse", str(f), "-o", str(tmp_path / "out"), "-q"], EXIT_INPUT, capsys,
+                       "3 (unnamed) x 4 (unnamed) x 16 (height) x 16 (width)", "--axes")
+    assert "QQYX" not in err and "'Q" not in err
+    d = tmp_path / "planes"
+    d.mkdir()
+    tifffile.imwrite(d / "a.tif", np.zeros((2, 16, 16), np.uint8), photometric="minisblack", metadata=None)
+    tifffile.imwrite(d / "b.tif", np.zeros((16, 16), np.uint8))
+    err = _cli_refuses(["fuse", str(d), "-o", str(tmp_path / "out"), "-q"], EXIT_INPUT, capsys, "2 (")
+    assert "QYX" not in err and "IYX" not in err
+
+
+def case_evaluate_colour_against_grey(tmp_path, capsys):
+    """evaluate: an RGB fused image against grey planes (or grey against RGB planes) is scored on
+    luminance, like two colour images; a size mismatch says so in words."""
+    import json
+
+    from napari_edof.metrics._common import LUMA
+
+    planes = np.stack([_pattern((40, 48), seed=k) for k in range(3)])
+    tifffile.imwrite(tmp_path / "grey.tif", planes, photometric="minisblack")
+    rgb = np.repeat(planes[1][..., None], 3, axis=-1)
+    tifffile.imwrite(tmp_path / "rgb_fused.tif", rgb, photometric="rgb")
+    tifffile.imwrite(tmp_path / "grey_fused.tif", planes[1], photometric="minisblack")
+    assert main(["evaluate", str(tmp_path / "rgb_fused.tif"), "--stack", str(tmp_path / "grey.tif"), "--json"]) == 0
+    a = capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "grey_fused.tif"), "--stack", str(tmp_path / "grey.tif"), "--json"]) == 0
+    b = capsys.readouterr().out
+    assert abs(LUMA.sum() - 1) < 1e-12  # a grey RGB image's luminance is the grey image
+    assert json.loads(a)["metrics"] == pytest.approx(json.loads(b)["metrics"], rel=1e-9)
+    cstack = np.repeat(planes[..., None], 3, axis=-1)
+    tifffile.imwrite(tmp_path / "rgb_stack.tif", cstack, photometric="rgb")
+    assert main(["evaluate", str(tmp_path / "grey_fused.tif"), "--stack", str(tmp_path / "rgb_stack.tif")]) == 0
+    tifffile.imwrite(tmp_path / "small.tif", planes[1][:30], photometric="minisblack")
+    _cli_refuses(["evaluate", str(tmp_path / "small.tif"), "--stack", str(tmp_path / "grey.tif")], EXIT_INPUT,
+                 capsys, "30x48 grey", "40x48 grey", "same size")
+
+
+def case_output_names_that_mean_nothing(tmp_path, capsys, monkeypatch):
+    """Found in the adversarial pass: `-o ""` (an unset shell variable) wrote the results into the
+    current folder; a dangling symlink as the output, a read-only file system (which permissions
+    do not show to root) were found only after fusing. All refused before anything runs."""
+    import errno
+    import tempfile
+
+    import napari_edof.core.engine as engine
+
+    src = _stack_tif(tmp_path / "in.tif")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(engine, "fuse_iter", lambda *a, **k: pytest.fail("fused before the output was checked"))
+    _cli_refuses(["fuse", str(src), "-o", "", "-q"], EXIT_INPUT, capsys, "--output is empty")
+    assert list(work.iterdir()) == []
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "nowhere")
+    _cli_refuses(["fuse", str(src), "-o", str(link), "-q"], EXIT_OUTPUT, capsys, "symbolic link", "does not exist")
+    ro = tmp_path / "ro"
+    real = tempfile.mkstemp
+
+    def read_only_fs(*a, dir=None, **k):
+        if dir is not None and str(dir).startswith(str(ro)):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only_fs)
+    _cli_refuses(["fuse", str(src), "-o", str(ro / "a" / "b"), "-q"], EXIT_OUTPUT, capsys, "Read-only file system")
+    assert not ro.exists()  # the folders made to probe it are gone again
+    monkeypatch.undo()
+    # evaluate with a list of planes, one grey and one colour: checked plane by plane
+    from napari_edof import api as api_
+
+    g = _pattern((20, 24))
+    assert set(api_.evaluate(g, [g, np.repeat(g[..., None], 3, -1)], metrics="qabf")) == {"qabf"}
+
+
 CASES = {name[5:]: fn for name, fn in sorted(globals().items()) if name.startswith("case_")}
 
 

@@ -13,26 +13,14 @@ from .core.errors import EdofError, ReadError
 
 
 def read_image(path) -> np.ndarray:
-    """One 2D image (Y, X) or colour image (Y, X, C) from a TIFF, PNG or JPEG file."""
+    """One 2D image (Y, X) or colour image (Y, X, C) from a TIFF, PNG or JPEG file, decoded as
+    the stack readers decode a plane (:func:`napari_edof.io.readers.read_image`)."""
+    from .io.readers import read_image as _read
+
     p = Path(path)
     if not p.is_file():
         raise ReadError(f"{p} is not a file")
-    try:
-        if p.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            a = tifffile.imread(p)
-        else:
-            import imageio.v3 as iio
-
-            a = iio.imread(p)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise ReadError(f"cannot read {p}: {e}") from None
-    a = np.asarray(a)
-    while a.ndim > 2 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[-1] not in (3, 4):
-        a = np.moveaxis(a, 0, -1)  # planar RGB
+    a = np.asarray(_read(p))
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] > 4):
         raise ReadError(f"{p} holds an array of shape {a.shape}, not one 2D (or 2D colour) image")
     return a
@@ -63,7 +51,7 @@ def _planes(stack) -> np.ndarray:
         a = np.asarray(stack.canonical()[0])  # (Z, Y, X, C)
         return a[..., 0] if a.shape[-1] == 1 else a
     if isinstance(stack, (list, tuple)):
-        return np.stack([np.asarray(p) for p in stack])
+        return [np.asarray(p) for p in stack]  # checked plane by plane against the fused image
     return np.asarray(stack)
 
 

@@ -56,26 +56,65 @@ def _claims(p: str) -> bool:
     return pp.suffix.lower() in READ_EXTENSIONS
 
 
+#: The most pixel data the reader decodes to check a file when napari asks (the first plane).
+CHECK_BYTES = 64 << 20
+
+
+def _refuse(source, reason: str) -> None:
+    """Say why napari-edof does not open ``source`` (napari shows warnings as notifications)."""
+    import logging
+    import warnings
+
+    from .core.errors import EdofWarning
+
+    text = f"napari-edof cannot open {source}: {reason}"
+    logging.getLogger("napari_edof").warning(text)
+    warnings.warn(text, EdofWarning, stacklevel=3)
+
+
+def _check_pixels(stack) -> None:
+    """Decode the stack's first chunk (a plane, an image of a folder) when it is small, so that
+    pixel data that cannot be decoded is found when napari asks, not when the layer is drawn."""
+    data = stack.data
+    if not hasattr(data, "blocks") or data.size == 0:
+        return
+    first = data.blocks[(0,) * data.ndim]
+    if first.nbytes <= CHECK_BYTES:
+        first.compute()
+
+
 def get_reader(path) -> Callable[[Any], list[LayerData]] | None:
     """npe2 reader hook: a reader function for a focus stack, or None when this is not one.
 
     Accepts a TIFF / OME-TIFF / ImageJ file, a PNG/JPEG, a folder of images or a list of files.
-    The stack is opened lazily (dask) right away so that files that are not focus stacks (a single
-    2D image, an unknown format) are left to other readers (None).
+    The file is checked right away (headers, the codec, the declared against the stored sizes,
+    the first plane decoded): a single 2D image is left to other readers (None, quietly); a file
+    napari-edof cannot read gives None with the reason as a warning (a napari notification) and
+    in the ``napari_edof`` log, never a reader that fails later.
     """
     paths = _paths(path)
     if not paths or not all(_claims(p) for p in paths):
         return None
     source = paths[0] if len(paths) == 1 else paths
+    import logging
     import warnings
 
-    from .core.errors import EdofWarning
+    from .core.errors import EdofError, EdofWarning
+    from .io.readers import SingleImageError
 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", EdofWarning)
             stack = api.open_stack(source)
-    except Exception:  # not a focus stack (or not readable): let another reader try
+            _check_pixels(stack)
+    except SingleImageError as e:  # one 2D image: another reader's (napari's own) to open
+        logging.getLogger("napari_edof").info("napari-edof leaves %s to other readers: %s", source, e)
+        return None
+    except EdofError as e:
+        _refuse(source, str(e))
+        return None
+    except Exception as e:  # noqa: BLE001 - napari must get None, and the user the reason
+        _refuse(source, f"{type(e).__name__}: {e}")
         return None
     said = list(caught)
 

@@ -363,15 +363,15 @@ def batch_folders(inputs, stems) -> list[str]:
 
 
 def _plan_outputs(jobs, fmt: str) -> None:
-    """Before anything runs: every output folder can hold a result, and no output of any job
-    resolves to an input of any job (OverwriteError, exit 2)."""
-    from .io.outputs import check_not_inputs, result_names
+    """Before anything runs: no output of any job resolves to an input of any job
+    (OverwriteError, exit 2), and every output folder can hold its result: writable, with room
+    on its disk (OutputError, exit 3). One place, io/outputs.py, plans every output."""
+    from .io.outputs import plan_outputs, result_bytes, result_names
 
     sources = [s for st, _ in jobs for s in st.source]
     for st, dest in jobs:
-        if dest.exists() and not dest.is_dir():
-            raise OSError(f"{dest} exists and is not a folder")
-        check_not_inputs(dest, result_names(fmt, st.n_times), sources)
+        need = result_bytes(fmt, st.n_times, st.n_planes, st.yx_shape, st.n_channels, st.dtype.itemsize)
+        plan_outputs(dest, result_names(fmt, st.n_times), sources, need_bytes=need)
 
 
 def _no_signal_note(rep) -> str:
@@ -400,8 +400,26 @@ def _summary(run: dict, outdir: Path) -> str:
     )
 
 
+def _os_error(e: OSError, out: Path) -> int:
+    """An OSError that reached the CLI: blamed on the results only when it is about the output
+    folder (a file outside it, such as a cache, is named as such)."""
+    import os
+
+    from .io.outputs import explain_oserror
+
+    name = getattr(e, "filename", None)
+    if name:
+        real, base = os.path.realpath(os.fspath(name)), os.path.realpath(out)
+        if real != base and not real.startswith(base.rstrip(os.sep) + os.sep):
+            print(f"napari-edof: error: {name}: {explain_oserror(e, Path(os.fspath(name)).parent)}", file=sys.stderr)
+            return EXIT_FAIL
+    print(f"napari-edof: error: cannot write the results to {out}: {explain_oserror(e, out)}", file=sys.stderr)
+    return EXIT_OUTPUT
+
+
 def cmd_fuse(args) -> int:
     from .core.errors import EdofError
+    from .io.outputs import OutputError, OverwriteError
 
     try:
         params = _parse_params(args.param)
@@ -412,6 +430,9 @@ def cmd_fuse(args) -> int:
             check_address(args.scheduler)
     except EdofError as e:
         print(f"napari-edof: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    if not args.output.strip():  # an unset shell variable: never "the current folder"
+        print("napari-edof: error: -o/--output is empty: give the folder for the results", file=sys.stderr)
         return EXIT_INPUT
     out = Path(args.output)
     if args.sample and args.inputs:
@@ -453,6 +474,8 @@ def cmd_fuse(args) -> int:
                 if "paths" not in run:
                     run["paths"] = _write(run, dest, args.format)
             except EdofError as e:
+                if isinstance(e, OverwriteError):
+                    raise
                 print(f"napari-edof: error: {e}", file=sys.stderr)
                 return EXIT_OUTPUT
             written.append(dest)
@@ -462,12 +485,14 @@ def cmd_fuse(args) -> int:
             print(f"napari-edof: {len(jobs)} stacks, each in its own folder of {out}:")
             for inp, (_, dest) in zip(args.inputs, jobs):
                 print(f"  {inp} -> {dest.name}")
+    except OutputError as e:
+        print(f"napari-edof: error: {e}", file=sys.stderr)
+        return EXIT_OUTPUT
     except EdofError as e:
         print(f"napari-edof: error: {e}", file=sys.stderr)
         return EXIT_INPUT
     except OSError as e:
-        print(f"napari-edof: error: cannot write the results: {e}", file=sys.stderr)
-        return EXIT_OUTPUT
+        return _os_error(e, out)
     except KeyboardInterrupt as e:
         word = "terminated" if _stopped_code(e) == EXIT_TERMINATED else "interrupted"
         kept = f"; the results already written ({', '.join(map(str, written))}) are complete" if written else ""

@@ -7,6 +7,7 @@ whose message names the file.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import StackError
@@ -136,7 +137,7 @@ def map_axes(
         if len(ax) != len(shape):
             raise StackError(
                 f"{prefix}axes={axes!r} has {len(ax)} letters but the image data has "
-                f"{len(shape)} dimensions {tuple(shape)} (the file's own axes are {file_axes!r})"
+                f"{len(shape)} dimensions: {describe_dims(file_axes, shape)}"
             )
         rgb = False
         if "S" in ax and "C" in ax:
@@ -173,8 +174,8 @@ def map_axes(
                 note = "file (C of RGB images taken as Z)"
             else:
                 raise StackError(
-                    f"{prefix}the file has both channels (C) and samples (S) in axes {file_axes!r} "
-                    f"of shape {tuple(shape)}; pass axes= to say which axis is the focus (Z) axis"
+                    f"{prefix}the file has both channels and colour samples ({describe_dims(file_axes, shape)}); "
+                    "pass axes= (--axes) with one letter per dimension from TZCYX to say which is the focus (Z) axis"
                 )
         letters[i] = "C"
     free = [k for k, a in enumerate(letters) if a not in _KNOWN]
@@ -187,12 +188,17 @@ def map_axes(
             free.remove(k)
     if any(shape[k] > 1 for k in free):
         raise StackError(
-            f"{prefix}cannot tell which axis is the focus (Z) axis of axes {file_axes!r} "
-            f"(shape {tuple(shape)}): pass axes=, for example axes='TZYX'"
+            f"{prefix}cannot tell which dimension is the focus (Z) axis of the file's "
+            f"{describe_dims(file_axes, shape)}: pass axes= (--axes) with one letter per dimension from TZCYX, "
+            f"for example {_example_axes(len(shape))!r}"
         )
     drop = tuple(free)
     kept = "".join(a for k, a in enumerate(letters) if k not in drop)
     return kept, rgb, note, drop
+
+
+def _example_axes(n: int) -> str:
+    return {3: "ZYX", 4: "TZYX", 5: "TCZYX"}.get(n, "TZYX")
 
 
 # --- physical scale ----------------------------------------------------------------------
@@ -414,3 +420,210 @@ def _ranges(idx: list[int]) -> str:
             out.append(str(start) if start == i else f"{start}-{i}")
             start = None
     return ", ".join(out)
+
+
+# --- how stored pixels become the image a viewer shows --------------------------------------
+#
+# The one place where a file's photometric metadata is reconciled with its pixels, for every
+# reader (multi-page TIFFs, and the TIFF, PNG and JPEG planes of a folder, glob or list):
+#
+# * EXIF / TIFF orientation (tag 274; a phone's portrait JPEG is stored landscape with
+#   orientation 6): the pixels are turned and mirrored as the tag says, so that the planes are
+#   read as every viewer shows them, and the results are written in that orientation (with no
+#   orientation tag, i.e. the default, "top left");
+# * photometric ``miniswhite`` (0 is white): the values are inverted on read (``v -> 2**bits - 1
+#   - v`` for unsigned integers, ``-1 - v`` for signed, ``-v`` for floats) so that 0 is black
+#   everywhere after, and the results are written ``minisblack``: they look like the input in
+#   every viewer (napari ignores the tag, so it would show the raw values inverted);
+# * photometric ``palette``: the palette is applied (fusing colour indices would mean nothing):
+#   a palette of greys gives a grey image, others an RGB image; 8-bit when every palette entry
+#   is an 8-bit value scaled to 16 bits (as writers store them), else 16-bit.
+#
+# Each change made is said in ``Stack.metadata["reconciled"]`` (and so in provenance.json) and
+# warned about (the CLI prints it, napari shows it).
+
+#: EXIF orientation -> (swap Y and X, then flip Y, then flip X) giving the displayed image.
+_ORIENT = {
+    1: (False, False, False),
+    2: (False, False, True),
+    3: (False, True, True),
+    4: (False, True, False),
+    5: (True, False, False),
+    6: (True, False, True),
+    7: (True, True, True),
+    8: (True, True, False),
+}
+ORIENTATION_WORDS = {
+    1: "top left (as stored)",
+    2: "mirrored left to right",
+    3: "turned 180 degrees",
+    4: "mirrored top to bottom",
+    5: "mirrored along the diagonal (transposed)",
+    6: "turned 90 degrees clockwise",
+    7: "mirrored along the other diagonal (transversed)",
+    8: "turned 90 degrees anticlockwise",
+}
+
+
+def as_orientation(value) -> int:
+    """An orientation tag's value as 1..8 (1 for a missing or invalid value)."""
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        return 1
+    return v if v in _ORIENT else 1
+
+
+@dataclass(frozen=True, eq=False)
+class Rendering:
+    """How the pixels a file stores become the image its viewers show (see above).
+
+    ``apply`` works on numpy and dask arrays alike (lazily on dask) with the Y and X axes at
+    the positions given; a palette adds a last (colour) axis unless it is grey.
+    """
+
+    orientation: int = 1
+    invert: float | None = None  # miniswhite: the value that 0 becomes (None: no inversion)
+    lut: Any = None  # palette: (n, 3) or, for greys, (n,) table indexed by the stored values
+    notes: tuple = ()  # what is changed, in words (without the file's name)
+
+    @property
+    def identity(self) -> bool:
+        return self.orientation == 1 and self.invert is None and self.lut is None
+
+    @property
+    def swaps(self) -> bool:
+        return _ORIENT[self.orientation][0]
+
+    @property
+    def colour(self) -> bool:
+        return self.lut is not None and self.lut.ndim == 2
+
+    def dtype(self, stored):
+        import numpy as np
+
+        return np.dtype(self.lut.dtype) if self.lut is not None else np.dtype(stored)
+
+    @property
+    def key(self) -> tuple:
+        """What identifies the rendering (for dask task names)."""
+        return (self.orientation, self.invert, None if self.lut is None else self.lut.tobytes())
+
+    def shape(self, shape, y: int, x: int) -> tuple:
+        s = list(shape)
+        if self.swaps:
+            s[y], s[x] = s[x], s[y]
+        if self.colour:
+            s.append(self.lut.shape[1])
+        return tuple(s)
+
+    def apply(self, a, y: int, x: int):
+        import numpy as np
+
+        if self.invert is not None:
+            a = _invert(a, self.invert)
+        if self.lut is not None:
+            lut = self.lut
+            if hasattr(a, "dask"):
+                a = a.map_blocks(lambda b: np.take(lut, b, axis=0, mode="clip"), dtype=lut.dtype,
+                                 **({"new_axis": a.ndim} if lut.ndim == 2 else {}),
+                                 **({"chunks": a.chunks + ((lut.shape[1],),)} if lut.ndim == 2 else {}))
+            else:
+                a = np.take(lut, np.asarray(a), axis=0, mode="clip")
+        swap, fy, fx = _ORIENT[self.orientation]
+        if swap:
+            a = a.swapaxes(y, x)
+        if fy or fx:
+            idx = [slice(None)] * a.ndim
+            if fy:
+                idx[y] = slice(None, None, -1)
+            if fx:
+                idx[x] = slice(None, None, -1)
+            a = a[tuple(idx)]
+        return a
+
+
+def _invert(a, top):
+    import numpy as np
+
+    dt = np.dtype(a.dtype)
+    if dt.kind == "f":
+        return -a
+    if dt.kind == "i":
+        return (-1 - a).astype(dt)
+    return (dt.type(top) - a).astype(dt)
+
+
+def tiff_rendering(page, label: str) -> Rendering:
+    """The :class:`Rendering` of a TIFF page (the first page of a series: its key frame)."""
+    import numpy as np
+
+    tags = page.tags
+    notes = []
+    o_tag = tags.get(274)
+    orientation = as_orientation(o_tag.value if o_tag is not None else 1)
+    invert = None
+    lut = None
+    has_photometric = tags.get(262) is not None  # tifffile reports 0 (miniswhite) when it is missing
+    photometric = int(page.photometric) if has_photometric else -1
+    dt = np.dtype(page.dtype) if page.dtype is not None else None
+    if photometric == 0 and dt is not None and int(page.samplesperpixel) == 1:
+        bits = int(page.bitspersample)
+        if dt.kind == "u":
+            invert = float(2 ** min(bits, dt.itemsize * 8) - 1)
+            how = f"v -> {int(invert)} - v"
+        elif dt.kind == "i":
+            invert, how = -1.0, "v -> -1 - v"
+        else:
+            invert, how = 0.0, "v -> -v"
+        notes.append(f"photometric miniswhite (0 is white): the values are inverted on read ({how}) "
+                     "so that the planes look as they do in viewers; the results are written minisblack")
+    elif photometric == 3:
+        cmap = page.colormap
+        if cmap is None:
+            raise StackError(f"{label}: a palette (colour-mapped) TIFF without its palette (no ColorMap tag); "
+                             "it may be corrupt")
+        cmap = np.asarray(cmap)
+        if cmap.ndim == 1:
+            cmap = np.stack([cmap] * 3)
+        table = cmap.T  # (n, 3)
+        eight = table.dtype.itemsize > 1 and (
+            bool(np.all(table % 257 == 0)) or bool(np.all(table % 256 == 0)))
+        if table.dtype.itemsize == 1:
+            table = table.astype(np.uint8)
+        elif eight:
+            table = (table // (257 if np.all(table % 257 == 0) else 256)).astype(np.uint8)
+        else:
+            table = table.astype(np.uint16)
+        grey = bool(np.all(table[:, 0] == table[:, 1]) and np.all(table[:, 1] == table[:, 2]))
+        lut = np.ascontiguousarray(table[:, 0] if grey else table)
+        notes.append(f"a palette (colour-mapped) TIFF: its palette of {len(table)} entries is applied, "
+                     f"giving a {'grey' if grey else 'RGB'} {lut.dtype} image (the stored values are colour "
+                     "indices, not intensities)")
+    if orientation != 1:
+        notes.append(orientation_note(orientation, "TIFF"))
+    return Rendering(orientation=orientation, invert=invert, lut=lut, notes=tuple(notes))
+
+
+def orientation_note(orientation: int, kind: str) -> str:
+    return (f"{kind} orientation {orientation} ({ORIENTATION_WORDS[orientation]}) is applied: the planes "
+            "are read as viewers show them, and the results are written in that orientation")
+
+
+# --- axes in words --------------------------------------------------------------------------
+
+_AXIS_WORDS = {
+    "T": "time", "Z": "focus planes", "C": "channels", "S": "colour samples", "Y": "height",
+    "X": "width", "I": "images", "Q": "unnamed", "R": "tiles", "E": "lambda", "H": "phase",
+    "P": "position", "A": "angle", "L": "exposure", "V": "views", "M": "mosaic", "O": "other",
+}
+
+
+def describe_dims(axes: str, shape) -> str:
+    """``"4 (unnamed) x 64 (height) x 64 (width)"``: a file's dimensions in words, for messages
+    (tifffile's letters such as ``Q`` or ``I`` mean nothing to a user)."""
+    parts = []
+    for k, n in enumerate(shape):
+        a = axes[k].upper() if k < len(axes) else "?"
+        parts.append(f"{n} ({_AXIS_WORDS.get(a, 'unnamed')})")
+    return " x ".join(parts)

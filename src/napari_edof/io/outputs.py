@@ -4,6 +4,9 @@ One result is a fixed set of files in one folder (:func:`result_names`). Every w
 set of :func:`~napari_edof.io.write_result`, the OME-Zarr images, the tiled TIFFs) plans its
 files here, so that
 
+* the output folder can hold the results (:func:`check_writable`: a folder, or one that can be
+  created, that this user can write to, on a disk with room for the files): checked before
+  anything is fused, so that a run is not lost at its end;
 * no output ever resolves to an input (:func:`check_not_inputs`: real paths compared, symlinks
   and hard links too): a run is refused before it starts rather than replacing its own source;
 * a result that replaces an earlier one in the same folder says so and removes the files of the
@@ -12,6 +15,7 @@ files here, so that
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -22,7 +26,8 @@ from pathlib import Path
 
 from ..core.errors import EdofError, EdofWarning
 
-__all__ = ["OverwriteError", "check_not_inputs", "previous_files", "result_names", "retire_previous"]
+__all__ = ["OutputError", "OverwriteError", "check_not_inputs", "check_writable", "explain_oserror", "plan_outputs",
+           "previous_files", "result_names", "retire_previous"]
 
 #: The formats of a run and the files of one result in each (``{t}``: one per time point).
 FORMATS = ("tiff", "zarr", "tiled-tiff")
@@ -30,6 +35,138 @@ FORMATS = ("tiff", "zarr", "tiled-tiff")
 
 class OverwriteError(EdofError):
     """An output of the run would replace (or be written inside) one of its inputs."""
+
+
+class OutputError(EdofError):
+    """The results cannot be written where they are to go (the CLI's exit code 3)."""
+
+
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
+
+
+def _free_bytes(where) -> int | None:
+    p = Path(where) if where is not None else None
+    while p is not None and not p.exists():
+        if p.parent == p:
+            return None
+        p = p.parent
+    if p is None:
+        return None
+    try:
+        return int(shutil.disk_usage(p).free)
+    except OSError:
+        return None
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def explain_oserror(e: OSError, where=None) -> str:
+    """An OSError in words a user can act on. A short write (numpy's "262144 requested and
+    81704 written", which carries no errno) or ENOSPC/EDQUOT is "No space left on device", with
+    the space left on the disk of ``where``; a permission error names the remedy."""
+    text = e.strerror or str(e) or type(e).__name__
+    short = _SHORT_WRITE.search(str(e))
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)) or (short and e.errno is None):
+        what = "No space left on device" if e.errno != getattr(errno, "EDQUOT", -1) else "Disk quota exceeded"
+        detail = f" (only {short.group(2)} of {short.group(1)} bytes could be written)" if short else ""
+        free = _free_bytes(where)
+        room = f"; {_size(free)} free on the disk of {where}" if free is not None else ""
+        return f"{what}{detail}{room}: free some space or choose another output folder (-o)"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        name = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        return f"{text}{name}"
+    return text
+
+
+def check_writable(outdir, need_bytes: int | None = None) -> None:
+    """Refuse (:class:`OutputError`) an output folder that cannot hold the results, before any
+    work is done: a file in its place, a folder (or, when it does not exist yet, the nearest
+    existing folder above it) this user cannot write to, or (with ``need_bytes``) a disk with
+    less free space than the results need."""
+    outdir = Path(outdir)
+    if not os.fspath(outdir).strip():
+        raise OutputError("the output folder is an empty name: give a folder (-o)")
+    if outdir.is_symlink() and not outdir.exists():
+        raise OutputError(f"cannot write the results to {outdir}: it is a symbolic link to {os.readlink(outdir)}, "
+                          "which does not exist")
+    if outdir.exists() and not outdir.is_dir():
+        raise OutputError(f"cannot write the results to {outdir}: it is a file, not a folder")
+    probe = outdir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise OutputError(f"cannot create the output folder {outdir}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        if probe == outdir:
+            raise OutputError(f"cannot write the results to {outdir}: the folder is not writable")
+        raise OutputError(f"cannot create the output folder {outdir}: {probe} is not writable")
+    _probe_write(outdir, probe)
+    if need_bytes:
+        free = _free_bytes(probe)
+        try:
+            pseudo = shutil.disk_usage(probe).total == 0  # /proc and the like: no size to compare with
+        except OSError:
+            pseudo = True
+        if free is not None and not pseudo and free < need_bytes:
+            raise OutputError(
+                f"cannot write the results to {outdir}: No space left on device (the results need about "
+                f"{_size(need_bytes)} but the disk has {_size(free)} free): free some space or choose another "
+                "output folder (-o)"
+            )
+
+
+def _probe_write(outdir: Path, existing: Path) -> None:
+    """Create what the results need (the missing folders, a file) and remove it again at once:
+    what permissions alone do not tell (a read-only file system, a name too long, /proc) is
+    found before the run, and nothing is left behind."""
+    import tempfile
+
+    made = []
+    try:
+        try:
+            for d in reversed([d for d in [outdir, *outdir.parents] if not d.exists()]):
+                d.mkdir()
+                made.append(d)
+            fd, tmp = tempfile.mkstemp(prefix=".napari-edof-probe-", dir=outdir)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as e:
+            what = "create the output folder" if made or not outdir.exists() else "write the results to"
+            raise OutputError(f"cannot {what} {outdir}: {explain_oserror(e, existing)}") from None
+    finally:
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
+def plan_outputs(outdir, names: Iterable[str], sources: Sequence, need_bytes: int | None = None) -> None:
+    """Every check of where a result goes, in one call, before anything is computed: the folder
+    can hold it (:func:`check_writable`) and none of its files is an input (:func:`check_not_inputs`)."""
+    names = list(names)
+    check_not_inputs(outdir, names, sources)
+    check_writable(outdir, need_bytes)
+
+
+def result_bytes(fmt: str, n_times: int, n_planes: int, yx, channels: int, itemsize: int) -> int | None:
+    """About how many bytes the files of one result take (uncompressed TIFFs; None for OME-Zarr,
+    which is compressed and written as it goes)."""
+    if fmt not in ("tiff", "tiled-tiff"):
+        return None
+    px = int(n_times) * int(yx[0]) * int(yx[1])
+    per = channels * itemsize + 4 + 4  # fused, focus index, confidence
+    if fmt == "tiff":
+        per += 2 + int(n_planes) + 3  # decision, masks, focus-index PNG (at most)
+    return px * per
 
 
 def result_names(fmt: str = "tiff", n_times: int = 1, prefix: str = "") -> list[str]:

@@ -36,9 +36,22 @@ import numpy as np
 
 from ..core.errors import EdofError, ReadError, StackError
 from ..core.stack import SUPPORTED_DTYPES, Stack, check_axes_text
-from .metadata import map_axes, reconcile_tiff_pages, tiff_scale
+from .metadata import (
+    Rendering,
+    as_orientation,
+    describe_dims,
+    map_axes,
+    orientation_note,
+    reconcile_tiff_pages,
+    tiff_rendering,
+    tiff_scale,
+)
 
-__all__ = ["IMAGE_SUFFIXES", "open_stack", "natural_key"]
+__all__ = ["IMAGE_SUFFIXES", "SingleImageError", "open_stack", "natural_key", "read_image"]
+
+
+class SingleImageError(StackError):
+    """The file is one 2D image, readable but not a focus stack (other readers may take it)."""
 
 #: File name endings a folder or a glob is searched for (case-insensitive; ".ome.tif" included).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -294,8 +307,87 @@ def _check_log(messages: list[str], path: Path, size: int) -> None:
             )
 
 
+#: The most a TIFF compression can shrink pixel data (uncompressed bytes per stored byte), with
+#: a margin: PackBits 128/2, LZW about 4096 bytes from one 12-bit code, Deflate 1032, JPEG a few
+#: bits per 8x8 block, Zstandard 32768. Compressions not listed are not checked.
+_MAX_RATIO = {1: 1.0, 32773: 64.0, 5: 4096.0, 8: 1100.0, 32946: 1100.0, 6: 2000.0, 7: 2000.0,
+              50000: 40000.0}  # Zstandard: an RLE block of 128 KiB in 4 bytes
+_COMPRESSION_NAMES = {5: "LZW", 6: "old-style JPEG", 7: "JPEG", 8: "Deflate", 32946: "Deflate",
+                      32773: "PackBits", 34925: "LZMA", 50000: "Zstandard", 34887: "LERC", 50001: "WebP",
+                      33003: "JPEG 2000", 33005: "JPEG 2000", 34712: "JPEG 2000", 34892: "lossless JPEG",
+                      50002: "JPEG XL", 52546: "JPEG XL"}
+
+
+def _compression_name(code: int) -> str:
+    if code in _COMPRESSION_NAMES:
+        return _COMPRESSION_NAMES[code]
+    try:
+        import tifffile
+
+        return tifffile.COMPRESSION(code).name
+    except Exception:
+        return f"compression {code}"
+
+
+def _check_codecs(page, path: Path) -> None:
+    """Refuse at open, not when the pixels are read, a TIFF whose compression or predictor
+    cannot be decoded here (naming it and the package that decodes it)."""
+    import tifffile
+
+    checks = ((int(page.compression), tifffile.TIFF.DECOMPRESSORS, "compressed with", 1),
+              (int(page.predictor), tifffile.TIFF.UNPREDICTORS, "stored with the predictor", 1))
+    for code, table, what, plain in checks:
+        if code == plain:
+            continue
+        try:
+            table[code]
+        except KeyError as e:
+            name = _compression_name(code) if "compress" in what else f"{code}"
+            if "imagecodecs" in str(e):
+                raise ReadError(
+                    f"{path}: the TIFF is {what} {name}, which needs the imagecodecs package to decode: "
+                    "install it (pip install imagecodecs; napari-edof depends on it, so the installation "
+                    "is incomplete)"
+                ) from None
+            raise ReadError(f"{path}: the TIFF is {what} {name}, which cannot be decoded ({e})") from None
+
+
+def _page_bytes(page) -> int:
+    """The bytes of pixel data a page's header declares (uncompressed, rows padded to bytes)."""
+    spp = int(page.samplesperpixel)
+    planar = int(page.planarconfig) == 2
+    row = -(-int(page.imagewidth) * int(page.bitspersample) * (1 if planar else spp) // 8)
+    return row * int(page.imagelength) * max(int(getattr(page, "imagedepth", 1) or 1), 1) * (spp if planar else 1)
+
+
+def _check_declared(page, path: Path, file_size: int) -> None:
+    """Refuse a page whose stored data cannot hold the pixels its header declares (a tiny file
+    that declares 100000 x 100000 pixels is corrupt, not a memory problem)."""
+    kf = getattr(page, "keyframe", None) or page  # a TiffFrame has its header in its key frame
+    counts = np.asarray(page.databytecounts, np.int64)
+    held = int(counts.sum()) if counts.size else 0
+    try:
+        need = _page_bytes(kf)
+        comp = int(kf.compression)
+    except (AttributeError, TypeError, ValueError):
+        return
+    ratio = _MAX_RATIO.get(comp)
+    if ratio is None or need <= 0 or held * ratio >= need:
+        return
+    how = "" if comp == 1 else f" ({_compression_name(comp)}-compressed, which cannot shrink it that much)"
+    raise ReadError(
+        f"{path}: the file is corrupt or truncated: page {page.index} declares "
+        f"{kf.imagelength}x{kf.imagewidth} pixels ({need} bytes of pixel data) but holds {held} bytes of "
+        f"data{how}; the file has {file_size} bytes"
+    )
+
+
 def _check_extent(series, path: Path) -> None:
-    """Raise if the pixel data of ``series`` lies (partly) beyond the end of its file."""
+    """Raise if the pixel data of ``series`` lies (partly) beyond the end of its file, or cannot
+    hold the pixels its pages declare, or cannot be decoded here."""
+    key = series.keyframe
+    if key is not None:
+        _check_codecs(key, path)
     if series.dataoffset is not None:
         fh = series.keyframe.parent.filehandle
         end = int(series.dataoffset) + int(series.nbytes)
@@ -313,6 +405,7 @@ def _check_extent(series, path: Path) -> None:
         if offsets.size == 0:
             continue
         size = page.parent.filehandle.size
+        _check_declared(page, path, size)
         end = int((offsets + counts).max())
         if end > size:
             raise ReadError(
@@ -347,11 +440,14 @@ def _make_stack(data, axes: str, *, label: str, rgb: bool, name: str, source, sc
     shape = tuple(data.shape)
     if "Z" not in axes and set(axes) <= set("YXC"):
         y, x = shape[axes.index("Y")], shape[axes.index("X")]
-        kind = " RGB" if rgb else (f", {shape[axes.index('C')]} channels" if "C" in axes else "")
-        raise StackError(
+        n_c = shape[axes.index("C")] if "C" in axes else 0
+        kind = (" RGBA" if n_c == 4 else " RGB") if rgb else (f", {n_c} channels" if n_c else "")
+        hint = (f"; if its {n_c} {'colour samples' if rgb else 'channels'} are really {n_c} focus planes, pass "
+                "axes='ZYX' (--axes ZYX) (tifffile writes a (3 or 4, Y, X) array as an RGB(A) image unless "
+                "given photometric='minisblack')") if n_c > 1 else ""
+        raise SingleImageError(
             f"{label}: a single 2D image ({y}x{x}{kind}) is not a focus stack: give a file with at "
-            "least 2 planes, or a folder, glob or list of 2D images (or pass axes= if one of its "
-            f"axes is the focus axis; its shape is {shape})"
+            f"least 2 planes, or a folder, glob or list of 2D images{hint}"
         )
     try:
         return Stack(
@@ -528,8 +624,8 @@ def _open_file(path: Path, *, axes, name) -> Stack:
     kind, size = _sniff(path)
     if kind != "tiff":
         info = _image_header(path, kind, size)
-        desc = "RGB" if info.rgb else (f"{info.channels} channels" if info.channels else "grey")
-        raise StackError(
+        desc = _plane_desc(info)
+        raise SingleImageError(
             f"{path}: a single 2D image ({info.shape[0]}x{info.shape[1]} {desc}) is not a focus "
             "stack: give a folder, a glob pattern or a list of at least 2 images"
         )
@@ -573,6 +669,7 @@ def _open_tiff(path: Path, size: int, *, axes, name) -> Stack:
                     infos = [_series_info(tf, k, path, True) for k in range(len(all_series))]
                 else:
                     infos = [_series_info(tf, 0, path, squeeze, flags)]
+                render = tiff_rendering(tf.series[0].keyframe, label)
             except EdofError:
                 raise
             except Exception as e:
@@ -593,6 +690,14 @@ def _open_tiff(path: Path, size: int, *, axes, name) -> Stack:
     ax, rgb, note, drop = map_axes(file_axes, tuple(data.shape), photometric_rgb=rgb_file, axes=axes, label=label)
     if drop:
         data = data[tuple(0 if k in drop else slice(None) for k in range(data.ndim))]
+    if not render.identity:  # orientation, miniswhite, palette (io/metadata.py)
+        if render.colour and "C" in ax:
+            raise StackError(f"{label}: a palette (colour-mapped) TIFF with channels ({describe_dims(ax, data.shape)}) "
+                             "is not supported; save it as RGB or grey")
+        data = render.apply(data, ax.index("Y"), ax.index("X"))
+        if render.colour:
+            ax, rgb = ax + "C", True
+        _check_dtype(data.dtype, label)
     metadata = {"format": fmt, "file_axes": file_axes, "axes_from": note, "files": 1}
     if ij is not None:
         metadata["imagej"] = {k: v for k, v in ij.items() if isinstance(v, (str, int, float, bool))}
@@ -600,6 +705,8 @@ def _open_tiff(path: Path, size: int, *, axes, name) -> Stack:
         metadata["warnings"] = warnings_
     if reconciled:
         _report(metadata, reconciled)
+    for text in render.notes:
+        _report(metadata, f"{label}: {text}")
     return _make_stack(
         data,
         ax,
@@ -673,6 +780,15 @@ class _PlaneInfo:
     mode: str = ""
     scale: tuple = (None, None, None)
     stat: tuple = ()
+    render: Rendering = Rendering()  # orientation, miniswhite, palette: applied after decoding
+    decoder: str = ""  # "imagecodecs-png": a 16-bit colour PNG (Pillow would drop it to 8 bits)
+    png_colour: int = -1
+
+
+def _turned(p: _PlaneInfo) -> str:
+    o = p.render.orientation
+    return f" (as shown: its orientation tag {o} turns the stored pixels)" if p.render.swaps else (
+        f" (with orientation tag {o})" if o != 1 else "")
 
 
 def _plane_desc(p: _PlaneInfo) -> str:
@@ -688,17 +804,29 @@ def _image_header(path: Path, kind: str, size: int) -> _PlaneInfo:
         return _tiff_plane_header(path, size)
     from PIL import Image
 
+    depth = colour = -1
     if kind == "png":
-        _check_png(path, size)
+        depth, colour = _check_png(path, size)
     try:
         with Image.open(path) as im:
             mode, (w, h) = im.mode, im.size
             transparency = "transparency" in im.info
             n_frames = int(getattr(im, "n_frames", 1) or 1)
+            orientation = _exif_orientation(im)
     except Exception as e:
         raise ReadError(f"{path}: not a readable {kind.upper()} image ({_why(e)})") from None
     if n_frames > 1:
         raise StackError(f"{path}: the {kind.upper()} holds {n_frames} frames; give single-frame images")
+    render = Rendering(orientation=orientation, notes=(orientation_note(orientation, "EXIF"),)) \
+        if orientation != 1 else Rendering()
+    if kind == "png" and depth == 16 and colour in (2, 4, 6):
+        # 16-bit colour (or grey + alpha): Pillow reads these as 8 bits; imagecodecs keeps 16
+        _need_imagecodecs(path, "png_decode", "a 16-bit colour PNG")
+        channels = {2: 3, 6: 4, 4: 0}[colour]
+        shape = render.shape((h, w, channels) if channels else (h, w), 0, 1)
+        return _PlaneInfo(path=path, kind=kind, shape=shape, dtype=np.dtype(np.uint16), channels=channels,
+                          rgb=channels in (3, 4), mode=f"{mode} (16-bit)", stat=_stat_key(path), render=render,
+                          decoder="imagecodecs-png", png_colour=colour)
     if mode == "P":
         entry = ("RGBA", np.uint8, 4) if transparency else ("RGB", np.uint8, 3)
     else:
@@ -706,7 +834,7 @@ def _image_header(path: Path, kind: str, size: int) -> _PlaneInfo:
     if entry is None:
         raise ReadError(f"{path}: unsupported {kind.upper()} pixel mode {mode!r}")
     convert, dtype, channels = entry
-    shape = (h, w, channels) if channels else (h, w)
+    shape = render.shape((h, w, channels) if channels else (h, w), 0, 1)
     return _PlaneInfo(
         path=path,
         kind=kind,
@@ -717,11 +845,41 @@ def _image_header(path: Path, kind: str, size: int) -> _PlaneInfo:
         convert=convert,
         mode=mode,
         stat=_stat_key(path),
+        render=render,
     )
 
 
-def _check_png(path: Path, size: int) -> None:
-    """Walk the PNG's chunk headers (no decompression): refuse truncated files and 16-bit colour."""
+def _exif_orientation(im) -> int:
+    """The EXIF orientation of an opened Pillow image, from the EXIF block its header holds
+    (JPEG APP1, PNG eXIf; no pixels are decoded); 1 when it has none or it is unreadable."""
+    raw = im.info.get("exif")
+    if not raw:
+        return 1
+    try:
+        from PIL import Image
+
+        exif = Image.Exif()
+        exif.load(raw)
+        return as_orientation(exif.get(0x0112, 1))
+    except Exception:  # unreadable EXIF: the pixels as stored
+        return 1
+
+
+def _need_imagecodecs(path: Path, codec: str, what: str) -> None:
+    try:
+        import imagecodecs
+
+        getattr(imagecodecs, codec)
+    except (ImportError, AttributeError):
+        raise ReadError(
+            f"{path}: {what} needs the imagecodecs package to decode: install it (pip install imagecodecs; "
+            "napari-edof depends on it, so the installation is incomplete)"
+        ) from None
+
+
+def _check_png(path: Path, size: int) -> tuple[int, int]:
+    """Walk the PNG's chunk headers (no decompression): refuse truncated files. Returns the
+    (bit depth, colour type) of its header."""
     try:
         with open(path, "rb") as f:
             f.seek(8)
@@ -739,11 +897,6 @@ def _check_png(path: Path, size: int) -> None:
                     if len(ihdr) < 13:
                         raise ReadError(f"{path}: the PNG is truncated (in its IHDR header)")
                     depth, colour = ihdr[8], ihdr[9]
-                    if depth == 16 and colour in (2, 4, 6):
-                        raise ReadError(
-                            f"{path}: 16-bit colour PNGs are not supported (Pillow would read them as "
-                            "8-bit and lose precision): save the planes as 16-bit TIFF"
-                        )
                     f.seek(pos + 8)
                     first = False
                 end = pos + 12 + length
@@ -753,7 +906,7 @@ def _check_png(path: Path, size: int) -> None:
                         f"up to {end} but the file has {size} bytes)"
                     )
                 if ctype == b"IEND":
-                    return
+                    return depth, colour
                 f.seek(end)
                 pos = end
     except OSError as e:
@@ -780,6 +933,7 @@ def _tiff_plane_header(path: Path, size: int) -> _PlaneInfo:
                 shape, axes, dtype = tuple(s.shape), s.axes, np.dtype(s.dtype)
                 rgb_file = _is_photometric_rgb(s)
                 scale = tiff_scale(tf, 0)
+                render = tiff_rendering(s.keyframe, str(path))
             except EdofError:
                 raise
             except Exception as e:
@@ -790,24 +944,30 @@ def _tiff_plane_header(path: Path, size: int) -> _PlaneInfo:
         _check_log(messages, path, size)
     if len(series) > 1 or axes not in ("YX", "YXS", "SYX"):
         raise StackError(
-            f"{path}: the TIFF holds more than one plane (axes {axes!r}, shape {shape}); a folder, "
+            f"{path}: the TIFF holds more than one plane ({describe_dims(axes, shape)}); a folder, "
             "glob or list must hold 2D images (open a multi-page TIFF on its own)"
         )
     planar = axes == "SYX"
     if planar:
         shape = shape[1:] + shape[:1]
     channels = shape[2] if len(shape) == 3 else 0
+    rgb = rgb_file and channels in (3, 4)
+    if render.colour:
+        if channels:
+            raise StackError(f"{path}: a palette (colour-mapped) TIFF with {channels} samples is not supported")
+        channels, rgb = 3, True
     return _PlaneInfo(
         path=path,
         kind="tiff",
-        shape=shape,
-        dtype=dtype.newbyteorder("="),
+        shape=render.shape(shape, 0, 1),
+        dtype=render.dtype(dtype.newbyteorder("=")),
         channels=channels,
-        rgb=rgb_file and channels in (3, 4),
+        rgb=rgb,
         planar=planar,
         mode=axes,
         scale=scale,
         stat=_stat_key(path),
+        render=render,
     )
 
 
@@ -821,6 +981,12 @@ def _read_plane(info: _PlaneInfo) -> np.ndarray:
                 a = tifffile.imread(info.path, series=0)
             if info.planar:
                 a = np.moveaxis(a, 0, -1)
+        elif info.decoder == "imagecodecs-png":
+            import imagecodecs
+
+            a = imagecodecs.png_decode(info.path.read_bytes())
+            if info.png_colour == 4:  # grey + alpha: the grey (as Pillow's LA -> L)
+                a = a[..., 0]
         else:
             from PIL import Image
 
@@ -828,6 +994,8 @@ def _read_plane(info: _PlaneInfo) -> np.ndarray:
                 if info.convert:
                     im = im.convert(info.convert)
                 a = np.asarray(im)
+        if not info.render.identity:
+            a = info.render.apply(a, 0, 1)
     except Exception as e:
         raise ReadError(
             f"{info.path}: cannot read the pixels ({_why(e)}); the file may be truncated or corrupt"
@@ -859,8 +1027,8 @@ def _open_planes(paths: Sequence[Path], *, axes, name: str, label: str) -> Stack
     for info in infos[1:]:
         if info.shape[:2] != ref.shape[:2]:
             raise StackError(
-                f"{info.path}: the image is {info.shape[0]}x{info.shape[1]} pixels but "
-                f"{ref.path.name} (the first plane) is {ref.shape[0]}x{ref.shape[1]}; all planes "
+                f"{info.path}: the image is {info.shape[0]}x{info.shape[1]} pixels{_turned(info)} but "
+                f"{ref.path.name} (the first plane) is {ref.shape[0]}x{ref.shape[1]}{_turned(ref)}; all planes "
                 "must have the same size"
             )
         if info.channels != ref.channels or info.rgb != ref.rgb:
@@ -875,7 +1043,8 @@ def _open_planes(paths: Sequence[Path], *, axes, name: str, label: str) -> Stack
             )
     parts = []
     for info in infos:
-        key = "edof-read-" + _token(info.stat, info.kind, info.shape, str(info.dtype), info.convert, info.planar)
+        key = "edof-read-" + _token(info.stat, info.kind, info.shape, str(info.dtype), info.convert, info.planar,
+                                    info.render.key, info.decoder)
         d = dask.delayed(_read_plane, pure=True)(info, dask_key_name=key)
         parts.append(da.from_delayed(d, shape=info.shape, dtype=info.dtype))
     data = da.stack(parts, axis=0)
@@ -898,6 +1067,13 @@ def _open_planes(paths: Sequence[Path], *, axes, name: str, label: str) -> Stack
         "axes_from": note,
         "file_modes": sorted({i.mode for i in infos}),
     }
+    notes: dict[str, list[Path]] = {}
+    for info in infos:
+        for text in info.render.notes:
+            notes.setdefault(text, []).append(info.path)
+    for text, where in notes.items():
+        which = where[0].name if len(where) == 1 else f"{where[0].name} and {len(where) - 1} more"
+        _report(metadata, f"{label}: {text} ({len(where)} of {len(infos)} planes: {which})")
     return _make_stack(
         data,
         ax,
@@ -908,3 +1084,19 @@ def _open_planes(paths: Sequence[Path], *, axes, name: str, label: str) -> Stack
         scale=ref.scale,
         metadata=metadata,
     )
+
+
+def read_image(path) -> np.ndarray:
+    """One 2D image as its viewers show it: (Y, X) grey or (Y, X, C) colour, from a TIFF, PNG or
+    JPEG file (the same decoding as the planes of a folder: EXIF orientation, miniswhite and
+    palettes applied, 16-bit colour PNGs kept at 16 bits). Raises ``ReadError``/``StackError``."""
+    p = _as_path(path)
+    kind, size = _sniff(p)
+    try:
+        info = _image_header(p, kind, size)
+    except StackError as e:
+        found = re.search(r"holds more than one plane \((.*)\); a folder", str(e))
+        if found:
+            raise ReadError(f"{p}: not one 2D image: the TIFF holds {found.group(1)}") from None
+        raise
+    return _read_plane(info)

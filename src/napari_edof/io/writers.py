@@ -280,29 +280,24 @@ def write_result(result, outdir, *, stem: str | None = None) -> dict[str, Path]:
         file is left; an existing file is replaced only by a complete one).
     """
     outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise EdofError(f"cannot write the results to {outdir}: it is a file, not a folder")
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise EdofError(f"cannot create the output folder {outdir}: {_oserror(e)}") from None
-    if not os.access(outdir, os.W_OK | os.X_OK):
-        raise EdofError(f"cannot write the results to {outdir}: the folder is not writable")
-
     prefix = "" if not stem else (str(stem) if str(stem)[-1] in "_-." else f"{stem}_")
-    from .outputs import check_not_inputs, previous_files, result_names, retire_previous
+    from .outputs import OutputError, plan_outputs, previous_files, result_names, retire_previous
 
     sources = list((getattr(result, "provenance", None) or {}).get("source") or ())
     n_times = int(np.shape(result.index)[0]) if np.ndim(result.index) == 3 else 1
     names = result_names("tiff", n_times, prefix)
-    check_not_inputs(outdir, names, sources)  # a result never replaces its own input
+    plan_outputs(outdir, names, sources)  # writable, and a result never replaces its own input
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the output folder {outdir}: {_oserror(e, outdir)}") from None
     # all or nothing: every file is written into a hidden staging folder first, then the set is
     # moved into place (an error or Ctrl-C leaves the previous results as they were)
     staging = outdir / f".staging-{secrets.token_hex(6)}"
     try:
         staging.mkdir()
     except OSError as e:
-        raise EdofError(f"cannot write the results to {outdir}: {_oserror(e)}") from None
+        raise OutputError(f"cannot write the results to {outdir}: {_oserror(e, outdir)}") from None
     try:
         staged = _write_result_files(result, staging, prefix, files=names)
         old = previous_files(outdir, prefix)
@@ -427,8 +422,10 @@ def json_safe(obj: Any) -> Any:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _oserror(e: OSError) -> str:
-    return e.strerror or str(e) or type(e).__name__
+def _oserror(e: OSError, where=None) -> str:
+    from .outputs import explain_oserror
+
+    return explain_oserror(e, where)
 
 
 def _materialise(data, path: Path) -> np.ndarray:
@@ -503,7 +500,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         os.close(fd)
     except OSError as e:
-        raise EdofError(f"cannot write {path}: {_oserror(e)} (is the folder {folder} writable?)") from None
+        raise EdofError(f"cannot write {path}: {_oserror(e, folder)} (is the folder {folder} writable?)") from None
     try:
         write(tmp)
         fd = os.open(tmp, os.O_RDWR)
@@ -518,6 +515,6 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         if isinstance(e, EdofError) or not isinstance(e, Exception):
             raise
         if isinstance(e, OSError):
-            raise EdofError(f"cannot write {path}: {_oserror(e)}") from None
+            raise EdofError(f"cannot write {path}: {_oserror(e, folder)}") from None
         raise EdofError(f"cannot write {path}: {type(e).__name__}: {e}") from e
     return path

@@ -56,37 +56,68 @@ def default_range(arrays: Sequence[np.ndarray]) -> tuple[float, float]:
     return offset, max(hi - lo, np.finfo(np.float64).tiny)
 
 
+def _describe(shape) -> str:
+    shape = tuple(shape)
+    if len(shape) == 2:
+        return f"{shape[0]}x{shape[1]} grey"
+    if len(shape) == 3:
+        kind = {3: "RGB", 4: "RGBA"}.get(shape[2], f"with {shape[2]} channels")
+        return f"{shape[0]}x{shape[1]} {kind}"
+    return f"shape {shape}"
+
+
+def _check_like(a: np.ndarray, f: np.ndarray, what: str) -> None:
+    """``a`` can be compared with the fused image ``f``: the same size, and the same channels,
+    or one of them grey and the other colour (both are then compared on luminance)."""
+    if a.ndim not in (2, 3) or tuple(a.shape[:2]) != tuple(f.shape[:2]):
+        raise ValueError(f"{what} ({_describe(a.shape)}) does not match the fused image ({_describe(f.shape)}): "
+                         "they must have the same size")
+    if a.shape == f.shape:
+        return
+    colour = {a.ndim == 3 and a.shape[2] in (3, 4), f.ndim == 3 and f.shape[2] in (3, 4)}
+    grey_ = {a.ndim == 2, f.ndim == 2}
+    if True in colour and True in grey_:
+        return  # one grey, one colour: both on luminance (the metrics work on grey images)
+    raise ValueError(f"{what} ({_describe(a.shape)}) does not match the fused image ({_describe(f.shape)}): "
+                     "they must have the same channels (or one be grey and the other colour)")
+
+
 def prepare(sources, fused, truth=None, *, data_range=None):
     """-> (planes (N, Y, X) float64, fused (Y, X) float64, truth or None) scaled to [0, 1].
 
     ``sources``: a sequence of 2D (or 2D colour) images, or one array of N planes
-    (N, Y, X) or (N, Y, X, C). ``fused`` and ``truth``: (Y, X) or (Y, X, C).
+    (N, Y, X) or (N, Y, X, C). ``fused`` and ``truth``: (Y, X) or (Y, X, C). A grey image
+    and colour ones (a fused RGB image of grey planes, a grey fused image of RGB planes) are
+    compared on luminance, like two colour images.
     """
     f_raw = np.asarray(fused)
     if f_raw.ndim not in (2, 3):
         raise ValueError(f"the fused image must be (Y, X) or (Y, X, C), got shape {f_raw.shape}")
     yx = f_raw.shape[:2]
-    colour = f_raw.ndim == 3
     if isinstance(sources, np.ndarray) or hasattr(sources, "shape"):
         s_raw = np.asarray(sources)
         if s_raw.ndim == f_raw.ndim + 1:
             planes_raw = list(s_raw)
+        elif s_raw.ndim == 3 and f_raw.ndim == 3 and tuple(s_raw.shape[1:]) == yx:
+            planes_raw = list(s_raw)  # grey planes, a colour fused image
+        elif s_raw.ndim == 4 and f_raw.ndim == 2 and tuple(s_raw.shape[1:3]) == yx:
+            planes_raw = list(s_raw)  # colour planes, a grey fused image
         elif s_raw.ndim == f_raw.ndim:
-            raise ValueError(f"sources of shape {s_raw.shape} look like one image; give at least two")
+            raise ValueError(f"the sources ({_describe(s_raw.shape)}) look like one image, not a stack of planes; "
+                             "give at least two")
         else:
-            raise ValueError(f"sources of shape {s_raw.shape} do not match the fused image {f_raw.shape}")
+            raise ValueError(f"the sources (shape {s_raw.shape}) do not match the fused image "
+                             f"({_describe(f_raw.shape)})")
     else:
         planes_raw = [np.asarray(p) for p in sources]
     if len(planes_raw) < 1:
         raise ValueError("no source images given")
     for p in planes_raw:
-        if p.shape != f_raw.shape:
-            raise ValueError(f"a source of shape {p.shape} does not match the fused image {f_raw.shape}")
+        _check_like(p, f_raw, "a source plane")
     t_raw = None
     if truth is not None:
         t_raw = np.asarray(truth)
-        if t_raw.shape != f_raw.shape:
-            raise ValueError(f"the truth of shape {t_raw.shape} does not match the fused image {f_raw.shape}")
+        _check_like(t_raw, f_raw, "the truth")
     everything = planes_raw + [f_raw] + ([t_raw] if t_raw is not None else [])
     if data_range is None:
         offset, rng = default_range(everything)
@@ -97,8 +128,8 @@ def prepare(sources, fused, truth=None, *, data_range=None):
         lo = min(float(np.min(a)) for a in everything)
         offset = lo if lo < 0 else 0.0
 
-    def scale(a):
-        g = grey(a, colour=colour)
+    def scale(a):  # colour (3 or 4 channels) -> luminance, other channels -> their mean
+        g = grey(a)
         if offset:
             g -= offset
         g /= rng

@@ -104,10 +104,17 @@ def fetch(spec: WeightsSpec, *, download: bool = True) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise WeightsError(f"cannot create the weights cache folder {folder} ({e}); "
-                           f"set ${ENV} to a writable folder") from None
+        raise WeightsError(f"cannot create the weights cache folder {folder} ({e.strerror or e}); set ${ENV} to a "
+                           f"writable folder{_manual(spec, path)}") from None
     for url in spec.urls:
-        fd, tmp = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=folder)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=folder)
+        except OSError as e:  # a read-only cache: say so (this is not about the run's results)
+            raise WeightsError(
+                f"the weights cache folder {folder} is not writable ({e.strerror or e}), so {spec.filename} "
+                f"cannot be downloaded into it: set ${ENV} to a writable folder (for example "
+                f"{ENV}=~/napari-edof-weights), or copy {spec.filename} into it by hand"
+            ) from None
         os.close(fd)
         tmp = Path(tmp)
         try:
