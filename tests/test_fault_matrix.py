@@ -627,7 +627,9 @@ def case_sigterm_mid_run(tmp_path, capsys):
                                  "--format", fmt, "-q"], env=env, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 120
-            while not (out.is_dir() and any(p.name.startswith(".") for p in out.iterdir())):
+            # a hidden staging/partial/work entry (not the short write probe made before the run)
+            while not (out.is_dir() and any(p.name.startswith(".") and not p.name.startswith(".napari-edof-probe-")
+                                            for p in out.iterdir())):
                 assert proc.poll() is None, proc.stderr.read()
                 assert time.monotonic() < deadline, "the run never started writing"
                 time.sleep(0.02)

@@ -126,27 +126,34 @@ def check_writable(outdir, need_bytes: int | None = None) -> None:
 def _probe_write(outdir: Path, existing: Path) -> None:
     """Create what the results need (the missing folders, a file) and remove it again at once:
     what permissions alone do not tell (a read-only file system, a name too long, /proc) is
-    found before the run, and nothing is left behind."""
+    found before the run, and nothing is left behind (Ctrl-C or SIGTERM waits for the clean-up)."""
     import tempfile
 
-    made = []
-    try:
+    from ..core.interrupts import critical
+
+    made, tmp = [], None
+    with critical():
         try:
-            for d in reversed([d for d in [outdir, *outdir.parents] if not d.exists()]):
-                d.mkdir()
-                made.append(d)
-            fd, tmp = tempfile.mkstemp(prefix=".napari-edof-probe-", dir=outdir)
-            os.close(fd)
-            os.unlink(tmp)
-        except OSError as e:
-            what = "create the output folder" if made or not outdir.exists() else "write the results to"
-            raise OutputError(f"cannot {what} {outdir}: {explain_oserror(e, existing)}") from None
-    finally:
-        for d in reversed(made):
             try:
-                d.rmdir()
-            except OSError:
-                pass
+                for d in reversed([d for d in [outdir, *outdir.parents] if not d.exists()]):
+                    d.mkdir()
+                    made.append(d)
+                fd, tmp = tempfile.mkstemp(prefix=".napari-edof-probe-", dir=outdir)
+                os.close(fd)
+            except OSError as e:
+                what = "create the output folder" if made or not outdir.exists() else "write the results to"
+                raise OutputError(f"cannot {what} {outdir}: {explain_oserror(e, existing)}") from None
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+            for d in reversed(made):
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
 
 
 def plan_outputs(outdir, names: Iterable[str], sources: Sequence, need_bytes: int | None = None) -> None:
