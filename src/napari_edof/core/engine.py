@@ -4,20 +4,10 @@
 :class:`FusionResult` (``StopIteration.value``). Closing the generator cancels the run before the
 next tile. ``fuse`` drains it (optionally calling ``progress`` for each step).
 
-Methods implement::
-
-    class MyMethod:
-        def __init__(self, params: dict, *, device: str): ...
-        def fuse_tile(self, planes, guide, *, halo, stats=None) -> dict
-            # planes: (Z, h, w, C) source window (input dtype), guide: (Z, h, w) float32
-            # returns "fused" (h', w', C), "index" and "confidence" (h', w') for the window
-            # cropped by `halo` on every side (h' = h - 2 * halo)
-
-and, for whole-image statistics (two passes), optionally ``pass1(planes, guide, *, halo) -> dict``
-of 2D maps and ``reduce(maps) -> stats``; the engine stitches pass 1 over every tile, calls
-``reduce`` once and hands ``stats`` to every ``fuse_tile``.
-A method whose first pass depends on its parameters also defines
-``needs_pass1(params) -> bool`` (a static method); without it, ``pass1`` always runs.
+Methods follow :class:`napari_edof.core.spec.FusionMethod`: ``fuse_tile`` on a window of planes,
+and optionally a first pass declared by ``first_pass`` (the keys of ``pass1``'s maps) with
+``pass1`` and ``reduce``; the engine stitches pass 1 over every tile, calls ``reduce`` once and
+hands the statistic to every ``fuse_tile``.
 """
 from __future__ import annotations
 
@@ -32,13 +22,13 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..methods._registry import DEFAULT_METHOD, get_method
 from .colour import make_guide, resolve_guide
 from .errors import StackError
 from .policy import OutOfMemory, check_memory, free_accelerator_memory, is_oom, smaller_tile
 from .registration import parse_register, register_stack
 from .result import FusionResult, Progress, to_stack_axes
 from .scaling import value_scale
+from .spec import DEFAULT_METHOD, get_method
 from .stack import Stack, as_stack, is_dask
 from .tiling import Canvas, Tile, plan_tiles, read_window
 from .values import to_count, to_int
@@ -120,14 +110,9 @@ class FusionPlan:
     def make_impl(self):
         return self.cls(self.impl_params(), device=self.device)
 
-    def is_two_pass(self, impl=None) -> bool:
-        """The method has a first pass (``pass1``/``reduce``) and, if it says when it needs it
-        (``needs_pass1(params)``), needs it with these parameters. Methods may set ``pass1`` per
-        instance (by parameter): give the instance, or one is made."""
-        if impl is None:
-            impl = self.cls if hasattr(self.cls, "pass1") else self.make_impl()
-        needs = getattr(impl, "needs_pass1", None)
-        return hasattr(impl, "pass1") and (needs is None or bool(needs(self.params)))
+    def is_two_pass(self, impl) -> bool:
+        """The method instance ``impl`` has a first pass (``impl.first_pass``, set by parameter)."""
+        return bool(impl.first_pass)
 
 
 def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = None, axes: str | None = None,
@@ -286,7 +271,7 @@ def provenance(pl: FusionPlan, seconds: float, impl=None) -> dict:
     }
     if spec.weights is not None:
         prov["weights_sha256"] = spec.weights.sha256
-    if getattr(impl, "weights_sha256", None):  # the weights the instance loaded (a method may offer several)
+    if impl is not None and impl.weights_sha256:  # the weights the instance loaded (a method may offer several)
         prov["weights_sha256"] = impl.weights_sha256
     if stack.metadata.get("reconciled"):  # the input's metadata did not match its data (see io.metadata)
         prov["input_warnings"] = list(stack.metadata["reconciled"])
@@ -453,7 +438,7 @@ def run_region(pl: FusionPlan, impl, frame: np.ndarray, *, r0: int, s0: int, s1:
     X = stack.yx_shape[1]
     halo, g, check = pl.halo, pl.guide, dtype.kind == "f"
     if pass1:
-        specs = {k: ((), np.float32) for k in impl.pass1_keys}
+        specs = {k: ((), np.float32) for k in impl.first_pass}
         canvas = Canvas((s1 - s0, X), specs, pl.overlap)
     else:
         specs = {"fused": ((C,), _acc_dtype(dtype)), "index": ((), np.float32), "confidence": ((), np.float32)}

@@ -534,7 +534,7 @@ def _reduce_task(pl: FusionPlan, stripes: list[Stripe], *maps):
     """Stitch the stripes' pass-1 maps and reduce them to the method's global statistic."""
     Y, X = pl.stack.yx_shape
     impl = _impl(pl)
-    full = {k: np.empty((Y, X), np.float32) for k in impl.pass1_keys}
+    full = {k: np.empty((Y, X), np.float32) for k in impl.first_pass}
     for s, m in zip(stripes, maps):
         for k in full:
             full[k][s.s0:s.s1] = m[k]
@@ -728,7 +728,7 @@ def _stream_frame(pl, impl, frame, t, stripes, out, writer, budget, two_pass, co
     Y, X = st.yx_shape
     stats = None
     if two_pass:
-        full = {k: np.empty((Y, X), np.float32) for k in impl.pass1_keys}
+        full = {k: np.empty((Y, X), np.float32) for k in impl.first_pass}
         for s in stripes:
             block = read_rows(frame, s.r0, s.r1, Y)
             maps = yield from _counted(run_region(pl, impl, block, r0=s.r0, s0=s.s0, s1=s.s1, tiles=s.tiles,

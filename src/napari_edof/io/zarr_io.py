@@ -25,16 +25,12 @@ from ..core.errors import EdofError, ReadError, StackError
 from ..core.interrupts import critical
 from ..core.result import to_stack_axes
 from ..core.stack import Stack, guess_axes
+from ._common import is_zarr
+from ._common import report_reconciled as _report
 
 _LETTER = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
 _UNIT_NAMES = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "µm": "µm", "um": "µm"}
 _NGFF_UNIT = {"µm": "micrometer", "um": "micrometer", "nm": "nanometer", "mm": "millimeter"}
-
-
-def is_zarr(path) -> bool:
-    """A folder that is a zarr array or group (v3 ``zarr.json``, v2 ``.zarray``/``.zgroup``)."""
-    p = Path(path)
-    return p.is_dir() and any((p / f).exists() for f in ("zarr.json", ".zarray", ".zgroup"))
 
 
 def _multiscales(attrs: dict, label: str = "the store"):
@@ -165,7 +161,6 @@ def open_zarr(path, *, axes: str | None = None, name: str | None = None) -> Stac
     if len(ax) != data.ndim:
         raise StackError(f"{label}: axes {ax!r} do not match the array's {data.ndim} dimensions {tuple(data.shape)}")
     from .metadata import reconcile_zarr_chunks
-    from .readers import _report
 
     metadata = {"zarr": (arr, data.name)}  # the zarr array itself, for direct stripe reads
     keep, message = reconcile_zarr_chunks(arr, ax, label)
