@@ -97,7 +97,6 @@ def test_paths_agree_where_outputs_are_not_saved(name, data):
             _same(_run(name, path, data), memory, f"{name} {path}")
 
 
-@pytest.mark.xfail(strict=True, reason="registration twice on the streamed zarr path: fixed with the one run function")
 @pytest.mark.parametrize("name,path", sorted(R.KNOWN_BROKEN))
 def test_paths_that_failed_before_give_the_in_memory_result(name, path, data):
     """Registration on the streamed zarr path registered twice and failed (issue 15)."""

@@ -309,8 +309,8 @@ def fuse_to_zarr_iter(stack, outdir, *, budget: int | None = None, **options):
     ``(result, files)``: a :class:`FusionResult` of dask arrays over the written images, and the
     paths written. Closing the generator (cancel, Ctrl-C) removes the partial images.
     """
-    from ..core.engine import plan_fusion
-    from ..core.stream import STRIPE_BUDGET, fuse_to_store_iter, plan_stripes
+    from ..core.plan import STRIPE_BUDGET, plan_fusion, plan_stripes
+    from ..core.stream import store_plan_iter
 
     budget = STRIPE_BUDGET if budget is None else int(budget)
     pl = plan_fusion(stack, **options)
@@ -320,7 +320,7 @@ def fuse_to_zarr_iter(stack, outdir, *, budget: int | None = None, **options):
                           dtype=st.dtype, axes=st.axes, rows_per_chunk=rows, pixel_size=st.pixel_size,
                           z_step=st.z_step, unit=st.unit, name=st.name, sources=st.source)
     try:
-        result = yield from fuse_to_store_iter(st, outs.arrays, budget=budget, **options)
+        result = yield from store_plan_iter(pl, outs.arrays, budget=budget)  # (planned, and registered, once)
     except BaseException:
         outs.abort()
         raise
