@@ -76,3 +76,16 @@ def test_other_spellings_of_a_first_pass_are_refused(body, words):
 def test_a_class_without_fuse_tile_is_refused():
     with pytest.raises(TypeError, match="fuse_tile"):
         S.register(_spec("_no_tile"))(type("NoTile", (), {}))
+
+
+def test_the_inspector_helpers_run_without_qt():
+    """The height mesh and the measure settings live in core (the inspector imports them)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from napari_edof.core.surface import height_mesh, texture_image; "
+            "from napari_edof.core.inspect import measure_settings; "
+            "v, f, r, c = height_mesh(np.zeros((8, 9), np.float32)); assert v.shape == (72, 3); "
+            "assert measure_settings('focus-select', {})[0]['measure'] == 'laplacian'; "
+            "assert not any(m.startswith(('qtpy', 'PyQt', 'napari.', 'matplotlib')) for m in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
