@@ -3,10 +3,22 @@ from __future__ import annotations
 
 from .core.engine import fuse, fuse_iter
 from .core.errors import EdofError
-from .core.inspect import focus_curve, recompose
+from .core.inspect import (  # noqa: F401 - the measure settings for the inspector (not in __all__)
+    DEFAULT_MEASURE,
+    DEFAULT_RADIUS,
+    focus_curve,
+    measure_settings,
+    recompose,
+)
 from .core.registration import RegistrationReport, register_stack
 from .core.result import FusionResult, Progress
 from .core.stack import Stack, as_stack
+from .core.surface import (  # noqa: F401 - the height surface, for the inspector (not in __all__)
+    MAX_SURFACE_SIDE,
+    height_mesh,
+    surface_texcoords,
+    texture_image,
+)
 from .data import sample_stack
 from .methods import get_method as _get_method
 from .methods import list_methods

@@ -205,9 +205,13 @@ def _options(args, params: dict) -> dict:
 
     tile = parse_tile(args.tile, "--tile")
     method = DEFAULT_METHOD if args.method is None else args.method  # -m "" is not the default
-    return dict(method=method, params=params, tile=tile, overlap=args.overlap,
+    opts = dict(method=method, params=params, tile=tile, overlap=args.overlap,
                 device=None if args.device == "auto" else args.device, guide=_guide(args.guide),
                 precision=args.precision)
+    reg = _register_option(args)
+    if reg is not None:
+        opts["register"] = reg
+    return opts
 
 
 def _drain_with_bar(gen, bar):
@@ -303,26 +307,27 @@ def _write(run: dict, dest: Path, fmt: str) -> dict:
     return write_result(run["result"], dest)
 
 
-def _register_jobs(jobs, args):
-    """Align each stack's planes first when --register asks for it (the report goes to provenance)."""
+def _register_option(args) -> dict | None:
+    """The ``register=`` option --register and its flags ask for (the plan aligns each stack once)."""
     if getattr(args, "register", "none") in (None, "none"):
-        return jobs
+        return None
+    return dict(mode=args.register, reference=args.register_reference, scale=not args.no_scale,
+                rotation=not args.no_rotation, edges=args.register_edges, guide=_guide(args.guide))
+
+
+def _registration_note(name: str, reg: dict) -> str:
+    """What the registration of a run did, from its provenance (``RegistrationReport.as_dict``)."""
     import math
 
-    from .core.registration import register_stack
+    from .core.registration import NO_SIGNAL
 
-    out = []
-    for st, dest in jobs:
-        reg, rep = register_stack(st, mode=args.register, reference=args.register_reference,
-                                  scale=not args.no_scale, rotation=not args.no_rotation,
-                                  edges=args.register_edges, guide=_guide(args.guide))
-        if not args.quiet:
-            print(f"napari-edof: registered {st.name} ({args.register}): largest shift "
-                  f"{max(math.hypot(p.dy, p.dx) for p in rep.planes):.1f} px, scale "
-                  f"{min(p.scale for p in rep.planes):.4f}..{max(p.scale for p in rep.planes):.4f}, "
-                  f"largest residual {rep.max_residual:.2f} px{_no_signal_note(rep)}", file=sys.stderr)
-        out.append((reg, dest))
-    return out
+    planes = reg["planes"]
+    blank = [p["plane"] for p in planes if p["method"] == NO_SIGNAL]
+    note = f"; plane(s) {', '.join(map(str, blank))} have no signal and were not registered" if blank else ""
+    return (f"napari-edof: registered {name} ({reg['mode']}): largest shift "
+            f"{max(math.hypot(p['dy'], p['dx']) for p in planes):.1f} px, scale "
+            f"{min(p['scale'] for p in planes):.4f}..{max(p['scale'] for p in planes):.4f}, "
+            f"largest residual {reg['max_residual']:.2f} px{note}")
 
 
 def batch_folders(inputs, stems) -> list[str]:
@@ -372,13 +377,6 @@ def _plan_outputs(jobs, fmt: str) -> None:
     for st, dest in jobs:
         need = result_bytes(fmt, st.n_times, st.n_planes, st.yx_shape, st.n_channels, st.dtype.itemsize)
         plan_outputs(dest, result_names(fmt, st.n_times), sources, need_bytes=need)
-
-
-def _no_signal_note(rep) -> str:
-    from .core.registration import NO_SIGNAL
-
-    blank = [p.plane for p in rep.planes if p.method == NO_SIGNAL]
-    return f"; plane(s) {', '.join(map(str, blank))} have no signal and were not registered" if blank else ""
 
 
 def _guide(g: str):
@@ -458,7 +456,6 @@ def cmd_fuse(args) -> int:
                 src = args.inputs[0] if len(args.inputs) == 1 else list(args.inputs)
                 jobs = [(open_stack(src, axes=args.axes), out)]
         _plan_outputs(jobs, args.format)
-        jobs = _register_jobs(jobs, args)
         if args.scheduler or args.workers:
             runs = _run_cluster(jobs, args, params)
         else:
@@ -480,6 +477,8 @@ def cmd_fuse(args) -> int:
                 return EXIT_OUTPUT
             written.append(dest)
             if not args.quiet:
+                if "registration" in run["result"].provenance:
+                    print(_registration_note(st.name, run["result"].provenance["registration"]), file=sys.stderr)
                 print(_summary(run, dest))
         if args.batch and not args.quiet and len(jobs) > 1:
             print(f"napari-edof: {len(jobs)} stacks, each in its own folder of {out}:")

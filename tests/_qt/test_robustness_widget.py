@@ -79,3 +79,33 @@ def test_never_in_focus_shown_in_the_confidence_layer(viewer, qtbot):
     assert (conf.data[:, 40:] == 0).mean() > 0.95 and (conf.data[:, :24] > 0).mean() > 0.85
     dec = find_result_layers(viewer, "half")["decision"]
     assert (dec.data[:, 40:] == 0).mean() > 0.95  # masked: no label
+
+
+@pytest.mark.parametrize("on_cluster", [False, True], ids=["in-memory", "cluster"])
+def test_a_registered_run_registers_once(viewer, qtbot, monkeypatch, on_cluster):
+    """The widget passes register= to the run; the plan aligns the stack, once (issue 15)."""
+    from napari_edof.core import registration
+
+    calls = []
+    real = registration.register_stack
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(registration, "register_stack", counted)
+    w = _widget(viewer, qtbot, viewer.add_image(_shifted(), name="s"))
+    w.register_combo.setCurrentIndex(w.register_combo.findData("translation"))
+    if on_cluster:
+        pytest.importorskip("distributed")
+        from napari_edof.cluster import close_local_clients
+
+        w.cluster_check.setChecked(True)
+        w.cluster_workers.setValue(1)
+    try:
+        res = w.run(sync=True)
+    finally:
+        if on_cluster:
+            close_local_clients()
+    assert res is not None and "registration" in res.provenance
+    assert len(calls) == 1

@@ -69,7 +69,7 @@ def test_cancel_stops_before_the_next_tile(sample_grey, counting_method, workers
     )
 )
 class TwoPass:
-    pass1_keys = ("peak",)
+    first_pass = ("peak",)
 
     def __init__(self, params, *, device):
         pass

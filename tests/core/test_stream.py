@@ -144,13 +144,14 @@ def test_row_reader_aligns_to_chunks_only_within_its_row_budget(grey):
 @register(MethodSpec(name="_pass_by_param", summary="test: a first pass only with global=True",
                      family="classical", params=(Param("global", bool, True),)))
 class PassByParam:
-    """Sets pass1 per instance, as StackMFF-V2 does for its global rules."""
+    """Chooses its first pass per instance, as StackMFF-V2 does for its global rules."""
+
+    first_pass = ()
+    pass1, reduce = TwoPass.pass1, TwoPass.reduce
 
     def __init__(self, params, *, device):
         if params["global"]:
-            self.pass1 = TwoPass.pass1.__get__(self)
-            self.pass1_keys = TwoPass.pass1_keys
-            self.reduce = TwoPass.reduce.__get__(self)
+            self.first_pass = TwoPass.first_pass
         self.glob = params["global"]
 
     def fuse_tile(self, planes, guide, *, halo, stats=None):

@@ -24,9 +24,9 @@ def half_flat():
 def test_policies_off_by_default_and_declared():
     d = SPEC.defaults()
     assert d["lowtexture"] == "off" and d["tie"] == "none" and d["edge_refine"] == 0 and d["consistency"] == 0
-    assert not FocusSelect.needs_pass1(d)
-    assert FocusSelect.needs_pass1(dict(d, lowtexture="mask"))
-    assert not FocusSelect.needs_pass1(dict(d, lowtexture="mask", noise=40.0))
+    assert FocusSelect(d).first_pass == ()
+    assert FocusSelect(dict(d, lowtexture="mask")).first_pass == ("noise",)
+    assert FocusSelect(dict(d, lowtexture="mask", noise=40.0)).first_pass == ()
     names = {p.name for p in SPEC.params}
     assert {"lowtexture", "noise_k", "noise", "tie", "tie_tol", "edge_refine", "consistency"} <= names
 
@@ -35,8 +35,8 @@ def test_noise_estimated_from_the_stack(half_flat):
     from napari_edof.core.engine import plan_fusion, run_region
 
     pl = plan_fusion(half_flat, method="focus-select", params={"lowtexture": "mask"}, tile=64)
-    assert pl.is_two_pass()
     impl = pl.make_impl()
+    assert pl.is_two_pass(impl)
     frame = np.asarray(pl.stack.canonical()[0])
     gen = run_region(pl, impl, frame, r0=0, s0=0, s1=160, tiles=pl.tiles, pass1=True)
     try:

@@ -24,14 +24,11 @@ def autocast_probe():
     calls = []
 
     class Probe:
-        pass1_keys = ("m",)
+        first_pass = ()
 
         def __init__(self, params, *, device="cpu"):
             self.shift, self.fail, self.mark = params["shift"], params["fail"], params["mark"]
-
-        @staticmethod
-        def needs_pass1(params):
-            return params["two_pass"]
+            self.first_pass = ("m",) if params["two_pass"] else ()
 
         def pass1(self, planes, guide, *, halo):
             calls.append(("pass1", torch.is_autocast_enabled("cpu")))

@@ -617,12 +617,9 @@ class FusionWidget(QWidget):
             return None
         try:
             job = self.prepare()
-            if self.cluster_check.isChecked():
-                kw = dict(job.kwargs)
-                reg = kw.pop("register", None)
-                if reg is not None:  # aligned here, before the stack goes to the cluster
-                    job.stack, _ = api.register_stack(job.stack, **reg)
-                gen = _first(api.fuse_many_iter([job.stack], workers=int(self.cluster_workers.value()), **kw))
+            if self.cluster_check.isChecked():  # (registered, if asked, where the run is planned)
+                gen = _first(api.fuse_many_iter([job.stack], workers=int(self.cluster_workers.value()),
+                                                **job.kwargs))
             else:
                 gen = api.fuse_iter(job.stack, **job.kwargs)
         except Exception as exc:  # noqa: BLE001

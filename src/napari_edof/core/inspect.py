@@ -4,11 +4,16 @@ from __future__ import annotations
 import numpy as np
 
 from .colour import gather, make_guide, resolve_guide
-from .errors import StackError
+from .errors import EdofError, StackError
 from .focus import measure_radius, measure_valid
+from .spec import get_method
 from .stack import as_stack
 from .tiling import read_window
 from .values import to_int
+
+#: the focus measure the inspector shows for methods without one of their own
+DEFAULT_MEASURE = "laplacian"
+DEFAULT_RADIUS = 4
 
 
 def _frame(stack, t: int):
@@ -103,3 +108,27 @@ def recompose(stack, labels, *, fill=None, axes: str | None = None) -> np.ndarra
     if "C" not in stack.axes:
         res = res[..., 0]
     return res if "T" in stack.axes else res[0]
+
+
+def measure_settings(method: str | None, params: dict | None) -> tuple[dict, str]:
+    """focus_curve keyword arguments for a result made by ``method`` with ``params``.
+
+    The method's own focus measure and radius when it has them, else the default Laplacian.
+    Returns (kwargs, a short description for the plot).
+    """
+    params = dict(params or {})
+    try:
+        spec = get_method(method)[0] if method else None
+    except EdofError:
+        spec = None
+    names = {p.name: p for p in spec.params} if spec is not None else {}
+    if "measure" in names:
+        kw = {"measure": params.get("measure", names["measure"].default)}
+        for key in ("radius", "step", "threshold"):
+            if key in names:
+                kw[key] = params.get(key, names[key].default)
+        return kw, f"{kw['measure']} (r={kw.get('radius', DEFAULT_RADIUS)}, as {method} used)"
+    kw = {"measure": DEFAULT_MEASURE, "radius": int(params.get("radius", DEFAULT_RADIUS))
+          if isinstance(params.get("radius"), (int, float)) else DEFAULT_RADIUS}
+    why = f"{method} has no focus measure of its own" if method else "method unknown"
+    return kw, f"{DEFAULT_MEASURE} (r={kw['radius']}, default: {why})"

@@ -283,7 +283,7 @@ def retire_previous(outdir, old: list[str] | None, new: Iterable[str], sources: 
             continue
         try:
             if p.is_dir() and not p.is_symlink():
-                from .zarr_io import is_zarr
+                from ._common import is_zarr
 
                 if not is_zarr(p):
                     continue  # only our OME-Zarr images are folders

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..core.errors import EdofError, ReadError, StackError
 from ..core.stack import SUPPORTED_DTYPES, Stack, check_axes_text
+from ._common import report_reconciled
 from .metadata import (
     Rendering,
     as_orientation,
@@ -465,15 +466,7 @@ def _make_stack(data, axes: str, *, label: str, rgb: bool, name: str, source, sc
         raise StackError(f"{label}: {e}") from None
 
 
-def _report(metadata: dict, message: str) -> None:
-    """A mismatch between a file's metadata and its data that was resolved: kept with the stack
-    (and so in provenance.json) and warned about (napari shows it, the CLI prints it)."""
-    import warnings
-
-    from ..core.errors import EdofWarning
-
-    metadata.setdefault("reconciled", []).append(message)
-    warnings.warn(message, EdofWarning, stacklevel=4)
+_report = report_reconciled  # (in io/_common: the OME-Zarr reader reports the same way)
 
 
 def _check_dtype(dtype, label) -> np.dtype:

@@ -25,16 +25,12 @@ from ..core.errors import EdofError, ReadError, StackError
 from ..core.interrupts import critical
 from ..core.result import to_stack_axes
 from ..core.stack import Stack, guess_axes
+from ._common import is_zarr
+from ._common import report_reconciled as _report
 
 _LETTER = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
 _UNIT_NAMES = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "µm": "µm", "um": "µm"}
 _NGFF_UNIT = {"µm": "micrometer", "um": "micrometer", "nm": "nanometer", "mm": "millimeter"}
-
-
-def is_zarr(path) -> bool:
-    """A folder that is a zarr array or group (v3 ``zarr.json``, v2 ``.zarray``/``.zgroup``)."""
-    p = Path(path)
-    return p.is_dir() and any((p / f).exists() for f in ("zarr.json", ".zarray", ".zgroup"))
 
 
 def _multiscales(attrs: dict, label: str = "the store"):
@@ -165,7 +161,6 @@ def open_zarr(path, *, axes: str | None = None, name: str | None = None) -> Stac
     if len(ax) != data.ndim:
         raise StackError(f"{label}: axes {ax!r} do not match the array's {data.ndim} dimensions {tuple(data.shape)}")
     from .metadata import reconcile_zarr_chunks
-    from .readers import _report
 
     metadata = {"zarr": (arr, data.name)}  # the zarr array itself, for direct stripe reads
     keep, message = reconcile_zarr_chunks(arr, ax, label)
@@ -314,8 +309,8 @@ def fuse_to_zarr_iter(stack, outdir, *, budget: int | None = None, **options):
     ``(result, files)``: a :class:`FusionResult` of dask arrays over the written images, and the
     paths written. Closing the generator (cancel, Ctrl-C) removes the partial images.
     """
-    from ..core.engine import plan_fusion
-    from ..core.stream import STRIPE_BUDGET, fuse_to_store_iter, plan_stripes
+    from ..core.plan import STRIPE_BUDGET, plan_fusion, plan_stripes
+    from ..core.stream import store_plan_iter
 
     budget = STRIPE_BUDGET if budget is None else int(budget)
     pl = plan_fusion(stack, **options)
@@ -325,7 +320,7 @@ def fuse_to_zarr_iter(stack, outdir, *, budget: int | None = None, **options):
                           dtype=st.dtype, axes=st.axes, rows_per_chunk=rows, pixel_size=st.pixel_size,
                           z_step=st.z_step, unit=st.unit, name=st.name, sources=st.source)
     try:
-        result = yield from fuse_to_store_iter(st, outs.arrays, budget=budget, **options)
+        result = yield from store_plan_iter(pl, outs.arrays, budget=budget)  # (planned, and registered, once)
     except BaseException:
         outs.abort()
         raise

@@ -1,198 +1,24 @@
-"""The method registry: the only list of fusion methods.
+"""The method registry, as the method files and older code import it.
 
-Each method lives in its own file, declares a :class:`MethodSpec` and registers a class with
-:func:`register`. The widget's choices, the CLI's ``--method`` and the test over every method are
-all generated from this registry.
+It lives in :mod:`napari_edof.core.spec` (with :class:`MethodSpec`, :class:`Param`,
+:class:`WeightsSpec` and the :class:`FusionMethod` protocol), so that the engine (``core``) and
+``nn`` know methods without importing this package; every name is re-exported here.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from ..core.spec import (
+    DEFAULT_METHOD,
+    FirstPass,
+    FusionMethod,
+    MethodSpec,
+    Param,
+    WeightsSpec,
+    context_halo,
+    get_method,
+    list_methods,
+    register,
+    unregister,
+)
 
-from ..core.errors import MethodError
-
-
-@dataclass(frozen=True)
-class Param:
-    """A typed, bounded parameter of a method (the widget and the CLI are generated from these)."""
-
-    name: str
-    type: type
-    default: Any
-    help: str = ""
-    min: float | None = None
-    max: float | None = None
-    choices: tuple | None = None
-
-    def validate(self, value, method: str):
-        """``value`` (Python from the API or the widget, text from the CLI) as this parameter's
-        type, within its bounds or choices; a MethodError naming it otherwise. The same reading for
-        every caller: 3.7, True or "2.5" for an int, NaN for a float, "maybe" for a bool are refused."""
-        from ..core.values import to_bool, to_float, to_int
-
-        label = f"{method}: {self.name}"
-        if self.choices is not None:
-            v = value.strip() if isinstance(value, str) else value
-            if v not in self.choices:
-                raise MethodError(f"{label}={value!r} is not one of {', '.join(map(str, self.choices))}")
-            return v
-        if self.type is bool:
-            return to_bool(value, label, MethodError)
-        if self.type is int:
-            v = to_int(value, label, MethodError)
-        elif self.type is float:
-            v = to_float(value, label, MethodError)
-        elif self.type is str:
-            if not isinstance(value, str):
-                raise MethodError(f"{label}={value!r} is not text")
-            return value
-        else:
-            try:
-                return self.type(value)
-            except (TypeError, ValueError):
-                raise MethodError(f"{label}={value!r} is not a valid {self.type.__name__}") from None
-        if self.min is not None and v < self.min:
-            raise MethodError(f"{label}={v} is below its minimum {self.min}")
-        if self.max is not None and v > self.max:
-            raise MethodError(f"{label}={v} is above its maximum {self.max}")
-        return v
-
-
-@dataclass(frozen=True)
-class WeightsSpec:
-    """Third-party or shipped weights: where to get them and how to check them."""
-
-    filename: str
-    urls: tuple[str, ...] = ()
-    sha256: str = ""
-    licence: str = ""
-    citation: str = ""
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """What a method declares about itself.
-
-    ``halo(params)`` is its receptive field in pixels (how far outside a tile it reads);
-    ``tile_multiple`` is the alignment of tile origins it needs to be tile-exact (pyramids);
-    ``backend`` is "numpy" (runs in threads, releases the GIL) or "torch";
-    ``default_tile`` is the tile side used when the caller does not choose one (an int, or
-    ``f(params, n_planes) -> int`` for methods whose working memory grows with the planes), and
-    ``default_overlap`` the feathered overlap between tiles: 0 for methods whose halo covers their
-    whole receptive field (tiles then agree exactly), more for networks whose normalisation sees
-    the whole input.
-    """
-
-    name: str
-    summary: str
-    family: str  # "classical" or "learned"
-    params: tuple[Param, ...] = ()
-    halo: Callable[[dict], int] = lambda p: 0
-    tile_multiple: Callable[[dict], int] = lambda p: 1
-    devices: tuple[str, ...] = ("cpu",)
-    backend: str = "numpy"
-    default_tile: int | Callable[[dict, int], int] = 256
-    default_overlap: int = 0
-    weights: WeightsSpec | None = None
-    #: measured: in half precision on CUDA the focus index stays identical (``precision="auto"``
-    #: then uses it there); see ``benchmarks/gpu_check.py``
-    half_precision: bool = False
-    citation: str = ""
-    paper: str = ""
-
-    def tile_for(self, params: dict, n_planes: int) -> int:
-        """The default tile side for a stack of ``n_planes`` planes."""
-        t = self.default_tile
-        return int(t(params, n_planes) if callable(t) else t)
-
-    def defaults(self) -> dict:
-        return {p.name: p.default for p in self.params}
-
-    def resolve(self, params: dict | None) -> dict:
-        """Defaults overridden by ``params``, each validated; unknown names are refused."""
-        if params is not None and not isinstance(params, Mapping):
-            raise MethodError(f"params must be a dict of name: value (for example {{'radius': 3}}), not {params!r}")
-        params = dict(params or {})
-        bad = sorted(repr(k) for k in params if not isinstance(k, str))
-        if bad:
-            raise MethodError(f"parameter names are text: {', '.join(bad)} is not a parameter of {self.name!r}")
-        known = {p.name: p for p in self.params}
-        unknown = sorted(set(params) - set(known))
-        if unknown:
-            raise MethodError(
-                f"method {self.name!r} has no parameter {', '.join(map(repr, unknown))}; "
-                f"it takes: {', '.join(known) or 'none'}"
-            )
-        out = self.defaults()
-        for k, v in params.items():
-            out[k] = known[k].validate(v, self.name)
-        return out
-
-
-def context_halo(params: dict) -> int:
-    """The halo of networks that read ``context`` extra pixels around each tile (their parameter)."""
-    return int(params["context"])
-
-
-_REGISTRY: dict[str, tuple[MethodSpec, type]] = {}
-_LOADED = False
-
-
-def register(spec: MethodSpec):
-    """Class decorator: register a method class under ``spec.name``."""
-
-    def deco(cls):
-        if spec.name in _REGISTRY and _REGISTRY[spec.name][1] is not cls:
-            raise RuntimeError(f"method {spec.name!r} registered twice")
-        cls.spec = spec
-        _REGISTRY[spec.name] = (spec, cls)
-        return cls
-
-    return deco
-
-
-def unregister(name: str) -> None:
-    _REGISTRY.pop(name, None)
-
-
-def _load_all() -> None:
-    """Import every module in ``napari_edof.methods`` so that each registers itself."""
-    global _LOADED
-    if _LOADED:
-        return
-    from .. import methods as pkg
-
-    for m in pkgutil.iter_modules(pkg.__path__):
-        if not m.name.startswith("_"):
-            importlib.import_module(f"{pkg.__name__}.{m.name}")
-    _LOADED = True
-
-
-def list_methods(family: str | None = None) -> list[MethodSpec]:
-    """Every registered method's spec, the default first, then by name.
-
-    Names starting with "_" (private, e.g. methods registered by tests) are not listed.
-    """
-    _load_all()
-    specs = [
-        s for s, _ in _REGISTRY.values()
-        if not s.name.startswith("_") and (family is None or s.family == family)
-    ]
-    return sorted(specs, key=lambda s: (s.name != DEFAULT_METHOD, s.family, s.name))
-
-
-def get_method(name: str):
-    """The spec and class registered under ``name`` (a clear error listing the choices otherwise)."""
-    _load_all()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise MethodError(
-            f"unknown method {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}"
-        ) from None
-
-
-DEFAULT_METHOD = "focus-fuse"
+__all__ = ["DEFAULT_METHOD", "FirstPass", "FusionMethod", "MethodSpec", "Param", "WeightsSpec", "context_halo",
+           "get_method", "list_methods", "register", "unregister"]

@@ -253,14 +253,11 @@ class FocusSelect:
         self.p = params
         lt = params.get("lowtexture", "off")
         self.policies = lt != "off" or params.get("edge_refine", 0) or params.get("consistency", 0)
+        self.first_pass = ("noise",) if lt != "off" and not params.get("noise", 0) else ()
 
-    pass1_keys = ("noise",)
-
-    @staticmethod
-    def needs_pass1(params: dict) -> bool:
-        """The noise level is a whole-image statistic, estimated in a first pass only when a
-        never-in-focus policy is on and no ``noise`` is given."""
-        return params.get("lowtexture", "off") != "off" and not params.get("noise", 0)
+    #: the noise level is a whole-image statistic, estimated in a first pass only when a
+    #: never-in-focus policy is on and no ``noise`` is given (set per instance in ``__init__``)
+    first_pass: tuple[str, ...] = ()
 
     def pass1(self, planes, guide, *, halo):
         """The noise level of each 64-pixel block of the tile: the smallest, over planes, of the

@@ -207,7 +207,8 @@ def select_index(sels: np.ndarray, probs: np.ndarray, n: int):
 
 @register(SPEC)
 class FMBFN:
-    pass1_keys = ("lo", "hi")
+    #: the whole-image range (normalise="range") is a first pass (set per instance in ``__init__``)
+    first_pass: tuple[str, ...] = ()
 
     def __init__(self, params: dict, *, device: str = "cpu"):
         self.p = params
@@ -215,12 +216,9 @@ class FMBFN:
         self.model = get_model(params["weights"], device)
         #: the hash of the weights actually used (the spec's ``weights`` names the default ones)
         self.weights_sha256 = MODELS[params["weights"]].sha256
+        self.first_pass = ("lo", "hi") if params.get("normalise", "range") == "range" else ()
 
     # -- the whole-image range (normalise="range") --------------------------------------------------
-    @staticmethod
-    def needs_pass1(params: dict) -> bool:
-        return params.get("normalise", "range") == "range"
-
     def pass1(self, planes, guide, *, halo):
         """Per pixel, the smallest and largest value over planes and channels (the tile's core)."""
         core = _crop(planes, halo)

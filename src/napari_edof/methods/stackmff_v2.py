@@ -140,6 +140,9 @@ def box_mean(p, r: int):
 
 @register(SPEC)
 class StackMFFV2Method:
+    #: the global rules ("official", "matched") need a first pass (set per instance in ``__init__``)
+    first_pass: tuple[str, ...] = ()
+
     def __init__(self, params: dict, *, device: str = "cpu"):
         self.p = params
         self.device = device
@@ -148,10 +151,8 @@ class StackMFFV2Method:
         self.weights_sha256 = MODELS[params["weights"]].sha256
         self._cache: dict = {}
         if params["rule"] in GLOBAL_RULES:  # a whole-image statistic: the engine runs two passes
-            self.pass1 = self._pass1
             # the official rule needs E only; "matched" also maps onto the argmax's range
-            self.pass1_keys = ("expectation",) if params["rule"] == "official" else ("expectation", "argmax")
-            self.reduce = self._reduce
+            self.first_pass = ("expectation",) if params["rule"] == "official" else ("expectation", "argmax")
 
     # -- the network on one window ---------------------------------------------------------------
     def logits(self, guide, dtype, halo):
@@ -176,16 +177,16 @@ class StackMFFV2Method:
         return decide(self.logits(guide, planes.dtype, halo), self.p)
 
     # -- the official rule's two passes -----------------------------------------------------------
-    def _pass1(self, planes, guide, *, halo):
+    def pass1(self, planes, guide, *, halo):
         maps = self._maps(planes, guide, halo)
         self._cache[self._key(planes, halo)] = maps
         self._n = planes.shape[0]
         out = {"expectation": maps["expectation"]}
-        if "argmax" in self.pass1_keys:
+        if "argmax" in self.first_pass:
             out["argmax"] = maps["index"].astype(np.float32)
         return out
 
-    def _reduce(self, maps):
+    def reduce(self, maps):
         return global_stats(maps["expectation"], maps.get("argmax"), self.p["rule"], self._n)
 
     # -- the tile ------------------------------------------------------------------------------

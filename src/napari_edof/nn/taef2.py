@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..methods._registry import WeightsSpec
+from ..core.spec import WeightsSpec
 from .taef2_weights import CITATION, DECODER, ENCODER, LICENCE  # noqa: F401 (torch-free specs)
 
 LATENT_CHANNELS = 32

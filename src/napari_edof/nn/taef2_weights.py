@@ -5,7 +5,7 @@ hash-pinned cache (:mod:`napari_edof.nn.weights`); :mod:`napari_edof.nn.taef2` i
 """
 from __future__ import annotations
 
-from ..methods._registry import WeightsSpec
+from ..core.spec import WeightsSpec
 
 LICENCE = "MIT (Copyright (c) 2023 Ollin Boer Bohan; github.com/madebyollin/taesd)"
 CITATION = ("Boer Bohan, O., 'TAESD: Tiny AutoEncoder for Stable Diffusion' (FLUX.2 variant, "

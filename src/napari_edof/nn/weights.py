@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import EdofError
-from ..methods._registry import WeightsSpec
+from ..core.spec import WeightsSpec
 
 ENV = "NAPARI_EDOF_WEIGHTS"
 PACKAGED = Path(__file__).resolve().parents[1] / "weights"
