@@ -338,6 +338,9 @@ def run_frames(pl: FusionPlan, reader, sink, stripes: Callable[[FusionPlan], lis
     time, then tiles half as large: :func:`retry_plan`); the plan is re-made from its own, already
     registered stack.
     """
+    from ..io.rows import tune_malloc
+
+    tune_malloc()  # tiles' large temporaries reused, not mapped and faulted in again for every tile
     impl = pl.make_impl()
     t_start = time.perf_counter()
     passes = 2 if impl.first_pass else 1
