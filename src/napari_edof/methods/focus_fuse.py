@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.focus import _flat_box
 from ..core.select import median3
 from ._registry import MethodSpec, Param, register
 
@@ -158,28 +159,8 @@ def _win(f: np.ndarray, n: int, step: int) -> np.ndarray:
     r = n // 2
     L = f.shape[0] - (n - 1) * step
     out = f.copy()
-    if L <= 0 or n == 1:
-        return out
-    res = out[r * step : r * step + L]
-    if n == 3:
-        np.add(f[:L], f[step : step + L], out=res)
-        res += f[2 * step :]
-        return out
-    first, cur, span, off, rem = True, f, 1, 0, n  # cur[i] holds the sum of `span` samples from i
-    while rem:
-        if rem & 1:
-            piece = cur[off * step : off * step + L]
-            if first:
-                res[...] = piece
-                first = False
-            else:
-                res += piece
-            off += span
-        rem >>= 1
-        if rem:
-            m = cur.shape[0]
-            cur = cur[: m - span * step] + cur[span * step :]
-            span *= 2
+    if L > 0 and n > 1:
+        _flat_box(f, n, step, out=out[r * step : r * step + L])
     return out
 
 
