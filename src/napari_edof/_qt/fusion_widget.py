@@ -229,14 +229,27 @@ class FusionWidget(QWidget):
         self._pbar = None
         self._cancelled = False
         self._active = False
+        self._steps: list | None = None  # progress steps that arrived while one was being shown
         self._n_frames = 1
         self._param_widgets: dict[str, ParamWidget] = {}
         self.last_result = None
         self.last_layers: dict = {}
 
         lay = QVBoxLayout(self)
+        lay.addWidget(self._build_input())
+        lay.addWidget(self._build_method())
+        lay.addWidget(self._build_registration())
+        lay.addWidget(self._build_run())
+        self._build_buttons(lay)
+        self._connect()
+        self._on_method_changed()
+        self._refresh_layers()
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Image) and not is_result_layer(active):
+            self.set_layer(active)
 
-        # --- input ---------------------------------------------------------------------
+    def _build_input(self) -> QGroupBox:
+        """The input group: the layer, its z and channel axes, the guide."""
         box = QGroupBox("Input")
         form = QFormLayout(box)
         self.layer_combo = QComboBox()
@@ -253,9 +266,10 @@ class FusionWidget(QWidget):
         form.addRow("channel axis", self.channel_combo)
         form.addRow("guide", self.guide_combo)
         form.addRow("axes", self.axes_label)
-        lay.addWidget(box)
+        return box
 
-        # --- method --------------------------------------------------------------------
+    def _build_method(self) -> QGroupBox:
+        """The method group: the method, its summary and its parameters (filled per method)."""
         box = QGroupBox("Method")
         v = QVBoxLayout(box)
         self.method_combo = QComboBox()
@@ -270,9 +284,10 @@ class FusionWidget(QWidget):
         v.addWidget(self.method_combo)
         v.addWidget(self.method_summary)
         v.addWidget(self.params_box)
-        lay.addWidget(box)
+        return box
 
-        # --- registration --------------------------------------------------------------
+    def _build_registration(self) -> QGroupBox:
+        """The registration group: mode, edges, the degrees of freedom."""
         box = QGroupBox("Registration")
         form = QFormLayout(box)
         self.register_combo = QComboBox()
@@ -300,11 +315,12 @@ class FusionWidget(QWidget):
         form.addRow("align", self.register_combo)
         form.addRow("edges", self.register_edges)
         form.addRow("allow", dof)
-        lay.addWidget(box)
         self.register_combo.currentIndexChanged.connect(self._on_register_changed)
         self._on_register_changed()
+        return box
 
-        # --- run options ---------------------------------------------------------------
+    def _build_run(self) -> QGroupBox:
+        """The run group: device, precision, tile size, the cluster, retouching."""
         box = QGroupBox("Run")
         form = QFormLayout(box)
         self.device_combo = _DeviceCombo()
@@ -343,8 +359,10 @@ class FusionWidget(QWidget):
         form.addRow("tile size", self.tile_spin)
         form.addRow("run", cl)
         form.addRow("retouch", self.retouch_check)
-        lay.addWidget(box)
+        return box
 
+    def _build_buttons(self, lay) -> None:
+        """Run and Cancel, and the status line below them."""
         row = QHBoxLayout()
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
@@ -357,7 +375,8 @@ class FusionWidget(QWidget):
         lay.addWidget(self.status)
         lay.addStretch(1)
 
-        # --- connections ---------------------------------------------------------------
+    def _connect(self) -> None:
+        """The widgets' signals, and the viewer's layer list events."""
         self.layer_combo.currentIndexChanged.connect(self._on_layer_changed)
         self.z_combo.currentIndexChanged.connect(self._on_axes_changed)
         self.channel_combo.currentIndexChanged.connect(self._on_axes_changed)
@@ -371,12 +390,6 @@ class FusionWidget(QWidget):
                 emitter.connect(self._refresh_layers)
         for layer in self.viewer.layers:
             layer.events.name.connect(self._refresh_layers)
-
-        self._on_method_changed()
-        self._refresh_layers()
-        active = self.viewer.layers.selection.active
-        if isinstance(active, Image) and not is_result_layer(active):
-            self.set_layer(active)
 
     # ------------------------------------------------------------------ layer & axes choices
     def _refresh_layers(self, event=None):
@@ -705,6 +718,19 @@ class FusionWidget(QWidget):
         return gpu
 
     def _on_progress(self, step) -> None:
+        """Show a progress step. Creating napari's progress bar processes events, which can deliver
+        the next steps inside this call: they are shown after it, in order (not newest first)."""
+        if self._steps is not None:
+            self._steps.append(step)
+            return
+        self._steps = [step]
+        try:
+            while self._steps:
+                self._show_progress(self._steps.pop(0))
+        finally:
+            self._steps = None
+
+    def _show_progress(self, step) -> None:
         if not self._active or self._cancelled:
             return  # a late signal after finish/cancel (napari's progress may process events)
         pbar = self._pbar

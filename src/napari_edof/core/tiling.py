@@ -179,3 +179,14 @@ class Canvas:
         for a in self.arrays.values():
             a *= inv if a.ndim == 2 else inv[..., None]
         return self.arrays
+
+
+def crop_halo(a, halo: int, axes=(-2, -1)):
+    """``a`` without ``halo`` pixels on both sides of each of ``axes`` (a view; ``a`` itself for 0):
+    a window's result cropped to the tile's own pixels."""
+    if not halo:
+        return a
+    sl = [slice(None)] * a.ndim
+    for ax in axes:
+        sl[ax] = slice(halo, a.shape[ax] - halo)
+    return a[tuple(sl)]

@@ -27,8 +27,8 @@ import numpy as np
 from ..core.colour import gather
 from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
+from ..nn.learned import LearnedMethod, load_network
 from ..nn.pairwise import REFERENCES, STRATEGIES
-from ..nn.weights import cached_model, load_state_dict
 from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
 
 CITATION = ("Deng, X., Liu, X. et al., 'Endoscopic Depth-of-Field Expansion via Cascaded Network with "
@@ -96,14 +96,12 @@ _MODELS: dict = {}
 def get_model(name: str, device: str):
     """The network with the ``name`` weights on ``device`` (loaded once, hash-checked)."""
 
-    def make():
+    def make(sd):
         from ..nn.ctmfusion import build
 
-        m = build(ARCH[name])
-        m.load_state_dict(load_state_dict(MODELS[name]), strict=True)
-        return m.eval().to(device)
+        return build(ARCH[name])
 
-    return cached_model(_MODELS, (name, device), make)
+    return load_network(_MODELS, (name, device), MODELS[name], make, device)
 
 
 def make_decide(model, device: str):
@@ -123,15 +121,14 @@ def make_decide(model, device: str):
 
 
 @register(SPEC)
-class CTMFusionMethod:
+class CTMFusionMethod(LearnedMethod):
     def __init__(self, params: dict, *, device: str = "cpu"):
         from ..nn.accel import pair_batch
 
         self.p = {**params, "batch": pair_batch(params["batch"], device)}
         self.device = device
         self.model = get_model(params["weights"], device)
-        #: the hash of the weights actually used
-        self.weights_sha256 = MODELS[params["weights"]].sha256
+        self.use_weights(MODELS[params["weights"]])
         self.decide = make_decide(self.model, device)
 
     def decision(self, guide: np.ndarray, dtype) -> np.ndarray:

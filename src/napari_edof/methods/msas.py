@@ -30,8 +30,8 @@ import numpy as np
 from ..core.colour import gather
 from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
+from ..nn.learned import LearnedMethod, load_network
 from ..nn.pairwise import STRATEGIES
-from ..nn.weights import cached_model, load_state_dict
 from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
 
 CITATION = ("Multi-focus image fusion via multi-scale attention and Siamese networks (seed paper 004); "
@@ -84,15 +84,12 @@ _MODELS: dict = {}
 def get_model(device: str):
     """The network with the shipped weights on ``device`` (loaded once, hash-checked)."""
 
-    def build():
+    def make(sd):
         from ..nn.msas import MSAS
 
-        sd = load_state_dict(WEIGHTS)
-        m = MSAS(**config_from_state_dict(sd))
-        m.load_state_dict(sd, strict=True)
-        return m.eval().to(device)
+        return MSAS(**config_from_state_dict(sd))
 
-    return cached_model(_MODELS, device, build)
+    return load_network(_MODELS, device, WEIGHTS, make, device)
 
 
 def config_from_state_dict(sd: dict) -> dict:
@@ -170,21 +167,19 @@ def decide_stack(x: np.ndarray, decide, p: dict) -> tuple[np.ndarray, np.ndarray
 
 
 @register(SPEC)
-class MSASMethod:
+class MSASMethod(LearnedMethod):
     def __init__(self, params: dict, *, device: str = "cpu"):
         from ..nn.accel import pair_batch
 
         self.p = {**params, "batch": pair_batch(params["batch"], device)}
         self.device = device
         self.model = get_model(device)
-        self.weights_sha256 = WEIGHTS.sha256
+        self.use_weights(WEIGHTS)
         self.decide = make_decide(self.model, device)
 
     def fuse_tile(self, planes, guide, *, halo, stats=None):
         x = normalise_guide(guide, planes.dtype, self.p["normalise"])
         idx, conf = decide_stack(x, self.decide, self.p)
-        if halo:
-            idx = idx[halo:-halo, halo:-halo]
-            conf = conf[halo:-halo, halo:-halo]
-        src = planes[:, halo : planes.shape[1] - halo, halo : planes.shape[2] - halo] if halo else planes
+        idx, conf = self.crop(idx, halo), self.crop(conf, halo)
+        src = self.crop(planes, halo, (1, 2))
         return {"fused": gather(src, idx), "index": idx.astype(np.float32), "confidence": conf}

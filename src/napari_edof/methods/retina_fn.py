@@ -40,7 +40,8 @@ import numpy as np
 
 from ..core.errors import MethodError
 from ..core.scaling import QUANTILES
-from ..nn.weights import cached_model, load_state_dict
+from ..core.tiling import crop_halo
+from ..nn.learned import LearnedMethod, load_network
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Zhou, X., Hao, L., Nie, Q., Zhou, Y., Wang, L., Hu, Y., Liu, J., 'A novel multi-focus "
@@ -121,24 +122,18 @@ _MODELS: dict = {}
 def get_model(name: str, device: str):
     """The network with our shipped ``name`` weights on ``device`` (loaded once, hash-checked)."""
 
-    def build():
+    def make(sd):
         from ..nn.retina_fn import FusionNet
 
         m = FusionNet(width=WIDTH, skip=HAS_HEAD[name])
-        m.load_state_dict(load_state_dict(MODELS[name]), strict=True)
         assert m.receptive_radius == RADIUS
-        return m.eval().to(device)
+        return m
 
-    return cached_model(_MODELS, (name, device), build)
+    return load_network(_MODELS, (name, device), MODELS[name], make, device)
 
 
 def _crop(a: np.ndarray, c: int, axes=(1, 2)) -> np.ndarray:
-    if not c:
-        return a
-    sl = [slice(None)] * a.ndim
-    for ax in axes:
-        sl[ax] = slice(c, a.shape[ax] - c)
-    return a[tuple(sl)]
+    return crop_halo(a, c, axes)
 
 
 def dtype_range(dtype) -> tuple[float, float]:
@@ -206,7 +201,7 @@ def select_index(sels: np.ndarray, probs: np.ndarray, n: int):
 
 
 @register(SPEC)
-class FMBFN:
+class FMBFN(LearnedMethod):
     #: the whole-image range (normalise="range") is a first pass (set per instance in ``__init__``)
     first_pass: tuple[str, ...] = ()
 
@@ -214,8 +209,7 @@ class FMBFN:
         self.p = params
         self.device = device
         self.model = get_model(params["weights"], device)
-        #: the hash of the weights actually used (the spec's ``weights`` names the default ones)
-        self.weights_sha256 = MODELS[params["weights"]].sha256
+        self.use_weights(MODELS[params["weights"]])  # (the spec's ``weights`` names the default ones)
         self.first_pass = ("lo", "hi") if params.get("normalise", "range") == "range" else ()
 
     # -- the whole-image range (normalise="range") --------------------------------------------------

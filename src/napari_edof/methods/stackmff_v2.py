@@ -30,7 +30,7 @@ import numpy as np
 from ..core.colour import gather
 from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
-from ..nn.weights import cached_model, load_state_dict
+from ..nn.learned import LearnedMethod, load_network
 from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
 
 CITATION = ("Xie, X. et al., 'StackMFF V2: One-shot multi-focus image stack fusion via focal depth "
@@ -114,14 +114,12 @@ _MODELS: dict = {}
 def get_model(name: str, device: str):
     """The network with the ``name`` weights on ``device`` (loaded once, hash-checked)."""
 
-    def build():
+    def make(sd):
         from ..nn.stackmff_v2 import StackMFFV2
 
-        m = StackMFFV2()
-        m.load_state_dict(load_state_dict(MODELS[name]), strict=True)
-        return m.eval().to(device)
+        return StackMFFV2()
 
-    return cached_model(_MODELS, (name, device), build)
+    return load_network(_MODELS, (name, device), MODELS[name], make, device)
 
 
 def normalise_guide(guide: np.ndarray, dtype: np.dtype, mode: str) -> np.ndarray:
@@ -139,7 +137,7 @@ def box_mean(p, r: int):
 
 
 @register(SPEC)
-class StackMFFV2Method:
+class StackMFFV2Method(LearnedMethod):
     #: the global rules ("official", "matched") need a first pass (set per instance in ``__init__``)
     first_pass: tuple[str, ...] = ()
 
@@ -147,8 +145,7 @@ class StackMFFV2Method:
         self.p = params
         self.device = device
         self.model = get_model(params["weights"], device)
-        #: the hash of the weights actually used (the spec's ``weights`` names the official ones)
-        self.weights_sha256 = MODELS[params["weights"]].sha256
+        self.use_weights(MODELS[params["weights"]])  # (the spec's ``weights`` names the official ones)
         self._cache: dict = {}
         if params["rule"] in GLOBAL_RULES:  # a whole-image statistic: the engine runs two passes
             # the official rule needs E only; "matched" also maps onto the argmax's range
@@ -162,9 +159,7 @@ class StackMFFV2Method:
         x = normalise_guide(guide, dtype, self.p["normalise"])
         xt = to_device(x, self.device)
         logits = self.model.infer_logits(xt)[0]
-        if halo:
-            logits = logits[:, halo:-halo, halo:-halo]
-        return logits
+        return self.crop(logits, halo)
 
     @staticmethod
     def _key(planes, halo):

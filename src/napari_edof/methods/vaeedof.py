@@ -47,6 +47,7 @@ import numpy as np
 from ..core.colour import gather
 from ..core.scaling import unit_range
 from ..nn.accel import to_device
+from ..nn.learned import LearnedMethod
 from ..nn.taef2_weights import ENCODER
 from ..nn.weights import cached_model, load_state_dict
 from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
@@ -194,12 +195,12 @@ def hybrid(source: np.ndarray, latent: np.ndarray, weight: np.ndarray) -> np.nda
 
 
 @register(SPEC)
-class VAEEDOFMethod:
+class VAEEDOFMethod(LearnedMethod):
     def __init__(self, params: dict, *, device: str = "cpu"):
         self.p = params
         self.device = device
         self.encoder, self.decoder, self.net = get_models(device)
-        self.weights_sha256 = UNET.sha256
+        self.use_weights(UNET)
 
     def latent_fuse(self, rgb: np.ndarray, guide: np.ndarray) -> np.ndarray:
         """(Z, 3, h, w) float32 in [0, 1] -> decoded fused (h, w, 3) float32 in [0, 1]."""

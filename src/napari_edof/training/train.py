@@ -197,6 +197,71 @@ def load_init(model: torch.nn.Module, init: str | Path) -> None:
     model.load_state_dict(sd, strict=True)
 
 
+class _Recipes(dict):
+    """name -> "module:function" of every training recipe; each recipe registers itself with
+    :func:`recipe` in its own module, and the modules of this package are imported (by name) the
+    first time the table is read."""
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if not _Recipes._loaded:
+            _Recipes._loaded = True
+            import importlib
+            import pkgutil
+
+            for m in pkgutil.iter_modules(_package_path()):
+                if m.name.startswith("train_"):
+                    importlib.import_module(f"{__package__}.{m.name}")
+
+    def __contains__(self, name) -> bool:
+        self._load()
+        return super().__contains__(name)
+
+    def __getitem__(self, name):
+        self._load()
+        return super().__getitem__(name)
+
+    def __iter__(self):
+        self._load()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._load()
+        return super().__len__()
+
+    def keys(self):
+        self._load()
+        return super().keys()
+
+    def items(self):
+        self._load()
+        return super().items()
+
+
+def _package_path():
+    import importlib
+
+    return importlib.import_module(__package__).__path__
+
+
+#: what ``napari-edof train MODEL`` can train: name -> "module:function" inside
+#: ``napari_edof.training`` (each recipe registers itself with :func:`recipe`). A recipe takes
+#: keyword options; the CLI passes only those its signature names (see :func:`recipe_options`).
+RECIPES: dict[str, str] = _Recipes()
+
+
+def recipe(name: str):
+    """Decorator: register a training function as the recipe ``napari-edof train NAME`` runs."""
+
+    def deco(fn):
+        dict.__setitem__(RECIPES, name, f"{fn.__module__.rsplit('.', 1)[-1]}:{fn.__name__}")
+        return fn
+
+    return deco
+
+
+@recipe("stackmff-v2")
 def train_stackmff_v2(*, steps: int, out: str | Path, seed: int = 0, resume: bool = False,
                       batch_size: int = 2, crop: int = 128, n_min: int = 4, n_max: int = 12,
                       lr: float = 1e-4, warmup: int = 0, ckpt_every: int = 50, init: str | None = None,
@@ -240,18 +305,6 @@ def train_stackmff_v2(*, steps: int, out: str | Path, seed: int = 0, resume: boo
     return train_loop(model, make_batch, loss_fn, steps=steps, out=out, seed=seed, lr=lr, warmup=warmup,
                       ckpt_every=ckpt_every, resume=resume, progress=progress, config=config,
                       stop_after=stop_after)
-
-
-#: what ``napari-edof train MODEL`` can train: name -> "module:function" inside
-#: ``napari_edof.training`` (imported only when chosen). A recipe takes keyword options; the CLI
-#: passes only those its signature names (see :func:`recipe_options`).
-RECIPES: dict[str, str] = {
-    "stackmff-v2": "train:train_stackmff_v2",
-    "msas": "train_msas:train_msas",
-    "vaeedof": "train_vaeedof:train_vaeedof",
-    "ctmfusion": "train_ctmfusion:train_ctmfusion",
-    "fmb-fn": "train_retina_fn:train_retina_fn",
-}
 
 
 def get_recipe(name: str) -> Callable[..., dict]:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .losses import sobel_magnitude
-from .train import seed_everything, train_loop
+from .train import recipe, seed_everything, train_loop
 
 #: the paper's loss weights (lambda_1, lambda_2, lambda_3) for L_int, L_text, L_ssim
 LOSS_WEIGHTS = (20.0, 20.0, 50.0)
@@ -155,6 +155,7 @@ class PairBatches:
 
 
 # ------------------------------------------------------------------------------------ recipe
+@recipe("ctmfusion")
 def train_ctmfusion(*, steps: int, out: str | Path, seed: int = 0, resume: bool = False, batch_size: int = 8,
                     crop: int = 64, n_min: int = 2, n_max: int = 8, lr: float = 1e-3, warmup: int = 50,
                     ckpt_every: int = 100, init: str | None = None, ce_weight: float = 20.0, range_p: float = 0.5,

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .train import seed_everything, train_loop
+from .train import recipe, seed_everything, train_loop
 
 #: the training mix: fundus scenes (half) and the general scenes
 SCENES = {"fundus": 0.15, "fundus_view": 0.2, "retina_photo": 0.1, "dead_leaves": 0.15, "photo": 0.1,
@@ -160,6 +160,7 @@ def prepare(stack: np.ndarray, aif: np.ndarray, rng, grey_p: float, range_p: flo
             np.ascontiguousarray(aif.transpose(2, 0, 1), np.float32))
 
 
+@recipe("fmb-fn")
 def train_retina_fn(*, steps: int, out: str | Path, seed: int = 0, resume: bool = False, batch_size: int = 4,
                     crop: int = 64, n_min: int = 2, n_max: int = 8, lr: float = 1e-3, warmup: int = 100,
                     ckpt_every: int = 50, width: int | None = None, w_perceptual: float = 1.0,

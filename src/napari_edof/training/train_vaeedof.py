@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .train import seed_everything, train_loop
+from .train import recipe, seed_everything, train_loop
 
 
 def _to_rgb(stack: np.ndarray) -> np.ndarray:
@@ -128,6 +128,7 @@ def choose_slots(item: dict, rng, *, subset_p: float, reverse_p: float, k: int =
     return chosen
 
 
+@recipe("vaeedof")
 def train_vaeedof(*, steps: int, out: str | Path, seed: int = 0, resume: bool = False, batch_size: int = 8,
                   crop: int = 128, n_min: int = 2, n_max: int = 10, cache: int = 500, chunk: int = 50,
                   lr: float = 1e-3, warmup: int = 100, ckpt_every: int = 100, ema_decay: float = 0.999,
