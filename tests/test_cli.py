@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +159,15 @@ def test_streamed_formats_end_to_end(tmp_path, fmt):
         got = tifffile.imread(out / "fused.tif")
         np.testing.assert_array_equal(tifffile.imread(out / "focus_index.tif"), ref.index)
     np.testing.assert_array_equal(got, ref.fused)
+
+
+def test_os_error_with_a_file_object_as_its_name_is_explained():
+    """Some writers put the file object, not its path, in OSError.filename: the CLI still explains
+    the error (it raised TypeError from os.fspath)."""
+    import io
+
+    from napari_edof import cli
+
+    e = OSError(5, "Input/output error")
+    e.filename = io.BufferedWriter(io.BytesIO())
+    assert cli._os_error(e, Path("/nonexistent/out")) == cli.EXIT_OUTPUT

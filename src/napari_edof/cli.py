@@ -406,7 +406,7 @@ def _os_error(e: OSError, out: Path) -> int:
     from .io.outputs import explain_oserror
 
     name = getattr(e, "filename", None)
-    if name:
+    if isinstance(name, (str, bytes, os.PathLike)) and name:  # (some writers set a file object there)
         real, base = os.path.realpath(os.fspath(name)), os.path.realpath(out)
         if real != base and not real.startswith(base.rstrip(os.sep) + os.sep):
             print(f"napari-edof: error: {name}: {explain_oserror(e, Path(os.fspath(name)).parent)}", file=sys.stderr)
