@@ -68,3 +68,19 @@ def drain(gen):
             steps.append(next(gen))
         except StopIteration as stop:
             return steps, stop.value
+
+
+@pytest.fixture
+def registrations(monkeypatch):
+    """A list that gets one entry per call of the stack registration (issue 15: once per run)."""
+    from napari_edof.core import registration
+
+    calls = []
+    real = registration.register_stack
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(registration, "register_stack", counted)
+    return calls

@@ -82,18 +82,9 @@ def test_never_in_focus_shown_in_the_confidence_layer(viewer, qtbot):
 
 
 @pytest.mark.parametrize("on_cluster", [False, True], ids=["in-memory", "cluster"])
-def test_a_registered_run_registers_once(viewer, qtbot, monkeypatch, on_cluster):
+def test_a_registered_run_registers_once(viewer, qtbot, on_cluster, registrations):
     """The widget passes register= to the run; the plan aligns the stack, once (issue 15)."""
-    from napari_edof.core import registration
-
-    calls = []
-    real = registration.register_stack
-
-    def counted(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(registration, "register_stack", counted)
+    calls = registrations
     w = _widget(viewer, qtbot, viewer.add_image(_shifted(), name="s"))
     w.register_combo.setCurrentIndex(w.register_combo.findData("translation"))
     if on_cluster:

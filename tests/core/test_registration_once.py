@@ -7,7 +7,6 @@ import pytest
 import tifffile
 
 import napari_edof as ne
-from napari_edof.core import registration
 from napari_edof.core.engine import drain
 
 from .. import reference_cases as R
@@ -19,16 +18,8 @@ def moved():
 
 
 @pytest.fixture
-def count(monkeypatch):
-    calls = []
-    real = registration.register_stack
-
-    def counted(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(registration, "register_stack", counted)
-    return calls
+def count(registrations):
+    return registrations
 
 
 @pytest.fixture(scope="module")
