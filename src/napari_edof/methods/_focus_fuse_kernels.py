@@ -1,12 +1,15 @@
-"""Compiled kernels of ``focus-fuse``'s full-resolution passes (numba).
+"""Compiled kernels of ``focus-fuse`` (numba).
 
 Each kernel computes, in one pass over its rows, what a chain of the numpy building blocks in
-:mod:`napari_edof.methods.focus_fuse` computes in several (``bin2``, ``up2``, the finest detail,
-its binned energy, the weighted sum of the planes' detail, the Wiener shrink): the same formulas on
-the same grids, so the results agree with the numpy path to float32 rounding (``tests/methods/
-test_focus_fuse.py`` compares them) and tiles still agree with the whole image. Full-resolution
-maps are made row by row and never stored whole, which is most of the saving: those passes were
-about two thirds of the method's time.
+:mod:`napari_edof.methods.focus_fuse` computes in several: the finest detail (``bin2``, ``up2``,
+the difference) and its binned energy, the weighted sum of the planes' detail, the Wiener shrink,
+one pyramid level (band and energy) and the sub-plane argmax over the focus measure plus its
+neighbourhood evidence. The formulas and grids are the numpy path's, so the results agree with it
+to float32 rounding (``tests/methods/test_focus_fuse.py`` compares them), and every window sum is
+direct, so tiles still agree with the whole image. Full-resolution maps are made row by row and
+never stored whole (the detail volume, Z x H x W, is not kept: the bins are, and the detail is
+made again when it is weighted). Where numba was no faster than numpy (the box-mean focus
+measure, the range clip, the exponentials of the soft weights), numpy stays.
 
 numba is optional: without it (or with ``NAPARI_EDOF_NUMBA=0``) focus-fuse runs its numpy path.
 The kernels are compiled at first use and cached on disk (``cache=True``); they release the GIL,
@@ -133,16 +136,15 @@ def _build():
         inv = _F(1.0 / (n * n))
         sx = np.zeros((H, W), np.float32)  # sums along x
         for i in range(H):
-            for j in range(r, W - r):
-                s = _F(0)
-                for t in range(-r, r + 1):
-                    s += dl[i, j + t] * dl[i, j + t]
-                sx[i, j] = s
+            for t in range(-r, r + 1):
+                for j in range(r, W - r):
+                    sx[i, j] += dl[i, j + t] * dl[i, j + t]
         beta = np.zeros((H, W), np.float32)
         h = noise_half.shape[0]
         up0 = np.empty(W, np.float32)
         up1 = np.empty(W, np.float32)
         up2_ = np.empty(W, np.float32)
+        e = np.empty(W, np.float32)
         for i in range(h):
             _up_x(noise_half, i, up1)
             _up_x(noise_half, max(i - 1, 0), up0)
@@ -152,17 +154,98 @@ def _build():
                 if y < r or y >= H - r:
                     continue
                 nb = up0 if half == 0 else up2_
+                for j in range(W):
+                    e[j] = sx[y - r, j]
+                for t in range(-r + 1, r + 1):
+                    for j in range(W):
+                        e[j] += sx[y + t, j]
                 for j in range(r, W - r):
-                    e = _F(0)
-                    for t in range(-r, r + 1):
-                        e += sx[y + t, j]
-                    b = _F(1) - k * (q3 * up1[j] + q1 * nb[j]) / (e * inv)
+                    b = _F(1) - k * (q3 * up1[j] + q1 * nb[j]) / (e[j] * inv)
                     if not (b > 0):  # NaN too
                         b = _F(0)
                     elif b > 1:
                         b = _F(1)
                     beta[y, j] = b
         return beta
+
+    @jit
+    def band(cg, B, E):
+        """One pyramid level of a map ``cg`` (2h, 2w): returns its bins (``bin2``), writes the band
+        ``cg - up2(bins)`` into ``B`` and, unless ``E`` is empty, the band's ``box3`` energy into
+        ``E`` (direct 3 x 3 sums; the outer rows and columns are not meaningful)."""
+        H, W = cg.shape
+        h, w = H // 2, W // 2
+        ng = np.empty((h, w), np.float32)
+        _bin_rows(cg, ng)
+        r0 = np.empty(W, np.float32)
+        r1 = np.empty(W, np.float32)
+        r2 = np.empty(W, np.float32)
+        _up_x(ng, 0, r1)
+        r0[:] = r1
+        for i in range(h):
+            if i + 1 < h:
+                _up_x(ng, i + 1, r2)
+            else:
+                r2[:] = r1
+            for j in range(W):
+                B[2 * i, j] = _F(cg[2 * i, j]) - (q3 * r1[j] + q1 * r0[j])
+                B[2 * i + 1, j] = _F(cg[2 * i + 1, j]) - (q3 * r1[j] + q1 * r2[j])
+            r0, r1, r2 = r1, r2, r0
+        if E.shape[0] == 0:
+            return ng
+        sx = np.zeros((H, W), np.float32)
+        for i in range(H):
+            for j in range(1, W - 1):
+                sx[i, j] = B[i, j - 1] * B[i, j - 1] + B[i, j] * B[i, j] + B[i, j + 1] * B[i, j + 1]
+        for i in range(H):
+            if 0 < i < H - 1:
+                for j in range(W):
+                    E[i, j] = (sx[i - 1, j] + sx[i, j] + sx[i + 1, j]) * _F(1 / 9)
+            else:
+                for j in range(W):
+                    E[i, j] = B[i, j] * B[i, j]
+        return ng
+
+    @jit
+    def sub_plane(fm, fc, cw):
+        """Argmax over planes of ``fm[z] + cw x up2(fc[z])`` (``fc`` empty: of ``fm[z]``) with the
+        parabolic sub-plane refinement of the numpy path's ``sub_plane``: (h, w) float32."""
+        Z, h, w = fm.shape
+        out = np.empty((h, w), np.float32)
+        coarse = fc.shape[0] > 0
+        vals = np.empty((Z, w), np.float32)
+        ra = np.empty(w, np.float32)
+        rb = np.empty(w, np.float32)
+        hc = fc.shape[1] if coarse else 1
+        for i in range(h):
+            for z in range(Z):
+                if coarse:  # row i of up2(fc[z]): bin rows i // 2 and its neighbour, along x first
+                    ci = i // 2
+                    cn = max(ci - 1, 0) if i % 2 == 0 else min(ci + 1, hc - 1)
+                    _up_x(fc[z], ci, ra)
+                    _up_x(fc[z], cn, rb)
+                    for j in range(w):
+                        vals[z, j] = fm[z, i, j] + cw * (q3 * ra[j] + q1 * rb[j])
+                else:
+                    for j in range(w):
+                        vals[z, j] = fm[z, i, j]
+            for j in range(w):
+                k = 0
+                best = vals[0, j]
+                for z in range(1, Z):
+                    if vals[z, j] > best:
+                        best = vals[z, j]
+                        k = z
+                off = _F(0)
+                if 0 < k < Z - 1:
+                    left = vals[k - 1, j]
+                    right = vals[k + 1, j]
+                    den = left - _F(2) * best + right
+                    if den < 0:
+                        off = _F(0.5) * (left - right) / den
+                        off = min(max(off, _F(-0.49)), _F(0.49))
+                out[i, j] = _F(k) + off
+        return out
 
     class K:
         pass
@@ -171,4 +254,6 @@ def _build():
     ns.plane_detail = plane_detail
     ns.add_weighted_detail = add_weighted_detail
     ns.wiener_beta = wiener_beta
+    ns.band = band
+    ns.sub_plane = sub_plane
     return ns
