@@ -64,12 +64,32 @@ _PIL_MODES: dict[str, tuple[str | None, Any, int]] = {
 }
 
 
-def _list_folder(folder: Path) -> list[Path]:
+#: file names in a folder that are results, not planes (case-insensitive): napari-edof's own
+#: outputs (``fused.tif``, ``focus_index.tif``/``.png``, ``decision.tif``, ``masks.tif``,
+#: ``confidence.tif``, also with a prefix such as ``name_``), and the all-in-focus images example
+#: stacks keep beside their frames (``expected.jpg`` in focus-stack's examples, ``ground_truth.png``)
+_OUR_OUTPUTS = re.compile(r"^(?:.*[_.\- ])?(?:fused|focus_index(?:_t\d+)?|decision|masks|confidence)"
+                          r"\.(?:ome\.)?(?:tiff?|png)$", re.IGNORECASE)
+_REFERENCES = re.compile(r"^(?:expected|ground[_\- ]?truth|truth|gt|all[_\- ]?in[_\- ]?focus|aif)"
+                         r"\.(?:tiff?|png|jpe?g)$", re.IGNORECASE)
+
+
+def not_a_plane(name: str) -> str | None:
+    """Why the image file ``name`` in a folder of planes is not taken as a plane (None: it is one)."""
+    if _OUR_OUTPUTS.match(name):
+        return "a napari-edof output"
+    if _REFERENCES.match(name):
+        return "a reference image, not a plane"
+    return None
+
+
+def _list_folder(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The folder's images in natural order, and the images left out as not planes (with why)."""
     try:
         entries = list(os.scandir(folder))
     except OSError as e:
         raise ReadError(f"{folder}: cannot list the folder ({_oserror(e)})") from None
-    files, others = [], 0
+    files, skipped, others = [], [], 0
     for e in entries:
         if e.name.startswith("."):
             continue
@@ -80,13 +100,37 @@ def _list_folder(folder: Path) -> list[Path]:
         if not is_file:
             continue
         if e.name.lower().endswith(IMAGE_SUFFIXES):
-            files.append(Path(e.path))
+            why = not_a_plane(e.name)
+            if why:
+                skipped.append((Path(e.path), why))
+            else:
+                files.append(Path(e.path))
         else:
             others += 1
+    skipped.sort(key=lambda x: natural_key(x[0]))
+    if not files and skipped:
+        raise ReadError(f"{folder}: the folder holds no planes, only {_skipped_text(skipped)}; to fuse these "
+                        "anyway, give them as a list of files or a glob pattern")
     if not files:
         extra = f" (it holds {others} other file{'s' if others != 1 else ''})" if others else " (it is empty)"
         raise ReadError(f"{folder}: the folder holds no TIFF, PNG or JPEG images{extra}")
-    return sorted(files, key=natural_key)
+    return sorted(files, key=natural_key), skipped
+
+
+def _skipped_text(skipped: list[tuple[Path, str]]) -> str:
+    whys: dict[str, list[str]] = {}
+    for p, why in skipped:
+        whys.setdefault(why, []).append(p.name)
+    return "; ".join(f"{', '.join(names)} ({why}{'s' if len(names) > 1 and why.startswith('a ') else ''})"
+                     for why, names in whys.items())
+
+
+def skipped_note(folder, skipped: list[tuple[Path, str]]) -> str:
+    """The warning for images a folder's stack left out."""
+    n = len(skipped)
+    return (f"{folder}: {n} image{'s' if n != 1 else ''} in the folder left out, not taken as "
+            f"plane{'s' if n != 1 else ''}: {_skipped_text(skipped)}; to include "
+            f"{'them' if n != 1 else 'it'}, give the files as a list or a glob pattern")
 
 
 def _expand_glob(pattern: str) -> list[Path]:
@@ -346,7 +390,9 @@ def _read_plane(info: _PlaneInfo) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=info.dtype)
 
 
-def _open_planes(paths: Sequence[Path], *, axes, name: str, label: str) -> Stack:
+def _open_planes(paths: Sequence[Path], *, axes, name: str, label: str, skipped=()) -> Stack:
+    """The images ``paths`` as the planes of a stack (``skipped``: images of the folder left out,
+    reported as a warning and in the stack's metadata)."""
     import dask
     import dask.array as da
 
@@ -357,9 +403,10 @@ def _open_planes(paths: Sequence[Path], *, axes, name: str, label: str) -> Stack
         _check_dtype(info.dtype, str(p))
         infos.append(info)
     if len(infos) < 2:
+        left_out = f" and {_skipped_text(skipped)}, left out" if skipped else ""
         raise StackError(
             f"{label}: a focus stack needs at least 2 planes, but there is only 1 image "
-            f"({infos[0].path.name})"
+            f"({infos[0].path.name}){left_out}"
         )
     ref = infos[0]
     for info in infos[1:]:
@@ -405,6 +452,9 @@ def _open_planes(paths: Sequence[Path], *, axes, name: str, label: str) -> Stack
         "axes_from": note,
         "file_modes": sorted({i.mode for i in infos}),
     }
+    if skipped:
+        metadata["skipped"] = [str(p.absolute()) for p, _ in skipped]
+        _report(metadata, skipped_note(label, skipped))
     notes: dict[str, list[Path]] = {}
     for info in infos:
         for text in info.render.notes:

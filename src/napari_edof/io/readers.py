@@ -53,9 +53,14 @@ def open_stack(source, *, axes: str | None = None, name: str | None = None) -> S
     source : str, path-like, or list/tuple of them
         * a multi-page TIFF, OME-TIFF or ImageJ hyperstack;
         * a folder of 2D images (TIFF, PNG, JPEG; other files such as ``ReadMe.txt`` and hidden
-          files are ignored), taken in natural order (``img2`` before ``img10``). Every image in
-          it is a plane: a result saved beside the frames (such as ``expected.jpg`` in
-          focus-stack's ``pcb`` example) becomes one too; select the frames with a glob;
+          files are ignored), taken in natural order (``img2`` before ``img10``). Images named
+          as results are left out, with a warning naming them (an
+          :class:`~napari_edof.core.errors.EdofWarning`; also in ``metadata["skipped"]`` and the
+          provenance's ``input_warnings``): napari-edof's own outputs (``fused.tif``,
+          ``focus_index.tif``/``.png``, ``decision.tif``, ``masks.tif``, ``confidence.tif``) and
+          all-in-focus references (``expected.jpg`` as in focus-stack's ``pcb`` example,
+          ``ground_truth.png``, ``gt.tif``, ``all_in_focus.png``); a glob or a list takes every
+          image it names;
         * a glob pattern such as ``"dir/*.png"`` (matches in natural order);
         * a list or tuple of 2D image files, taken in the order given.
         Every image in a folder, glob or list must have the same size, channels and dtype.
@@ -102,8 +107,8 @@ def open_stack(source, *, axes: str | None = None, name: str | None = None) -> S
 
         if is_zarr(path):
             return open_zarr(path, axes=axes, name=name)
-        files = _list_folder(path)
-        return _open_planes(files, axes=axes, name=name or _folder_name(path), label=str(path))
+        files, skipped = _list_folder(path)
+        return _open_planes(files, axes=axes, name=name or _folder_name(path), label=str(path), skipped=skipped)
     if path.exists() or path.is_symlink():
         return _open_file(path, axes=axes, name=name)
     if any(c in text for c in _GLOB_CHARS):
