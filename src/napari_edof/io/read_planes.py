@@ -117,11 +117,15 @@ def _list_folder(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     return sorted(files, key=natural_key), skipped
 
 
+_PLURAL = {"a napari-edof output": "napari-edof outputs",
+           "a reference image, not a plane": "reference images, not planes"}
+
+
 def _skipped_text(skipped: list[tuple[Path, str]]) -> str:
     whys: dict[str, list[str]] = {}
     for p, why in skipped:
         whys.setdefault(why, []).append(p.name)
-    return "; ".join(f"{', '.join(names)} ({why}{'s' if len(names) > 1 and why.startswith('a ') else ''})"
+    return "; ".join(f"{', '.join(names)} ({_PLURAL.get(why, why) if len(names) > 1 else why})"
                      for why, names in whys.items())
 
 
