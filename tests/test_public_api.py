@@ -123,7 +123,7 @@ def test_import_needs_neither_scipy_nor_torch_nor_qt():
 
 
 #: what start-up must not load (issue 17): the machinery of reading, fusing and training
-_HEAVY = ("scipy", "dask", "tifffile", "pywt", "zarr", "torch", "skimage", "PIL", "napari", "qtpy", "tqdm")
+_HEAVY = ("scipy", "dask", "tifffile", "pywt", "zarr", "torch", "skimage", "PIL", "napari", "qtpy", "tqdm", "numba")
 
 _STARTUP = f"""
 import contextlib, io, sys
