@@ -321,9 +321,11 @@ def z_smooth(e: np.ndarray) -> np.ndarray:
     return e
 
 
-def soft_weights(e: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """exp(-(max energy - energy) / noise) over planes, normalised, in place of ``e``: (Z, h, w)."""
-    best = e.max(axis=0)
+def soft_weights(e: np.ndarray, noise: np.ndarray, best: np.ndarray | None = None) -> np.ndarray:
+    """exp(-(max energy - energy) / noise) over planes, normalised, in place of ``e``: (Z, h, w)
+    (``best``: the maximum over the planes, when known)."""
+    if best is None:
+        best = e.max(axis=0)
     inv = _F(1) / (noise + _F(1e-30))
     e -= best
     e *= inv
@@ -334,6 +336,14 @@ def soft_weights(e: np.ndarray, noise: np.ndarray) -> np.ndarray:
 
 _NONE = np.empty((0, 0), _F)  # "no energy" / "no neighbourhood evidence" for the compiled kernels
 _NONE3 = np.empty((0, 0, 0), _F)
+
+
+def _smooth_soft(kern, e: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """``soft_weights(z_smooth(e), noise)`` in place of ``e`` (the smoothing and maximum compiled
+    where the kernels are)."""
+    if kern is None:
+        return soft_weights(z_smooth(e), noise)
+    return soft_weights(e, noise, kern.z_smooth_max(e))
 
 
 def _weighted_detail(FG, PB, planes, wf):
@@ -461,7 +471,7 @@ class FocusFuse:
         # ---- half-resolution fusion of every channel (one channel: the guide is that channel)
         bands, s2, bi = [], sigma2, base_index
         for lvl in range(L):
-            wl = soft_weights(z_smooth(E[lvl]), s2 * _F(p["softness"] * gains[lvl]))
+            wl = _smooth_soft(kern, E[lvl], s2 * _F(p["softness"] * gains[lvl]))
             bands.append(np.einsum("zchw,zhw->chw", B[lvl], wl))
             s2, bi = bin2(s2), bin2(bi)  # NaN where any of the four is unknown
         half = interp_planes(BASE, bi)
@@ -470,7 +480,7 @@ class FocusFuse:
         del E, B, BASE
 
         # ---- full resolution: the finest detail, weighted by its own energy, Wiener-shrunk
-        wf = soft_weights(z_smooth(EF), sigma2 * _F(p["softness"] * fine_gain))
+        wf = _smooth_soft(kern, EF, sigma2 * _F(p["softness"] * fine_gain))
         del EF
         if kern is None:
             dl, detail = _weighted_detail(FG, PB, planes, wf)
