@@ -39,11 +39,12 @@ def test_registration_controls_build_the_option(viewer, qtbot):
     assert not w.register_edges.isEnabled() and not w.register_scale.isEnabled()
     w.register_combo.setCurrentIndex(w.register_combo.findData("translation"))
     assert w.register_edges.isEnabled() and not w.register_scale.isEnabled()
-    assert w.prepare().kwargs["register"] == {"mode": "translation", "edges": "edge"}
+    # the edges default to crop, as in the CLI and the API (issue 16)
+    assert w.prepare().kwargs["register"] == {"mode": "translation", "edges": "crop"}
     w.register_combo.setCurrentIndex(w.register_combo.findData("similarity"))
     w.register_scale.setChecked(False)
-    w.register_edges.setCurrentIndex(w.register_edges.findData("crop"))
-    assert w.registration() == {"mode": "similarity", "edges": "crop", "scale": False, "rotation": True}
+    w.register_edges.setCurrentIndex(w.register_edges.findData("edge"))
+    assert w.registration() == {"mode": "similarity", "edges": "edge", "scale": False, "rotation": True}
 
 
 def test_registered_run_cropped_layers_line_up(viewer, qtbot):

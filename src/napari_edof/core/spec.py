@@ -46,7 +46,12 @@ METHOD_PACKAGES = ["napari_edof.methods"]
 
 @dataclass(frozen=True)
 class Param:
-    """A typed, bounded parameter of a method (the widget and the CLI are generated from these)."""
+    """A typed, bounded parameter of a method (the widget and the CLI are generated from these).
+
+    ``label`` is the readable name the widget shows (default: the name with spaces, capitalised);
+    ``advanced`` parameters, the ones a user rarely changes, are shown under the widget's
+    collapsed "Advanced" section.
+    """
 
     name: str
     type: type
@@ -55,6 +60,16 @@ class Param:
     min: float | None = None
     max: float | None = None
     choices: tuple | None = None
+    label: str = ""
+    advanced: bool = False
+
+    @property
+    def title(self) -> str:
+        """The label shown to users (``label``, else the name made readable)."""
+        if self.label:
+            return self.label
+        text = self.name.replace("_", " ")
+        return text[:1].upper() + text[1:]
 
     def validate(self, value, method: str):
         """``value`` (Python from the API or the widget, text from the CLI) as this parameter's
