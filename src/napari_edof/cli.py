@@ -183,12 +183,35 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
-def _progress_bar(quiet: bool, desc: str):
-    if quiet:
-        return None
-    from tqdm import tqdm
+class _LazyBar:
+    """A tqdm bar made at the first progress step (no bar before argument errors), that shows the
+    stage ("pass 1", "fuse", ...) and counts what the run counts: its tile steps, every pass."""
 
-    return tqdm(total=0, unit="tile", desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def show(self, step) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=step.total, unit="tile", desc=self.desc, leave=False, file=sys.stderr,
+                            dynamic_ncols=True)
+        stage = getattr(step, "stage", "")
+        desc = f"{self.desc} {stage}" if stage and stage != "fuse" else self.desc
+        if self.bar.desc != desc:
+            self.bar.set_description_str(desc, refresh=False)
+        self.bar.total = step.total
+        self.bar.n = step.done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _progress_bar(quiet: bool, desc: str):
+    return None if quiet else _LazyBar(desc)
 
 
 def _run_one(stack, outdir: Path, args, params: dict) -> dict:
@@ -219,9 +242,7 @@ def _drain_with_bar(gen, bar):
 
     def show(step):
         if bar is not None:
-            bar.total = step.total
-            bar.n = step.done
-            bar.refresh()
+            bar.show(step)
 
     try:
         return drain(gen, show)
@@ -313,6 +334,21 @@ def _register_option(args) -> dict | None:
         return None
     return dict(mode=args.register, reference=args.register_reference, scale=not args.no_scale,
                 rotation=not args.no_rotation, edges=args.register_edges, guide=_guide(args.guide))
+
+
+def _suggest_registration(stack, args) -> None:
+    """A warning when the planes look shifted and no registration was asked for (a cheap check:
+    three planes, downsampled)."""
+    from .core.registration import planes_look_shifted
+
+    try:
+        shift = planes_look_shifted(stack, guide=_guide(args.guide))
+    except Exception:  # noqa: BLE001 - only a hint: never a reason to fail
+        return
+    if shift is not None:
+        print(f"napari-edof: warning: the planes of {stack.name} look shifted against each other (up to "
+              f"{shift:.1f} px between the first, middle and last planes); consider --register translation "
+              "(or similarity when focusing changes the magnification)", file=sys.stderr)
 
 
 def _registration_note(name: str, reg: dict) -> str:
@@ -456,6 +492,9 @@ def cmd_fuse(args) -> int:
                 src = args.inputs[0] if len(args.inputs) == 1 else list(args.inputs)
                 jobs = [(open_stack(src, axes=args.axes), out)]
         _plan_outputs(jobs, args.format)
+        if not args.quiet and getattr(args, "register", "none") in (None, "none"):
+            for st, _ in jobs:
+                _suggest_registration(st, args)
         if args.scheduler or args.workers:
             runs = _run_cluster(jobs, args, params)
         else:
@@ -502,11 +541,15 @@ def cmd_fuse(args) -> int:
 
 
 def cmd_methods(args) -> int:
+    from .core.spec import TORCH_INSTALL, available
     from .methods import DEFAULT_METHOD, list_methods
 
+    missing = False
     for s in list_methods():
         star = " (default)" if s.name == DEFAULT_METHOD else ""
-        print(f"{s.name:<16} {s.family:<10} {s.summary}{star}")
+        ok = available(s)
+        missing |= not ok
+        print(f"{s.name:<16} {s.family:<10} {s.summary}{star}" + ("" if ok else " [unavailable: needs PyTorch]"))
         if args.verbose:
             for prm in s.params:
                 rng = ""
@@ -517,6 +560,8 @@ def cmd_methods(args) -> int:
                 print(f"    --param {prm.name + '=' + str(prm.default):<24} {prm.help}{rng}")
             if s.citation:
                 print(f"    cite: {s.citation}")
+    if missing:
+        print(f"\nThe learned methods need PyTorch, which is not installed: {TORCH_INSTALL}")
     return EXIT_OK
 
 

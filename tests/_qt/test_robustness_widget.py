@@ -101,3 +101,16 @@ def test_a_registered_run_registers_once(viewer, qtbot, on_cluster, registration
             close_local_clients()
     assert res is not None and "registration" in res.provenance
     assert len(calls) == 1
+
+
+def test_shifted_planes_suggest_registration(viewer, qtbot):
+    """Issue 16: a cheap check (three planes, phase correlation) suggests aligning shifted planes."""
+    w = _widget(viewer, qtbot, viewer.add_image(_shifted(), name="s"))
+    assert w.check_shift() is not None and w.check_shift() > 2
+    assert w.register_hint.isVisibleTo(w) and "shifted" in w.register_hint.text()
+    w.register_combo.setCurrentIndex(w.register_combo.findData("translation"))
+    assert not w.register_hint.isVisibleTo(w)  # asked for: no more hint
+    aligned = viewer.add_image(np.asarray(SAMPLE.stack.data), name="aligned")
+    w.register_combo.setCurrentIndex(w.register_combo.findData("none"))
+    w.set_layer(aligned)
+    assert w.check_shift() is None and not w.register_hint.isVisibleTo(w)

@@ -367,9 +367,18 @@ class FusionWidget(QWidget):
         box = QGroupBox("Method")
         v = QVBoxLayout(box)
         self.method_combo = QComboBox()
+        from napari_edof.core.spec import TORCH_INSTALL, available
+
         for spec in api.list_methods():
-            self.method_combo.addItem(spec.name, spec.name)
-            self.method_combo.setItemData(self.method_combo.count() - 1, spec.summary, Qt.ItemDataRole.ToolTipRole)
+            ok = available(spec)
+            self.method_combo.addItem(spec.name if ok else f"{spec.name} (needs PyTorch)", spec.name)
+            i = self.method_combo.count() - 1
+            tip = spec.summary if ok else f"{spec.summary}\nUnavailable: PyTorch is not installed. {TORCH_INSTALL}"
+            self.method_combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
+            if not ok:  # listed, so that users see it exists, but not choosable
+                item = self.method_combo.model().item(i)
+                if item is not None:
+                    item.setEnabled(False)
         self.method_summary = QLabel("")
         self.method_summary.setWordWrap(True)
         self.params_box = QWidget()
@@ -628,6 +637,12 @@ class FusionWidget(QWidget):
                 self.guide_combo.addItem(f"channel {i}", i)
         self.guide_combo.setCurrentIndex(max(self.guide_combo.findData(cur), 0))
         self.guide_combo.setEnabled(n > 1)
+        checked = getattr(self, "_checked_layer", None)
+        if layer is not None and (checked is None or checked() is not layer):
+            import weakref
+
+            self._checked_layer = weakref.ref(layer)  # (once per layer: three planes read)
+            self.check_shift()
 
     def axes(self) -> str:
         """The axes string of the chosen layer's data for the current z/channel choice."""
@@ -757,7 +772,31 @@ class FusionWidget(QWidget):
             opts.update(scale=self.register_scale.isChecked(), rotation=self.register_rotation.isChecked())
         return opts
 
+    def check_shift(self) -> float | None:
+        """Suggest registration when the chosen stack's planes look shifted (a cheap phase
+        correlation of its first, middle and last planes, downsampled); the shift, or None."""
+        self._shift = None
+        try:
+            job = self.prepare()
+            from napari_edof.core.registration import planes_look_shifted
+
+            self._shift = planes_look_shifted(job.stack, guide=job.kwargs.get("guide", "auto"))
+        except Exception:  # noqa: BLE001 - only a hint
+            self._shift = None
+        self._show_shift_hint()
+        return self._shift
+
+    def _show_shift_hint(self) -> None:
+        shift = getattr(self, "_shift", None)
+        show = shift is not None and self.register_combo.currentData() in (None, "none")
+        self.register_hint.setVisible(show)
+        if show:
+            self.register_hint.setText(
+                f"<i>The planes look shifted (up to {shift:.1f} px between the first, middle and last): "
+                "consider aligning them (translation; similarity if focusing changes the magnification).</i>")
+
     def _on_register_changed(self, *_):
+        self._show_shift_hint()
         mode = self.register_combo.currentData()
         on = mode not in (None, "none")
         self.register_edges.setEnabled(on)

@@ -30,6 +30,7 @@ again per instance in ``__init__`` (an empty ``first_pass``: no first pass).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -176,6 +177,36 @@ class MethodSpec:
         return out
 
 
+#: what to install for the learned methods (the CPU build: no gigabytes of CUDA on a laptop)
+TORCH_INSTALL = ("pip install torch --index-url https://download.pytorch.org/whl/cpu  (the CPU build; "
+                 "for an NVIDIA GPU see https://pytorch.org/get-started/locally/)")
+
+
+def torch_available() -> bool:
+    """Whether torch can be imported, without importing it (``import napari_edof`` stays light)."""
+    import sys
+
+    if "torch" in sys.modules:
+        return sys.modules["torch"] is not None
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def available(spec: MethodSpec) -> bool:
+    """Whether a method can run here: learned (torch) methods need torch installed."""
+    return spec.backend != "torch" or torch_available()
+
+
+def require_available(spec: MethodSpec) -> None:
+    """A clear MethodError saying what to install when ``spec``'s method cannot run here."""
+    if not available(spec):
+        raise MethodError(f"method {spec.name!r} is a learned method and needs PyTorch, which is not installed; "
+                          f"install it with: {TORCH_INSTALL}; or choose a classical method "
+                          "(napari-edof methods lists them)")
+
+
 def context_halo(params: dict) -> int:
     """The halo of networks that read ``context`` extra pixels around each tile (their parameter)."""
     return int(params["context"])
@@ -291,5 +322,5 @@ def get_method(name: str):
         ) from None
 
 
-__all__ = ["DEFAULT_METHOD", "FirstPass", "FusionMethod", "MethodSpec", "Param", "WeightsSpec", "context_halo",
+__all__ = ["DEFAULT_METHOD", "TORCH_INSTALL", "available", "require_available", "torch_available", "FirstPass", "FusionMethod", "MethodSpec", "Param", "WeightsSpec", "context_halo",
            "get_method", "list_methods", "register", "unregister"]
