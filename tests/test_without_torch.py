@@ -16,8 +16,8 @@ def _run_without_torch(tmp_path, *args):
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-c", "import sys; from napari_edof.cli import main; sys.exit(main())", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    code = "import sys; from napari_edof.cli import main; sys.exit(main())"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_learned_method_without_torch_says_what_to_install(tmp_path):

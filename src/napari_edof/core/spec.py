@@ -322,5 +322,6 @@ def get_method(name: str):
         ) from None
 
 
-__all__ = ["DEFAULT_METHOD", "TORCH_INSTALL", "available", "require_available", "torch_available", "FirstPass", "FusionMethod", "MethodSpec", "Param", "WeightsSpec", "context_halo",
+__all__ = ["DEFAULT_METHOD", "TORCH_INSTALL", "available", "require_available", "torch_available",
+           "FirstPass", "FusionMethod", "MethodSpec", "Param", "WeightsSpec", "context_halo",
            "get_method", "list_methods", "register", "unregister"]
