@@ -67,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiff (default): TIFF and PNG files, the stack fused in memory; zarr: OME-Zarr images "
                         "written stripe by stripe, for stacks larger than memory (memory stays one stripe); "
                         "tiled-tiff: the same streaming run, then tiled TIFFs written a row of tiles at a time")
+    f.add_argument("--outputs", default=None, metavar="LIST",
+                   help="--format tiff: which files to write, comma-separated from fused, index, decision, masks, "
+                        "confidence, or all (default: fused,index,decision,confidence; the masks are left out: "
+                        "mask k is decision.tif == k + 1); provenance.json is always written")
+    f.add_argument("--compress", choices=("none", "deflate", "zstd"), default="none",
+                   help="--format tiff: lossless TIFF compression (default none: the most widely readable)")
+    f.add_argument("--preview", choices=("png", "jpg"), default=None,
+                   help="also write fused_preview.png|jpg: the fused image in 8 bits, carrying the first "
+                        "source image's EXIF (camera, lens, exposure)")
     f.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on a dask.distributed scheduler (e.g. tcp://host:8786): stacks and time points "
                         "are spread over its workers")
@@ -300,7 +309,22 @@ def _run_cluster(jobs, args, params: dict) -> list[dict]:
     return [{"result": r, "stack": st} for r, (st, _) in zip(results, jobs)]
 
 
-def _write(run: dict, dest: Path, fmt: str) -> dict:
+def _tiff_options(args) -> dict:
+    """--outputs, --compress and --preview as write_result's options (they apply to --format tiff)."""
+    from .core.errors import EdofError
+    from .io.outputs import DEFAULT_OUTPUTS, parse_outputs
+
+    given = [n for n, v in (("--outputs", args.outputs), ("--preview", args.preview),
+                            ("--compress", None if args.compress == "none" else args.compress)) if v is not None]
+    if args.format != "tiff" and given:
+        raise EdofError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --format tiff, "
+                        f"not --format {args.format}")
+    outputs = DEFAULT_OUTPUTS if args.outputs is None else parse_outputs(args.outputs)
+    return dict(outputs=outputs, compression=None if args.compress == "none" else args.compress,
+                preview=args.preview)
+
+
+def _write(run: dict, dest: Path, fmt: str, tiff_opts: dict | None = None) -> dict:
     if fmt == "zarr":
         import numpy as np
 
@@ -325,7 +349,7 @@ def _write(run: dict, dest: Path, fmt: str) -> dict:
         return outs.commit(r.provenance)
     from .io import write_result
 
-    return write_result(run["result"], dest)
+    return write_result(run["result"], dest, **(tiff_opts or {}))
 
 
 def _register_option(args) -> dict | None:
@@ -403,7 +427,7 @@ def batch_folders(inputs, stems) -> list[str]:
     return names
 
 
-def _plan_outputs(jobs, fmt: str) -> None:
+def _plan_outputs(jobs, fmt: str, tiff_opts: dict | None = None) -> None:
     """Before anything runs: no output of any job resolves to an input of any job
     (OverwriteError, exit 2), and every output folder can hold its result: writable, with room
     on its disk (OutputError, exit 3). One place, io/outputs.py, plans every output."""
@@ -411,8 +435,15 @@ def _plan_outputs(jobs, fmt: str) -> None:
 
     sources = [s for st, _ in jobs for s in st.source]
     for st, dest in jobs:
-        need = result_bytes(fmt, st.n_times, st.n_planes, st.yx_shape, st.n_channels, st.dtype.itemsize)
-        plan_outputs(dest, result_names(fmt, st.n_times), sources, need_bytes=need)
+        opts = tiff_opts or {}
+        outputs = opts.get("outputs")
+        need = result_bytes(fmt, st.n_times, st.n_planes, st.yx_shape, st.n_channels, st.dtype.itemsize,
+                            outputs=outputs)
+        if need is not None and opts.get("compression"):
+            need = need // 2  # (a guess: lossless compression about halves these files)
+        names = result_names(fmt, st.n_times, outputs=outputs, preview=opts.get("preview")) if fmt == "tiff" \
+            else result_names(fmt, st.n_times)
+        plan_outputs(dest, names, sources, need_bytes=need)
 
 
 def _guide(g: str):
@@ -458,6 +489,7 @@ def cmd_fuse(args) -> int:
     try:
         params = _parse_params(args.param)
         _check_counts(args, ("threads", "workers"))
+        tiff_opts = _tiff_options(args)
         if args.scheduler is not None:
             from .cluster import check_address
 
@@ -491,7 +523,7 @@ def cmd_fuse(args) -> int:
             else:
                 src = args.inputs[0] if len(args.inputs) == 1 else list(args.inputs)
                 jobs = [(open_stack(src, axes=args.axes), out)]
-        _plan_outputs(jobs, args.format)
+        _plan_outputs(jobs, args.format, tiff_opts)
         if not args.quiet and getattr(args, "register", "none") in (None, "none"):
             for st, _ in jobs:
                 _suggest_registration(st, args)
@@ -508,7 +540,7 @@ def cmd_fuse(args) -> int:
                 run = _run_one(st, dest, args, params)
             try:
                 if "paths" not in run:
-                    run["paths"] = _write(run, dest, args.format)
+                    run["paths"] = _write(run, dest, args.format, tiff_opts)
             except EdofError as e:
                 if isinstance(e, OverwriteError):
                     raise
