@@ -93,3 +93,20 @@ def test_preview_of_a_16bit_stack_is_stretched_to_8_bits(stack_tif, tmp_path):
     assert main(["fuse", str(stack_tif), "-o", str(out), "-q", "--preview", "png"]) == EXIT_OK
     a = np.asarray(Image.open(out / "fused_preview.png"))
     assert a.dtype == np.uint8 and a.shape == (64, 72) and a.max() >= 250 and a.min() <= 5
+
+
+def test_progress_bar_counts_what_the_summary_says(stack_tif, tmp_path, capsys):
+    """Issue 16: the bar's total is the tiles run (x passes), as the summary line says."""
+    import re
+
+    out = tmp_path / "out"
+    assert main(["fuse", str(stack_tif), "-o", str(out), "--tile", "32", "-m", "focus-select",
+                 "-p", "lowtexture=nearest"]) == EXIT_OK
+    cap = capsys.readouterr()
+    prov = json.loads((out / "provenance.json").read_text())
+    total = prov["tiles"] * prov.get("passes", 1)
+    counts = {(int(a), int(b)) for a, b in re.findall(r"(\d+)/(\d+) \[", cap.err)}
+    assert counts and {b for _, b in counts} == {total}, cap.err
+    assert (total, total) in counts
+    said = f"{prov['tiles']} tiles" + (f" x {prov['passes']} passes" if prov.get("passes", 1) > 1 else "")
+    assert said in cap.out.splitlines()[0]

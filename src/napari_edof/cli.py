@@ -459,10 +459,20 @@ def _summary(run: dict, outdir: Path) -> str:
     return (
         f"napari-edof: {p['method']} fused {r.n_planes} planes of {st.yx_shape[0]}x{st.yx_shape[1]} "
         f"{st.dtype}{' RGB' if st.rgb else ''}{f' x {st.n_times} time points' if st.n_times > 1 else ''} "
-        f"in {p['seconds']:.2f} s ({p['mvoxel_per_s']:.1f} Mvoxel/s, {p['tiles']} tiles, {p['device']})"
+        f"in {p['seconds']:.2f} s ({p['mvoxel_per_s']:.1f} Mvoxel/s, {_tiles_said(p, st)}, {p['device']})"
         f"{precision_note(p)}{unknown_note(r.index)}\n"
         f"  wrote to {outdir}: {names}"
     )
+
+
+def _tiles_said(p: dict, st) -> str:
+    """"48 tiles", or "48 tiles x 2 passes" (x time points): what the progress bar counted."""
+    text = f"{p['tiles']} tiles"
+    if p.get("passes", 1) > 1:
+        text += f" x {p['passes']} passes"
+    if st.n_times > 1:
+        text += f" x {st.n_times} time points"
+    return text
 
 
 def _os_error(e: OSError, out: Path) -> int:

@@ -253,3 +253,17 @@ def test_shift_check_suggests_registration(tmp_path, scene, capsys):
     assert "look shifted" in err and "--register translation" in err
     assert main(["fuse", str(src), "-o", str(tmp_path / "b"), "--register", "translation"]) == EXIT_OK
     assert "look shifted" not in capsys.readouterr().err
+
+
+def test_registration_is_a_progress_stage(scene):
+    """Issue 16: a registered run shows registration as a stage before the tiles."""
+    from ..conftest import drain
+
+    moved = _moved(scene, [(2.0, -1.0, 1, 0), (0, 0, 1, 0), (-2.0, 1.0, 1, 0)])
+    steps, res = drain(api.fuse_iter(moved, register="translation", tile=128))
+    stages = [s.stage for s in steps]
+    assert stages[:2] == ["registration", "registration"] and steps[1].done == steps[1].total == 1
+    assert stages[2:] and set(stages[2:]) <= {"fuse", "pass 1"}
+    assert "registration" in res.provenance
+    with pytest.raises(api.EdofError):  # bad options: refused before any progress
+        next(api.fuse_iter(moved, register="translation", params={"nope": 1}))

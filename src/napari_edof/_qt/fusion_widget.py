@@ -938,7 +938,10 @@ class FusionWidget(QWidget):
         frames = f", frame {step.frame + 1}/{self._n_frames}" if self._n_frames > 1 else ""
         if pbar.total != step.total:
             pbar.total = step.total
-        self.status.setText(f"{step.stage}: {step.done}/{step.total} tile steps{frames}")
+        if step.stage in ("fuse", "pass 1", "cluster"):
+            self.status.setText(f"{step.stage}: {step.done}/{step.total} tile steps{frames}")
+        else:  # registration, ...: one step of its own
+            self.status.setText(f"{step.stage}{'…' if step.done < step.total else ' done'}{frames}")
         pbar.set_description(f"napari-edof {step.stage}{frames}")
         pbar.update(step.done - pbar.n)
         self.progressed.emit(step)
