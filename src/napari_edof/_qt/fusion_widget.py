@@ -322,6 +322,7 @@ class FusionWidget(QWidget):
         lay.addStretch(1)
         self.scroll.setWidget(body)
         outer.addWidget(self.scroll, 1)
+        self._scroll_body = body
         bottom = QVBoxLayout()
         bottom.setContentsMargins(9, 0, 9, 9)
         outer.addLayout(bottom)
@@ -329,6 +330,7 @@ class FusionWidget(QWidget):
         self._build_buttons(lay)
         self._connect()
         self._on_method_changed()
+        self._fit_width()
         self._refresh_layers()
         active = self.viewer.layers.selection.active
         if _fusable(active):
@@ -681,6 +683,8 @@ class FusionWidget(QWidget):
             label.setToolTip(f"{p.help} (parameter {p.name!r})")
             (self.advanced_params_form if p.advanced else self.params_form).addRow(label, pw.widget)
         self.advanced_params_box.setVisible(self.advanced_params_form.rowCount() > 0)
+        if hasattr(self, "_scroll_body"):
+            self._fit_width()
         gpu = self._update_device_enabled()
         if not gpu:
             self.device_combo.setCurrentIndex(0)
@@ -688,6 +692,16 @@ class FusionWidget(QWidget):
             "auto: a GPU when the method can use one, else the CPU" if gpu
             else f"{spec.name} runs on the CPU only"
         )
+
+    def _fit_width(self) -> None:
+        """The scroll area as wide as its content (with Advanced open), so nothing is cut off at the
+        right and only vertical scrolling is needed."""
+        body = self._scroll_body
+        was = self.advanced.is_expanded()
+        self.advanced.content.setVisible(True)
+        width = body.minimumSizeHint().width()
+        self.advanced.content.setVisible(was)
+        self.scroll.setMinimumWidth(width + self.scroll.verticalScrollBar().sizeHint().width())
 
     def set_method(self, name: str) -> None:
         i = self.method_combo.findData(name)

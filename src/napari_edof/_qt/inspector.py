@@ -154,6 +154,7 @@ class FocusInspector(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         self.scroll.setWidget(body)
         outer.addWidget(self.scroll, 1)
+        self._scroll_body = body
 
         self.goto_btn = QPushButton("Go to plane")
         self.goto_btn.setToolTip("Show the chosen plane of the source stack (moves the z slider)")
@@ -172,7 +173,7 @@ class FocusInspector(QWidget):
         r1.addWidget(self.plane_spin)
         r1.addStretch(1)
         form.addLayout(r1)
-        self.retouch_check = QCheckBox("Retouch: painting the decision re-renders the fused image")
+        self.retouch_check = QCheckBox("Retouch: painting re-renders the fused image")
         self.retouch_check.setToolTip(
             "Paint on the decision layer with label = plane + 1: the fused image and the focus index "
             "are re-rendered from those planes at once (undo with Ctrl+Z)")
@@ -210,6 +211,9 @@ class FocusInspector(QWidget):
         lay.addWidget(box3)
         lay.addStretch(1)
 
+        # as wide as the content (no horizontal scrolling, nothing cut off at the right)
+        self.scroll.setMinimumWidth(self._scroll_body.minimumSizeHint().width()
+                                    + self.scroll.verticalScrollBar().sizeHint().width() + 8)
         self.result_combo.currentIndexChanged.connect(self._on_result_changed)
         self.goto_btn.clicked.connect(self.go_to_plane)
         self.mask_check.toggled.connect(lambda _=None: self._guard(self.update_mask))
@@ -597,11 +601,13 @@ class FocusInspector(QWidget):
             layer.visible = True
             return
         active = self.viewer.layers.selection.active
-        size = max(6.0, 0.03 * float(max(np.asarray(decision_layer.data.shape[-2:]) * scale)))
+        size = max(6.0 * float(scale.max()), 0.05 * float(max(np.asarray(decision_layer.data.shape[-2:]) * scale)))
+        units = getattr(decision_layer, "units", None)
+        kw = {"units": tuple(units)[-2:]} if units is not None and len(units) >= 2 else {}
         self.viewer.add_points(
             world[None], name=f"{meta.get('source', '')} inspected pixel", symbol="ring", size=size,
-            face_color="yellow", border_width=0, opacity=0.9,
-            metadata={"napari_edof": {"role": "marker", "source": meta.get("source")}})
+            face_color="yellow", border_color="yellow", border_width=0.1, opacity=1.0,
+            metadata={"napari_edof": {"role": "marker", "source": meta.get("source")}}, **kw)
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
 
@@ -818,7 +824,9 @@ class FocusInspector(QWidget):
         self.viewer.dims.ndisplay = 3
         # tilted, so that the relief shows (straight down, a height map looks flat)
         self.viewer.reset_view()
-        _camera(self.viewer).angles = TILTED_VIEW
+        cam = _camera(self.viewer)
+        cam.angles = TILTED_VIEW
+        cam.zoom = cam.zoom * 0.8  # (tilted, the surface reaches further than its footprint)
         self._set_checked(self.height_btn, True)
         return surf
 
@@ -867,7 +875,7 @@ class FocusInspector(QWidget):
 
 
 #: the camera angles (degrees) of the 3D height view: tilted by 45 degrees and turned a little
-TILTED_VIEW = (-20.0, 35.0, 120.0)
+TILTED_VIEW = (-35.0, 30.0, 145.0)
 
 
 def _theme_colours(viewer) -> tuple[str, str]:
