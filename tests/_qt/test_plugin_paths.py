@@ -73,6 +73,16 @@ def test_open_a_stack_then_add_the_widget(viewer, qtbot, stack_file):
     assert "method focus-fuse" in status  # the summary is the last line
 
 
+def test_napari_command_line_with_plugin(viewer, qtbot, stack_file):
+    """``napari stack.tif -w napari-edof`` does this: the plugin's first widget, tabified."""
+    from napari_edof._qt.fusion_widget import FusionWidget
+
+    viewer.open(str(stack_file), plugin=PLUGIN)
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, tabify=True)
+    assert isinstance(w, FusionWidget) and w.current_layer() is viewer.layers[0]
+    assert w.run(sync=True) is not None
+
+
 def test_plugins_menu_action_adds_the_widget(viewer, qtbot, stack_file):
     from napari._app_model import get_app_model
 
