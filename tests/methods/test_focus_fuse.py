@@ -120,3 +120,38 @@ def test_every_channel_follows_the_guide():
     alone = ne.fuse(s)
     np.testing.assert_array_equal(both.fused[..., 1], alone.fused)
     np.testing.assert_array_equal(both.index, alone.index)
+
+
+@pytest.fixture
+def numpy_path(monkeypatch):
+    """focus-fuse on its numpy path (the compiled kernels switched off) for the test's duration."""
+    from napari_edof.methods import _focus_fuse_kernels as k
+
+    monkeypatch.setattr(k, "_KERNELS", [None])
+    return k
+
+
+@pytest.mark.parametrize("cfg", [FLOORS[0][0], FLOORS[1][0]], ids=["grey16", "rgb8"])
+def test_compiled_kernels_agree_with_numpy(cfg, numpy_path, monkeypatch):
+    """The compiled full-resolution passes give the numpy path's result (to float32 rounding:
+    at most one grey level), tiled and whole."""
+    pytest.importorskip("numba")
+    s = render(cfg)
+    ref = ne.fuse(s.planes, tile=64)
+    monkeypatch.setattr(numpy_path, "_KERNELS", [])  # compiled again (numba is installed)
+    assert numpy_path.kernels() is not None
+    for tile in (64, 4096):
+        r = ne.fuse(s.planes, tile=tile)
+        assert np.abs(r.fused.astype(np.int64) - ref.fused).max() <= 1
+        assert np.mean(r.fused != ref.fused) < 1e-3
+        np.testing.assert_array_equal(r.index, ref.index)
+        np.testing.assert_array_equal(r.confidence, ref.confidence)
+
+
+def test_numba_switch(monkeypatch):
+    """NAPARI_EDOF_NUMBA=0 selects the numpy path."""
+    from napari_edof.methods import _focus_fuse_kernels as k
+
+    monkeypatch.setattr(k, "_KERNELS", [])
+    monkeypatch.setenv("NAPARI_EDOF_NUMBA", "0")
+    assert k.kernels() is None

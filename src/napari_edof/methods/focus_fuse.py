@@ -46,6 +46,7 @@ import numpy as np
 
 from ..core.focus import _flat_box
 from ..core.select import median3
+from ._focus_fuse_kernels import kernels
 from ._registry import MethodSpec, Param, register
 
 UNKNOWN = ("nan", "fill", "keep")
@@ -341,6 +342,31 @@ def soft_weights(e: np.ndarray, noise: np.ndarray) -> np.ndarray:
     return e
 
 
+def _weighted_detail(FG, PB, planes, wf):
+    """numpy: the planes' finest detail weighted by ``wf`` (one weight per 2 x 2 block): the
+    guide's (H, W) and every channel's (C, H, W) (the guide's itself for one channel)."""
+    Z, H, W = FG.shape
+    h, w = H // 2, W // 2
+    rgb = PB is not None
+    dl = np.zeros((h, 2, W), _F)
+    tmp = np.empty((h, 2, W), _F)
+    acc = np.zeros((planes.shape[-1], h, 2, W), _F) if rgb else None
+    rep = np.empty((h, w, 2), _F)
+    wk = rep.reshape(h, 1, W)  # a block's weight for both of its columns (and, broadcast, rows)
+    for k in range(Z):
+        rep[..., 0] = wf[k]
+        rep[..., 1] = wf[k]
+        np.multiply(FG[k].reshape(h, 2, W), wk, out=tmp)
+        dl += tmp
+        if rgb:
+            fk = np.moveaxis(planes[k], -1, 0) - up2(PB[k])
+            fk = fk.reshape(-1, h, 2, W)
+            fk *= wk
+            acc += fk
+    dl = dl.reshape(H, W)
+    return dl, (dl[None] if not rgb else acc.reshape(-1, H, W))
+
+
 @register(SPEC)
 class FocusFuse:
     def __init__(self, params: dict, *, device: str = "cpu"):
@@ -355,9 +381,14 @@ class FocusFuse:
         fm_gain, fine_gain, gains = noise_gains(max(L, 1), p["radius"])
         rgb = C > 1
 
+        kern = kernels()  # compiled full-resolution passes (numba), or None: numpy
+
         # ---- one plane at a time (its maps stay in the caches): the finest detail and its energy,
         # the focus measure, and the half-resolution pyramid's bands and energies
-        FG = np.empty((Z, H, W), _F)  # the finest detail of the guide: each plane minus its up-sampled bins
+        if kern is None:  # the finest detail of the guide: each plane minus its up-sampled bins
+            FG = np.empty((Z, H, W), _F)
+        else:  # compiled: only the bins are kept, the detail is made again row by row when weighted
+            GB = np.empty((Z, h, w), _F)
         EF = np.empty((Z, h, w), _F)  # its 3 x 3 energy, binned: one weight per 2 x 2 block
         FM = np.empty((Z, h, w), _F)  # the focus measure
         E = [np.empty((Z, h >> lvl, w >> lvl), _F) for lvl in range(L)]
@@ -366,10 +397,13 @@ class FocusFuse:
         PB = np.empty((Z, C, h, w), _F) if rgb else None
         for k in range(Z):
             g = guide[k]
-            gb = bin2(g)
-            fg = FG[k]
-            np.subtract(g, up2(gb), out=fg)
-            _binned_box3(fg * fg, out=EF[k])
+            if kern is None:
+                gb = bin2(g)
+                fg = FG[k]
+                np.subtract(g, up2(gb), out=fg)
+                _binned_box3(fg * fg, out=EF[k])
+            else:
+                GB[k] = gb = kern.plane_detail(g, EF[k])
             FM[k] = box_mean(laplacian_energy(gb), p["radius"])
             cg = gb
             if rgb:
@@ -432,31 +466,31 @@ class FocusFuse:
         # ---- full resolution: the finest detail, weighted by its own energy, Wiener-shrunk
         wf = soft_weights(z_smooth(EF), sigma2 * _F(p["softness"] * fine_gain))
         del EF
-        dl = np.zeros((h, 2, W), _F)
-        tmp = np.empty((h, 2, W), _F)
-        acc = np.zeros((C, h, 2, W), _F) if rgb else None
-        rep = np.empty((h, w, 2), _F)
-        wk = rep.reshape(h, 1, W)  # a block's weight for both of its columns (and, broadcast, rows)
-        for k in range(Z):
-            rep[..., 0] = wf[k]
-            rep[..., 1] = wf[k]
-            np.multiply(FG[k].reshape(h, 2, W), wk, out=tmp)
-            dl += tmp
+        if kern is None:
+            dl, detail = _weighted_detail(FG, PB, planes, wf)
+            del FG
+        else:
+            dl = np.zeros((H, W), _F)
+            for k in range(Z):
+                kern.add_weighted_detail(guide[k], GB[k], wf[k], dl)
+            detail = dl[None]
             if rgb:
-                fk = np.moveaxis(planes[k], -1, 0) - up2(PB[k])
-                fk = fk.reshape(C, h, 2, W)
-                fk *= wk
-                acc += fk
-        del FG, wf
-        dl = dl.reshape(H, W)
-        detail = dl[None] if not rgb else acc.reshape(C, H, W)
-        if p["detail_k"] > 0:
-            e = box_mean(dl * dl, p["detail_window"])  # on the guide: one decision for every channel
-            noise = up2(sigma2)
-            noise *= _F(fine_gain * p["detail_k"])
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                beta = 1 - noise / e
-            beta = np.nan_to_num(np.clip(beta, 0, 1), nan=0.0).astype(_F)
+                detail = np.zeros((C, H, W), _F)
+                for k in range(Z):
+                    for c in range(C):
+                        kern.add_weighted_detail(planes[k, :, :, c], PB[k, c], wf[k], detail[c])
+        del wf
+        if p["detail_k"] > 0:  # on the guide: one decision for every channel
+            gk = _F(fine_gain * p["detail_k"])
+            if kern is None:
+                e = box_mean(dl * dl, p["detail_window"])
+                noise = up2(sigma2)
+                noise *= gk
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    beta = 1 - noise / e
+                beta = np.nan_to_num(np.clip(beta, 0, 1), nan=0.0).astype(_F)
+            else:
+                beta = kern.wiener_beta(dl, sigma2, gk, p["detail_window"])
             detail = detail * beta
         fused = up2(half)
         fused += detail
