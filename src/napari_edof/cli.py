@@ -550,7 +550,14 @@ def cmd_fuse(args) -> int:
                 run = _run_one(st, dest, args, params)
             try:
                 if "paths" not in run:
-                    run["paths"] = _write(run, dest, args.format, tiff_opts)
+                    live = not args.quiet and sys.stderr.isatty()
+                    if live:  # the last stage on a terminal (erased again: the summary is the last line)
+                        print(f"napari-edof: writing the results to {dest}…", end="\r", file=sys.stderr, flush=True)
+                    try:
+                        run["paths"] = _write(run, dest, args.format, tiff_opts)
+                    finally:
+                        if live:
+                            print("\r\033[K", end="", file=sys.stderr, flush=True)
             except EdofError as e:
                 if isinstance(e, OverwriteError):
                     raise
