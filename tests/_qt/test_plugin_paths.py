@@ -217,3 +217,10 @@ def test_inspector_through_the_plugin(viewer, qtbot, stack_file):
     w.height_btn.setChecked(False)
     assert viewer.dims.ndisplay == 2 and w.height_layer is None
     assert tuple(viewer.dims.range[0]) == z_range
+    # leaving 3D with napari's own 2D/3D toggle does the same
+    w.height_btn.setChecked(True)
+    assert w.height_layer is not None
+    viewer.dims.ndisplay = 2
+    assert w.height_layer is None and not w.height_btn.isChecked()
+    assert tuple(viewer.dims.range[0]) == z_range
+    assert fuse.last_layers["fused"].visible  # the layers' visibility restored

@@ -308,6 +308,13 @@ class FocusInspector(QWidget):
         theme_events = getattr(viewer.events, "theme", None)
         if theme_events is not None:
             theme_events.connect(on_theme)
+
+        def on_ndisplay(event=None):  # napari's own 2D/3D button leaves the height view too
+            w = me()
+            if w is not None and w._mode == "3d" and viewer.dims.ndisplay == 2:
+                w.exit_mode()
+
+        viewer.dims.events.ndisplay.connect(on_ndisplay)
         self._callbacks = (on_drag, on_move)
 
         def cleanup(*_):
@@ -319,6 +326,7 @@ class FocusInspector(QWidget):
             _grid(viewer).events.enabled.disconnect(on_grid)
             if theme_events is not None:
                 theme_events.disconnect(on_theme)
+            viewer.dims.events.ndisplay.disconnect(on_ndisplay)
 
         self._cleanup = cleanup
         self.destroyed.connect(cleanup)
