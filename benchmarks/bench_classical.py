@@ -1,6 +1,6 @@
 """Speed, memory and quality of the classical methods (not part of the test run).
 
-    .venv/bin/python benchmarks/bench_classical.py [--size 2048] [--planes 16] [--repeat 2]
+    .venv/bin/python benchmarks/bench_classical.py [--size 2048] [--planes 16] [--repeat 2] [--methods focus-fuse,focus-fuse@numpy]
 
 For each stack (a 16x2048x2048 uint16 synthetic stack with ground truth, made like the other
 tools' benchmark in ../shared/specs/peers.md: scikit-image photographs, depth quantised into 16
@@ -113,14 +113,18 @@ def child(method: str, data: str, truth: str | None, repeat: int, tile) -> dict:
 
 
 def run_child(method, data, truth, repeat, tile) -> dict:
-    cmd = [sys.executable, __file__, "--child", method, "--data", data, "--repeat", str(repeat),
+    """One method in a fresh process. ``NAME@numpy``: the method with its compiled kernels switched
+    off (``NAPARI_EDOF_NUMBA=0``), to compare both paths in one run."""
+    name, _, variant = method.partition("@")
+    cmd = [sys.executable, __file__, "--child", name, "--data", data, "--repeat", str(repeat),
            "--tile", str(tile)]
     if truth:
         cmd += ["--truth", truth]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ, NAPARI_EDOF_NUMBA="0") if variant == "numpy" else None
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         return {"method": method, "error": done.stderr.strip().splitlines()[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]), method=method)
 
 
 def real_stacks():
@@ -156,7 +160,8 @@ def main():
     ap.add_argument("--tile", default="auto")
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--planes", type=int, default=16)
-    ap.add_argument("--methods", default=None, help="comma-separated (default: every classical method)")
+    ap.add_argument("--methods", default=None, help="comma-separated (default: every classical method); "
+                    "NAME@numpy runs NAME without its compiled kernels")
     ap.add_argument("--no-real", action="store_true")
     args = ap.parse_args()
     tile = args.tile if args.tile == "auto" else (int(args.tile) or None)

@@ -84,3 +84,26 @@ def registrations(monkeypatch):
 
     monkeypatch.setattr(registration, "register_stack", counted)
     return calls
+
+
+@pytest.fixture
+def runs(monkeypatch):
+    """A list that gets one entry per call of the one run function, ``core.run.run_frames``
+    (issue 15: every run path calls it): the names of the reader, sink and schedule it ran with."""
+    import sys
+
+    import napari_edof.core.engine  # noqa: F401 - the modules that call it, loaded before it is wrapped
+    import napari_edof.core.stream  # noqa: F401
+    from napari_edof.core import run
+
+    calls = []
+    real = run.run_frames
+
+    def counted(pl, reader, sink, stripes, **kw):
+        calls.append((type(reader).__name__, type(sink).__name__, type(kw.get("schedule", run.HERE)).__name__))
+        return real(pl, reader, sink, stripes, **kw)
+
+    for name, mod in list(sys.modules.items()):  # wherever it was imported by name
+        if name.startswith("napari_edof") and getattr(mod, "run_frames", None) is real:
+            monkeypatch.setattr(mod, "run_frames", counted)
+    return calls

@@ -442,7 +442,12 @@ def case_output_would_replace_input(tmp_path, capsys):
     for k, n in enumerate(("a.png", "masks.tif", "decision.tif")):
         Image.fromarray(np.full((32, 40), 10 * k, np.uint8)).save(frames / n)
     before = _digest(frames)
-    _cli_refuses(["fuse", str(frames), "-o", str(frames), "-q"], EXIT_INPUT, capsys, "would replace the input")
+    files = [str(frames / n) for n in ("a.png", "masks.tif", "decision.tif")]  # (a list takes every image)
+    _cli_refuses(["fuse", *files, "-o", str(frames), "-q"], EXIT_INPUT, capsys, "would replace the input")
+    assert _digest(frames) == before
+    # the folder itself: images named as results are not planes (issue 15), so one plane is left
+    _cli_refuses(["fuse", str(frames), "-o", str(frames), "-q"], EXIT_INPUT, capsys, "at least 2 planes",
+                 "decision.tif, masks.tif (napari-edof outputs), left out")
     assert _digest(frames) == before
     # through symlinks: the output folder is a link to the input's folder
     link = tmp_path / "link"

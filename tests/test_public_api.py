@@ -120,3 +120,47 @@ def test_import_needs_neither_scipy_nor_torch_nor_qt():
     out = subprocess.run([sys.executable, "-c", _NO_SCIPY], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
+
+
+#: what start-up must not load (issue 17): the machinery of reading, fusing and training
+_HEAVY = ("scipy", "dask", "tifffile", "pywt", "zarr", "torch", "skimage", "PIL", "napari", "qtpy", "tqdm", "numba")
+
+_STARTUP = f"""
+import contextlib, io, sys
+from napari_edof.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        code = main(sys.argv[1:])
+    except SystemExit as e:  # --help
+        code = e.code
+assert code == 0, code
+assert out.getvalue().strip(), "nothing printed"
+print(" ".join(sorted(m for m in {_HEAVY!r} if m in sys.modules)) or "none")
+"""
+
+
+@pytest.mark.parametrize("argv", [["methods"], ["methods", "-v"], ["--help"], ["fuse", "--help"],
+                                  ["evaluate", "--help"]], ids=" ".join)
+def test_cli_start_up_loads_only_what_the_command_needs(argv):
+    """``napari-edof methods`` and ``--help`` import neither scipy, dask, tifffile nor PyWavelets
+    (the methods register without them; they are imported when a method runs)."""
+    out = subprocess.run([sys.executable, "-c", _STARTUP, *argv], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "none", out.stdout
+
+
+def test_import_loads_none_of_the_heavy_packages():
+    """``import napari_edof`` loads not even numpy: the public names import the API on first use."""
+    code = f"import sys, napari_edof; print(' '.join(m for m in {_HEAVY + ('numpy',)!r} if m in sys.modules) or 'none')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "none", (out.stdout, out.stderr[-2000:])
+
+
+def test_a_method_still_runs_after_a_light_start():
+    """The lazily imported modules load when a method uses them (here scipy and PyWavelets)."""
+    code = ("import sys, napari_edof as ne; s = ne.sample_stack(n_planes=3, shape=(32, 32)).stack\n"
+            "for m in ('focus-select', 'pyramid', 'wavelet'): ne.fuse(s, method=m)\n"
+            "print('scipy' in sys.modules, 'pywt' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "True True", out.stderr[-2000:]

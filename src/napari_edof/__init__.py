@@ -4,9 +4,12 @@ Fuse a focus stack (a microscope z-stack, or RGB frames focused at different dep
 all-in-focus image, with the focus-index map, the decision masks and a confidence map that show
 how the fusion decided.
 
-Importing this package imports neither torch, Qt nor napari.
+Importing this package imports neither torch, Qt nor napari (nor numpy: the public names load
+:mod:`napari_edof.api` on first use).
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from ._version import __version__
 
@@ -32,18 +35,48 @@ if _spawned_cli_worker():
 
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
 
-from .api import (  # noqa: E402
-    EdofError,
-    FusionResult,
-    Progress,
-    Stack,
-    fuse,
-    fuse_iter,
-    get_method,
-    list_methods,
-    open_stack,
-    sample_stack,
-)
+#: the public names, from :mod:`napari_edof.api`, imported on first use (PEP 562): ``import
+#: napari_edof`` loads neither numpy nor the engine, so ``napari-edof methods`` and ``--help``
+#: start quickly; ``napari_edof.fuse`` (or ``from napari_edof import fuse``) imports them
+_API = ("EdofError", "FusionResult", "Progress", "Stack", "fuse", "fuse_iter", "get_method", "list_methods",
+        "open_stack", "sample_stack")
+
+if TYPE_CHECKING:
+    from .api import (
+        EdofError,
+        FusionResult,
+        Progress,
+        Stack,
+        fuse,
+        fuse_iter,
+        get_method,
+        list_methods,
+        open_stack,
+        sample_stack,
+    )
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from . import api
+
+        value = getattr(api, name)
+        globals()[name] = value
+        return value
+    if not name.startswith("__"):  # a submodule not imported yet (napari_edof.api, napari_edof.io, ...)
+        import importlib
+
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
+
 
 __all__ = [
     "EdofError",

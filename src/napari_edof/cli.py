@@ -34,7 +34,9 @@ def _method_help() -> str:
     return ", ".join(s.name for s in list_methods())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; for ``train MODEL`` (read from ``argv``) with the options that
+    MODEL's recipe declares (:class:`napari_edof.training.train.Option`)."""
     p = argparse.ArgumentParser(
         prog="napari-edof",
         description="Extended depth of field: fuse focus stacks into all-in-focus images, "
@@ -109,28 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="intensity range (default: the dtype's for integers, 1 or the spread for floats)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    t = sub.add_parser("train", help="train a network on synthetic focus stacks (needs torch)")
+    t = sub.add_parser("train", help="train a network on synthetic focus stacks (needs torch)",
+                       epilog="each model has its own options: napari-edof train MODEL --help lists them")
     t.add_argument("model", help="what to train: a training recipe such as stackmff-v2 (an unknown name lists them)")
     t.add_argument("--steps", type=int, required=True, help="total optimisation steps")
     t.add_argument("--out", required=True, help="folder for checkpoints, log and final weights.pt")
     t.add_argument("--seed", type=int, default=0, help="seed of the data and the initialisation")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists")
-    # recipe options: when not given, each recipe's own default applies
-    t.add_argument("--batch-size", type=int, default=None, help="stacks per step (default: the recipe's)")
-    t.add_argument("--crop", type=int, default=None, help="training crop side in pixels (default: the recipe's)")
-    t.add_argument("--n-min", type=int, default=None, help="fewest planes per stack (default: the recipe's)")
-    t.add_argument("--n-max", type=int, default=None, help="most planes per stack (default: the recipe's)")
-    t.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
-    t.add_argument("--warmup", type=int, default=None, help="linear warm-up steps (default: the recipe's)")
-    t.add_argument("--ckpt-every", type=int, default=None, help="checkpoint every K steps (default: the recipe's)")
-    t.add_argument("--init", default=None, help="starting weights file (fine-tuning); default: from scratch")
-    t.add_argument("--ce-weight", type=float, default=None,
-                   help="stackmff-v2: weight of the per-pixel cross-entropy added to the paper's loss "
-                        "(0: paper's loss only)")
-    t.add_argument("--range-p", type=float, default=None,
-                   help="stackmff-v2: fraction of stacks contrast-stretched like the method's normalise=range")
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    _add_recipe_options(t, argv)
     return p
 
 
@@ -144,41 +133,98 @@ def _check_counts(args, names) -> None:
             raise EdofError(f"--{n.replace('_', '-')} must be 1 or more, not {v}")
 
 
+#: the train command's own options that take a value (the rest of its options are the recipe's)
+_TRAIN_VALUES = ("--steps", "--out", "--seed")
+
+
+def _train_model(argv: list[str] | None) -> str | None:
+    """The MODEL of ``train MODEL ...`` in ``argv`` (None when the command is not train or names
+    no model): the first word after ``train`` that is not an option or an option's value."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    words = [a for a in argv if not a.startswith("-")]
+    if not words or words[0] != "train":
+        return None
+    rest = argv[argv.index("train") + 1:]
+    try:
+        from .training.train import OPTIONS, RECIPES
+
+        list(RECIPES)  # (loads the recipes: their options that take values)
+        values = set(_TRAIN_VALUES) | {o.flag for opts in OPTIONS.values() for o in opts if o.type is not bool}
+    except ImportError:  # torch missing: cmd_train says so
+        values = set(_TRAIN_VALUES)
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        if a == "--":
+            return rest[i + 1] if i + 1 < len(rest) else None
+        if a.startswith("-"):
+            i += 2 if a in values else 1
+            continue
+        return a
+    return None
+
+
+def _shown(v) -> str:
+    return "none" if v is None else str(v)
+
+
+def _add_recipe_options(t: argparse.ArgumentParser, argv: list[str] | None) -> None:
+    """MODEL's declared options on the train parser (none for another command or an unknown MODEL)."""
+    model = _train_model(argv)
+    if model is None:
+        return
+    try:
+        from .training.train import RECIPES, recipe_options_of
+    except ImportError:
+        return
+    if model not in RECIPES:
+        return
+    g = t.add_argument_group(f"{model} options (when not given: the recipe's default)")
+    for o in recipe_options_of(model):
+        kw = dict(dest=o.name, default=argparse.SUPPRESS, help=f"{o.help} (default: {_shown(o.default)})")
+        if o.type is bool:
+            g.add_argument(o.flag, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            g.add_argument(o.flag, type=o.type, metavar={int: "N", float: "X"}.get(o.type, "VALUE"), **kw)
+
+
 def cmd_train(args) -> int:
     from .core.errors import EdofError
 
     try:
-        _check_counts(args, ("steps", "threads", "batch_size", "crop", "n_min", "n_max", "ckpt_every"))
+        _check_counts(args, ("steps",))
     except EdofError as e:
         print(f"napari-edof: error: {e}", file=sys.stderr)
         return EXIT_INPUT
     try:
-        from .training.train import RECIPES, get_recipe, recipe_options
+        from .training.train import RECIPES, get_recipe, recipe_options_of
     except ImportError as e:  # torch missing
         print(f"napari-edof: error: training needs torch ({e})", file=sys.stderr)
         return EXIT_INPUT
     if args.model not in RECIPES:
         print(f"napari-edof: error: cannot train {args.model!r}; one of {', '.join(RECIPES)}", file=sys.stderr)
         return EXIT_INPUT
-    if args.init and not Path(args.init).is_file():
-        print(f"napari-edof: error: --init {args.init} is not a file", file=sys.stderr)
+    declared = recipe_options_of(args.model)
+    unknown = getattr(args, "unknown", None)
+    if unknown:
+        flags = [a.split("=", 1)[0] for a in unknown if a.startswith("-")]
+        what = ", ".join(flags) if flags else " ".join(unknown)
+        print(f"napari-edof: error: {args.model} does not take {what}; its options: "
+              f"{', '.join(o.flag for o in declared)} (napari-edof train {args.model} --help)", file=sys.stderr)
+        return EXIT_INPUT
+    given = {o.name: getattr(args, o.name) for o in declared if hasattr(args, o.name)}
+    for o in declared:
+        v = given.get(o.name)
+        if v is not None and o.minimum is not None and v < o.minimum:
+            print(f"napari-edof: error: {o.flag} must be {o.minimum} or more, not {v}", file=sys.stderr)
+            return EXIT_INPUT
+    if given.get("init") and not Path(given["init"]).is_file():
+        print(f"napari-edof: error: --init {given['init']} is not a file", file=sys.stderr)
         return EXIT_INPUT
     try:
         recipe = get_recipe(args.model)
-        options = dict(steps=args.steps, out=args.out, seed=args.seed, resume=args.resume,
-                       batch_size=args.batch_size, crop=args.crop, n_min=args.n_min, n_max=args.n_max,
-                       lr=args.lr, warmup=args.warmup, ckpt_every=args.ckpt_every, init=args.init,
-                       ce_weight=args.ce_weight, range_p=args.range_p, threads=args.threads,
-                       progress=not args.quiet)
-        given = {k: v for k, v in options.items() if v is not None}
-        optional = ("batch_size", "crop", "n_min", "n_max", "lr", "warmup", "ckpt_every", "init", "ce_weight",
-                    "range_p", "threads")
-        unused = sorted(k for k in optional if k in given and k not in recipe_options(recipe, given))
-        if unused:
-            print(f"napari-edof: error: {args.model} does not take "
-                  + ", ".join("--" + k.replace("_", "-") for k in unused), file=sys.stderr)
-            return EXIT_INPUT
-        s = recipe(**recipe_options(recipe, given))
+        s = recipe(steps=args.steps, out=args.out, seed=args.seed, resume=args.resume, progress=not args.quiet,
+                   **given)
     except KeyboardInterrupt as e:
         word = "terminated" if _stopped_code(e) == EXIT_TERMINATED else "interrupted"
         print(f"napari-edof: {word}; resume with --resume (checkpoint in {args.out})", file=sys.stderr)
@@ -665,7 +711,13 @@ def _stopped_code(exc: KeyboardInterrupt) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if args.command != "train":
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.unknown = unknown  # (cmd_train names them, with the model's options)
     from .core.interrupts import handle_signals
 
     with handle_signals(), _warnings_to_stderr():

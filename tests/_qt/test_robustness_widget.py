@@ -83,7 +83,7 @@ def test_never_in_focus_shown_in_the_confidence_layer(viewer, qtbot):
 
 
 @pytest.mark.parametrize("on_cluster", [False, True], ids=["in-memory", "cluster"])
-def test_a_registered_run_registers_once(viewer, qtbot, on_cluster, registrations):
+def test_a_registered_run_registers_once(viewer, qtbot, on_cluster, registrations, runs):
     """The widget passes register= to the run; the plan aligns the stack, once (issue 15)."""
     calls = registrations
     w = _widget(viewer, qtbot, viewer.add_image(_shifted(), name="s"))
@@ -101,6 +101,7 @@ def test_a_registered_run_registers_once(viewer, qtbot, on_cluster, registration
             close_local_clients()
     assert res is not None and "registration" in res.provenance
     assert len(calls) == 1
+    assert [r[2] for r in runs] == ["DaskTasks" if on_cluster else "InProcess"]  # through core.run.run_frames
 
 
 def test_shifted_planes_suggest_registration(viewer, qtbot):

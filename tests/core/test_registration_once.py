@@ -1,5 +1,6 @@
 """Registration happens once per run, on every run path (issue 15): the plan
-(:func:`napari_edof.core.plan.plan_fusion`) is the only place it is applied."""
+(:func:`napari_edof.core.plan.plan_fusion`) is the only place it is applied; and every path runs
+through the one run function, :func:`napari_edof.core.run.run_frames` (once per run)."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,6 +23,12 @@ def count(registrations):
     return registrations
 
 
+@pytest.fixture
+def ran(runs):
+    """The schedules of the run function's calls (every path goes through core.run.run_frames)."""
+    return runs
+
+
 @pytest.fixture(scope="module")
 def reference(moved):
     return ne.fuse(moved, method="focus-select", tile=32, register="translation")
@@ -36,23 +43,26 @@ def _check(r, reference):
 OPTS = dict(method="focus-select", tile=32, register="translation")
 
 
-def test_in_memory(moved, reference, count):
+def test_in_memory(moved, reference, count, ran):
     _check(ne.fuse(moved, **OPTS), reference)
     assert len(count) == 1
     _check(drain(ne.fuse_iter(moved, **OPTS)), reference)
     assert len(count) == 2
+    assert ran == [("MemoryFrames", "MemorySink", "InProcess")] * 2
 
 
-def test_lazy(moved, reference, count):
+def test_lazy(moved, reference, count, ran):
     import dask.array as da
 
     r = ne.fuse(da.from_array(moved, chunks=(1, 32, -1)), budget=1, **OPTS)
     assert len(count) == 1
+    assert ran == [("DaskRows", "TaskSink", "DaskTasks")]  # the run function built the graph
     _check(r.compute(), reference)
     assert len(count) == 1  # computing the graph registers nothing again
+    assert len(ran) == 1
 
 
-def test_streamed_into_arrays(moved, reference, count):
+def test_streamed_into_arrays(moved, reference, count, ran):
     from napari_edof.core.plan import plan_fusion
     from napari_edof.core.stream import store_plan_iter
 
@@ -62,15 +72,17 @@ def test_streamed_into_arrays(moved, reference, count):
            "confidence": np.zeros((T, Y, X), np.float32)}
     r = drain(store_plan_iter(pl, out, budget=1))
     assert len(count) == 1
+    assert ran == [("StripeRows", "StoreSink", "InProcess")]
     _check(r, reference)
 
 
-def test_streamed_into_zarr(moved, reference, count, tmp_path):
+def test_streamed_into_zarr(moved, reference, count, ran, tmp_path):
     """The issue's case: it registered twice, and the second crop did not fit the outputs."""
     from napari_edof.io.zarr_io import fuse_to_zarr_iter
 
     r, files = drain(fuse_to_zarr_iter(moved, tmp_path / "out", budget=1, **OPTS))
     assert len(count) == 1
+    assert ran == [("StripeRows", "StoreSink", "InProcess")]
     _check(r.compute(), reference)
 
 
@@ -99,7 +111,7 @@ def _tif(tmp_path, moved):
 
 
 @pytest.mark.parametrize("fmt", ["tiff", "zarr", "tiled-tiff"])
-def test_cli(moved, reference, count, tmp_path, fmt, capsys):
+def test_cli(moved, reference, count, ran, tmp_path, fmt, capsys):
     from napari_edof.cli import main
 
     src = _tif(tmp_path, moved)
@@ -107,6 +119,7 @@ def test_cli(moved, reference, count, tmp_path, fmt, capsys):
     assert main(["fuse", str(src), "-o", str(out), "-m", "focus-select", "--tile", "32", "--register",
                  "translation", "--register-edges", "crop", "--format", fmt]) == 0
     assert len(count) == 1
+    assert len(ran) == 1 and ran[0][2] == "InProcess"
     assert "registered moved.tif (translation): largest shift" in capsys.readouterr().err
     if fmt == "tiff":
         np.testing.assert_array_equal(tifffile.imread(out / "fused.tif"), reference.fused)
@@ -121,18 +134,20 @@ def client():
         yield c
 
 
-def test_cluster(moved, reference, count, client, tmp_path):
+def test_cluster(moved, reference, count, ran, client, tmp_path):
     from napari_edof.cluster import fuse_many_iter, fuse_many_to_zarr_iter
 
     (r,) = drain(fuse_many_iter([moved], client, budget=1, **OPTS))
     assert len(count) == 1
+    assert ran == [("DaskRows", "TaskSink", "DaskTasks")]  # the graph the cluster runs
     _check(r, reference)
     ((r, _),) = drain(fuse_many_to_zarr_iter([(ne.api.as_stack(moved), tmp_path / "z")], client, budget=1, **OPTS))
     assert len(count) == 2
+    assert ran == [("DaskRows", "TaskSink", "DaskTasks")] * 2
     _check(r.compute(), reference)
 
 
-def test_cli_on_a_cluster(moved, reference, count, tmp_path, capsys):
+def test_cli_on_a_cluster(moved, reference, count, ran, tmp_path, capsys):
     pytest.importorskip("distributed")
     from napari_edof.cli import main
 
@@ -140,4 +155,5 @@ def test_cli_on_a_cluster(moved, reference, count, tmp_path, capsys):
     assert main(["fuse", str(src), "-o", str(tmp_path / "c"), "-m", "focus-select", "--tile", "32", "--register",
                  "translation", "--workers", "1", "-q"]) == 0
     assert len(count) == 1
+    assert ran == [("DaskRows", "TaskSink", "DaskTasks")]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "c" / "fused.tif"), reference.fused)

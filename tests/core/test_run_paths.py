@@ -1,5 +1,5 @@
-"""Every run path goes through the parts of core.run: the eager ones through run_frames (one
-_run_frame per time point), the lazy graph through run_stripe (per stripe task)."""
+"""Every run path goes through core.run.run_frames (one _run_frame per time point): the eager ones
+run the stripes there, the lazy graph's tasks (built there) run them when computed."""
 from __future__ import annotations
 
 import numpy as np
@@ -50,8 +50,9 @@ def test_lazy(spy, movie):
     import dask.array as da
 
     r = ne.fuse(da.from_array(movie, chunks=(1, 1, 16, -1)), axes="TZYX", method="focus-select", tile=16, budget=1)
+    assert spy["frame"] == 2 and spy["region"] == 0  # the graph, built by run_frames: nothing run yet
     r.compute()
-    assert spy["frame"] == 0 and spy["region"] == 2 * r.provenance["stripes"]
+    assert spy["frame"] == 2 and spy["region"] == 2 * r.provenance["stripes"]
 
 
 def test_first_pass_on_every_eager_stripe(spy, movie):

@@ -756,13 +756,15 @@ def test_real_pcb_glob_selects_the_planes(shared_data):
     np.testing.assert_array_equal(crop, np.asarray(Image.open(s.source[6]))[:32, -40:])
 
 
-def test_real_pcb_bare_folder_includes_expected_jpg(shared_data):
-    # Documented behaviour: a folder is every image in it. pcb/ also holds expected.jpg (the
-    # focus-stack tool's output, same size), which sorts first and becomes plane 0; use the glob
-    # "pcb_*.jpg" (or a list) to open only the frames.
-    s = open_stack(shared_data / "focus-stack_examples" / "pcb")
-    assert s.n_planes == 8
-    assert Path(s.source[0]).name == "expected.jpg"
+def test_real_pcb_bare_folder_leaves_out_expected_jpg(shared_data):
+    # pcb/ also holds expected.jpg (the focus-stack tool's output, same size), which would sort
+    # first and become plane 0: a folder leaves it out and says so (a list or a glob takes it)
+    from napari_edof.core.errors import EdofWarning
+
+    with pytest.warns(EdofWarning, match="expected.jpg"):
+        s = open_stack(shared_data / "focus-stack_examples" / "pcb")
+    assert s.n_planes == 7
+    assert [Path(p).name for p in s.source] == [f"pcb_{k:03d}.jpg" for k in range(1, 8)]
 
 
 def test_tiled_compressed_tiff_read_in_parallel(tmp_path):
@@ -785,3 +787,104 @@ def test_io_imports_neither_qt_napari_nor_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- a folder's results are not planes (issue 15) ---------------------------------------------
+
+
+def _planes_with_results(folder: Path, n: int = 3) -> list[Path]:
+    """``n`` RGB JPEG planes, and beside them a reference and napari-edof's own outputs."""
+    from napari_edof.io.writers import write_png, write_tiff
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    planes = []
+    for i in range(n):
+        p = folder / f"plane_{i + 1:03d}.jpg"
+        Image.fromarray(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)).save(p)
+        planes.append(p)
+    Image.fromarray(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)).save(folder / "expected.jpg")
+    write_tiff(folder / "fused.tif", rng.integers(0, 255, (32, 40, 3), dtype=np.uint8))
+    for name in ("focus_index.tif", "confidence.tif"):
+        write_tiff(folder / name, rng.random((32, 40), dtype=np.float32))
+    write_png(folder / "focus_index.png", rng.integers(0, 255, (32, 40, 3), dtype=np.uint8))
+    write_tiff(folder / "decision.tif", rng.integers(1, 4, (32, 40), dtype=np.uint16))
+    write_tiff(folder / "masks.tif", rng.integers(0, 2, (3, 32, 40), dtype=np.uint8) * 255)
+    return planes
+
+
+SKIPPED = ["confidence.tif", "decision.tif", "expected.jpg", "focus_index.png", "focus_index.tif", "fused.tif",
+           "masks.tif"]
+
+
+def test_a_folder_leaves_out_results_and_says_so(tmp_path):
+    from napari_edof.core.errors import EdofWarning
+
+    planes = _planes_with_results(tmp_path / "stack")
+    with pytest.warns(EdofWarning, match="7 images in the folder left out") as rec:
+        st = open_stack(tmp_path / "stack")
+    text = str(rec[0].message)
+    for name in SKIPPED:
+        assert name in text
+    assert "give the files as a list or a glob pattern" in text
+    assert st.n_planes == 3 and [Path(s).name for s in st.source] == [p.name for p in planes]
+    assert sorted(Path(s).name for s in st.metadata["skipped"]) == SKIPPED
+    assert st.metadata["reconciled"] == [text]  # (the run's provenance: input_warnings)
+    np.testing.assert_array_equal(np.asarray(st.data), np.asarray(open_stack(planes).data))
+
+
+def test_a_list_or_a_glob_takes_every_image_it_names(tmp_path, recwarn):
+    planes = _planes_with_results(tmp_path / "stack")
+    st = open_stack([*planes, tmp_path / "stack" / "expected.jpg"])
+    assert st.n_planes == 4
+    assert open_stack(str(tmp_path / "stack" / "*.jpg")).n_planes == 4
+    assert not [w for w in recwarn if "left out" in str(w.message)]
+
+
+def test_a_folder_of_results_only_is_refused(tmp_path):
+    folder = tmp_path / "stack"
+    _planes_with_results(folder)
+    for p in folder.glob("plane_*"):
+        p.unlink()
+    with pytest.raises(ReadError, match="holds no planes, only") as e:
+        open_stack(folder)
+    assert "expected.jpg" in str(e.value) and "fused.tif" in str(e.value) and "glob" in str(e.value)
+    (folder / "masks.tif").unlink()
+    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(folder / "plane_1.jpg")
+    with pytest.raises(StackError, match=r"only 1 image \(plane_1.jpg\) and .*expected.jpg.*left out"):
+        open_stack(folder)
+
+
+def test_plane_names_that_look_like_results_are_still_planes():
+    from napari_edof.io.read_planes import not_a_plane
+
+    for name in ("fused.tif", "FUSED.TIF", "pcb_fused.tif", "focus_index_t003.png", "confidence.tiff",
+                 "fused.ome.tif", "expected.jpg", "Expected.JPG", "ground_truth.png", "all-in-focus.png", "gt.tif"):
+        assert not_a_plane(name), name
+    for name in ("pcb_001.jpg", "refused.tif", "fused_001.tif", "masks_1.tif", "expected_2.jpg", "z00_fused",
+                 "decisions.tif", "img_gt.png"):
+        assert not_a_plane(name) is None, name
+
+
+def test_cli_says_which_files_of_the_folder_it_left_out(tmp_path, capsys, shared_data):
+    """The focus-stack example's pcb folder holds expected.jpg beside its frames."""
+    import json
+
+    from napari_edof.cli import main
+
+    pcb = shared_data / "focus-stack_examples" / "pcb"
+    folder = tmp_path / "pcb"
+    shutil.copytree(pcb, folder)
+    assert main(["fuse", str(folder), "-o", str(tmp_path / "out"), "-m", "focus-select", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "napari-edof: warning:" in err and "expected.jpg (a reference image, not a plane)" in err
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert len(prov["source"]) == len(list(pcb.glob("pcb_*.jpg"))) and not any("expected" in s for s in prov["source"])
+    assert any("expected.jpg" in w for w in prov["input_warnings"])
+    # our own outputs saved next to the frames are left out too, and the result is the same
+    for f in (tmp_path / "out").glob("*.tif"):
+        shutil.copy(f, folder / f.name)
+    assert main(["fuse", str(folder), "-o", str(tmp_path / "again"), "-m", "focus-select", "-q"]) == 0
+    assert "fused.tif" in capsys.readouterr().err
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "again" / "fused.tif"),
+                                  tifffile.imread(tmp_path / "out" / "fused.tif"))

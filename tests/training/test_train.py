@@ -103,19 +103,74 @@ def test_cli_train_end_to_end(tmp_path, capsys):
 
 def test_cli_train_leaves_unset_options_to_the_recipe(tmp_path, monkeypatch, capsys):
     """Options not given on the command line are not passed: each recipe keeps its own defaults;
-    an option the recipe does not take is refused by name."""
+    an option the recipe does not declare is refused by name, with the model's options."""
     from napari_edof.training import train as tr
 
     seen = {}
 
-    def fake(*, steps, out, seed=0, resume=False, batch_size=7, lr=0.5, progress=True):
-        seen.update(steps=steps, batch_size=batch_size, lr=lr)
-        return {"step": steps, "steps": steps, "seconds": 0.0, "weights": str(out)}
+    def fake(**kw):
+        seen.clear()
+        seen.update(kw)
+        return {"step": kw["steps"], "steps": kw["steps"], "seconds": 0.0, "weights": str(kw["out"])}
 
     monkeypatch.setattr(tr, "get_recipe", lambda name: fake)
+    common = {"steps": 2, "out": str(tmp_path), "seed": 0, "resume": False, "progress": False}
     assert cli.main(["train", "stackmff-v2", "--steps", "2", "--out", str(tmp_path), "-q"]) == 0
-    assert seen == {"steps": 2, "batch_size": 7, "lr": 0.5}
+    assert seen == common
     assert cli.main(["train", "stackmff-v2", "--steps", "2", "--out", str(tmp_path), "--lr", "0.1", "-q"]) == 0
-    assert seen["lr"] == 0.1 and seen["batch_size"] == 7
-    assert cli.main(["train", "stackmff-v2", "--steps", "2", "--out", str(tmp_path), "--crop", "32"]) == 2
-    assert "does not take --crop" in capsys.readouterr().err
+    assert seen == dict(common, lr=0.1)
+    assert cli.main(["train", "stackmff-v2", "--steps", "2", "--out", str(tmp_path), "--l1-weight", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "stackmff-v2 does not take --l1-weight" in err and "--ce-weight" in err
+    assert cli.main(["train", "msas", "--steps", "2", "--out", str(tmp_path), "--l1-weight", "2", "-q"]) == 0
+    assert seen == dict(common, l1_weight=2.0)
+    # options before the model, and a bool option
+    assert cli.main(["train", "--crop", "32", "fmb-fn", "--steps", "1", "--out", str(tmp_path), "--no-skip",
+                     "-q"]) == 0
+    assert seen == dict(common, steps=1, crop=32, skip=False)
+    assert cli.main(["train", "fmb-fn", "--steps", "1", "--out", str(tmp_path), "--crop", "0"]) == 2
+    assert "--crop must be 1 or more, not 0" in capsys.readouterr().err
+
+
+def test_cli_train_help_comes_from_the_recipe(capsys):
+    """``train MODEL --help`` lists the options MODEL's recipe declares, with its defaults."""
+    from napari_edof.training.train import RECIPES, recipe_options_of
+
+    for model in RECIPES:
+        with pytest.raises(SystemExit) as e:
+            cli.main(["train", model, "--help"])
+        assert e.value.code == 0
+        text = capsys.readouterr().out
+        opts = recipe_options_of(model)
+        assert opts and f"{model} options" in text
+        for o in opts:
+            assert o.flag in text
+    with pytest.raises(SystemExit):
+        cli.main(["train", "msas", "--help"])
+    text = capsys.readouterr().out
+    assert "--l1-weight" in text and "--n-min" not in text and "(default: 0.0005)" in text
+
+
+def test_recipe_declarations_are_checked():
+    """A declared option must be the function's keyword, with the function's default."""
+    from napari_edof.training.train import COMMON, OPTIONS, Option, recipe
+
+    def fn(*, steps, out, seed=0, resume=False, progress=True, stop_after=None, crop=64):
+        return {}
+
+    try:
+        with pytest.raises(TypeError, match="'nope' is not an option"):
+            recipe("t-bad-name", options=(Option("nope", int, "x"),))(fn)
+        with pytest.raises(TypeError, match="default 32"):
+            recipe("t-bad-default", options=(Option("crop", int, "x", default=32),))(fn)
+        with pytest.raises(TypeError, match="does not take"):
+            recipe("t-no-common", options=())(lambda *, crop=1: {})
+        recipe("t-good", options=(Option("crop", int, "x"),))(fn)
+        assert OPTIONS["t-good"][0].default == 64 and "steps" in COMMON
+    finally:
+        from napari_edof.training.train import RECIPES
+
+        for n in ("t-good",):
+            dict.pop(RECIPES, n, None)
+            OPTIONS.pop(n, None)
+

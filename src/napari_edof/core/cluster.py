@@ -1,7 +1,7 @@
 """Fusion on a dask.distributed cluster: many stacks (or time points) across workers.
 
-(Beside the run function: the cluster runs the lazy graph's per-stripe tasks of
-:mod:`napari_edof.core.stream`, which are the parts of :mod:`napari_edof.core.run`;
+(Beside the run function: the cluster runs the lazy graph of :mod:`napari_edof.core.stream`,
+which :func:`napari_edof.core.run.run_frames` builds with the dask schedule, one task per stripe;
 ``napari_edof.cluster`` is this module under its older name.)
 
 The lazy graph of :func:`napari_edof.core.stream.fuse_lazy` (one task per stripe of tiles and

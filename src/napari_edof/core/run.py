@@ -13,11 +13,12 @@ differ only in what they give it:
 * a *sink* (``sink.rows(t, s0, s1)`` arrays to write a stripe's outputs into, or None;
   ``sink.put(t, s0, s1, outputs)``, ``sink.wait()``, ``sink.close()``): whole-image arrays in
   memory, or arrays on disk written in a background thread (zarr, then tiled TIFF);
-* the stripes: the whole image as one stripe, or stripes within a memory budget.
-
-The lazy dask graph and the cluster run the same parts per task: :func:`run_stripe` for a stripe
-(pass 1 or fusion), :func:`stitch_first_pass` and the method's ``reduce`` for the statistic, and
-:func:`make_result` for the result.
+* the stripes: the whole image as one stripe, or stripes within a memory budget;
+* a *schedule*: when and where a stripe runs. :data:`HERE` (the default) runs it now, in this
+  process, yielding progress per tile; the lazy graph's schedule
+  (:class:`napari_edof.core.stream.DaskTasks`) makes each stripe a dask task and the first pass's
+  reduce a task over their maps, so that ``run_frames`` with it builds the graph (one task per
+  stripe and time point) that any dask scheduler, a cluster's included, runs later.
 """
 from __future__ import annotations
 
@@ -286,17 +287,38 @@ def stitch_first_pass(impl, stripes: list[Stripe], maps: list[dict], yx_shape: t
     return acc.reduce()
 
 
-def _run_frame(pl: FusionPlan, impl, t: int, stripes: list[Stripe], reader, sink, counter: list, total: int):
+class InProcess:
+    """The schedule of the eager runs (in memory, streamed): each stripe runs now, in this
+    process (its tiles in the plan's threads), yielding once per tile."""
+
+    def make_impl(self, pl: FusionPlan):
+        return pl.make_impl()
+
+    def first_pass_maps(self, pl: FusionPlan, impl, stripes: list[Stripe]) -> _FirstPassMaps:
+        """What collects the stripes' pass-1 maps (``add(stripe, maps)``) and reduces them."""
+        return _FirstPassMaps(impl, stripes, pl.stack.yx_shape)
+
+    def stripe(self, pl: FusionPlan, impl, block, stripe: Stripe, t: int, *, stats=None, pass1: bool = False,
+               out: dict | None = None):
+        """One stripe (a generator: per tile; returns its outputs, or its pass-1 maps)."""
+        return run_stripe(pl, impl, block, stripe, t, stats=stats, pass1=pass1, out=out)
+
+
+HERE = InProcess()
+
+
+def _run_frame(pl: FusionPlan, impl, t: int, stripes: list[Stripe], reader, sink, counter: list, total: int,
+               schedule=HERE):
     """One time point: the first pass (if any) and the reduce, then every stripe into the sink."""
     stats = None
     if impl.first_pass:
-        acc = _FirstPassMaps(impl, stripes, pl.stack.yx_shape)
+        acc = schedule.first_pass_maps(pl, impl, stripes)
         src = reader.open(pl, t, first_pass=True)
         try:
             for i, s in enumerate(stripes):
                 block = src.read(s.r0, s.r1)
                 src.prefetch_next((n.r0, n.r1) for n in stripes[i + 1:])
-                maps = yield from _counted(run_stripe(pl, impl, block, s, t, pass1=True), counter, total,
+                maps = yield from _counted(schedule.stripe(pl, impl, block, s, t, pass1=True), counter, total,
                                            "pass 1", t)
                 acc.add(s, maps)
                 del block, maps
@@ -310,7 +332,7 @@ def _run_frame(pl: FusionPlan, impl, t: int, stripes: list[Stripe], reader, sink
             block = src.read(s.r0, s.r1)
             # read the next rows the reader does not hold while this stripe is fused
             src.prefetch_next((n.r0, n.r1) for n in stripes[i + 1:])
-            res = yield from _counted(run_stripe(pl, impl, block, s, t, stats=stats, out=sink.rows(t, s.s0, s.s1)),
+            res = yield from _counted(schedule.stripe(pl, impl, block, s, t, stats=stats, out=sink.rows(t, s.s0, s.s1)),
                                       counter, total, "fuse", t)
             sink.put(t, s.s0, s.s1, res)  # (streamed: written while the next stripe is fused)
             del block, res
@@ -331,10 +353,11 @@ class Run:
     seconds: float
 
 
-def run_frames(pl: FusionPlan, reader, sink, stripes: Callable[[FusionPlan], list[Stripe]]):
+def run_frames(pl: FusionPlan, reader, sink, stripes: Callable[[FusionPlan], list[Stripe]], *, schedule=HERE):
     """Run ``pl`` over every time point: read by ``reader``, written into ``sink``, in the stripes
-    ``stripes(plan)`` gives (see the module's docstring). A generator of :class:`Progress` (per
-    tile; closing it cancels the run before the next tile); returns a :class:`Run`.
+    ``stripes(plan)`` gives, each run by ``schedule`` (see the module's docstring). A generator of
+    :class:`Progress` (per tile; closing it cancels the run before the next tile); returns a
+    :class:`Run`. Every run path goes through here: in memory, streamed, lazy and on a cluster.
 
     A torch method that runs out of accelerator memory runs the time point again (one tile at a
     time, then tiles half as large: :func:`retry_plan`); the plan is re-made from its own, already
@@ -343,7 +366,7 @@ def run_frames(pl: FusionPlan, reader, sink, stripes: Callable[[FusionPlan], lis
     from ..io.rows import tune_malloc
 
     tune_malloc()  # tiles' large temporaries reused, not mapped and faulted in again for every tile
-    impl = pl.make_impl()
+    impl = schedule.make_impl(pl)
     t_start = time.perf_counter()
     passes = 2 if impl.first_pass else 1
     T = pl.stack.n_times
@@ -355,7 +378,7 @@ def run_frames(pl: FusionPlan, reader, sink, stripes: Callable[[FusionPlan], lis
         for t in range(T):
             while True:
                 try:
-                    yield from _run_frame(pl, impl, t, parts, reader, sink, counter, total)
+                    yield from _run_frame(pl, impl, t, parts, reader, sink, counter, total, schedule)
                     break
                 except Exception as exc:  # a GPU out of memory: one tile at a time, then smaller tiles
                     sink.wait()  # (a write of this time point's rows in flight: they are written again)
@@ -394,5 +417,5 @@ def drain(gen, on_step: Callable | None = None):
         gen.close()
 
 
-__all__ = ["Run", "drain", "make_result", "provenance", "retry_plan", "run_frames", "run_region", "run_stripe",
-           "stitch_first_pass"]
+__all__ = ["HERE", "InProcess", "Run", "drain", "make_result", "provenance", "retry_plan", "run_frames", "run_region",
+           "run_stripe", "stitch_first_pass"]

@@ -5,7 +5,10 @@ Each works on one plane's map at a time, so memory stays a few maps whatever the
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
+
+from .lazy import LazyModule
+
+ndi = LazyModule("scipy.ndimage")
 
 
 def box_sum(a: np.ndarray, r: int) -> np.ndarray:

@@ -13,10 +13,10 @@ windows, reflected at the image border exactly as the engine does) are read at a
   ``dask.distributed`` included.
 
 Both plan with :func:`napari_edof.core.plan.plan_fusion` (registration included, once) and run
-the parts of :mod:`napari_edof.core.run`: the streamed run is :func:`~napari_edof.core.run.run_frames`
-with a stripe reader (:class:`napari_edof.io.rows.RowReader`) and a sink writing into the output
-arrays; the lazy graph schedules its per-stripe parts as tasks. Reading rows (zarr chunks,
-``O_DIRECT``) and the allocator tuning are in :mod:`napari_edof.io.rows`.
+:func:`~napari_edof.core.run.run_frames`: the streamed run with a stripe reader
+(:class:`napari_edof.io.rows.RowReader`) and a sink writing into the output arrays; the lazy graph
+with the :class:`DaskTasks` schedule, a reader of dask slices and a sink collecting the tasks.
+Reading rows (zarr chunks, ``O_DIRECT``) and the allocator tuning are in :mod:`napari_edof.io.rows`.
 
 Both give the results of the in-memory engine: identical where tiles do not overlap (the classical
 methods), and equal up to float rounding of the blend where they do (a stripe then also runs the
@@ -100,45 +100,118 @@ _result = make_result  # (the older name)
 # --------------------------------------------------------------------------------------------
 # lazy: a dask graph
 # --------------------------------------------------------------------------------------------
+class DaskTasks:
+    """The lazy graph's schedule for :func:`~napari_edof.core.run.run_frames`: each stripe becomes
+    a dask task (run later by any dask scheduler, in a worker process on a cluster) that runs the
+    stripe's tiles in one thread; the first pass's stitching and ``reduce`` become one task over
+    the stripes' maps. Nothing is computed while ``run_frames`` runs with it: it builds the graph."""
+
+    def __init__(self, pl: FusionPlan):
+        self.light = _light(pl)  # (what the tasks ship: the plan without the stack's data)
+
+    def make_impl(self, pl: FusionPlan):
+        return _impl(pl)  # (an instance: some methods choose their passes by parameter)
+
+    def first_pass_maps(self, pl: FusionPlan, impl, stripes: list[Stripe]) -> _TaskMaps:
+        return _TaskMaps(self.light, stripes)
+
+    def stripe(self, pl: FusionPlan, impl, block, stripe: Stripe, t: int, *, stats=None, pass1: bool = False,
+               out=None):
+        """The stripe's task (a generator, as the in-process schedule's, that yields nothing)."""
+        import dask
+
+        if pass1:
+            return dask.delayed(_stripe_task, pure=True)(block, stripe.r0, stripe, self.light, t, None, True)
+        return dask.delayed(_stripe_task, pure=True, nout=3)(block, stripe.r0, stripe, self.light, t, stats)
+        yield  # pragma: no cover
+
+
+class _TaskMaps:
+    """The lazy first pass: the stripes' delayed maps, reduced by one task."""
+
+    def __init__(self, light: FusionPlan, stripes: list[Stripe]):
+        self.light, self.stripes, self.maps = light, stripes, []
+
+    def add(self, stripe: Stripe, maps) -> None:
+        self.maps.append(maps)
+
+    def reduce(self):
+        import dask
+
+        return dask.delayed(_reduce_task, pure=True)(self.light, self.stripes, *self.maps)
+
+
+class DaskRows:
+    """The lazy graph's reader: a stripe's source rows as a slice of the stack's dask array
+    (reflected outside the image), read when the task runs."""
+
+    def __init__(self, canon, Y: int):
+        self.canon, self.Y = canon, Y
+
+    def open(self, pl: FusionPlan, t: int, first_pass: bool = False) -> _DaskFrame:
+        return _DaskFrame(self.canon[t], self.Y)
+
+
+class _DaskFrame:
+    def __init__(self, frame, Y: int):
+        self.frame, self.Y = frame, Y
+
+    def read(self, r0: int, r1: int):
+        idx = reflect_index(np.arange(r0, r1), self.Y)
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        block = self.frame[:, lo:hi]
+        if r0 != lo or r1 != hi:
+            block = block[:, idx - lo]
+        return block
+
+    def prefetch_next(self, spans) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TaskSink:
+    """The lazy graph's sink: the tasks of every stripe and time point, ``(t, s0, s1, part)``
+    with ``part`` a delayed (fused, index, confidence) of the rows ``[s0, s1)``."""
+
+    def __init__(self):
+        self.tasks = []
+
+    def rows(self, t: int, s0: int, s1: int) -> None:
+        return None
+
+    def put(self, t: int, s0: int, s1: int, part) -> None:
+        self.tasks.append((t, s0, s1, part))
+
+    def wait(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def stripe_tasks(stack, *, budget: int = STRIPE_BUDGET, **options):
     """The lazy graph's stripe tasks: ``(plan, stripes, tasks)`` with ``tasks`` a list of
     ``(t, stripe, part)``, ``part`` a dask.delayed (fused, index, confidence) of the stripe's rows.
 
-    Options are those of :func:`napari_edof.fuse` (checked now). Each task fuses its stripe in one
-    thread (``workers=1``): dask runs the stripes in parallel.
+    Options are those of :func:`napari_edof.fuse` (checked now). The graph is built by
+    :func:`~napari_edof.core.run.run_frames` with the :class:`DaskTasks` schedule. Each task
+    fuses its stripe in one thread (``workers=1``): dask runs the stripes in parallel.
     """
-    import dask
     import dask.array as da
 
     options.setdefault("workers", 1)
     pl = plan_fusion(stack, **options)
     st = pl.stack
-    light = _light(pl)
-    Y = st.yx_shape[0]
     canon = st.canonical()
     if not is_dask(canon):
         canon = da.from_array(canon, chunks=(1, -1, "auto", -1, -1))
-    stripes = plan_stripes(pl, budget)
-    two_pass = pl.is_two_pass(_impl(pl))  # an instance: some methods choose their passes by parameter
-    task = dask.delayed(_stripe_task, pure=True, nout=3)
-    tasks = []
-    for t in range(st.n_times):
-        frame = canon[t]
-
-        def src(s: Stripe, frame=frame):
-            idx = reflect_index(np.arange(s.r0, s.r1), Y)
-            lo, hi = int(idx.min()), int(idx.max()) + 1
-            block = frame[:, lo:hi]
-            if s.r0 != lo or s.r1 != hi:
-                block = block[:, idx - lo]
-            return block
-
-        stats = None
-        if two_pass:
-            maps = [dask.delayed(_stripe_task, pure=True)(src(s), s.r0, s, light, t, None, True) for s in stripes]
-            stats = dask.delayed(_reduce_task, pure=True)(light, stripes, *maps)
-        tasks += [(t, s, task(src(s), s.r0, s, light, t, stats)) for s in stripes]
-    return pl, stripes, tasks
+    sink = TaskSink()
+    run = drain(run_frames(pl, DaskRows(canon, st.yx_shape[0]), sink, lambda p: plan_stripes(p, budget),
+                           schedule=DaskTasks(pl)))
+    by_rows = {(s.s0, s.s1): s for s in run.stripes}
+    return run.plan, run.stripes, [(t, by_rows[s0, s1], part) for t, s0, s1, part in sink.tasks]
 
 
 def fuse_lazy(stack, *, budget: int = STRIPE_BUDGET, **options) -> FusionResult:
@@ -309,5 +382,5 @@ class _Writer:
         self._pending = None
 
 
-__all__ = ["STRIPE_BUDGET", "Stripe", "fuse_lazy", "fuse_to_store_iter", "plan_stripes", "read_rows", "store_plan_iter",
-           "stripe_tasks"]
+__all__ = ["STRIPE_BUDGET", "DaskRows", "DaskTasks", "Stripe", "TaskSink", "fuse_lazy", "fuse_to_store_iter",
+           "plan_stripes", "read_rows", "store_plan_iter", "stripe_tasks"]

@@ -1,174 +1,22 @@
-"""Compiled kernels of ``focus-fuse``'s full-resolution passes (numba).
-
-Each kernel computes, in one pass over its rows, what a chain of the numpy building blocks in
-:mod:`napari_edof.methods.focus_fuse` computes in several (``bin2``, ``up2``, the finest detail,
-its binned energy, the weighted sum of the planes' detail, the Wiener shrink): the same formulas on
-the same grids, so the results agree with the numpy path to float32 rounding (``tests/methods/
-test_focus_fuse.py`` compares them) and tiles still agree with the whole image. Full-resolution
-maps are made row by row and never stored whole, which is most of the saving: those passes were
-about two thirds of the method's time.
-
-numba is optional: without it (or with ``NAPARI_EDOF_NUMBA=0``) focus-fuse runs its numpy path.
-The kernels are compiled at first use and cached on disk (``cache=True``); they release the GIL,
-so the engine's tile threads run them in parallel.
-"""
+"""Where focus-fuse's compiled kernels come from: :mod:`._focus_fuse_numba` when numba is there and
+not switched off (``NAPARI_EDOF_NUMBA=0``), else None (focus-fuse then runs its numpy path). The
+kernels are compiled at first use and cached on disk beside the module (numba's ``cache=True``;
+where that folder is read-only, in the user's cache), so a later process loads them."""
 from __future__ import annotations
 
 import os
 
-import numpy as np
-
-_F = np.float32
-_KERNELS: list = []  # [kernels namespace or None], filled at first use
+_KERNELS: list = []  # [the kernels module or None], filled at first use
 
 
 def kernels():
-    """The compiled kernels (a namespace), or None where numba is missing or switched off."""
+    """The compiled kernels (a module), or None where numba is missing or switched off."""
     if not _KERNELS:
-        _KERNELS.append(_build() if os.environ.get("NAPARI_EDOF_NUMBA", "1") != "0" else None)
+        ns = None
+        if os.environ.get("NAPARI_EDOF_NUMBA", "1") != "0":
+            try:
+                from . import _focus_fuse_numba as ns
+            except ImportError:  # numba missing (or broken): the numpy path
+                ns = None
+        _KERNELS.append(ns)
     return _KERNELS[0]
-
-
-def _build():
-    try:
-        import numba
-    except ImportError:
-        return None
-    jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
-    q1, q3 = _F(0.25), _F(0.75)
-
-    @jit
-    def _bin_rows(g, gb):
-        h, w = gb.shape
-        for i in range(h):
-            for j in range(w):
-                a = g[2 * i, 2 * j] + g[2 * i + 1, 2 * j]  # the order of bin2's sums
-                b = g[2 * i, 2 * j + 1] + g[2 * i + 1, 2 * j + 1]
-                gb[i, j] = (a + b) * q1
-
-    @jit
-    def _up_x(a, i, row):
-        """Row ``i`` of ``a`` (h, w) up-sampled along x into ``row`` (2w): as ``up2``'s first step."""
-        w = a.shape[1]
-        row[0] = a[i, 0]
-        for j in range(1, w):
-            row[2 * j] = q3 * a[i, j] + q1 * a[i, j - 1]
-        for j in range(w - 1):
-            row[2 * j + 1] = q3 * a[i, j] + q1 * a[i, j + 1]
-        row[2 * w - 1] = a[i, w - 1]
-
-    @jit
-    def plane_detail(g, ef):
-        """One plane ``g`` (2h, 2w): returns its bins (h, w) (``bin2``) and writes the binned 3 x 3
-        energy of its finest detail ``g - up2(bins)`` (``_binned_box3(detail**2)``) into ``ef``
-        (h, w). The detail itself is made a row at a time and not kept."""
-        H, W = g.shape
-        h, w = H // 2, W // 2
-        gb = np.empty((h, w), np.float32)
-        _bin_rows(g, gb)
-        r0 = np.empty(W, np.float32)  # x-up-sampled bins: rows i - 1, i, i + 1
-        r1 = np.empty(W, np.float32)
-        r2 = np.empty(W, np.float32)
-        v = np.empty((h, W), np.float32)  # the squared detail summed [1 2 2 1] over rows, per bin row
-        sq_prev = np.empty(W, np.float32)  # row 2i - 1 of the squared detail
-        _up_x(gb, 0, r1)
-        r0[:] = r1
-        for i in range(h):
-            if i + 1 < h:
-                _up_x(gb, i + 1, r2)
-            else:
-                r2[:] = r1
-            mid = 0 < i < h - 1  # the first and last bin rows get no neighbour rows (as _binned_box3)
-            for j in range(W):
-                # up2 along y: row 2i mixes bin rows i and i - 1, row 2i + 1 rows i and i + 1
-                a = g[2 * i, j] - (q3 * r1[j] + q1 * r0[j])
-                b = g[2 * i + 1, j] - (q3 * r1[j] + q1 * r2[j])
-                a2 = a * a
-                b2 = b * b
-                s = (a2 + b2) * _F(2)
-                if mid:
-                    s += sq_prev[j]  # row 2i - 1
-                v[i, j] = s
-                if i >= 2:
-                    v[i - 1, j] += a2  # row 2i is row 2(i - 1) + 2 of bin row i - 1
-                sq_prev[j] = b2
-            r0, r1, r2 = r1, r2, r0
-        for i in range(h):
-            for j in range(1, w - 1):
-                ef[i, j] = ((v[i, 2 * j] + v[i, 2 * j + 1]) * _F(2) + v[i, 2 * j - 1] + v[i, 2 * j + 2]) * _F(1 / 36)
-            ef[i, 0] = ef[i, 1]
-            ef[i, w - 1] = ef[i, w - 2]
-        return gb
-
-    @jit
-    def add_weighted_detail(p, pb, wk, acc):
-        """``acc += wk (one weight per 2 x 2 block) x (p - up2(pb))``: one plane's (or channel's)
-        finest detail, made row by row from the plane ``p`` (2h, 2w) and its bins ``pb`` (h, w)."""
-        h, w = pb.shape
-        W = 2 * w
-        r0 = np.empty(W, np.float32)
-        r1 = np.empty(W, np.float32)
-        r2 = np.empty(W, np.float32)
-        _up_x(pb, 0, r1)
-        r0[:] = r1
-        for i in range(h):
-            if i + 1 < h:
-                _up_x(pb, i + 1, r2)
-            else:
-                r2[:] = r1
-            for j in range(W):
-                c = wk[i, j >> 1]
-                acc[2 * i, j] += c * (_F(p[2 * i, j]) - (q3 * r1[j] + q1 * r0[j]))
-                acc[2 * i + 1, j] += c * (_F(p[2 * i + 1, j]) - (q3 * r1[j] + q1 * r2[j]))
-            r0, r1, r2 = r1, r2, r0
-
-    @jit
-    def wiener_beta(dl, noise_half, k, r):
-        """The finest detail's shrink ``clip(1 - k x up2(noise_half) / box_mean(dl**2, r), 0, 1)``
-        (NaN: 0); the ``r`` outer rows and columns are not meaningful (as ``box_mean``'s). The
-        window sums are direct (no running sums), so every pixel's value is independent of where
-        the tile starts."""
-        H, W = dl.shape
-        n = 2 * r + 1
-        inv = _F(1.0 / (n * n))
-        sx = np.zeros((H, W), np.float32)  # sums along x
-        for i in range(H):
-            for j in range(r, W - r):
-                s = _F(0)
-                for t in range(-r, r + 1):
-                    s += dl[i, j + t] * dl[i, j + t]
-                sx[i, j] = s
-        beta = np.zeros((H, W), np.float32)
-        h = noise_half.shape[0]
-        up0 = np.empty(W, np.float32)
-        up1 = np.empty(W, np.float32)
-        up2_ = np.empty(W, np.float32)
-        for i in range(h):
-            _up_x(noise_half, i, up1)
-            _up_x(noise_half, max(i - 1, 0), up0)
-            _up_x(noise_half, min(i + 1, h - 1), up2_)
-            for half in range(2):
-                y = 2 * i + half
-                if y < r or y >= H - r:
-                    continue
-                nb = up0 if half == 0 else up2_
-                for j in range(r, W - r):
-                    e = _F(0)
-                    for t in range(-r, r + 1):
-                        e += sx[y + t, j]
-                    b = _F(1) - k * (q3 * up1[j] + q1 * nb[j]) / (e * inv)
-                    if not (b > 0):  # NaN too
-                        b = _F(0)
-                    elif b > 1:
-                        b = _F(1)
-                    beta[y, j] = b
-        return beta
-
-    class K:
-        pass
-
-    ns = K()
-    ns.plane_detail = plane_detail
-    ns.add_weighted_detail = add_weighted_detail
-    ns.wiener_beta = wiener_beta
-    return ns

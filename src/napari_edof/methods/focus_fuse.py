@@ -342,6 +342,10 @@ def soft_weights(e: np.ndarray, noise: np.ndarray) -> np.ndarray:
     return e
 
 
+_NONE = np.empty((0, 0), _F)  # "no energy" / "no neighbourhood evidence" for the compiled kernels
+_NONE3 = np.empty((0, 0, 0), _F)
+
+
 def _weighted_detail(FG, PB, planes, wf):
     """numpy: the planes' finest detail weighted by ``wf`` (one weight per 2 x 2 block): the
     guide's (H, W) and every channel's (C, H, W) (the guide's itself for one channel)."""
@@ -404,10 +408,19 @@ class FocusFuse:
                 _binned_box3(fg * fg, out=EF[k])
             else:
                 GB[k] = gb = kern.plane_detail(g, EF[k])
-            FM[k] = box_mean(laplacian_energy(gb), p["radius"])
             cg = gb
             if rgb:
                 PB[k] = cp = bin2(np.moveaxis(planes[k], -1, 0))
+            FM[k] = box_mean(laplacian_energy(gb), p["radius"])
+            if kern is not None:
+                for lvl in range(L):
+                    if rgb:
+                        cg = kern.band(cg, np.empty(cg.shape, _F), E[lvl][k])
+                        cp = np.stack([kern.band(cp[c], B[lvl][k, c], _NONE) for c in range(C)])
+                    else:
+                        cg = kern.band(cg, B[lvl][k, 0], E[lvl][k])
+                BASE[k] = cp if rgb else cg
+                continue
             for lvl in range(L):
                 ng = bin2(cg)
                 bg = cg - up2(ng)
@@ -435,7 +448,10 @@ class FocusFuse:
             fc = box_mean(bin2(FM), cr)
             kc = _F(p["unknown_k"] * noise_ratio(Z, p["radius"], cr))
             known |= up2(fc.max(axis=0) > kc * fc.min(axis=0)) > 0.5
-        if p["coarse_r"] and p["coarse_w"]:
+        if kern is not None:
+            coarse = p["coarse_r"] and p["coarse_w"]
+            d = _median3(kern.sub_plane(FM, fc if coarse else _NONE3, _F(p["coarse_w"])))
+        elif p["coarse_r"] and p["coarse_w"]:
             cw = _F(p["coarse_w"])
             d = _median3(sub_plane([lambda z=z, fm=FM: fm[z] + cw * up2(fc[z]) for z in range(Z)]))
         else:

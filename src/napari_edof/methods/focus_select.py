@@ -8,12 +8,14 @@ the best plane's sharpness stands above the mean over planes.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from ..core.colour import gather
 from ..core.focus import MEASURES, flat_crop, laplacian_energy_flat, measure_radius, measure_valid
+from ..core.lazy import LazyModule
 from ..core.select import median3
 from ._registry import MethodSpec, Param, register
+
+ndi = LazyModule("scipy.ndimage")
 
 
 def _halo(p: dict) -> int:

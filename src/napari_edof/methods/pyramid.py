@@ -25,10 +25,12 @@ grid is the image's, and ``halo`` bounds how far the window's border reaches int
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
+from ..core.lazy import LazyModule
 from ..core.select import RunningArgmax, box_sum, local_variance, majority
 from ._registry import MethodSpec, Param, register
+
+ndi = LazyModule("scipy.ndimage")
 
 #: the 5-tap binomial kernel (Burt & Adelson's a = 0.375)
 _K = np.array([1, 4, 6, 4, 1], np.float64) / 16.0

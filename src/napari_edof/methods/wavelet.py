@@ -50,10 +50,12 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import pywt
 
+from ..core.lazy import LazyModule
 from ..core.select import RunningArgmax, box_sum, local_variance, majority
 from ._registry import MethodSpec, Param, register
+
+pywt = LazyModule("pywt")
 
 WAVELETS = ("haar", "db2", "db3", "db4", "sym4", "coif1", "bior2.2")
 

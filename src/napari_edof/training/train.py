@@ -26,6 +26,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -246,22 +247,105 @@ def _package_path():
 
 
 #: what ``napari-edof train MODEL`` can train: name -> "module:function" inside
-#: ``napari_edof.training`` (each recipe registers itself with :func:`recipe`). A recipe takes
-#: keyword options; the CLI passes only those its signature names (see :func:`recipe_options`).
+#: ``napari_edof.training`` (each recipe registers itself with :func:`recipe`, declaring the
+#: options the CLI offers for it: :data:`OPTIONS`).
 RECIPES: dict[str, str] = _Recipes()
 
+#: every recipe's declared options: name -> tuple of :class:`Option` (filled by :func:`recipe`;
+#: read it through :func:`recipe_options_of`, which loads the recipes first)
+OPTIONS: dict[str, tuple] = {}
 
-def recipe(name: str):
-    """Decorator: register a training function as the recipe ``napari-edof train NAME`` runs."""
+_NO_DEFAULT = object()
+
+
+@dataclass(frozen=True)
+class Option:
+    """A recipe option offered by ``napari-edof train MODEL`` as ``--name-with-dashes``.
+
+    ``type``: int, float, str or bool (bool: ``--name`` / ``--no-name``); ``default``: the recipe
+    function's default (taken from its signature when not given here; a different one is an
+    error); ``minimum``: the least value accepted (counts: 1).
+    """
+
+    name: str
+    type: type
+    help: str
+    default: object = _NO_DEFAULT
+    minimum: float | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+#: the options every recipe takes (the training loop's), offered by ``napari-edof train`` itself:
+#: ``--steps``, ``--out``, ``--seed``, ``--resume`` and ``-q`` (``progress``)
+COMMON = ("steps", "out", "seed", "resume", "progress", "stop_after")
+
+
+def recipe(name: str, options: tuple = ()):
+    """Decorator: register a training function as the recipe ``napari-edof train NAME`` runs,
+    with the ``options`` (:class:`Option`) the CLI offers for it besides the common ones.
+
+    Every option must be a keyword of the function, with the function's default; the function
+    must take the common options (:data:`COMMON`). A mismatch is a TypeError at import.
+    """
 
     def deco(fn):
+        import inspect
+
+        params = inspect.signature(fn).parameters
+        missing = [k for k in COMMON if k not in params]
+        if missing:
+            raise TypeError(f"recipe {name}: {fn.__name__} does not take {', '.join(missing)}")
+        declared = []
+        for o in options:
+            if o.name not in params or o.name in COMMON:
+                raise TypeError(f"recipe {name}: {o.name!r} is not an option of {fn.__name__}")
+            d = params[o.name].default
+            if d is inspect.Parameter.empty:
+                raise TypeError(f"recipe {name}: {fn.__name__}'s {o.name!r} has no default")
+            if o.default is not _NO_DEFAULT and o.default != d:
+                raise TypeError(f"recipe {name}: {o.name!r} is declared with the default {o.default!r}, "
+                                f"{fn.__name__} has {d!r}")
+            declared.append(replace(o, default=d))
         dict.__setitem__(RECIPES, name, f"{fn.__module__.rsplit('.', 1)[-1]}:{fn.__name__}")
+        OPTIONS[name] = tuple(declared)
         return fn
 
     return deco
 
 
-@recipe("stackmff-v2")
+def recipe_options_of(name: str) -> tuple:
+    """The options recipe ``name`` declares (KeyError when there is no such recipe)."""
+    RECIPES[name]  # (loads the recipes)
+    return OPTIONS[name]
+
+
+#: options several recipes share, declared once
+def _count(name: str, help: str) -> Option:
+    return Option(name, int, help, minimum=1)
+
+
+BATCH_SIZE = _count("batch_size", "stacks (or pairs) per step")
+CROP = _count("crop", "training crop side in pixels")
+N_MIN = _count("n_min", "fewest planes per stack")
+N_MAX = _count("n_max", "most planes per stack")
+LR = Option("lr", float, "peak learning rate", minimum=0)
+WARMUP = Option("warmup", int, "linear warm-up steps", minimum=0)
+CKPT_EVERY = _count("ckpt_every", "checkpoint every K steps")
+INIT = Option("init", str, "starting weights file (fine-tuning); none: from scratch")
+RANGE_P = Option("range_p", float, "fraction of stacks contrast-stretched like the method's normalise=range",
+                 minimum=0)
+EMA_DECAY = Option("ema_decay", float, "decay of the weights' moving average (the weights written)", minimum=0)
+THREADS = _count("threads", "torch CPU threads (none: torch's own choice)")
+
+
+@recipe("stackmff-v2", options=(
+    BATCH_SIZE, CROP, N_MIN, N_MAX, LR, WARMUP, CKPT_EVERY, INIT,
+    Option("ce_weight", float, "weight of the per-pixel cross-entropy added to the paper's loss (0: the paper's "
+                               "loss only)", minimum=0),
+    RANGE_P, THREADS))
 def train_stackmff_v2(*, steps: int, out: str | Path, seed: int = 0, resume: bool = False,
                       batch_size: int = 2, crop: int = 128, n_min: int = 4, n_max: int = 12,
                       lr: float = 1e-4, warmup: int = 0, ckpt_every: int = 50, init: str | None = None,
@@ -314,10 +398,3 @@ def get_recipe(name: str) -> Callable[..., dict]:
     module, func = RECIPES[name].split(":")
     return getattr(importlib.import_module(f"{__package__}.{module}"), func)
 
-
-def recipe_options(recipe: Callable[..., dict], options: dict) -> dict:
-    """``options`` restricted to the keywords ``recipe`` accepts."""
-    import inspect
-
-    names = inspect.signature(recipe).parameters
-    return {k: v for k, v in options.items() if k in names}

@@ -35,7 +35,23 @@ import torch
 import torch.nn.functional as F
 
 from .losses import sobel_magnitude
-from .train import recipe, seed_everything, train_loop
+from .train import (
+    BATCH_SIZE,
+    CKPT_EVERY,
+    CROP,
+    EMA_DECAY,
+    INIT,
+    LR,
+    N_MAX,
+    N_MIN,
+    RANGE_P,
+    THREADS,
+    WARMUP,
+    Option,
+    recipe,
+    seed_everything,
+    train_loop,
+)
 
 #: the paper's loss weights (lambda_1, lambda_2, lambda_3) for L_int, L_text, L_ssim
 LOSS_WEIGHTS = (20.0, 20.0, 50.0)
@@ -155,7 +171,18 @@ class PairBatches:
 
 
 # ------------------------------------------------------------------------------------ recipe
-@recipe("ctmfusion")
+@recipe("ctmfusion", options=(
+    BATCH_SIZE, CROP, N_MIN, N_MAX, LR, WARMUP, CKPT_EVERY, INIT,
+    Option("ce_weight", float, "weight of the decision map's cross-entropy added to the paper's loss (0: the "
+                               "paper's loss only)", minimum=0),
+    RANGE_P,
+    Option("pair_p", float, "fraction of near/far pairs (the rest: two planes of a stack)", minimum=0),
+    Option("ref_p", float, "fraction of plane pairs whose second input is the max-contrast composite", minimum=0),
+    THREADS,
+    Option("stages", int, "the network's transformer stages", minimum=1),
+    Option("window", int, "the attention window side", minimum=1),
+    Option("highpass_gain", float, "gain of the high-pass input (0: Y alone; none: the method's)", minimum=0),
+    EMA_DECAY))
 def train_ctmfusion(*, steps: int, out: str | Path, seed: int = 0, resume: bool = False, batch_size: int = 8,
                     crop: int = 64, n_min: int = 2, n_max: int = 8, lr: float = 1e-3, warmup: int = 50,
                     ckpt_every: int = 100, init: str | None = None, ce_weight: float = 20.0, range_p: float = 0.5,

@@ -26,7 +26,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .train import recipe, seed_everything, stretch, train_loop
+from .train import (
+    BATCH_SIZE,
+    CKPT_EVERY,
+    CROP,
+    EMA_DECAY,
+    LR,
+    RANGE_P,
+    THREADS,
+    WARMUP,
+    Option,
+    recipe,
+    seed_everything,
+    stretch,
+    train_loop,
+)
 
 KINDS = ("pair", "planes", "composite")
 
@@ -77,7 +91,11 @@ def msas_loss(model, batch, l1_weight: float = 1.0):
     return loss, {"loss": float(loss.detach()), "bce": float(bce.detach()), "l1": float(l1.detach()), "acc": float(acc)}
 
 
-@recipe("msas")
+@recipe("msas", options=(
+    BATCH_SIZE, CROP, LR, WARMUP, CKPT_EVERY, RANGE_P,
+    Option("l1_weight", float, "weight of the L1 between the decided and the target fusion", minimum=0),
+    Option("gcb_width", int, "channels of the global context block", minimum=1),
+    EMA_DECAY, THREADS))
 def train_msas(*, steps: int, out: str | Path, seed: int = 0, resume: bool = False, batch_size: int = 8,
                crop: int = 64, lr: float = 5e-4, warmup: int = 100, ckpt_every: int = 100,
                range_p: float = 0.5, l1_weight: float = 1.0, mix: tuple = (0.5, 0.35, 0.15),

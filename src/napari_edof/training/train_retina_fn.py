@@ -31,7 +31,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .train import recipe, seed_everything, train_loop
+from .train import (
+    BATCH_SIZE,
+    CKPT_EVERY,
+    CROP,
+    EMA_DECAY,
+    INIT,
+    LR,
+    N_MAX,
+    N_MIN,
+    RANGE_P,
+    THREADS,
+    WARMUP,
+    Option,
+    recipe,
+    seed_everything,
+    train_loop,
+)
 
 #: the training mix: fundus scenes (half) and the general scenes
 SCENES = {"fundus": 0.15, "fundus_view": 0.2, "retina_photo": 0.1, "dead_leaves": 0.15, "photo": 0.1,
@@ -160,7 +176,20 @@ def prepare(stack: np.ndarray, aif: np.ndarray, rng, grey_p: float, range_p: flo
             np.ascontiguousarray(aif.transpose(2, 0, 1), np.float32))
 
 
-@recipe("fmb-fn")
+@recipe("fmb-fn", options=(
+    BATCH_SIZE, CROP, N_MIN, N_MAX, LR, WARMUP, CKPT_EVERY,
+    Option("width", int, "the network's width (none: the method's)", minimum=1),
+    Option("w_perceptual", float, "weight of the perceptual loss", minimum=0),
+    Option("w_edge", float, "weight of the edge (Sobel) loss", minimum=0),
+    Option("w_identity", float, "weight of the identity loss", minimum=0),
+    Option("identity_n", int, "copies of the all-in-focus image in the identity loss's stack", minimum=1),
+    Option("grey_p", float, "fraction of stacks made grey", minimum=0),
+    RANGE_P, EMA_DECAY,
+    Option("taef2", str, "the taef2 encoder file for the perceptual features (none: looked up; a fixed "
+                         "filter bank without it)"),
+    INIT,
+    Option("skip", bool, "the network's skip connection"),
+    THREADS))
 def train_retina_fn(*, steps: int, out: str | Path, seed: int = 0, resume: bool = False, batch_size: int = 4,
                     crop: int = 64, n_min: int = 2, n_max: int = 8, lr: float = 1e-3, warmup: int = 100,
                     ckpt_every: int = 50, width: int | None = None, w_perceptual: float = 1.0,

@@ -29,7 +29,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .train import recipe, seed_everything, train_loop
+from .train import (
+    BATCH_SIZE,
+    CKPT_EVERY,
+    CROP,
+    EMA_DECAY,
+    LR,
+    N_MAX,
+    N_MIN,
+    RANGE_P,
+    THREADS,
+    WARMUP,
+    Option,
+    recipe,
+    seed_everything,
+    train_loop,
+)
 
 
 def _to_rgb(stack: np.ndarray) -> np.ndarray:
@@ -128,7 +143,16 @@ def choose_slots(item: dict, rng, *, subset_p: float, reverse_p: float, k: int =
     return chosen
 
 
-@recipe("vaeedof")
+@recipe("vaeedof", options=(
+    BATCH_SIZE, CROP, N_MIN, N_MAX,
+    Option("cache", int, "synthetic stacks in the latent cache", minimum=1),
+    Option("chunk", int, "stacks per cache file", minimum=1),
+    LR, WARMUP, CKPT_EVERY, EMA_DECAY,
+    Option("subset_p", float, "fraction of stacks that lose random planes", minimum=0),
+    Option("reverse_p", float, "fraction of stacks ordered far to near", minimum=0),
+    RANGE_P,
+    Option("rgb_p", float, "fraction of RGB stacks (the rest grey)", minimum=0),
+    THREADS))
 def train_vaeedof(*, steps: int, out: str | Path, seed: int = 0, resume: bool = False, batch_size: int = 8,
                   crop: int = 128, n_min: int = 2, n_max: int = 10, cache: int = 500, chunk: int = 50,
                   lr: float = 1e-3, warmup: int = 100, ckpt_every: int = 100, ema_decay: float = 0.999,
