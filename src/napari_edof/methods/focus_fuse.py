@@ -83,22 +83,32 @@ SPEC = MethodSpec(
             "from the sharpest, index marked unknown where no plane is in focus.",
     family="classical",
     params=(
-        Param("radius", int, 2, "focus-measure window radius, in half-resolution pixels", min=1, max=16),
-        Param("coarse_r", int, 8, "radius of the neighbourhood evidence added to the focus measure "
+        Param("radius", int, 2, label="Window radius",
+              help="focus-measure window radius, in half-resolution pixels", min=1, max=16),
+        Param("coarse_r", int, 8, label="Neighbourhood radius", advanced=True,
+              help="radius of the neighbourhood evidence added to the focus measure "
               "(half-resolution pixels; 0: off)", min=0, max=32),
-        Param("coarse_w", float, 1.0, "weight of the neighbourhood evidence", min=0.0, max=100.0),
-        Param("levels", int, 3, "scales of the fusion (the tile alignment is 2**levels)", min=1, max=5),
-        Param("softness", float, 1.0, "how readily planes are averaged: the weights' temperature in units "
+        Param("coarse_w", float, 1.0, label="Neighbourhood weight", advanced=True,
+              help="weight of the neighbourhood evidence", min=0.0, max=100.0),
+        Param("levels", int, 3, label="Scales", advanced=True,
+              help="scales of the fusion (the tile alignment is 2**levels)", min=1, max=5),
+        Param("softness", float, 1.0, label="Softness",
+              help="how readily planes are averaged: the weights' temperature in units "
               "of the noise energy (0.05: nearly hard selection)", min=0.05, max=100.0),
-        Param("fill", int, 8, "the base's index is filled from known pixels this near (half-resolution "
+        Param("fill", int, 8, label="Fill distance", advanced=True,
+              help="the base's index is filled from known pixels this near (half-resolution "
               "pixels; beyond, the plane average)", min=0, max=32),
-        Param("detail_k", float, 0.5, "finest detail shrinks where its energy is below detail_k x the "
+        Param("detail_k", float, 0.5, label="Fine-detail threshold", advanced=True,
+              help="finest detail shrinks where its energy is below detail_k x the "
               "noise's (0: keep all detail, noise included)", min=0.0, max=100.0),
-        Param("detail_window", int, 2, "window radius of the finest detail's energy (pixels)", min=1, max=8),
-        Param("unknown", str, "nan", "pixels where no plane is in focus: index NaN; fill: interpolated from "
+        Param("detail_window", int, 2, label="Fine-detail window", advanced=True,
+              help="window radius of the finest detail's energy (pixels)", min=1, max=8),
+        Param("unknown", str, "nan", label="Never-in-focus pixels",
+              help="pixels where no plane is in focus: index NaN; fill: interpolated from "
               "the known pixels within 'fill' (NaN beyond); keep: the argmax as it came (confidence is 0 in all "
               "three)", choices=UNKNOWN),
-        Param("unknown_k", float, 1.0, "a pixel is in focus in some plane when its best focus measure stands "
+        Param("unknown_k", float, 1.0, label="In-focus threshold", advanced=True,
+              help="a pixel is in focus in some plane when its best focus measure stands "
               "above its noise floor by unknown_k x what noise alone reaches (0.5 marks less unknown)",
               min=0.1, max=100.0),
     ),
