@@ -224,3 +224,74 @@ def test_reader_rgb_channels_and_folders(make_napari_viewer, tmp_path):
     files = sorted(str(p) for p in folder.iterdir())
     (data, kw, kind), = get_reader(files)(files)
     assert tuple(data.shape) == (3, 10, 12)
+
+
+def _czyx(n_c=2, n_z=4):
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 255, (n_z, n_c, 16, 16), dtype=np.uint8)  # Z, C, Y, X
+
+
+def test_reader_names_channels_from_ome(make_napari_viewer, tmp_path):
+    """OME Channel Name / Color: the layers carry the file's names and colours (issue 16, item 4)."""
+    import tifffile
+
+    p = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(p, _czyx(), metadata={"axes": "ZCYX", "Channel": {"Name": ["DAPI", "GFP"]}})
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(p), plugin="napari-edof")
+    assert [ly.name for ly in layers] == ["cells.ome.tif [DAPI]", "cells.ome.tif [GFP]"]
+    assert [ly.metadata["napari_edof"]["channel_name"] for ly in layers] == ["DAPI", "GFP"]
+    assert [ly.colormap.name for ly in layers] == ["magenta", "green"]  # no colour in the file: napari's
+    # colours from the file: pure ones by name, others as a colormap of their own
+    q = tmp_path / "three.ome.tif"
+    colours = [-16776961, 65535, int(np.array(0xFF8000FF, np.uint32).view(np.int32))]  # red, blue, orange
+    tifffile.imwrite(q, _czyx(3), metadata={"axes": "ZCYX", "Channel": {"Name": ["a", "b", "c"], "Color": colours}})
+    layers = viewer.open(str(q), plugin="napari-edof")
+    assert [ly.name for ly in layers] == ["three.ome.tif [a]", "three.ome.tif [b]", "three.ome.tif [c]"]
+    assert layers[0].colormap.name == "red" and layers[1].colormap.name == "blue"
+    np.testing.assert_allclose(layers[2].colormap.colors[-1][:3], (1.0, 128 / 255, 0.0), atol=1e-3)
+    # no names in the file: the former names
+    r = tmp_path / "plain.ome.tif"
+    tifffile.imwrite(r, _czyx(), metadata={"axes": "ZCYX"})
+    assert [ly.name for ly in viewer.open(str(r), plugin="napari-edof")] == ["plain.ome.tif [c0]", "plain.ome.tif [c1]"]
+
+
+def test_reader_names_channels_from_imagej(tmp_path):
+    """ImageJ hyperstack: names from the slice labels, colours from the channel LUTs."""
+    import tifffile
+
+    from napari_edof._napari import stack_to_layer_data
+
+    luts = [np.zeros((3, 256), np.uint8) for _ in range(2)]
+    luts[0][2] = np.arange(256)  # blue
+    luts[1][0] = np.arange(256)  # red + green: yellow
+    luts[1][1] = np.arange(256)
+    p = tmp_path / "ij.tif"
+    tifffile.imwrite(p, _czyx(), imagej=True, metadata={"axes": "ZCYX", "Labels": ["DAPI", "GFP"] * 4, "LUTs": luts})
+    st = api.open_stack(p)
+    (_, kw, _), = stack_to_layer_data(st)
+    assert kw["name"] == ["ij.tif [DAPI]", "ij.tif [GFP]"]
+    assert kw["colormap"] == ["blue", "yellow"]
+    # labels that differ along z name nothing; grey LUTs say nothing
+    q = tmp_path / "ij2.tif"
+    tifffile.imwrite(q, _czyx(), imagej=True, metadata={"axes": "ZCYX", "Labels": [f"z{k}" for k in range(8)]})
+    (_, kw, _), = stack_to_layer_data(api.open_stack(q))
+    assert kw["name"] == ["ij2.tif [c0]", "ij2.tif [c1]"] and "colormap" not in kw
+
+
+def test_channel_names_in_provenance(tmp_path):
+    import json
+
+    import tifffile
+
+    from napari_edof import cli
+
+    p = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(p, _czyx(), metadata={"axes": "ZCYX", "Channel": {"Name": ["DAPI", "GFP"]}})
+    assert api.fuse(api.open_stack(p)).provenance["channels"] == ["DAPI", "GFP"]
+    assert cli.main(["fuse", str(p), "-o", str(tmp_path / "out"), "-q"]) == 0
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert prov["channels"] == ["DAPI", "GFP"]
+    q = tmp_path / "plain.ome.tif"
+    tifffile.imwrite(q, _czyx(), metadata={"axes": "ZCYX"})
+    assert "channels" not in api.fuse(api.open_stack(q)).provenance

@@ -186,14 +186,50 @@ def stack_to_layer_data(stack, *, name: str | None = None, extra_metadata: dict 
     c_axis = axes.index("C")
     n = stack.n_channels
     kw["channel_axis"] = c_axis
-    kw["name"] = [f"{name} [c{i}]" for i in range(n)]
+    channels = channel_info(stack)
+    kw["name"] = [f"{name} [{ch['name'] or f'c{i}'}]" for i, ch in enumerate(channels)]
+    if any(ch["color"] for ch in channels):  # the file's colours, napari's defaults for the rest
+        kw["colormap"] = [_channel_colormap(ch, i, n) for i, ch in enumerate(channels)]
     kw["scale"] = [tuple(scale)] * n
     kw["axis_labels"] = [kw["axis_labels"]] * n
     if "units" in kw:
         kw["units"] = [kw["units"]] * n
-    kw["metadata"] = [{"napari_edof": {**meta, "channel": i}} for i in range(n)]
+    kw["metadata"] = [{"napari_edof": {**meta, "channel": i, **({"channel_name": ch["name"]} if ch["name"] else {})}}
+                      for i, ch in enumerate(channels)]
     kw.pop("rgb")
     return [(data, kw, "image")]
+
+
+#: napari's colours for channels the file gives none (its own choice: magenta/green for 2, else CYMRGB).
+_DEFAULT_COLOURS = {2: ("magenta", "green")}
+_CYCLE = ("cyan", "yellow", "magenta", "red", "green", "blue")
+#: Pure colours that have a napari colormap of their own name.
+_NAMED = {(1.0, 0.0, 0.0): "red", (0.0, 1.0, 0.0): "green", (0.0, 0.0, 1.0): "blue", (0.0, 1.0, 1.0): "cyan",
+          (1.0, 0.0, 1.0): "magenta", (1.0, 1.0, 0.0): "yellow"}
+
+
+def channel_info(stack) -> list[dict]:
+    """``[{"name": str | None, "color": (r, g, b) | None}]``, one per channel of a non-RGB stack
+    with a C axis: what the file says (``stack.metadata["channels"]``), else Nones."""
+    n = stack.n_channels if "C" in stack.axes else 0
+    given = (stack.metadata or {}).get("channels")
+    if isinstance(given, list) and len(given) == n:
+        return [{"name": (str(c.get("name")) if c.get("name") else None), "color": c.get("color")} for c in given]
+    return [{"name": None, "color": None} for _ in range(n)]
+
+
+def _channel_colormap(ch: dict, i: int, n: int):
+    """A napari colormap for channel ``i`` of ``n``: the file's colour, else napari's default."""
+    colour = ch.get("color")
+    if colour is None:
+        return _DEFAULT_COLOURS.get(n, _CYCLE)[i % len(_DEFAULT_COLOURS.get(n, _CYCLE))]
+    rgb = tuple(float(c) for c in colour)
+    if rgb in _NAMED:
+        return _NAMED[rgb]
+    from napari.utils.colormaps import Colormap  # (only when napari reads the file)
+
+    hex_ = "".join(f"{round(c * 255):02x}" for c in rgb)
+    return Colormap([[0.0, 0.0, 0.0, 1.0], [*rgb, 1.0]], name=f"{ch.get('name') or f'c{i}'} #{hex_}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def two_channel_file(tmp_path, sample):
     b = (a.max() - a).astype(np.uint16)
     data = np.stack([a, b], axis=1)  # Z, C, Y, X
     p = tmp_path / "two.ome.tif"
-    tifffile.imwrite(p, data, ome=True, metadata={"axes": "ZCYX"})
+    tifffile.imwrite(p, data, ome=True, metadata={"axes": "ZCYX", "Channel": {"Name": ["DAPI", "GFP"]}})
     return p, data
 
 
@@ -123,10 +123,12 @@ def test_two_channel_ome_tiff_one_shared_index(viewer, qtbot, two_channel_file):
     viewer.open(str(path), plugin=PLUGIN)
     assert len(viewer.layers) == 2  # the reader opens one layer per channel
     c0, c1 = viewer.layers
+    assert (c0.name, c1.name) == ("two.ome.tif [DAPI]", "two.ome.tif [GFP]")  # the file's channel names
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, FUSE)
     w.set_layer(c0)
     assert w.channel_group() == [c0, c1]
     assert w.channels_check.isVisibleTo(w) and w.channels_check.isChecked()
+    assert w.guide_combo.itemText(w.guide_combo.findData(1)) == "channel 1 (GFP)"
     w.guide_combo.setCurrentIndex(w.guide_combo.findData(0))  # focus measured on channel 0
     assert w.axes() == "CZYX"
     _run(w, qtbot)
@@ -136,6 +138,8 @@ def test_two_channel_ome_tiff_one_shared_index(viewer, qtbot, two_channel_file):
     assert set(r1) == {"fused"}  # the second channel shares the first one's index
     # channel names and colours are kept on the outputs
     assert r0["fused"].name == f"{c0.name} fused" and r1["fused"].name == f"{c1.name} fused"
+    assert r1["fused"].name == "two.ome.tif [GFP] fused"
+    assert r0["fused"].metadata["napari_edof"]["provenance"]["channels"] == ["DAPI", "GFP"]
     assert r0["fused"].colormap.name == c0.colormap.name
     assert r1["fused"].colormap.name == c1.colormap.name
     assert c0.colormap.name != c1.colormap.name

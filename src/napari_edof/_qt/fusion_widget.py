@@ -635,8 +635,10 @@ class FusionWidget(QWidget):
             self.guide_combo.addItem("luminance", "luminance")
         if n > 1:
             self.guide_combo.addItem("mean", "mean")
-            for i in range(n):
-                self.guide_combo.addItem(f"channel {i}", i)
+            group = self._grouped()
+            names = [_edof_md(ly).get("channel_name") for ly in group] if len(group) == n else [None] * n
+            for i in range(n):  # the file's channel name beside the number, where it has one
+                self.guide_combo.addItem(f"channel {i}" + (f" ({names[i]})" if names[i] else ""), i)
         self.guide_combo.setCurrentIndex(max(self.guide_combo.findData(cur), 0))
         self.guide_combo.setEnabled(n > 1)
         checked = getattr(self, "_checked_layer", None)
@@ -763,6 +765,9 @@ class FusionWidget(QWidget):
             name = _common_name([ly.name for ly in group])
         stack = api.as_stack(data, axes=axes, rgb=bool(layer.rgb), name=name,
                              pixel_size=pixel_size, z_step=z_step, unit=unit)
+        names = [_edof_md(ly).get("channel_name") for ly in group]
+        if any(names):  # the file's channel names, into the result's provenance
+            stack.metadata["channels"] = [{"name": nm, "color": None} for nm in names]
         tile = int(self.tile_spin.value()) or "auto"
         device = self.device_combo.currentData() if self.device_combo.isEnabled() else "auto"
         precision = self.precision_combo.currentData() if self.precision_combo.isEnabled() else "auto"

@@ -100,6 +100,10 @@ def provenance(pl: FusionPlan, seconds: float, impl=None) -> dict:
         prov["weights_sha256"] = impl.weights_sha256
     if stack.metadata.get("reconciled"):  # the input's metadata did not match its data (see io.metadata)
         prov["input_warnings"] = list(stack.metadata["reconciled"])
+    chans = stack.metadata.get("channels")  # names from the file (io/metadata.py: tiff_channels)
+    if (isinstance(chans, list) and "C" in stack.axes and not stack.rgb and len(chans) == stack.n_channels
+            and any(c.get("name") for c in chans)):
+        prov["channels"] = [c.get("name") or f"c{i}" for i, c in enumerate(chans)]
     if "registration" in stack.metadata:  # a stack aligned by register_stack
         prov["registration"] = stack.metadata["registration"]
     if pl.gate is not None and pl.gate.report is not None:

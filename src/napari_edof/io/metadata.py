@@ -254,6 +254,98 @@ def _ome_scale(tf, series_index: int):
     return pixel_size, z_step, unit
 
 
+# --- channel names and colours -------------------------------------------------------------
+
+
+def tiff_channels(tf, series_index: int = 0) -> list[dict] | None:
+    """The file's channels as ``[{"name": str | None, "color": (r, g, b) | None}, ...]``, or None.
+
+    OME: each ``Channel``'s ``Name`` and ``Color`` (a packed RGBA integer). ImageJ: a name per
+    channel from ``ChannelNames`` (in the properties) or from the slice ``Labels`` when every
+    plane of a channel carries the same label; a colour from each channel's lookup table (its
+    brightest entry). Metadata that cannot be read gives None (never a reason to refuse pixels).
+    """
+    try:
+        if tf.is_ome:
+            return _ome_channels(tf, series_index)
+        if tf.is_imagej:
+            return _imagej_channels(dict(tf.imagej_metadata or {}))
+    except Exception:  # noqa: BLE001 - names are a nicety; the pixels do not depend on them
+        pass
+    return None
+
+
+def _ome_channels(tf, series_index: int) -> list[dict] | None:
+    import tifffile
+
+    images = tifffile.xml2dict(tf.ome_metadata).get("OME", {}).get("Image", [])
+    if isinstance(images, dict):
+        images = [images]
+    if not images:
+        return None
+    chans = images[min(series_index, len(images) - 1)].get("Pixels", {}).get("Channel", [])
+    if isinstance(chans, dict):
+        chans = [chans]
+    out = [{"name": _text(c.get("Name")), "color": ome_color(c.get("Color"))} for c in chans if isinstance(c, dict)]
+    return out if any(c["name"] or c["color"] for c in out) else None
+
+
+def ome_color(value) -> tuple[float, float, float] | None:
+    """An OME ``Color`` (a signed 32-bit RGBA integer) as (r, g, b) in 0..1; white and black
+    (OME's default, and no colour at all) give None."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        v = int(value) & 0xFFFFFFFF
+    except (TypeError, ValueError):
+        return None
+    rgb = ((v >> 24) & 255, (v >> 16) & 255, (v >> 8) & 255)
+    if rgb in ((255, 255, 255), (0, 0, 0)):
+        return None
+    return tuple(round(c / 255, 4) for c in rgb)
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _imagej_channels(ij: dict) -> list[dict] | None:
+    n = int(ij.get("channels") or 1)
+    if n < 2:
+        return None
+    names: list = [None] * n
+    props = ij.get("Properties") if isinstance(ij.get("Properties"), dict) else {}
+    given = ij.get("ChannelNames", props.get("ChannelNames"))
+    if isinstance(given, str):
+        given = [t.strip() for t in given.replace(";", ",").split(",")]
+    labels = ij.get("Labels")
+    if isinstance(given, (list, tuple)) and len(given) == n:
+        names = [_text(t) for t in given]
+    elif isinstance(labels, (list, tuple)) and labels and len(labels) % n == 0:
+        # ImageJ orders the planes C fastest, then Z, then T: channel c's labels are labels[c::n]
+        for c in range(n):
+            own = {_text(t) for t in labels[c::n]}
+            if len(own) == 1:
+                names[c] = own.pop()
+        if len(set(names)) < n:  # the same label on every channel names nothing
+            names = [None] * n
+    colors: list = [None] * n
+    luts = ij.get("LUTs")
+    if isinstance(luts, (list, tuple)) and len(luts) == n:
+        for c, lut in enumerate(luts):
+            try:
+                top = [int(v) for v in lut[:3, -1]]
+            except Exception:  # noqa: BLE001
+                continue
+            if len(set(top)) > 1 and max(top) > 0:  # a grey LUT says nothing
+                colors[c] = tuple(round(v / 255, 4) for v in top)
+    out = [{"name": a, "color": b} for a, b in zip(names, colors)]
+    return out if any(c["name"] or c["color"] for c in out) else None
+
+
 def _rational(tag) -> float | None:
     if tag is None:
         return None

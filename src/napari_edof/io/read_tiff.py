@@ -30,6 +30,7 @@ from .metadata import (
     describe_dims,
     map_axes,
     reconcile_tiff_pages,
+    tiff_channels,
     tiff_rendering,
     tiff_scale,
 )
@@ -333,6 +334,7 @@ def _open_tiff(path: Path, size: int, *, axes, name) -> Stack:
                     raise ReadError(f"{path}: the TIFF file holds no image; it may be truncated or corrupt")
                 fmt = "ome-tiff" if tf.is_ome else ("imagej-tiff" if tf.is_imagej else "tiff")
                 scale = tiff_scale(tf, 0)
+                channels = tiff_channels(tf, 0)
                 ij = dict(tf.imagej_metadata or {}) if tf.is_imagej else None
                 reconciled = reconcile_tiff_pages(tf, all_series, fmt, label)
                 flags: tuple = ()
@@ -382,6 +384,8 @@ def _open_tiff(path: Path, size: int, *, axes, name) -> Stack:
             ax, rgb = ax + "C", True
         _check_dtype(data.dtype, label)
     metadata = {"format": fmt, "file_axes": file_axes, "axes_from": note, "files": 1}
+    if channels and not reconciled and not rgb and "C" in ax and len(channels) == data.shape[ax.index("C")]:
+        metadata["channels"] = channels  # names and colours, one per channel (io/metadata.py)
     if ij is not None:
         metadata["imagej"] = {k: v for k, v in ij.items() if isinstance(v, (str, int, float, bool))}
     if warnings_ and not reconciled:
