@@ -228,3 +228,61 @@ def test_inspector_through_the_plugin(viewer, qtbot, stack_file):
     assert w.height_layer is None and not w.height_btn.isChecked()
     assert tuple(viewer.dims.range[0]) == z_range
     assert fuse.last_layers["fused"].visible  # the layers' visibility restored
+
+
+@pytest.mark.parametrize("setup", ["tiles", "two passes", "registered"])
+def test_progress_in_the_activity_dock(viewer, qtbot, stack_file, monkeypatch, setup):
+    """What napari's progress bar (the activity dock) receives over a run of several tiles: every
+    step counted, the count label in step with the bar, 100% at the end, the summary last."""
+    import napari_edof._qt.fusion_widget as fw
+
+    events, bars = [], []
+
+    class Recorded(fw.napari_progress):  # the activity dock listens to these same events
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            bars.append(self)
+            events.append(("total", self.total))
+            self.events.value.connect(lambda e: events.append(("value", e.value)))
+            self.events.total.connect(lambda e: events.append(("total", e.value)))
+            self.events.eta.connect(lambda e: events.append(("label", e.value)))
+
+    monkeypatch.setattr(fw, "napari_progress", Recorded)
+    viewer.open(str(stack_file), plugin=PLUGIN)
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, FUSE)
+    w.tile_spin.setValue(32)  # the advanced section's tile size: 64 x 64 in 4 tiles
+    if setup == "two passes":
+        w.method_combo.setCurrentIndex(w.method_combo.findData("focus-select"))
+        w.set_params(lowtexture="nearest")  # a first pass over every tile (the noise level)
+    if setup == "registered":
+        w.register_combo.setCurrentIndex(w.register_combo.findData("translation"))
+    steps = []
+    shown = []  # (step, the bar's value, its total, its last count label) as each step is shown
+
+    def on_step(s):
+        steps.append(s)
+        labels = [v for kind, v in events if kind == "label"]
+        shown.append((s, bars[-1].n, bars[-1].total, labels[-1] if labels else ""))
+
+    w.progressed.connect(on_step)
+    status = _run(w, qtbot)
+
+    result = w.last_result
+    prov = result.provenance
+    assert prov["tiles"] == 4 or (setup == "registered" and prov["tiles"] > 1)  # (registration may crop)
+    n_steps = prov["tiles"] * prov.get("passes", 1)
+    tile_steps = [s for s in steps if s.stage in ("fuse", "pass 1")]
+    assert [(s.done, s.total) for s in tile_steps] == [(k, n_steps) for k in range(1, n_steps + 1)]
+    if setup == "registered":
+        assert [s.stage for s in steps[: -n_steps]] == ["registration"] * (len(steps) - n_steps)
+    assert len(bars) == 1
+    totals = [v for kind, v in events if kind == "total"]
+    values = [v for kind, v in events if kind == "value"]
+    assert totals[-1] == n_steps  # the bar's total: the steps actually made
+    assert values == sorted(values) and values[-1] == n_steps  # it ends at 100 %
+    # after every step the bar and its count label ("3/4 [..]") show that step, not an earlier one
+    for step, n, total, label in shown:
+        assert (n, total) == (step.done, step.total)
+        assert label.split("[")[0].strip() == f"{step.done}/{step.total}"
+    assert bars[0].n == n_steps and bars[0] not in fw.napari_progress._all_instances  # closed
+    assert status == w.status.text() and status.startswith(result.summary())  # the summary, last

@@ -289,7 +289,7 @@ class FusionWidget(QWidget):
         self._pbar = None
         self._cancelled = False
         self._active = False
-        self._steps: list | None = None  # progress steps that arrived while one was being shown
+        self._steps: list | None = None  # worker signals that arrived while one was being handled
         self._n_frames = 1
         self._param_widgets: dict[str, ParamWidget] = {}
         self.last_result = None
@@ -886,8 +886,8 @@ class FusionWidget(QWidget):
         self._worker, self._gen = worker, gen
         # connect every signal before start()
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda value, job=job: self._on_returned(job, value))
-        worker.finished.connect(self._on_finished)
+        worker.returned.connect(lambda value, job=job: self._in_order(self._on_returned, job, value))
+        worker.finished.connect(lambda: self._in_order(self._on_finished))
         self._set_running(True)
         worker.start()
         return worker
@@ -932,18 +932,28 @@ class FusionWidget(QWidget):
             self.precision_combo.setCurrentIndex(0)
         return gpu
 
-    def _on_progress(self, step) -> None:
-        """Show a progress step. Creating napari's progress bar processes events, which can deliver
-        the next steps inside this call: they are shown after it, in order (not newest first)."""
+    def _in_order(self, handler, *args) -> None:
+        """Handle the worker's signals one after the other, in the order they came. Creating and
+        updating napari's progress bar processes events, which can deliver the next signals (more
+        steps, the result, finished) inside a handler: they wait in a queue and run after it, so
+        that no step is dropped and the result (its summary) comes after the last step."""
         if self._steps is not None:
-            self._steps.append(step)
+            self._steps.append((handler, args))
             return
-        self._steps = [step]
+        self._steps = [(handler, args)]
         try:
             while self._steps:
-                self._show_progress(self._steps.pop(0))
+                fn, a = self._steps.pop(0)
+                try:
+                    fn(*a)
+                except Exception as exc:  # noqa: BLE001 - the rest of the queue (finished) must run
+                    self._fail(exc)
         finally:
             self._steps = None
+
+    def _on_progress(self, step) -> None:
+        """Show a progress step (after the signals that came before it)."""
+        self._in_order(self._show_progress, step)
 
     def _show_progress(self, step) -> None:
         if not self._active or self._cancelled:
@@ -961,8 +971,10 @@ class FusionWidget(QWidget):
             self.status.setText(f"{step.stage}: {step.done}/{step.total} tile steps{frames}")
         else:  # registration, ...: one step of its own
             self.status.setText(f"{step.stage}{'…' if step.done < step.total else ' done'}{frames}")
-        pbar.set_description(f"napari-edof {step.stage}{frames}")
         pbar.update(step.done - pbar.n)
+        # after the update: set_description redraws, so the activity dock's count label ("3/4")
+        # shows this step (tqdm redraws on update only every 0.1 s: the label lagged behind the bar)
+        pbar.set_description(f"napari-edof {step.stage}{frames}")
         self.progressed.emit(step)
 
     def _close_pbar(self) -> None:
