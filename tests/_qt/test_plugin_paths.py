@@ -230,8 +230,8 @@ def test_inspector_through_the_plugin(viewer, qtbot, stack_file):
     assert fuse.last_layers["fused"].visible  # the layers' visibility restored
 
 
-@pytest.mark.parametrize("setup", ["tiles", "two passes", "registered"])
-def test_progress_in_the_activity_dock(viewer, qtbot, stack_file, monkeypatch, setup):
+@pytest.mark.parametrize("setup", ["tiles", "two passes", "registered", "time-lapse"])
+def test_progress_in_the_activity_dock(viewer, qtbot, stack_file, sample, tmp_path, monkeypatch, setup):
     """What napari's progress bar (the activity dock) receives over a run of several tiles: every
     step counted, the count label in step with the bar, 100% at the end, the summary last."""
     import napari_edof._qt.fusion_widget as fw
@@ -248,6 +248,10 @@ def test_progress_in_the_activity_dock(viewer, qtbot, stack_file, monkeypatch, s
             self.events.eta.connect(lambda e: events.append(("label", e.value)))
 
     monkeypatch.setattr(fw, "napari_progress", Recorded)
+    if setup == "time-lapse":  # two frames: one bar over both
+        stack_file = tmp_path / "tzyx.tif"
+        tifffile.imwrite(stack_file, np.stack([sample.stack.data, sample.stack.data[::-1]]), imagej=True,
+                         metadata={"axes": "TZYX"})
     viewer.open(str(stack_file), plugin=PLUGIN)
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, FUSE)
     w.tile_spin.setValue(32)  # the advanced section's tile size: 64 x 64 in 4 tiles
@@ -270,7 +274,7 @@ def test_progress_in_the_activity_dock(viewer, qtbot, stack_file, monkeypatch, s
     result = w.last_result
     prov = result.provenance
     assert prov["tiles"] == 4 or (setup == "registered" and prov["tiles"] > 1)  # (registration may crop)
-    n_steps = prov["tiles"] * prov.get("passes", 1)
+    n_steps = prov["tiles"] * prov.get("passes", 1) * (2 if setup == "time-lapse" else 1)
     tile_steps = [s for s in steps if s.stage in ("fuse", "pass 1")]
     assert [(s.done, s.total) for s in tile_steps] == [(k, n_steps) for k in range(1, n_steps + 1)]
     if setup == "registered":
