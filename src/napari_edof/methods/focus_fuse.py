@@ -419,7 +419,10 @@ class FocusFuse:
             else:
                 GB[k] = gb = kern.plane_detail(g, EF[k])
             cg = gb
-            if rgb:
+            if rgb and kern is not None:
+                kern.bin_channels(planes[k], PB[k])
+                cp = PB[k]
+            elif rgb:
                 PB[k] = cp = bin2(np.moveaxis(planes[k], -1, 0))
             FM[k] = box_mean(laplacian_energy(gb), p["radius"])
             if kern is not None:
