@@ -103,6 +103,10 @@ SPEC = MethodSpec(
               "noise's (0: keep all detail, noise included)", min=0.0, max=100.0),
         Param("detail_window", int, 2, label="Fine-detail window", advanced=True,
               help="window radius of the finest detail's energy (pixels)", min=1, max=8),
+        Param("z_blend", float, 0.5, label="Blend near-identical neighbours", advanced=True,
+              help="the finest detail of the planes just before and after the sharpest one is blended in, up "
+              "to this weight, where they keep nearly its energy (little defocus per plane: their average "
+              "has less noise); 0: off", min=0.0, max=10.0),
         Param("unknown", str, "nan", label="Never-in-focus pixels",
               help="pixels where no plane is in focus: index NaN; fill: interpolated from "
               "the known pixels within 'fill' (NaN beyond); keep: the argmax as it came (confidence is 0 in all "
@@ -348,6 +352,35 @@ _NONE = np.empty((0, 0), _F)  # "no energy" / "no neighbourhood evidence" for th
 _NONE3 = np.empty((0, 0, 0), _F)
 
 
+_BLEND_FROM = _F(0.7)  # a neighbour keeping 70 % of the sharpest plane's detail energy starts to blend in
+
+
+def blend_neighbours(w: np.ndarray, energy: np.ndarray, noise: np.ndarray, weight: float) -> np.ndarray:
+    """In place on normalised (Z, h, w) weights: the planes just before and after each pixel's
+    most-weighted plane gain ``weight x clip((r - 0.7) / 0.3, 0, 1)``, where ``r`` is their share of
+    that plane's detail energy above the noise (``energy``, ``noise``), and the weights are
+    normalised again. With little defocus per plane (many planes, microscope stacks) neighbouring
+    planes hold the same detail and their average has less noise; with more defocus per plane
+    their energy drops and nothing changes."""
+    Z = w.shape[0]
+    kb = w.argmax(axis=0)[None]
+    eb = np.take_along_axis(energy, kb, 0)[0] - noise
+    total = np.ones(eb.shape, _F)
+    for dk in (-1, 1):
+        kn = kb + dk
+        inside = (kn >= 0) & (kn < Z)
+        kn = np.clip(kn, 0, Z - 1)
+        en = np.take_along_axis(energy, kn, 0)[0] - noise
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = np.where(eb > 0, (en / eb - _BLEND_FROM) * (1 / (1 - _BLEND_FROM)), 0)
+        g = (np.clip(g, 0, 1) * weight).astype(_F)
+        g[~inside[0]] = 0
+        np.put_along_axis(w, kn, np.take_along_axis(w, kn, 0) + g[None], 0)
+        total += g
+    w *= _F(1) / total
+    return w
+
+
 def _smooth_soft(kern, e: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """``soft_weights(z_smooth(e), noise)`` in place of ``e`` (the smoothing and maximum compiled
     where the kernels are)."""
@@ -493,8 +526,12 @@ class FocusFuse:
         del E, B, BASE
 
         # ---- full resolution: the finest detail, weighted by its own energy, Wiener-shrunk
+        EF0 = EF.copy() if p["z_blend"] > 0 and Z > 1 else None  # before the smoothing over planes
         wf = _smooth_soft(kern, EF, sigma2 * _F(p["softness"] * fine_gain))
         del EF
+        if EF0 is not None:
+            blend_neighbours(wf, EF0, sigma2 * _F(fine_gain), _F(p["z_blend"]))
+            del EF0
         if kern is None:
             dl, detail = _weighted_detail(FG, PB, planes, wf)
             del FG
