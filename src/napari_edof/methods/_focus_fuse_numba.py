@@ -292,3 +292,19 @@ def z_smooth_max(e):
                     bi[j] = max(bi[j], row[j])
             prev[:] = cur
     return best
+
+
+@jit
+def bin_channels(p, out):
+    """``bin2`` of every channel of one plane ``p`` (2h, 2w, C), any dtype, into ``out`` (C, h, w)
+    float32 (the numpy path's order of sums)."""
+    C, h, w = out.shape
+    for i in range(h):
+        p0 = p[2 * i]
+        p1 = p[2 * i + 1]
+        for c in range(C):
+            o = out[c, i]
+            for j in range(w):
+                a = _F(p0[2 * j, c]) + _F(p1[2 * j, c])
+                b = _F(p0[2 * j + 1, c]) + _F(p1[2 * j + 1, c])
+                o[j] = (a + b) * q1

@@ -30,7 +30,10 @@ works at two scales, with every decision weighed against the noise measured wher
 
 **Full resolution.** The finest detail (each plane minus its up-sampled bins) is weighed the same
 way by its own local energy (3 x 3, binned: one weight per 2 x 2 block), then shrunk by a local
-Wiener factor ``1 - detail_k x noise / energy`` where it is as weak as the noise. The fused image
+Wiener factor ``1 - detail_k x noise / energy`` where it is as weak as the noise. Where the planes
+just before and after the sharpest one keep nearly its detail energy (little defocus per plane, as
+in microscope stacks of many planes), they are blended in up to ``z_blend``: the same detail with
+less noise. The fused image
 is the up-sampled half-resolution fusion plus that detail, clipped per pixel to the range of the
 planes' values there (no overshoot at edges, no colour that no plane has); index and confidence
 are up-sampled.
@@ -38,7 +41,9 @@ are up-sampled.
 All filters are local and position-independent on grids aligned to the image
 (``tile_multiple``), and the halo covers their reach, so tiles agree with the whole image. The
 work is done one plane at a time where it can be (each plane's maps stay in the CPU's caches), and
-the windowed sums run on flattened arrays.
+the windowed sums run on flattened arrays. Where numba is installed the heaviest passes run as
+compiled kernels (:mod:`._focus_fuse_numba`: the same formulas, the same result to float32
+rounding); ``NAPARI_EDOF_NUMBA=0`` keeps this module's numpy path.
 """
 from __future__ import annotations
 
@@ -103,6 +108,10 @@ SPEC = MethodSpec(
               "noise's (0: keep all detail, noise included)", min=0.0, max=100.0),
         Param("detail_window", int, 2, label="Fine-detail window", advanced=True,
               help="window radius of the finest detail's energy (pixels)", min=1, max=8),
+        Param("z_blend", float, 0.5, label="Blend near-identical neighbours", advanced=True,
+              help="the finest detail of the planes just before and after the sharpest one is blended in, up "
+              "to this weight, where they keep nearly its energy (little defocus per plane: their average "
+              "has less noise); 0: off", min=0.0, max=10.0),
         Param("unknown", str, "nan", label="Never-in-focus pixels",
               help="pixels where no plane is in focus: index NaN; fill: interpolated from "
               "the known pixels within 'fill' (NaN beyond); keep: the argmax as it came (confidence is 0 in all "
@@ -348,6 +357,35 @@ _NONE = np.empty((0, 0), _F)  # "no energy" / "no neighbourhood evidence" for th
 _NONE3 = np.empty((0, 0, 0), _F)
 
 
+_BLEND_FROM = _F(0.7)  # a neighbour keeping 70 % of the sharpest plane's detail energy starts to blend in
+
+
+def blend_neighbours(w: np.ndarray, energy: np.ndarray, noise: np.ndarray, weight: float) -> np.ndarray:
+    """In place on normalised (Z, h, w) weights: the planes just before and after each pixel's
+    most-weighted plane gain ``weight x clip((r - 0.7) / 0.3, 0, 1)``, where ``r`` is their share of
+    that plane's detail energy above the noise (``energy``, ``noise``), and the weights are
+    normalised again. With little defocus per plane (many planes, microscope stacks) neighbouring
+    planes hold the same detail and their average has less noise; with more defocus per plane
+    their energy drops and nothing changes."""
+    Z = w.shape[0]
+    kb = w.argmax(axis=0)[None]
+    eb = np.take_along_axis(energy, kb, 0)[0] - noise
+    total = np.ones(eb.shape, _F)
+    for dk in (-1, 1):
+        kn = kb + dk
+        inside = (kn >= 0) & (kn < Z)
+        kn = np.clip(kn, 0, Z - 1)
+        en = np.take_along_axis(energy, kn, 0)[0] - noise
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = np.where(eb > 0, (en / eb - _BLEND_FROM) * (1 / (1 - _BLEND_FROM)), 0)
+        g = (np.clip(g, 0, 1) * weight).astype(_F)
+        g[~inside[0]] = 0
+        np.put_along_axis(w, kn, np.take_along_axis(w, kn, 0) + g[None], 0)
+        total += g
+    w *= _F(1) / total
+    return w
+
+
 def _smooth_soft(kern, e: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """``soft_weights(z_smooth(e), noise)`` in place of ``e`` (the smoothing and maximum compiled
     where the kernels are)."""
@@ -419,7 +457,10 @@ class FocusFuse:
             else:
                 GB[k] = gb = kern.plane_detail(g, EF[k])
             cg = gb
-            if rgb:
+            if rgb and kern is not None:
+                kern.bin_channels(planes[k], PB[k])
+                cp = PB[k]
+            elif rgb:
                 PB[k] = cp = bin2(np.moveaxis(planes[k], -1, 0))
             FM[k] = box_mean(laplacian_energy(gb), p["radius"])
             if kern is not None:
@@ -490,8 +531,12 @@ class FocusFuse:
         del E, B, BASE
 
         # ---- full resolution: the finest detail, weighted by its own energy, Wiener-shrunk
+        EF0 = EF.copy() if p["z_blend"] > 0 and Z > 1 else None  # before the smoothing over planes
         wf = _smooth_soft(kern, EF, sigma2 * _F(p["softness"] * fine_gain))
         del EF
+        if EF0 is not None:
+            blend_neighbours(wf, EF0, sigma2 * _F(fine_gain), _F(p["z_blend"]))
+            del EF0
         if kern is None:
             dl, detail = _weighted_detail(FG, PB, planes, wf)
             del FG
