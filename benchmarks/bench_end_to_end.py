@@ -154,7 +154,7 @@ def main(argv=None) -> int:
         out.mkdir()
         cmds = {k: v for k, v in commands(case, out).items() if k in tools}
         times: dict[str, list[tuple[float, float]]] = {k: [] for k in cmds}
-        for r in range(args.repeat):
+        for _ in range(args.repeat):
             for tool, cmd in cmds.items():
                 times[tool].append(timed(cmd, out / f"{tool}.time.txt"))
         med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import threading
 import weakref
@@ -299,12 +300,31 @@ def _series_info(tf, k: int, path: Path, squeeze: bool, flags: tuple = ()) -> _S
     )
 
 
+def _read_series(path: Path, info: _SeriesInfo, workers: int | None = None) -> np.ndarray:
+    """The whole series read at once (tifffile decodes compressed pages in ``workers`` threads)."""
+    import tifffile
+
+    try:
+        with _tifffile_log(), tifffile.TiffFile(path, **dict(info.flags)) as tf:
+            a = tf.series[info.index].asarray(maxworkers=workers or os.cpu_count() or 1)
+    except EdofError:
+        raise
+    except Exception as e:
+        raise ReadError(f"{path}: cannot read the pixels ({_why(e)}); the file may be truncated or corrupt") from None
+    if a.size != int(np.prod(info.shape, dtype=np.int64)):
+        raise ReadError(f"{path}: the file changed since it was opened (its data is now {a.shape}, it was "
+                        f"{info.shape})")
+    return a.reshape(info.shape).astype(np.dtype(info.dtype).newbyteorder("="), copy=False)
+
+
 def _tiff_dask(path: Path, info: _SeriesInfo):
     import dask.array as da
 
+    from .read_memory import register_filler
+
     arr = _TiffArray(path, info.index, info.shape, info.dtype, info.squeeze, info.flags)
     name = "edof-tiff-" + _token(_stat_key(path), info.index, info.squeeze, info.shape, info.flags)
-    return da.from_array(
+    data = da.from_array(
         arr,
         chunks=info.chunks,
         name=name,
@@ -314,8 +334,15 @@ def _tiff_dask(path: Path, info: _SeriesInfo):
         meta=np.empty((0,) * len(info.shape), arr.dtype),
     )
 
+    def fill(out, workers):
+        out[...] = _read_series(path, info, workers)
 
-def _open_tiff(path: Path, size: int, *, axes, name) -> Stack:
+    register_filler(data, fill)
+    return data
+
+
+def _open_tiff(path: Path, size: int, *, axes, name, eager: bool = False, workers: int | None = None) -> Stack:
+    """``eager``: read the pixels now (one array) when the stack fits in memory."""
     import tifffile
 
     label = str(path)
@@ -368,7 +395,13 @@ def _open_tiff(path: Path, size: int, *, axes, name) -> Stack:
     else:
         info = infos[0]
         _check_dtype(info.dtype, label)
-        data, file_axes, rgb_file = _tiff_dask(path, info), info.axes, info.rgb
+        from .read_memory import fits_in_memory
+
+        if eager and fits_in_memory(int(np.prod(info.shape, dtype=np.int64)) * info.dtype.itemsize):
+            data = _read_series(path, info, workers)
+        else:
+            data = _tiff_dask(path, info)
+        file_axes, rgb_file = info.axes, info.rgb
     _check_dtype(data.dtype, label)
     ax, rgb, note, drop = map_axes(file_axes, tuple(data.shape), photometric_rgb=rgb_file, axes=axes, label=label)
     if drop:

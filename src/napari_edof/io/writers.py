@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -335,47 +336,61 @@ def _write_result_files(result, outdir: Path, prefix: str, files: list[str] | No
     pixel_size = getattr(result, "pixel_size", None) if unit is not None else None
     scale = dict(pixel_size=pixel_size, unit=unit)
 
-    out: dict[str, Path] = {}
-    out["fused"] = write_tiff(
-        outdir / f"{prefix}fused.tif", fused, axes=fused_axes, description="napari-edof fused image", **scale
-    )
-    out["focus_index"] = write_tiff(
-        outdir / f"{prefix}focus_index.tif",
-        index,
-        axes=base,
-        description=f"napari-edof focus index: 0-based source plane of {n} (float32)",
-        **scale,
-    )
-    colour = colourise(index, n)
-    if has_t:
-        for t in range(colour.shape[0]):
-            out[f"focus_index_png_t{t:03d}"] = write_png(outdir / f"{prefix}focus_index_t{t:03d}.png", colour[t])
-    else:
-        out["focus_index_png"] = write_png(outdir / f"{prefix}focus_index.png", colour)
-    labels = np.asarray(result.labels(), dtype=np.uint16)
-    out["decision"] = write_tiff(
-        outdir / f"{prefix}decision.tif",
-        labels,
-        axes=base,
-        description=f"napari-edof decision map: source plane + 1 (1..{n})",
-        **scale,
-    )
-    masks = np.asarray(result.masks()).astype(np.uint8) * np.uint8(255)
-    out["masks"] = write_tiff(
-        outdir / f"{prefix}masks.tif",
-        masks,
-        axes="TZYX" if has_t else "ZYX",
-        z_step=getattr(result, "z_step", None) if unit is not None else None,
-        description="napari-edof decision masks: 255 where the plane was chosen",
-        **scale,
-    )
-    out["confidence"] = write_tiff(
-        outdir / f"{prefix}confidence.tif",
-        np.asarray(result.confidence, dtype=np.float32),
-        axes=base,
-        description="napari-edof confidence (0..1)",
-        **scale,
-    )
+    # The files are independent: they are made and written in parallel (threads: TIFF writing,
+    # PNG encoding and the masks' comparisons release the GIL), each atomically as before.
+    def fused_file():
+        return {"fused": write_tiff(outdir / f"{prefix}fused.tif", fused, axes=fused_axes,
+                                    description="napari-edof fused image", **scale)}
+
+    def index_file():
+        return {"focus_index": write_tiff(
+            outdir / f"{prefix}focus_index.tif",
+            index,
+            axes=base,
+            description=f"napari-edof focus index: 0-based source plane of {n} (float32)",
+            **scale,
+        )}
+
+    def png_files():
+        colour = colourise(index, n)
+        if has_t:
+            return {f"focus_index_png_t{t:03d}": write_png(outdir / f"{prefix}focus_index_t{t:03d}.png", colour[t])
+                    for t in range(colour.shape[0])}
+        return {"focus_index_png": write_png(outdir / f"{prefix}focus_index.png", colour)}
+
+    def decision_file():
+        labels = np.asarray(result.labels(), dtype=np.uint16)
+        return {"decision": write_tiff(
+            outdir / f"{prefix}decision.tif",
+            labels,
+            axes=base,
+            description=f"napari-edof decision map: source plane + 1 (1..{n})",
+            **scale,
+        )}
+
+    def masks_file():
+        chosen = np.asarray(result.masks())
+        own = chosen.dtype == bool and chosen.base is None and chosen.flags.writeable  # (a fresh array)
+        masks = chosen.view(np.uint8) if own else chosen.astype(np.uint8)
+        masks *= np.uint8(255)  # (in place: 0/1 -> 0/255, no second copy)
+        return {"masks": write_tiff(
+            outdir / f"{prefix}masks.tif",
+            masks,
+            axes="TZYX" if has_t else "ZYX",
+            z_step=getattr(result, "z_step", None) if unit is not None else None,
+            description="napari-edof decision masks: 255 where the plane was chosen",
+            **scale,
+        )}
+
+    def confidence_file():
+        return {"confidence": write_tiff(
+            outdir / f"{prefix}confidence.tif",
+            np.asarray(result.confidence, dtype=np.float32),
+            axes=base,
+            description="napari-edof confidence (0..1)",
+            **scale,
+        )}
+
     prov = dict(result.provenance or {})
     if files is not None:
         prov["files"] = list(files)  # what this result is made of: a later run into the folder replaces these
@@ -384,7 +399,20 @@ def _write_result_files(result, outdir: Path, prefix: str, files: list[str] | No
     def write_json(tmp: Path) -> None:
         tmp.write_text(text + "\n", encoding="utf-8")
 
-    out["provenance"] = _atomic_write(outdir / f"{prefix}provenance.json", write_json)
+    def provenance_file():
+        return {"provenance": _atomic_write(outdir / f"{prefix}provenance.json", write_json)}
+
+    # the slow ones first (the masks and the PNG's encoding), so they start at once
+    jobs = [masks_file, png_files, fused_file, index_file, decision_file, confidence_file, provenance_file]
+    with ThreadPoolExecutor(min(4, len(jobs)), thread_name_prefix="edof-write") as pool:
+        futures = [pool.submit(job) for job in jobs]
+        done = [f.exception() or f.result() for f in futures]  # (every job ends before an error is raised)
+    for d in done:
+        if isinstance(d, BaseException):
+            raise d
+    out: dict[str, Path] = {}
+    for job in (fused_file, index_file, png_files, decision_file, masks_file, confidence_file, provenance_file):
+        out.update(done[jobs.index(job)])
     return out
 
 
