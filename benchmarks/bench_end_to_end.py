@@ -85,11 +85,11 @@ def commands(case: dict, out: Path) -> dict[str, list[str]]:
     }
 
 
-def timed(cmd: list[str], log: Path) -> tuple[float, float]:
+def timed(cmd: list[str], log: Path, env: dict | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS in MiB) of one whole process under /usr/bin/time -v."""
     t0 = time.perf_counter()
     r = subprocess.run(["/usr/bin/time", "-v", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                       text=True)
+                       text=True, env=env)
     wall = time.perf_counter() - t0
     log.write_text(r.stderr)
     if r.returncode != 0:
@@ -101,21 +101,20 @@ def timed(cmd: list[str], log: Path) -> tuple[float, float]:
 STAGES = r"""
 import sys, time
 t0 = time.perf_counter()
-import numpy as np
 from napari_edof import cli
-from napari_edof.io import open_stack
 from napari_edof.core.engine import fuse_iter, drain
 from napari_edof.io.writers import write_result
+import napari_edof.io as nio
 t1 = time.perf_counter()
 src = sys.argv[2:] if len(sys.argv) > 3 else sys.argv[2]
-st = open_stack(src)
-t2 = time.perf_counter()
-try:
-    from napari_edof.io.readers import materialise
-    st = materialise(st)
-except ImportError:
+if hasattr(nio, "read_stack"):  # (what the CLI does now: open and read at once)
+    st = nio.read_stack(src)
+    t2 = t3 = time.perf_counter()
+else:  # (before: open lazily, the engine computes the dask array)
+    st = nio.open_stack(src)
+    t2 = time.perf_counter()
     st = st.with_data(st.data.compute())
-t3 = time.perf_counter()
+    t3 = time.perf_counter()
 res = drain(fuse_iter(st))
 t4 = time.perf_counter()
 write_result(res, sys.argv[1])
@@ -124,11 +123,11 @@ print(f"{t1-t0:.3f} {t2-t1:.3f} {t3-t2:.3f} {t4-t3:.3f} {t5-t4:.3f}")
 """
 
 
-def stages(case: dict, out: Path, repeat: int) -> list[float]:
+def stages(case: dict, out: Path, repeat: int, env=None) -> list[float]:
     rows = []
     for _ in range(repeat):
         r = subprocess.run([sys.executable, "-c", STAGES, str(out / "stages"), *case["ours"]], capture_output=True,
-                           text=True, check=True)
+                           text=True, check=True, env=env)
         rows.append([float(v) for v in r.stdout.split()])
     return [statistics.median(col) for col in zip(*rows)]
 
@@ -140,6 +139,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default="planes,tiff,pcb")
     ap.add_argument("--tools", default="napari-edof,enfuse,focusweave")
     ap.add_argument("--no-stages", action="store_true")
+    ap.add_argument("--before", metavar="SRC", default=None,
+                    help="also run napari-edof from this source folder (e.g. `git archive <commit> src`), "
+                         "as 'edof-before', in the same rounds")
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -153,10 +155,17 @@ def main(argv=None) -> int:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
         cmds = {k: v for k, v in commands(case, out).items() if k in tools}
+        envs: dict[str, dict | None] = {k: None for k in cmds}
+        if args.before:
+            cmds["edof-before"] = [*cmds["napari-edof"][:-1], str(out / "edof-before")]
+            envs["edof-before"] = dict(os.environ, PYTHONPATH=str(Path(args.before).resolve()))
+        for tool in cmds:  # (untimed) a first run of each: numba's disk cache, the page cache
+            if tool.startswith(("napari-edof", "edof-")):
+                timed(cmds[tool], out / f"{tool}.warm.txt", envs[tool])
         times: dict[str, list[tuple[float, float]]] = {k: [] for k in cmds}
         for _ in range(args.repeat):
             for tool, cmd in cmds.items():
-                times[tool].append(timed(cmd, out / f"{tool}.time.txt"))
+                times[tool].append(timed(cmd, out / f"{tool}.time.txt", envs[tool]))
         med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
         rss = {k: max(m for _, m in v) for k, v in times.items()}
         print(f"\n## {name}: {case['what']}  (load now {os.getloadavg()[0]:.2f})")
@@ -166,10 +175,12 @@ def main(argv=None) -> int:
             runs = " ".join(f"{w:.2f}" for w, _ in times[tool])
             print(f"{tool:<12} {med[tool]:>9.2f} {ratios[0]:>8} {ratios[1]:>12} {rss[tool]:>13.0f}  {runs}")
         if not args.no_stages and "napari-edof" in cmds:
-            s = stages(case, out, args.repeat)
-            print("napari-edof stages (median s, in one process): "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in zip(("import", "open", "read", "fuse", "write"), s))
-                  + f"; total {sum(s):.2f}")
+            for tool in ("edof-before", "napari-edof"):
+                if tool in cmds:
+                    s = stages(case, out, args.repeat, envs[tool])
+                    print(f"{tool} stages (median s, in one process): "
+                          + ", ".join(f"{k} {v:.2f}" for k, v in zip(("import", "open", "read", "fuse", "write"), s))
+                          + f"; total {sum(s):.2f}")
     return 0
 
 

@@ -407,12 +407,12 @@ def _write_result_files(result, outdir: Path, prefix: str, files: list[str] | No
     with ThreadPoolExecutor(min(4, len(jobs)), thread_name_prefix="edof-write") as pool:
         futures = [pool.submit(job) for job in jobs]
         done = [f.exception() or f.result() for f in futures]  # (every job ends before an error is raised)
-    for d in done:
-        if isinstance(d, BaseException):
-            raise d
     out: dict[str, Path] = {}
     for job in (fused_file, index_file, png_files, decision_file, masks_file, confidence_file, provenance_file):
-        out.update(done[jobs.index(job)])
+        d = done[jobs.index(job)]
+        if isinstance(d, BaseException):  # (the first failed file in the order of the list above)
+            raise d
+        out.update(d)
     return out
 
 
