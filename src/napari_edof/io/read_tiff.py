@@ -34,6 +34,7 @@ from .metadata import (
     tiff_rendering,
     tiff_scale,
 )
+from .read_memory import fits_in_memory
 
 
 class _LogCapture(logging.Handler):
@@ -278,21 +279,28 @@ class _SeriesInfo:
     flags: tuple = ()
 
 
-def _series_info(tf, k: int, path: Path, squeeze: bool, flags: tuple = ()) -> _SeriesInfo:
-    import zarr
-
+def _series_info(tf, k: int, path: Path, squeeze: bool, flags: tuple = (), eager: bool = False) -> _SeriesInfo:
+    """``eager``: the series will be read at once if it fits in memory; then no zarr view is made
+    (``chunks`` is empty: the series must be read with :func:`_read_series`)."""
     s = tf.series[k]
     _check_extent(s, path)
-    store = s.aszarr(chunkmode=2, squeeze=squeeze, multiscales=False)
-    z = zarr.open_array(store, mode="r")
     axes = s.axes if squeeze else s.get_axes(False)
-    if len(axes) != len(z.shape):
-        raise ReadError(f"{path}: the TIFF's axes {axes!r} do not match its data of shape {tuple(z.shape)}")
+    shape = tuple(int(v) for v in (s.shape if squeeze else s.get_shape(False)))
+    chunks: tuple = ()
+    if not (eager and len(axes) == len(shape)
+            and fits_in_memory(int(np.prod(shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize)):
+        import zarr
+
+        store = s.aszarr(chunkmode=2, squeeze=squeeze, multiscales=False)
+        z = zarr.open_array(store, mode="r")
+        shape, chunks = tuple(int(v) for v in z.shape), tuple(int(v) for v in z.chunks)
+    if len(axes) != len(shape):
+        raise ReadError(f"{path}: the TIFF's axes {axes!r} do not match its data of shape {shape}")
     return _SeriesInfo(
         index=k,
         axes=axes,
-        shape=tuple(int(v) for v in z.shape),
-        chunks=tuple(int(v) for v in z.chunks),
+        shape=shape,
+        chunks=chunks,
         dtype=np.dtype(s.dtype),
         squeeze=squeeze,
         rgb=_is_photometric_rgb(s),
@@ -378,7 +386,7 @@ def _open_tiff(path: Path, size: int, *, axes, name, eager: bool = False, worker
                 if fmt == "tiff" and len(all_series) > 1:
                     infos = [_series_info(tf, k, path, True) for k in range(len(all_series))]
                 else:
-                    infos = [_series_info(tf, 0, path, squeeze, flags)]
+                    infos = [_series_info(tf, 0, path, squeeze, flags, eager=eager)]
                 render = tiff_rendering(tf.series[0].keyframe, label)
             except EdofError:
                 raise
@@ -395,9 +403,7 @@ def _open_tiff(path: Path, size: int, *, axes, name, eager: bool = False, worker
     else:
         info = infos[0]
         _check_dtype(info.dtype, label)
-        from .read_memory import fits_in_memory
-
-        if eager and fits_in_memory(int(np.prod(info.shape, dtype=np.int64)) * info.dtype.itemsize):
+        if not info.chunks:  # (eager, and it fits: see _series_info)
             data = _read_series(path, info, workers)
         else:
             data = _tiff_dask(path, info)
