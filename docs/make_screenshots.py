@@ -21,13 +21,15 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-WINDOW = (1280, 820)
+WINDOW = (1366, 768)  # a laptop's screen: both docks must be usable at this size
 
 
 def _remove_dock(viewer, name: str) -> None:
-    """Remove the dock widget called ``name`` (napari's public ``dock_widgets`` holds the inner
-    widgets; the dock wrapper is their parent)."""
-    inner = viewer.window.dock_widgets[name]
+    """Remove the dock widget whose name starts with ``name`` (napari's public ``dock_widgets``
+    holds the inner widgets; the dock wrapper is their parent; plugin docks are named
+    "<widget> (<plugin>)")."""
+    key = next(k for k in viewer.window.dock_widgets if k == name or k.startswith(name + " ("))
+    inner = viewer.window.dock_widgets[key]
     viewer.window.remove_dock_widget(inner.parent() or inner)
 
 
@@ -93,9 +95,8 @@ def fuse_with_widget(viewer, source, method="focus-select"):
         from napari_edof._qt.fusion_widget import FusionWidget
     except ImportError:
         FusionWidget = None
-    if FusionWidget is not None:
-        w = FusionWidget(viewer)
-        viewer.window.add_dock_widget(w, name="Fuse focus stack", area="right")
+    if FusionWidget is not None:  # the way napari adds it (Plugins menu): a proxied viewer
+        _, w = viewer.window.add_plugin_dock_widget("napari-edof", "Fuse focus stack")
         w.set_layer(source)
         w.set_method(method)
         w.run(sync=True)
@@ -178,10 +179,9 @@ def main(argv=None) -> int:
             viewer.canvas.grid.shape = (-1, -1)
 
         # ---------------------------------------------------------------- the inspector
-        if fw is not None:
-            _remove_dock(viewer, "Fuse focus stack")
-        insp = FocusInspector(viewer)
-        viewer.window.add_dock_widget(insp, name="Focus inspector", area="right")
+        # (docked below the fusion widget, as on a laptop: both fit at 1366 x 768)
+        _, insp = viewer.window.add_plugin_dock_widget("napari-edof", "Focus inspector")
+        assert isinstance(insp, FocusInspector)
         only(viewer, [L["fused"]])
         viewer.reset_view()
         settle(viewer)
@@ -194,15 +194,15 @@ def main(argv=None) -> int:
         insp.inspect(y, x)
         insp.plane_spin.setValue(insp.last_plane)
         insp.mask_check.setChecked(True)
-        marker = viewer.add_points([[y, x]], name="inspected pixel", size=8, face_color="transparent",
-                                   border_color="yellow", border_width=0.25, scale=L["fused"].scale,
-                                   units=L["fused"].units)
+        marker = insp.marker_layer  # the inspector marks the clicked pixel itself
         viewer.layers.selection.active = L["fused"]
         settle(viewer, 10)
         if want("inspector"):
-            save(viewer.screenshot(canvas_only=False, flash=False), out / "inspector.png", 760, 48)
+            save(viewer.screenshot(canvas_only=False, flash=False), out / "inspector.png", 760, 256)
 
         # side by side: the chosen source plane | fused
+        if fw is not None:
+            _remove_dock(viewer, "Fuse focus stack")
         viewer.layers.remove(marker)
         insp.mask_check.setChecked(False)
         if want("side-by-side"):
@@ -235,11 +235,7 @@ def main(argv=None) -> int:
         # 3D height view
         if want("height-3d"):
             insp.exag_spin.setValue(4.0)
-            insp.show_height_surface()
-            viewer.reset_view()
-            camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari 0.9 / older
-            camera.angles = (-35.0, 30.0, 145.0)
-            camera.zoom = camera.zoom * 0.95
+            insp.show_height_surface()  # opens tilted (the inspector's own view)
             settle(viewer, 10)
             save(viewer.screenshot(canvas_only=False, flash=False), out / "height-3d.png", 760, 32)
             insp.exit_mode()

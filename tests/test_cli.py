@@ -23,7 +23,7 @@ def stack_tif(tmp_path):
 def test_fuse_writes_every_output(stack_tif, tmp_path, capsys):
     path, s = stack_tif
     out = tmp_path / "out"
-    assert cli.main(["fuse", str(path), "-o", str(out), "--tile", "32"]) == 0
+    assert cli.main(["fuse", str(path), "-o", str(out), "--tile", "32", "--outputs", "all"]) == 0
     text = capsys.readouterr().out
     assert "focus-fuse" in text and "6 planes of 64x72" in text and "Mvoxel/s" in text and str(out) in text
     fused = tifffile.imread(out / "fused.tif")
@@ -137,7 +137,9 @@ def test_entry_point_sample(tmp_path):
     done = subprocess.run(exe, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "16 planes of 512x512" in done.stdout
-    assert {"fused.tif", "focus_index.tif", "masks.tif", "decision.tif"} <= {p.name for p in out.iterdir()}
+    names = {p.name for p in out.iterdir()}
+    assert {"fused.tif", "focus_index.tif", "decision.tif", "confidence.tif"} <= names
+    assert "masks.tif" not in names  # off by default (issue 16): mask k is decision.tif == k + 1
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "tiled-tiff"])

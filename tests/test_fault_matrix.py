@@ -128,7 +128,7 @@ def case_declared_planes_not_in_file(tmp_path, capsys):
         with pytest.warns(EdofWarning, match=words):
             get_reader(str(f))(str(f))  # napari shows the warning as a notification
         out = tmp_path / f"out_{f.stem}"
-        assert main(["fuse", str(f), "-o", str(out), "-q"]) == EXIT_OK
+        assert main(["fuse", str(f), "-o", str(out), "-q", "--outputs", "all"]) == EXIT_OK
         assert "warning:" in capsys.readouterr().err
         prov = json.loads((out / "provenance.json").read_text())
         assert words in prov["input_warnings"][0]
@@ -492,7 +492,7 @@ def case_rerun_replaces_previous_result(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "replaced" not in err  # a first run replaces nothing
     (out / "notes.txt").write_text("mine")
-    assert main(["fuse", str(two), "-o", str(out), "-q"]) == EXIT_OK
+    assert main(["fuse", str(two), "-o", str(out), "-q", "--outputs", "all"]) == EXIT_OK
     err = capsys.readouterr().err
     assert "replaced the previous result" in err and "focus_index_t004.png" in err, err
     names = sorted(p.name for p in out.iterdir())

@@ -69,6 +69,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="tiff (default): TIFF and PNG files, the stack fused in memory; zarr: OME-Zarr images "
                         "written stripe by stripe, for stacks larger than memory (memory stays one stripe); "
                         "tiled-tiff: the same streaming run, then tiled TIFFs written a row of tiles at a time")
+    f.add_argument("--outputs", default=None, metavar="LIST",
+                   help="--format tiff: which files to write, comma-separated from fused, index, decision, masks, "
+                        "confidence, or all (default: fused,index,decision,confidence; the masks are left out: "
+                        "mask k is decision.tif == k + 1); provenance.json is always written")
+    f.add_argument("--compress", choices=("none", "deflate", "zstd"), default="none",
+                   help="--format tiff: lossless TIFF compression (default none: the most widely readable)")
+    f.add_argument("--preview", choices=("png", "jpg"), default=None,
+                   help="also write fused_preview.png|jpg: the fused image in 8 bits, carrying the first "
+                        "source image's EXIF (camera, lens, exposure)")
     f.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on a dask.distributed scheduler (e.g. tcp://host:8786): stacks and time points "
                         "are spread over its workers")
@@ -229,12 +238,35 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
-def _progress_bar(quiet: bool, desc: str):
-    if quiet:
-        return None
-    from tqdm import tqdm
+class _LazyBar:
+    """A tqdm bar made at the first progress step (no bar before argument errors), that shows the
+    stage ("pass 1", "fuse", ...) and counts what the run counts: its tile steps, every pass."""
 
-    return tqdm(total=0, unit="tile", desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def show(self, step) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=step.total, unit="tile", desc=self.desc, leave=False, file=sys.stderr,
+                            dynamic_ncols=True)
+        stage = getattr(step, "stage", "")
+        desc = f"{self.desc} {stage}" if stage and stage != "fuse" else self.desc
+        if self.bar.desc != desc:
+            self.bar.set_description_str(desc, refresh=False)
+        self.bar.total = step.total
+        self.bar.n = step.done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _progress_bar(quiet: bool, desc: str):
+    return None if quiet else _LazyBar(desc)
 
 
 def _run_one(stack, outdir: Path, args, params: dict) -> dict:
@@ -265,9 +297,7 @@ def _drain_with_bar(gen, bar):
 
     def show(step):
         if bar is not None:
-            bar.total = step.total
-            bar.n = step.done
-            bar.refresh()
+            bar.show(step)
 
     try:
         return drain(gen, show)
@@ -325,7 +355,22 @@ def _run_cluster(jobs, args, params: dict) -> list[dict]:
     return [{"result": r, "stack": st} for r, (st, _) in zip(results, jobs)]
 
 
-def _write(run: dict, dest: Path, fmt: str) -> dict:
+def _tiff_options(args) -> dict:
+    """--outputs, --compress and --preview as write_result's options (they apply to --format tiff)."""
+    from .core.errors import EdofError
+    from .io.outputs import DEFAULT_OUTPUTS, parse_outputs
+
+    given = [n for n, v in (("--outputs", args.outputs), ("--preview", args.preview),
+                            ("--compress", None if args.compress == "none" else args.compress)) if v is not None]
+    if args.format != "tiff" and given:
+        raise EdofError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --format tiff, "
+                        f"not --format {args.format}")
+    outputs = DEFAULT_OUTPUTS if args.outputs is None else parse_outputs(args.outputs)
+    return dict(outputs=outputs, compression=None if args.compress == "none" else args.compress,
+                preview=args.preview)
+
+
+def _write(run: dict, dest: Path, fmt: str, tiff_opts: dict | None = None) -> dict:
     if fmt == "zarr":
         import numpy as np
 
@@ -350,7 +395,7 @@ def _write(run: dict, dest: Path, fmt: str) -> dict:
         return outs.commit(r.provenance)
     from .io import write_result
 
-    return write_result(run["result"], dest)
+    return write_result(run["result"], dest, **(tiff_opts or {}))
 
 
 def _register_option(args) -> dict | None:
@@ -359,6 +404,21 @@ def _register_option(args) -> dict | None:
         return None
     return dict(mode=args.register, reference=args.register_reference, scale=not args.no_scale,
                 rotation=not args.no_rotation, edges=args.register_edges, guide=_guide(args.guide))
+
+
+def _suggest_registration(stack, args) -> None:
+    """A warning when the planes look shifted and no registration was asked for (a cheap check:
+    three planes, downsampled)."""
+    from .core.registration import planes_look_shifted
+
+    try:
+        shift = planes_look_shifted(stack, guide=_guide(args.guide))
+    except Exception:  # noqa: BLE001 - only a hint: never a reason to fail
+        return
+    if shift is not None:
+        print(f"napari-edof: warning: the planes of {stack.name} look shifted against each other (up to "
+              f"{shift:.1f} px between the first, middle and last planes); consider --register translation "
+              "(or similarity when focusing changes the magnification)", file=sys.stderr)
 
 
 def _registration_note(name: str, reg: dict) -> str:
@@ -413,7 +473,7 @@ def batch_folders(inputs, stems) -> list[str]:
     return names
 
 
-def _plan_outputs(jobs, fmt: str) -> None:
+def _plan_outputs(jobs, fmt: str, tiff_opts: dict | None = None) -> None:
     """Before anything runs: no output of any job resolves to an input of any job
     (OverwriteError, exit 2), and every output folder can hold its result: writable, with room
     on its disk (OutputError, exit 3). One place, io/outputs.py, plans every output."""
@@ -421,8 +481,15 @@ def _plan_outputs(jobs, fmt: str) -> None:
 
     sources = [s for st, _ in jobs for s in st.source]
     for st, dest in jobs:
-        need = result_bytes(fmt, st.n_times, st.n_planes, st.yx_shape, st.n_channels, st.dtype.itemsize)
-        plan_outputs(dest, result_names(fmt, st.n_times), sources, need_bytes=need)
+        opts = tiff_opts or {}
+        outputs = opts.get("outputs")
+        need = result_bytes(fmt, st.n_times, st.n_planes, st.yx_shape, st.n_channels, st.dtype.itemsize,
+                            outputs=outputs)
+        if need is not None and opts.get("compression"):
+            need = need // 2  # (a guess: lossless compression about halves these files)
+        names = result_names(fmt, st.n_times, outputs=outputs, preview=opts.get("preview")) if fmt == "tiff" \
+            else result_names(fmt, st.n_times)
+        plan_outputs(dest, names, sources, need_bytes=need)
 
 
 def _guide(g: str):
@@ -438,10 +505,20 @@ def _summary(run: dict, outdir: Path) -> str:
     return (
         f"napari-edof: {p['method']} fused {r.n_planes} planes of {st.yx_shape[0]}x{st.yx_shape[1]} "
         f"{st.dtype}{' RGB' if st.rgb else ''}{f' x {st.n_times} time points' if st.n_times > 1 else ''} "
-        f"in {p['seconds']:.2f} s ({p['mvoxel_per_s']:.1f} Mvoxel/s, {p['tiles']} tiles, {p['device']})"
+        f"in {p['seconds']:.2f} s ({p['mvoxel_per_s']:.1f} Mvoxel/s, {_tiles_said(p, st)}, {p['device']})"
         f"{precision_note(p)}{unknown_note(r.index)}\n"
         f"  wrote to {outdir}: {names}"
     )
+
+
+def _tiles_said(p: dict, st) -> str:
+    """"48 tiles", or "48 tiles x 2 passes" (x time points): what the progress bar counted."""
+    text = f"{p['tiles']} tiles"
+    if p.get("passes", 1) > 1:
+        text += f" x {p['passes']} passes"
+    if st.n_times > 1:
+        text += f" x {st.n_times} time points"
+    return text
 
 
 def _os_error(e: OSError, out: Path) -> int:
@@ -468,6 +545,7 @@ def cmd_fuse(args) -> int:
     try:
         params = _parse_params(args.param)
         _check_counts(args, ("threads", "workers"))
+        tiff_opts = _tiff_options(args)
         if args.scheduler is not None:
             from .cluster import check_address
 
@@ -506,7 +584,10 @@ def cmd_fuse(args) -> int:
                     jobs = [(read_stack(src, axes=args.axes, workers=args.threads), out)]
                 else:
                     jobs = [(open_stack(src, axes=args.axes), out)]
-        _plan_outputs(jobs, args.format)
+        _plan_outputs(jobs, args.format, tiff_opts)
+        if not args.quiet and getattr(args, "register", "none") in (None, "none"):
+            for st, _ in jobs:
+                _suggest_registration(st, args)
         if args.scheduler or args.workers:
             runs = _run_cluster(jobs, args, params)
         else:
@@ -520,7 +601,14 @@ def cmd_fuse(args) -> int:
                 run = _run_one(st, dest, args, params)
             try:
                 if "paths" not in run:
-                    run["paths"] = _write(run, dest, args.format)
+                    live = not args.quiet and sys.stderr.isatty()
+                    if live:  # the last stage on a terminal (erased again: the summary is the last line)
+                        print(f"napari-edof: writing the results to {dest}…", end="\r", file=sys.stderr, flush=True)
+                    try:
+                        run["paths"] = _write(run, dest, args.format, tiff_opts)
+                    finally:
+                        if live:
+                            print("\r\033[K", end="", file=sys.stderr, flush=True)
             except EdofError as e:
                 if isinstance(e, OverwriteError):
                     raise
@@ -553,11 +641,15 @@ def cmd_fuse(args) -> int:
 
 
 def cmd_methods(args) -> int:
+    from .core.spec import TORCH_INSTALL, available
     from .methods import DEFAULT_METHOD, list_methods
 
+    missing = False
     for s in list_methods():
         star = " (default)" if s.name == DEFAULT_METHOD else ""
-        print(f"{s.name:<16} {s.family:<10} {s.summary}{star}")
+        ok = available(s)
+        missing |= not ok
+        print(f"{s.name:<16} {s.family:<10} {s.summary}{star}" + ("" if ok else " [unavailable: needs PyTorch]"))
         if args.verbose:
             for prm in s.params:
                 rng = ""
@@ -568,6 +660,8 @@ def cmd_methods(args) -> int:
                 print(f"    --param {prm.name + '=' + str(prm.default):<24} {prm.help}{rng}")
             if s.citation:
                 print(f"    cite: {s.citation}")
+    if missing:
+        print(f"\nThe learned methods need PyTorch, which is not installed: {TORCH_INSTALL}")
     return EXIT_OK
 
 

@@ -234,9 +234,12 @@ def test_cancel_mid_run(viewer, qtbot, errors, slow_fuse):
 
 def test_errors_are_notifications(viewer, qtbot, errors):
     flat = viewer.add_image(np.zeros((32, 32), np.uint8), name="flat")
-    w = _widget(viewer, qtbot, flat)
+    w = _widget(viewer, qtbot)
+    assert w.layer_combo.count() == 0  # a 2D image is not offered (issue 16)
+    with pytest.raises(api.EdofError, match="not a focus stack"):
+        w.set_layer(flat)
     assert w.run(sync=True) is None
-    assert len(errors) == 1 and "not a focus stack" in errors[0]
+    assert len(errors) == 1 and "open a focus stack" in errors[0]
     # nothing added, still usable
     assert len(viewer.layers) == 1 and w.run_button.isEnabled()
 

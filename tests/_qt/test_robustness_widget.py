@@ -39,11 +39,12 @@ def test_registration_controls_build_the_option(viewer, qtbot):
     assert not w.register_edges.isEnabled() and not w.register_scale.isEnabled()
     w.register_combo.setCurrentIndex(w.register_combo.findData("translation"))
     assert w.register_edges.isEnabled() and not w.register_scale.isEnabled()
-    assert w.prepare().kwargs["register"] == {"mode": "translation", "edges": "edge"}
+    # the edges default to crop, as in the CLI and the API (issue 16)
+    assert w.prepare().kwargs["register"] == {"mode": "translation", "edges": "crop"}
     w.register_combo.setCurrentIndex(w.register_combo.findData("similarity"))
     w.register_scale.setChecked(False)
-    w.register_edges.setCurrentIndex(w.register_edges.findData("crop"))
-    assert w.registration() == {"mode": "similarity", "edges": "crop", "scale": False, "rotation": True}
+    w.register_edges.setCurrentIndex(w.register_edges.findData("edge"))
+    assert w.registration() == {"mode": "similarity", "edges": "edge", "scale": False, "rotation": True}
 
 
 def test_registered_run_cropped_layers_line_up(viewer, qtbot):
@@ -101,3 +102,16 @@ def test_a_registered_run_registers_once(viewer, qtbot, on_cluster, registration
     assert res is not None and "registration" in res.provenance
     assert len(calls) == 1
     assert [r[2] for r in runs] == ["DaskTasks" if on_cluster else "InProcess"]  # through core.run.run_frames
+
+
+def test_shifted_planes_suggest_registration(viewer, qtbot):
+    """Issue 16: a cheap check (three planes, phase correlation) suggests aligning shifted planes."""
+    w = _widget(viewer, qtbot, viewer.add_image(_shifted(), name="s"))
+    assert w.check_shift() is not None and w.check_shift() > 2
+    assert w.register_hint.isVisibleTo(w) and "shifted" in w.register_hint.text()
+    w.register_combo.setCurrentIndex(w.register_combo.findData("translation"))
+    assert not w.register_hint.isVisibleTo(w)  # asked for: no more hint
+    aligned = viewer.add_image(np.asarray(SAMPLE.stack.data), name="aligned")
+    w.register_combo.setCurrentIndex(w.register_combo.findData("none"))
+    w.set_layer(aligned)
+    assert w.check_shift() is None and not w.register_hint.isVisibleTo(w)

@@ -231,3 +231,39 @@ def test_register_on_every_fusion_path(scene):
     eager = api.fuse(data, register="translation")
     np.testing.assert_array_equal(np.asarray(lazy.index), eager.index)
     assert lazy.provenance["registration"]["planes"][0]["dy"] == pytest.approx(2.0, abs=0.2)
+
+
+def test_shift_check_suggests_registration(tmp_path, scene, capsys):
+    """Issue 16: a cheap check of three planes says when a stack looks shifted (CLI warning)."""
+    import tifffile
+
+    from napari_edof.cli import EXIT_OK, main
+    from napari_edof.core.registration import planes_look_shifted
+
+    motions = [(4.0, -2.0, 1, 0), (2.0, -1.0, 1, 0), (0, 0, 1, 0), (-2.0, 1.0, 1, 0), (-3.0, 2.0, 1, 0)]
+    moved = _moved(scene, motions)
+    shift = planes_look_shifted(moved)
+    assert shift == pytest.approx(np.hypot(4.0, 2.0), abs=0.5)  # the first plane against the middle
+    still = _moved(scene, [(0, 0, 1, 0)] * 5)
+    assert planes_look_shifted(still) is None
+    src = tmp_path / "moved.tif"
+    tifffile.imwrite(src, np.clip(moved, 0, 255).astype(np.uint8), photometric="minisblack")
+    assert main(["fuse", str(src), "-o", str(tmp_path / "a")]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "look shifted" in err and "--register translation" in err
+    assert main(["fuse", str(src), "-o", str(tmp_path / "b"), "--register", "translation"]) == EXIT_OK
+    assert "look shifted" not in capsys.readouterr().err
+
+
+def test_registration_is_a_progress_stage(scene):
+    """Issue 16: a registered run shows registration as a stage before the tiles."""
+    from ..conftest import drain
+
+    moved = _moved(scene, [(2.0, -1.0, 1, 0), (0, 0, 1, 0), (-2.0, 1.0, 1, 0)])
+    steps, res = drain(api.fuse_iter(moved, register="translation", tile=128))
+    stages = [s.stage for s in steps]
+    assert stages[:2] == ["registration", "registration"] and steps[1].done == steps[1].total == 1
+    assert stages[2:] and set(stages[2:]) <= {"fuse", "pass 1"}
+    assert "registration" in res.provenance
+    with pytest.raises(api.EdofError):  # bad options: refused before any progress
+        next(api.fuse_iter(moved, register="translation", params={"nope": 1}))

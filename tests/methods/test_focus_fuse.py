@@ -155,3 +155,39 @@ def test_numba_switch(monkeypatch):
     monkeypatch.setattr(k, "_KERNELS", [])
     monkeypatch.setenv("NAPARI_EDOF_NUMBA", "0")
     assert k.kernels() is None
+
+
+def test_blending_near_identical_neighbours_lowers_noise():
+    """With little defocus per plane (neighbouring planes hold the same detail), blending the
+    sharpest plane's neighbours into the finest detail leaves less noise; the blend is off at 0."""
+    rng = np.random.default_rng(3)
+    from scipy import ndimage as ndi
+
+    truth = ndi.gaussian_filter(rng.standard_normal((128, 128)), 0.8) * 3000 + 20000
+    planes = [ndi.gaussian_filter(truth, 0.05 + 0.12 * abs(k - 8)) for k in range(16)]  # 0.12 px per plane
+    a = np.stack(planes) + rng.normal(0, 150, (16, 128, 128))
+    a = np.clip(a, 0, 65535).astype(np.uint16)
+    c = (slice(16, -16), slice(16, -16))
+
+    def err(blend):
+        f = ne.fuse(a, params={"z_blend": blend}).fused.astype(np.float64)
+        return float(np.sqrt(np.mean((f - truth)[c] ** 2)))
+
+    assert err(0.5) < 0.95 * err(0.0)
+
+
+def test_blend_neighbours_only_where_neighbours_keep_the_detail():
+    from napari_edof.methods.focus_fuse import blend_neighbours
+
+    w = np.zeros((4, 1, 3), np.float32)
+    w[1] = 1  # plane 1 is the sharpest everywhere
+    e = np.zeros((4, 1, 3), np.float32)
+    e[1] = 10
+    e[0, 0] = [9.9, 5.0, 8.5]  # the plane before keeps 99 %, 50 %, 85 % of the energy
+    e[2, 0] = [9.9, 5.0, 0.0]
+    out = blend_neighbours(w.copy(), e, np.zeros((1, 3), np.float32), 0.5)
+    np.testing.assert_allclose(out.sum(axis=0), 1, rtol=1e-6)
+    assert out[0, 0, 0] > 0.2 and out[2, 0, 0] > 0.2  # near-identical: blended
+    np.testing.assert_allclose(out[:, 0, 1], [0, 1, 0, 0])  # half the energy: untouched
+    assert 0 < out[0, 0, 2] < out[0, 0, 0] and out[2, 0, 2] == 0
+    np.testing.assert_allclose(blend_neighbours(w.copy(), e, np.zeros((1, 3), np.float32), 0.0), w)

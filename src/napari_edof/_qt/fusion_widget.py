@@ -25,19 +25,22 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
+    QScrollArea,
     QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from napari_edof import api
 
-from .layers import add_or_update_result_layers, guess_axes, is_result_layer
+from .layers import ROLES, add_or_update_result_layers, guess_axes, is_result_layer, unwrap
 from .retouch import connect_retouch
 
 _INT_LIMIT = 2**31 - 1
@@ -125,6 +128,39 @@ class ParamWidget:
             w.setText(str(v))
 
 
+class _Collapsible(QWidget):
+    """A section whose content shows when its header (an arrow button) is checked; collapsed first."""
+
+    def __init__(self, title: str, parent=None):
+        super().__init__(parent)
+        self.header = QToolButton()
+        self.header.setText(title)
+        self.header.setCheckable(True)
+        self.header.setChecked(False)
+        self.header.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.header.setArrowType(Qt.ArrowType.RightArrow)
+        self.header.setStyleSheet("QToolButton { border: none; font-weight: bold; }")
+        self.content = QWidget()
+        self.content_layout = QVBoxLayout(self.content)
+        self.content_layout.setContentsMargins(0, 0, 0, 0)
+        self.content.setVisible(False)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.header)
+        lay.addWidget(self.content)
+        self.header.toggled.connect(self.set_expanded)
+
+    def set_expanded(self, on: bool) -> None:
+        self.header.blockSignals(True)
+        self.header.setChecked(on)
+        self.header.blockSignals(False)
+        self.header.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+        self.content.setVisible(on)
+
+    def is_expanded(self) -> bool:
+        return self.header.isChecked()
+
+
 class _DeviceCombo(QComboBox):
     """auto / cpu / the GPUs torch sees — torch is asked only when the list is opened."""
 
@@ -173,6 +209,28 @@ class FusionJob:
     axes: str
     z_axis: int
     kwargs: dict = field(default_factory=dict)
+    #: the layers of a file's channels fused together (one shared index), in channel order
+    channel_layers: list = field(default_factory=list)
+
+
+def _edof_md(layer) -> dict:
+    md = getattr(layer, "metadata", None)
+    md = md.get("napari_edof") if isinstance(md, dict) else None
+    return md if isinstance(md, dict) else {}
+
+
+def _common_name(names: list[str]) -> str:
+    """"stack [c0]", "stack [c1]" -> "stack" (the channel layers' shared name)."""
+    import os
+
+    prefix = os.path.commonprefix(names).rstrip(" [(_-")
+    return prefix or names[0]
+
+
+def _fusable(layer) -> bool:
+    """An Image layer that can be fused: not a result, with a z axis besides Y and X (napari's
+    ``ndim`` leaves out an RGB layer's colour axis)."""
+    return isinstance(layer, Image) and not is_result_layer(layer) and layer.ndim >= 3
 
 
 class _Failure:
@@ -223,7 +281,9 @@ class FusionWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        # napari hands plugins a proxy of the viewer whose layers are new proxies at every access:
+        # the widget keeps the viewer itself, so that layers can be matched by identity
+        self.viewer = unwrap(napari_viewer)
         self._worker = None
         self._gen = None
         self._pbar = None
@@ -235,17 +295,45 @@ class FusionWidget(QWidget):
         self.last_result = None
         self.last_layers: dict = {}
 
-        lay = QVBoxLayout(self)
+        # what a user changes first on top; the rest in a collapsed "Advanced" section; all of it in
+        # a scroll area, with Run / Cancel and the status always in view below it (a laptop's
+        # 1366 x 768 screen leaves a dock about 600 px)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        body = QWidget()
+        lay = QVBoxLayout(body)
         lay.addWidget(self._build_input())
         lay.addWidget(self._build_method())
         lay.addWidget(self._build_registration())
-        lay.addWidget(self._build_run())
+        self.advanced = _Collapsible("Advanced")
+        self.advanced.setToolTip("Parameters most runs leave as they are: the method's finer settings, "
+                                 "registration edges, device, precision, tile size, a local cluster, retouching")
+        adv = self.advanced.content_layout
+        self.advanced_params_box = QGroupBox("Method (advanced)")
+        self.advanced_params_form = QFormLayout(self.advanced_params_box)
+        adv.addWidget(self.advanced_params_box)
+        adv.addWidget(self._advanced_registration)
+        adv.addWidget(self._build_run())
+        lay.addWidget(self.advanced)
+        lay.addStretch(1)
+        self.scroll.setWidget(body)
+        outer.addWidget(self.scroll, 1)
+        self._scroll_body = body
+        bottom = QVBoxLayout()
+        bottom.setContentsMargins(9, 0, 9, 9)
+        outer.addLayout(bottom)
+        lay = bottom
         self._build_buttons(lay)
         self._connect()
         self._on_method_changed()
+        self._fit_width()
         self._refresh_layers()
         active = self.viewer.layers.selection.active
-        if isinstance(active, Image) and not is_result_layer(active):
+        if _fusable(active):
             self.set_layer(active)
 
     def _build_input(self) -> QGroupBox:
@@ -261,11 +349,19 @@ class FusionWidget(QWidget):
         self.guide_combo = QComboBox()
         self.guide_combo.setToolTip("What focus is measured on for colour / multichannel data")
         self.axes_label = QLabel("")
-        form.addRow("layer", self.layer_combo)
-        form.addRow("z axis", self.z_combo)
-        form.addRow("channel axis", self.channel_combo)
-        form.addRow("guide", self.guide_combo)
-        form.addRow("axes", self.axes_label)
+        self.channels_check = QCheckBox("")
+        self.channels_check.setChecked(True)
+        self.channels_check.setToolTip(
+            "The file's channels were opened as one layer each: fuse them together, with ONE focus index "
+            "measured on the guide ('Focus from'), so that the channels stay aligned; each channel's fused "
+            "image keeps its name and colour")
+        self.channels_check.setVisible(False)
+        form.addRow("Layer", self.layer_combo)
+        form.addRow(self.channels_check)
+        form.addRow("Z axis", self.z_combo)
+        form.addRow("Channel axis", self.channel_combo)
+        form.addRow("Focus from", self.guide_combo)
+        form.addRow("Axes", self.axes_label)
         return box
 
     def _build_method(self) -> QGroupBox:
@@ -273,9 +369,18 @@ class FusionWidget(QWidget):
         box = QGroupBox("Method")
         v = QVBoxLayout(box)
         self.method_combo = QComboBox()
+        from napari_edof.core.spec import TORCH_INSTALL, available
+
         for spec in api.list_methods():
-            self.method_combo.addItem(spec.name, spec.name)
-            self.method_combo.setItemData(self.method_combo.count() - 1, spec.summary, Qt.ItemDataRole.ToolTipRole)
+            ok = available(spec)
+            self.method_combo.addItem(spec.name if ok else f"{spec.name} (needs PyTorch)", spec.name)
+            i = self.method_combo.count() - 1
+            tip = spec.summary if ok else f"{spec.summary}\nUnavailable: PyTorch is not installed. {TORCH_INSTALL}"
+            self.method_combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
+            if not ok:  # listed, so that users see it exists, but not choosable
+                item = self.method_combo.model().item(i)
+                if item is not None:
+                    item.setEnabled(False)
         self.method_summary = QLabel("")
         self.method_summary.setWordWrap(True)
         self.params_box = QWidget()
@@ -299,9 +404,11 @@ class FusionWidget(QWidget):
             self.register_combo.setItemData(self.register_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
         self.register_combo.setToolTip("Align every plane to the middle one before fusing")
         self.register_edges = QComboBox()
-        for e, tip in (("edge", "keep the size; pad with the border pixels"),
-                       ("zero", "keep the size; pad with zeros"),
-                       ("crop", "keep only the area every plane covers (the result layers are shifted to match)")):
+        self.register_edges.setToolTip("What happens at the borders the aligned planes no longer cover")
+        for e, tip in (("crop", "keep only the area every plane covers (the result layers are shifted to "
+                                "match; the default, as in the CLI and the API)"),
+                       ("edge", "keep the size; pad with the border pixels"),
+                       ("zero", "keep the size; pad with zeros")):
             self.register_edges.addItem(e, e)
             self.register_edges.setItemData(self.register_edges.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
         self.register_scale = QCheckBox("scale")
@@ -309,12 +416,18 @@ class FusionWidget(QWidget):
         self.register_scale.setToolTip("Allow magnification changes between planes (focus breathing)")
         self.register_rotation = QCheckBox("rotation")
         self.register_rotation.setChecked(True)
+        self.register_hint = QLabel("")
+        self.register_hint.setWordWrap(True)
+        self.register_hint.setVisible(False)
         dof = QHBoxLayout()
         dof.addWidget(self.register_scale)
         dof.addWidget(self.register_rotation)
-        form.addRow("align", self.register_combo)
-        form.addRow("edges", self.register_edges)
-        form.addRow("allow", dof)
+        form.addRow("Align planes", self.register_combo)
+        form.addRow(self.register_hint)
+        self._advanced_registration = QGroupBox("Registration (advanced)")
+        f2 = QFormLayout(self._advanced_registration)
+        f2.addRow("Edges", self.register_edges)
+        f2.addRow("Allow", dof)
         self.register_combo.currentIndexChanged.connect(self._on_register_changed)
         self._on_register_changed()
         return box
@@ -322,6 +435,7 @@ class FusionWidget(QWidget):
     def _build_run(self) -> QGroupBox:
         """The run group: device, precision, tile size, the cluster, retouching."""
         box = QGroupBox("Run")
+        box.setToolTip("Where and how the fusion runs")
         form = QFormLayout(box)
         self.device_combo = _DeviceCombo()
         self.device_combo.setToolTip("auto: a GPU when the method can use one, else the CPU")
@@ -354,11 +468,11 @@ class FusionWidget(QWidget):
         cl = QHBoxLayout()
         cl.addWidget(self.cluster_check)
         cl.addWidget(self.cluster_workers)
-        form.addRow("device", self.device_combo)
-        form.addRow("precision", self.precision_combo)
-        form.addRow("tile size", self.tile_spin)
-        form.addRow("run", cl)
-        form.addRow("retouch", self.retouch_check)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Precision", self.precision_combo)
+        form.addRow("Tile size", self.tile_spin)
+        form.addRow("Run", cl)
+        form.addRow("Retouch", self.retouch_check)
         return box
 
     def _build_buttons(self, lay) -> None:
@@ -378,6 +492,7 @@ class FusionWidget(QWidget):
     def _connect(self) -> None:
         """The widgets' signals, and the viewer's layer list events."""
         self.layer_combo.currentIndexChanged.connect(self._on_layer_changed)
+        self.channels_check.toggled.connect(self._on_axes_changed)
         self.z_combo.currentIndexChanged.connect(self._on_axes_changed)
         self.channel_combo.currentIndexChanged.connect(self._on_axes_changed)
         self.method_combo.currentIndexChanged.connect(self._on_method_changed)
@@ -401,13 +516,12 @@ class FusionWidget(QWidget):
         cur = self.layer_combo.currentData()
         self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
-        for layer in self.viewer.layers:
-            if isinstance(layer, Image) and not is_result_layer(layer):
+        for layer in self.viewer.layers:  # only layers that can be fused: Image stacks (3D or more)
+            if _fusable(layer):
                 self.layer_combo.addItem(layer.name, layer)
         i = next((k for k in range(self.layer_combo.count()) if self.layer_combo.itemData(k) is cur), -1)
         if i < 0 and self.layer_combo.count():
-            # prefer a layer that looks like a stack (3D or more)
-            i = next((k for k in range(self.layer_combo.count()) if self.layer_combo.itemData(k).ndim >= 3), 0)
+            i = 0
         self.layer_combo.setCurrentIndex(i)
         self.layer_combo.blockSignals(False)
         if self.layer_combo.currentData() is not cur:
@@ -417,11 +531,15 @@ class FusionWidget(QWidget):
         return self.layer_combo.currentData()
 
     def set_layer(self, layer) -> None:
-        """Choose the input layer (it must be an Image layer in the viewer)."""
+        """Choose the input layer (an Image layer of the viewer with a z axis)."""
+        layer = unwrap(layer)
         for k in range(self.layer_combo.count()):
             if self.layer_combo.itemData(k) is layer:
                 self.layer_combo.setCurrentIndex(k)
                 return
+        if isinstance(layer, Image) and layer in self.viewer.layers and not is_result_layer(layer):
+            raise api.EdofError(f"layer {layer.name!r} is a {layer.ndim}D image, not a focus stack: it needs "
+                                "a z axis plus Y and X")
         raise api.EdofError(f"layer {getattr(layer, 'name', layer)!r} is not an Image layer in the viewer")
 
     def _default_axes(self, layer) -> tuple[int, int | None]:
@@ -462,10 +580,34 @@ class FusionWidget(QWidget):
             c.blockSignals(False)
         self._on_axes_changed()
 
+    def channel_group(self, layer=None) -> list:
+        """The layers holding the channels of ``layer``'s file (the reader opens one layer per
+        channel), in channel order; [] when the layer is not one of two or more such channels."""
+        layer = self.current_layer() if layer is None else unwrap(layer)
+        md = _edof_md(layer)
+        if layer is None or "channel" not in md or layer.rgb:
+            return []
+        key = (tuple(md.get("source") or ()), md.get("file_axes"))
+        shape = layer.data[0].shape if layer.multiscale else layer.data.shape
+        group = {}
+        for other in self.viewer.layers:
+            m = _edof_md(other)
+            if (_fusable(other) and "channel" in m and (tuple(m.get("source") or ()), m.get("file_axes")) == key
+                    and (other.data[0].shape if other.multiscale else other.data.shape) == shape):
+                group.setdefault(int(m["channel"]), other)
+        return [group[c] for c in sorted(group)] if len(group) > 1 else []
+
+    def _grouped(self) -> list:
+        """The channel layers this run fuses together ([] for one layer)."""
+        return self.channel_group() if self.channels_check.isChecked() else []
+
     def _n_channels(self) -> int:
         layer = self.current_layer()
         if layer is None:
             return 1
+        group = self._grouped()
+        if group:
+            return len(group)
         shape = layer.data[0].shape if layer.multiscale else layer.data.shape
         if layer.rgb:
             return shape[-1]
@@ -474,6 +616,10 @@ class FusionWidget(QWidget):
 
     def _on_axes_changed(self, *_):
         layer = self.current_layer()
+        group = self.channel_group()
+        self.channels_check.setVisible(bool(group))
+        if group:
+            self.channels_check.setText(f"fuse its file's {len(group)} channels together (one shared index)")
         text = ""
         if layer is not None:
             try:
@@ -493,26 +639,37 @@ class FusionWidget(QWidget):
                 self.guide_combo.addItem(f"channel {i}", i)
         self.guide_combo.setCurrentIndex(max(self.guide_combo.findData(cur), 0))
         self.guide_combo.setEnabled(n > 1)
+        checked = getattr(self, "_checked_layer", None)
+        if layer is not None and (checked is None or checked() is not layer):
+            import weakref
+
+            self._checked_layer = weakref.ref(layer)  # (once per layer: three planes read)
+            self.check_shift()
 
     def axes(self) -> str:
         """The axes string of the chosen layer's data for the current z/channel choice."""
         layer = self.current_layer()
         if layer is None:
-            raise api.EdofError("no Image layer to fuse: open a focus stack first")
+            raise api.EdofError("no focus stack to fuse: open a focus stack first (an image with a z axis "
+                                "besides Y and X; File > Open Sample has one)")
         z = self.z_combo.currentData()
         if z is None:
             raise api.EdofError(
                 f"layer {layer.name!r} is a {layer.ndim}D image, not a focus stack: it needs a z axis plus Y and X"
             )
-        return guess_axes(layer.ndim, bool(layer.rgb), z, self.channel_combo.currentData())
+        axes = guess_axes(layer.ndim, bool(layer.rgb), z, self.channel_combo.currentData())
+        if self._grouped() and "C" not in axes:
+            axes = "C" + axes  # the channel layers stacked in front
+        return axes
 
     # ------------------------------------------------------------------ method & parameters
     def current_method(self):
         return api.get_method(self.method_combo.currentData())
 
     def _on_method_changed(self, *_):
-        while self.params_form.rowCount():
-            self.params_form.removeRow(0)
+        for form in (self.params_form, self.advanced_params_form):
+            while form.rowCount():
+                form.removeRow(0)
         self._param_widgets = {}
         name = self.method_combo.currentData()
         if name is None:
@@ -522,9 +679,12 @@ class FusionWidget(QWidget):
         for p in spec.params:
             pw = ParamWidget(p)
             self._param_widgets[p.name] = pw
-            label = QLabel(p.name)
-            label.setToolTip(p.help)
-            self.params_form.addRow(label, pw.widget)
+            label = QLabel(p.title)
+            label.setToolTip(f"{p.help} (parameter {p.name!r})")
+            (self.advanced_params_form if p.advanced else self.params_form).addRow(label, pw.widget)
+        self.advanced_params_box.setVisible(self.advanced_params_form.rowCount() > 0)
+        if hasattr(self, "_scroll_body"):
+            self._fit_width()
         gpu = self._update_device_enabled()
         if not gpu:
             self.device_combo.setCurrentIndex(0)
@@ -532,6 +692,16 @@ class FusionWidget(QWidget):
             "auto: a GPU when the method can use one, else the CPU" if gpu
             else f"{spec.name} runs on the CPU only"
         )
+
+    def _fit_width(self) -> None:
+        """The scroll area as wide as its content (with Advanced open), so nothing is cut off at the
+        right and only vertical scrolling is needed."""
+        body = self._scroll_body
+        was = self.advanced.is_expanded()
+        self.advanced.content.setVisible(True)
+        width = body.minimumSizeHint().width()
+        self.advanced.content.setVisible(was)
+        self.scroll.setMinimumWidth(width + self.scroll.verticalScrollBar().sizeHint().width())
 
     def set_method(self, name: str) -> None:
         i = self.method_combo.findData(name)
@@ -556,7 +726,7 @@ class FusionWidget(QWidget):
             self._param_widgets[k].set_value(v)
 
     # ------------------------------------------------------------------ running
-    def _physical(self, layer, axes: str, z: int):
+    def _physical(self, layer, axes: str, z: int):  # axes: the layer's own
         """(pixel_size, z_step, unit) from the layer's scale and units (metadata as a fallback)."""
         dims = axes[:-1] if layer.rgb else axes
         md = layer.metadata.get("napari_edof", {}) if isinstance(layer.metadata, dict) else {}
@@ -577,9 +747,21 @@ class FusionWidget(QWidget):
         layer = self.current_layer()
         axes = self.axes()
         z = self.z_combo.currentData()
+        group = self._grouped()
+        layer_axes = axes[1:] if group else axes
         data = layer.data[0] if layer.multiscale else layer.data
-        pixel_size, z_step, unit = self._physical(layer, axes, z)
-        stack = api.as_stack(data, axes=axes, rgb=bool(layer.rgb), name=layer.name,
+        pixel_size, z_step, unit = self._physical(layer, layer_axes, z)
+        name = layer.name
+        if group:  # one stack, channels first: one focus index for all of them
+            arrays = [ly.data[0] if ly.multiscale else ly.data for ly in group]
+            if any(hasattr(a, "dask") for a in arrays):
+                import dask.array as da
+
+                data = da.stack([da.asarray(a) for a in arrays])
+            else:
+                data = np.stack([np.asarray(a) for a in arrays])
+            name = _common_name([ly.name for ly in group])
+        stack = api.as_stack(data, axes=axes, rgb=bool(layer.rgb), name=name,
                              pixel_size=pixel_size, z_step=z_step, unit=unit)
         tile = int(self.tile_spin.value()) or "auto"
         device = self.device_combo.currentData() if self.device_combo.isEnabled() else "auto"
@@ -589,7 +771,10 @@ class FusionWidget(QWidget):
         reg = self.registration()
         if reg is not None:
             kwargs["register"] = reg
-        return FusionJob(layer=layer, stack=stack, axes=axes, z_axis=z, kwargs=kwargs)
+        if group:
+            layer = group[0]
+        return FusionJob(layer=layer, stack=stack, axes=layer_axes if group else axes, z_axis=z, kwargs=kwargs,
+                         channel_layers=group)
 
     def registration(self) -> dict | None:
         """The ``register=`` option of the run (None: no registration)."""
@@ -601,7 +786,31 @@ class FusionWidget(QWidget):
             opts.update(scale=self.register_scale.isChecked(), rotation=self.register_rotation.isChecked())
         return opts
 
+    def check_shift(self) -> float | None:
+        """Suggest registration when the chosen stack's planes look shifted (a cheap phase
+        correlation of its first, middle and last planes, downsampled); the shift, or None."""
+        self._shift = None
+        try:
+            job = self.prepare()
+            from napari_edof.core.registration import planes_look_shifted
+
+            self._shift = planes_look_shifted(job.stack, guide=job.kwargs.get("guide", "auto"))
+        except Exception:  # noqa: BLE001 - only a hint
+            self._shift = None
+        self._show_shift_hint()
+        return self._shift
+
+    def _show_shift_hint(self) -> None:
+        shift = getattr(self, "_shift", None)
+        show = shift is not None and self.register_combo.currentData() in (None, "none")
+        self.register_hint.setVisible(show)
+        if show:
+            self.register_hint.setText(
+                f"<i>The planes look shifted (up to {shift:.1f} px between the first, middle and last): "
+                "consider aligning them (translation; similarity if focusing changes the magnification).</i>")
+
     def _on_register_changed(self, *_):
+        self._show_shift_hint()
         mode = self.register_combo.currentData()
         on = mode not in (None, "none")
         self.register_edges.setEnabled(on)
@@ -690,7 +899,8 @@ class FusionWidget(QWidget):
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
-        for w in (self.layer_combo, self.z_combo, self.method_combo, self.params_box, self.tile_spin,
+        for w in (self.layer_combo, self.z_combo, self.method_combo, self.params_box, self.advanced_params_box,
+                  self.tile_spin,
                   self.cluster_check, self.cluster_workers, self.register_combo):
             w.setEnabled(not running)
         if running:
@@ -736,8 +946,16 @@ class FusionWidget(QWidget):
         pbar = self._pbar
         if pbar is None:
             pbar = self._pbar = napari_progress(total=step.total, desc="napari-edof")
+            if not self._active or self._cancelled:  # (creating it processed events: the run may be over)
+                self._close_pbar()
+                return
         frames = f", frame {step.frame + 1}/{self._n_frames}" if self._n_frames > 1 else ""
-        self.status.setText(f"{step.stage}: {step.done}/{step.total} tiles{frames}")
+        if pbar.total != step.total:
+            pbar.total = step.total
+        if step.stage in ("fuse", "pass 1", "cluster"):
+            self.status.setText(f"{step.stage}: {step.done}/{step.total} tile steps{frames}")
+        else:  # registration, ...: one step of its own
+            self.status.setText(f"{step.stage}{'…' if step.done < step.total else ' done'}{frames}")
         pbar.set_description(f"napari-edof {step.stage}{frames}")
         pbar.update(step.done - pbar.n)
         self.progressed.emit(step)
@@ -755,6 +973,8 @@ class FusionWidget(QWidget):
             return
         if value is None:
             return
+        self._active = False  # steps still queued behind the result must not overwrite its summary
+        self._close_pbar()
         try:
             self._on_result(job, value)
         except Exception as exc:  # noqa: BLE001
@@ -783,10 +1003,14 @@ class FusionWidget(QWidget):
         super().closeEvent(event)
 
     def _on_result(self, job: FusionJob, result):
-        layers = add_or_update_result_layers(self.viewer, job.layer, result, z_axis=job.z_axis, axes=job.axes)
+        if job.channel_layers:
+            layers = self._channel_results(job, result)
+        else:
+            layers = add_or_update_result_layers(self.viewer, job.layer, result, z_axis=job.z_axis, axes=job.axes)
         self.last_result, self.last_layers = result, layers
         registered = "registration" in (result.provenance or {})
-        if self.retouch_check.isChecked() and not registered:  # retouching gathers from the unaligned planes
+        # retouching gathers from the unaligned planes of one layer
+        if self.retouch_check.isChecked() and not registered and not job.channel_layers:
             connect_retouch(self.viewer, layers["decision"])
         unknown = isinstance(result.index, np.ndarray) and bool(np.isnan(result.index).any())
         if unknown or (result.provenance.get("params") or {}).get("lowtexture", "off") != "off":
@@ -799,6 +1023,26 @@ class FusionWidget(QWidget):
         self.status.setText(text)
         self.fusion_done.emit({"result": result, "layers": layers, "source": job.layer})
         return result
+
+    def _channel_results(self, job: FusionJob, result) -> dict:
+        """One fused layer per channel layer (its name, colour and blending), and the shared index,
+        decision and confidence once, beside the first channel. ``layers["fused"]`` is the first
+        channel's; ``layers["fused_channels"]`` all of them."""
+        from dataclasses import replace
+
+        names = [ly.name for ly in job.channel_layers]
+        out, fused = {}, []
+        for c, ly in enumerate(job.channel_layers):
+            one = replace(result, fused=np.asarray(result.fused)[..., c])
+            got = add_or_update_result_layers(
+                self.viewer, ly, one, z_axis=job.z_axis, axes=job.axes,
+                roles=ROLES if c == 0 else ("fused",),
+                extra_meta={"channel": c, "channel_layers": names, "guide": job.kwargs.get("guide")})
+            fused.append(got["fused"])
+            if c == 0:
+                out = dict(got)
+        out["fused_channels"] = fused
+        return out
 
     def _fail(self, exc: BaseException) -> None:
         msg = _message(exc)

@@ -20,10 +20,12 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QSpinBox,
     QVBoxLayout,
@@ -40,6 +42,7 @@ from ..api import (  # noqa: F401 - the Qt-free helpers, in core (re-exported he
     surface_texcoords,
     texture_image,
 )
+from .layers import unwrap
 from .retouch import (
     connect_retouch,
     decision_layers,
@@ -88,7 +91,7 @@ class FocusInspector(QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
-        self.viewer = napari_viewer
+        self.viewer = unwrap(napari_viewer)  # napari's proxy: layers would not match by identity
         self.last_pixel: tuple[int, int] | None = None
         self.last_t = 0
         self.last_curve: np.ndarray | None = None
@@ -109,7 +112,10 @@ class FocusInspector(QWidget):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        lay = QVBoxLayout(self)
+        # the result, the plot and its text on top; everything else in a scroll area below it, so
+        # that the plot stays in view in a short dock (a laptop's 1366 x 768 screen)
+        outer = QVBoxLayout(self)
+        lay = outer
         row = QHBoxLayout()
         row.addWidget(QLabel("Result:"))
         self.result_combo = QComboBox()
@@ -127,15 +133,28 @@ class FocusInspector(QWidget):
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay.addWidget(self.info)
 
-        self.figure = Figure(figsize=(4, 2.6), dpi=90, tight_layout=True)
+        self.figure = Figure(figsize=(4, 2.4), dpi=90, tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(200)
+        self.canvas.setMinimumHeight(170)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.axes = self.figure.add_subplot(111)
         self.curve_line = None
         self.plane_marker = None
         self.index_marker = None
+        self._theme = _theme_colours(self.viewer)
         self._style_axes()
-        lay.addWidget(self.canvas)
+        lay.addWidget(self.canvas, 2)
+
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        body = QWidget()
+        lay = QVBoxLayout(body)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.scroll.setWidget(body)
+        outer.addWidget(self.scroll, 1)
+        self._scroll_body = body
 
         self.goto_btn = QPushButton("Go to plane")
         self.goto_btn.setToolTip("Show the chosen plane of the source stack (moves the z slider)")
@@ -154,7 +173,7 @@ class FocusInspector(QWidget):
         r1.addWidget(self.plane_spin)
         r1.addStretch(1)
         form.addLayout(r1)
-        self.retouch_check = QCheckBox("Retouch: painting the decision re-renders the fused image")
+        self.retouch_check = QCheckBox("Retouch: painting re-renders the fused image")
         self.retouch_check.setToolTip(
             "Paint on the decision layer with label = plane + 1: the fused image and the focus index "
             "are re-rendered from those planes at once (undo with Ctrl+Z)")
@@ -192,6 +211,9 @@ class FocusInspector(QWidget):
         lay.addWidget(box3)
         lay.addStretch(1)
 
+        # as wide as the content (no horizontal scrolling, nothing cut off at the right)
+        self.scroll.setMinimumWidth(self._scroll_body.minimumSizeHint().width()
+                                    + self.scroll.verticalScrollBar().sizeHint().width() + 8)
         self.result_combo.currentIndexChanged.connect(self._on_result_changed)
         self.goto_btn.clicked.connect(self.go_to_plane)
         self.mask_check.toggled.connect(lambda _=None: self._guard(self.update_mask))
@@ -213,10 +235,29 @@ class FocusInspector(QWidget):
         return sp
 
     def _style_axes(self) -> None:
+        """Labels, grid and the colours of napari's theme (a dark plot on the dark theme)."""
         ax = self.axes
+        bg, fg = self._theme
+        self.figure.set_facecolor(bg)
+        ax.set_facecolor(bg)
+        for spine in ax.spines.values():
+            spine.set_color(fg)
+        ax.tick_params(colors=fg, which="both")
+        ax.xaxis.label.set_color(fg)
+        ax.yaxis.label.set_color(fg)
+        ax.title.set_color(fg)
         ax.set_xlabel("plane")
         ax.set_ylabel("focus measure")
-        ax.grid(True, alpha=0.3)
+        ax.grid(True, alpha=0.3, color=fg)
+
+    def _on_theme_changed(self, event=None) -> None:
+        self._theme = _theme_colours(self.viewer)
+        if self.last_curve is not None and self.last_pixel is not None:
+            self._guard(self.inspect, *self.last_pixel, t=self.last_t)
+        else:
+            self.axes.clear()
+            self._style_axes()
+            self.canvas.draw_idle()
 
     # ---------------------------------------------------------------- viewer wiring
     def _connect_viewer(self) -> None:
@@ -258,6 +299,22 @@ class FocusInspector(QWidget):
         for em in emitters:
             em.connect(on_layers)
         _grid(viewer).events.enabled.connect(on_grid)
+
+        def on_theme(event=None):
+            w = me()
+            if w is not None:
+                w._on_theme_changed()
+
+        theme_events = getattr(viewer.events, "theme", None)
+        if theme_events is not None:
+            theme_events.connect(on_theme)
+
+        def on_ndisplay(event=None):  # napari's own 2D/3D button leaves the height view too
+            w = me()
+            if w is not None and w._mode == "3d" and viewer.dims.ndisplay == 2:
+                w.exit_mode()
+
+        viewer.dims.events.ndisplay.connect(on_ndisplay)
         self._callbacks = (on_drag, on_move)
 
         def cleanup(*_):
@@ -267,6 +324,9 @@ class FocusInspector(QWidget):
             for em in emitters:
                 em.disconnect(on_layers)
             _grid(viewer).events.enabled.disconnect(on_grid)
+            if theme_events is not None:
+                theme_events.disconnect(on_theme)
+            viewer.dims.events.ndisplay.disconnect(on_ndisplay)
 
         self._cleanup = cleanup
         self.destroyed.connect(cleanup)
@@ -317,6 +377,7 @@ class FocusInspector(QWidget):
 
     def select_result(self, decision_layer) -> None:
         """Select the result whose decision layer is ``decision_layer``."""
+        decision_layer = unwrap(decision_layer)
         self.refresh_results()
         for i, ref in enumerate(self._layers):
             if ref() is decision_layer:
@@ -489,6 +550,7 @@ class FocusInspector(QWidget):
         self.last_confidence = conf
         self.last_measure = kw
         self._plot(curve, plane, index_val, conf, how, meta)
+        self._mark(layer, y, x)
         where = f"pixel (y={y}, x={x})" + (f", t={t}" if T > 1 else "")
         chosen = f"plane {plane}" if plane >= 0 else "none (erased: label 0)"
         extra = f" (index {index_val:.2f})" if index_val is not None and abs(index_val - plane) > 1e-3 else ""
@@ -525,8 +587,47 @@ class FocusInspector(QWidget):
         ax.set_xticks(z if len(z) <= 16 else z[:: max(1, len(z) // 8)])
         zs = meta.get("z_step")
         ax.set_xlabel("plane" + (f"  (z step {zs:g})" if zs else ""))
-        ax.legend(fontsize=8, loc="best")
+        bg, fg = self._theme
+        ax.xaxis.label.set_color(fg)
+        ax.yaxis.label.set_color(fg)
+        ax.title.set_color(fg)
+        leg = ax.legend(fontsize=8, loc="best", facecolor=bg, edgecolor=fg)
+        for text in leg.get_texts():
+            text.set_color(fg)
         self.canvas.draw_idle()
+
+    def _mark(self, decision_layer, y: int, x: int) -> None:
+        """A ring at the inspected pixel: the Points layer "{src} inspected pixel" (made once,
+        moved afterwards; the selected layer stays selected)."""
+        meta = edof_meta(decision_layer) or {}
+        scale = np.asarray(decision_layer.scale, dtype=float)[-2:]
+        translate = np.asarray(decision_layer.translate, dtype=float)[-2:]
+        world = translate + np.array([y, x], dtype=float) * scale
+        layer = self.marker_layer
+        if layer is not None:
+            layer.data = world[None]
+            layer.visible = True
+            return
+        active = self.viewer.layers.selection.active
+        size = max(6.0 * float(scale.max()), 0.05 * float(max(np.asarray(decision_layer.data.shape[-2:]) * scale)))
+        units = getattr(decision_layer, "units", None)
+        kw = {"units": tuple(units)[-2:]} if units is not None and len(units) >= 2 else {}
+        self.viewer.add_points(
+            world[None], name=f"{meta.get('source', '')} inspected pixel", symbol="ring", size=size,
+            face_color="yellow", border_color="yellow", border_width=0.1, opacity=1.0,
+            metadata={"napari_edof": {"role": "marker", "source": meta.get("source")}}, **kw)
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+
+    @property
+    def marker_layer(self):
+        """The Points layer marking the inspected pixel of the selected result (None before a click)."""
+        meta = edof_meta(self.decision_layer) if self.decision_layer is not None else None
+        for ly in self.viewer.layers:
+            m = edof_meta(ly) or {}
+            if m.get("role") == "marker" and meta and m.get("source") == meta.get("source"):
+                return ly
+        return None
 
     # ---------------------------------------------------------------- go to plane
     def go_to_plane(self, plane: int | None = None, t: int | None = None) -> None:
@@ -729,6 +830,11 @@ class FocusInspector(QWidget):
         self._hide_all_but([surf])
         self._mode = "3d"
         self.viewer.dims.ndisplay = 3
+        # tilted, so that the relief shows (straight down, a height map looks flat)
+        self.viewer.reset_view()
+        cam = _camera(self.viewer)
+        cam.angles = TILTED_VIEW
+        cam.zoom = cam.zoom * 0.8  # (tilted, the surface reaches further than its footprint)
         self._set_checked(self.height_btn, True)
         return surf
 
@@ -755,8 +861,8 @@ class FocusInspector(QWidget):
         elif mode == "3d":
             self.viewer.dims.ndisplay = 2
             surf = self.height_layer
-            if surf is not None:
-                surf.visible = False
+            if surf is not None:  # removed: a hidden surface would still stretch the z slider
+                self.viewer.layers.remove(surf)
         if self._saved_visibility:
             for ref, vis in self._saved_visibility.values():
                 ly = ref()
@@ -774,6 +880,28 @@ class FocusInspector(QWidget):
         btn.blockSignals(True)
         btn.setChecked(on)
         btn.blockSignals(False)
+
+
+#: the camera angles (degrees) of the 3D height view: tilted by 45 degrees and turned a little
+TILTED_VIEW = (-35.0, 30.0, 145.0)
+
+
+def _theme_colours(viewer) -> tuple[str, str]:
+    """(background, text) colours of the viewer's napari theme, as hex strings."""
+    try:
+        from napari.utils.theme import get_theme
+
+        theme = get_theme(getattr(viewer, "theme", "dark"))
+        return theme.background.as_hex(), theme.text.as_hex()
+    except Exception:  # noqa: BLE001 - an unknown theme: napari's dark colours
+        return "#262930", "#f0f1f2"
+
+
+def _camera(viewer):
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    cam = getattr(scene, "camera", None)
+    return cam if cam is not None else viewer.camera
 
 
 def _grid(viewer):

@@ -48,6 +48,16 @@ ROLES = ("fused", "index", "decision", "confidence")
 _SUFFIX = {"fused": "fused", "index": "focus index", "decision": "decision", "confidence": "confidence"}
 
 
+def unwrap(obj):
+    """The object behind napari's ``PublicOnlyProxy`` (what plugins are handed as the viewer; every
+    attribute read through it is a new proxy, so identity checks fail on proxies)."""
+    while True:
+        inner = getattr(obj, "__wrapped__", None)
+        if inner is None or inner is obj:
+            return obj
+        obj = inner
+
+
 def result_layer_name(source_name: str, role: str) -> str:
     return f"{source_name} {_SUFFIX[role]}"
 
@@ -140,7 +150,8 @@ def is_result_layer(layer) -> bool:
 
 
 def add_or_update_result_layers(viewer, source_layer, result, *, z_axis: int, axes: str | None = None,
-                                channel_axis: int | None = None) -> dict[str, Layer]:
+                                channel_axis: int | None = None, roles=ROLES,
+                                extra_meta: dict | None = None) -> dict[str, Layer]:
     """Show a :class:`~napari_edof.api.FusionResult` as layers beside ``source_layer``.
 
     Parameters
@@ -156,6 +167,9 @@ def add_or_update_result_layers(viewer, source_layer, result, *, z_axis: int, ax
         guessed from ``z_axis``, ``channel_axis`` and the layer's rgb flag when not given.
     channel_axis : int, optional
         The input axis holding non-RGB channels (only used when ``axes`` is not given).
+    roles : the outputs to show (default all four; the other channels of a channel group show
+        only their fused image: they share the first channel's index).
+    extra_meta : more entries for every layer's ``metadata["napari_edof"]``.
 
     Returns
     -------
@@ -227,6 +241,7 @@ def add_or_update_result_layers(viewer, source_layer, result, *, z_axis: int, ax
         "pixel_size": tuple(result.pixel_size) if result.pixel_size is not None else None,
         "unit": result.unit,
         "provenance": prov,
+        **(extra_meta or {}),
     }
 
     fused = _to_layer_order(result.fused, eng_img, fused_axes)
@@ -243,13 +258,16 @@ def add_or_update_result_layers(viewer, source_layer, result, *, z_axis: int, ax
         }
 
     src_cl = getattr(source_layer, "contrast_limits", None)
-    src_cmap = getattr(getattr(source_layer, "colormap", None), "name", None)
+    src_colormap = getattr(source_layer, "colormap", None)  # the object: a custom channel colour too
+    src_cmap = src_colormap if getattr(src_colormap, "name", None) else None
+    blending = getattr(source_layer, "blending", None)
     specs = {
         "fused": dict(
             kind=Image, data=fused, dims=fused_dims, layer_axes=fused_axes, visible=True,
             extra={"rgb": rgb} if rgb else {
                 **({"contrast_limits": tuple(src_cl)} if src_cl is not None and channel_axis is None else {}),
-                **({"colormap": src_cmap} if src_cmap and channel_axis is None else {}),
+                **({"colormap": src_cmap} if src_cmap is not None and channel_axis is None else {}),
+                **({"blending": blending} if blending in ("additive", "translucent_no_depth") else {}),
             },
         ),
         "index": dict(kind=Image, data=index, dims=map_axes, layer_axes=map_axes, visible=False,
@@ -264,6 +282,8 @@ def add_or_update_result_layers(viewer, source_layer, result, *, z_axis: int, ax
     out: dict[str, Layer] = {}
     # insert in reverse so the final order above the source is fused, index, decision, confidence
     for role in reversed(ROLES):
+        if role not in roles:
+            continue
         s = specs[role]
         meta = {**base_meta, "role": role, "layer_axes": s["layer_axes"], **s.get("meta", {})}
         geo = geometry(s["dims"])
@@ -288,7 +308,7 @@ def add_or_update_result_layers(viewer, source_layer, result, *, z_axis: int, ax
             viewer.layers.insert(pos, new)
             layer = new
         out[role] = layer
-    return {r: out[r] for r in ROLES}
+    return {r: out[r] for r in ROLES if r in out}
 
 
 def _update(layer, s: dict, geo: dict, meta: dict) -> None:

@@ -5,7 +5,7 @@ import numpy as np
 
 from .errors import StackError
 
-#: BT.601 luma, the Y of YCbCr (seed paper 000 fuses on it).
+#: BT.601 luma, the Y of YCbCr (the CTMFusion paper fuses on it).
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 

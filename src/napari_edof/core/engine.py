@@ -146,13 +146,34 @@ def fuse_iter(
     (:class:`~napari_edof.core.policy.OutOfMemory`). A GPU method that runs out of memory on a
     tile is run again with tiles half as large, down to 32 pixels.
     """
+    registering = _check_before_registration(stack, axes, method, params, register)
+    if registering:  # (tens of seconds on a large stack: a stage of its own, after the arguments were checked)
+        yield Progress(0, 1, "registration")
     pl = plan_fusion(stack, method=method, params=params, axes=axes, tile=tile, overlap=overlap, device=device,
                      guide=guide, workers=workers, register=register, precision=precision, in_memory=True)
+    if registering:
+        yield Progress(1, 1, "registration")
     sink = MemorySink(pl.stack)
     run = yield from run_frames(pl, MemoryFrames(pl.stack, pl.workers), sink, whole_image)
     res = make_result(run.plan, sink.fused, sink.index, sink.conf, run.seconds, run.impl)
     res.provenance.update(run.backoff)
     return res
+
+
+def _check_before_registration(stack, axes, method, params, register) -> bool:
+    """Whether a run registers its planes first; its method, parameters and registration options
+    checked (errors raised here, before any progress is shown)."""
+    from . import registration
+    from .spec import get_method, require_available
+    from .stack import as_stack
+
+    if registration.parse_register(register) is None:
+        return False
+    spec = get_method(method)[0]
+    require_available(spec)
+    spec.resolve(params)
+    as_stack(stack, axes=axes)
+    return True
 
 
 def fuse(stack, *, progress: Callable[[Progress], None] | None = None, lazy: bool | None = None,

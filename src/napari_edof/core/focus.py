@@ -9,7 +9,7 @@ borders.
 Measures
 --------
 ``laplacian``  energy of the 4-neighbour Laplacian, averaged over a (2r+1)^2 window.
-``sml``        sum-modified-Laplacian of seed paper 001: ``|2I - I(x-s) - I(x+s)| + |2I - I(y-s) - I(y+s)|``,
+``sml``        sum-modified-Laplacian (the FMB + FN paper's): ``|2I - I(x-s) - I(x+s)| + |2I - I(y-s) - I(y+s)|``,
                values below ``threshold`` set to 0, summed over a (2r+1)^2 window.
 ``tenengrad``  Sobel gradient energy ``gx^2 + gy^2``, averaged over the window.
 ``variance``   local variance over the window.

@@ -22,7 +22,7 @@ from .colour import resolve_guide
 from .errors import StackError
 from .policy import check_memory, is_oom
 from .scaling import value_scale
-from .spec import DEFAULT_METHOD, get_method
+from .spec import DEFAULT_METHOD, get_method, require_available
 from .stack import Stack, as_stack
 from .tiling import plan_tiles
 from .values import to_count, to_int
@@ -102,6 +102,7 @@ def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = No
         raise StackError(f"{stack.name}: {stack.n_planes} planes are more than the {MAX_PLANES} napari-edof can "
                          "fuse (the focus index is 16-bit); fuse sub-stacks, or every k-th plane")
     spec, cls = get_method(method)
+    require_available(spec)  # a learned method without torch: say what to install, before any work
     if reg_opts is not None:
         spec.resolve(params)  # refuse bad parameters before the (slow) registration
         stack, _ = registration.register_stack(stack, **reg_opts)

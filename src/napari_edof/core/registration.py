@@ -482,6 +482,41 @@ def _from_canonical(a: np.ndarray, axes: str) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(a, [have.index(c) for c in axes]))
 
 
+#: a shift (pixels of the full image) from which :func:`planes_look_shifted` suggests registering
+SHIFT_HINT_PX = 1.5
+
+
+def planes_look_shifted(stack, *, guide="auto", max_side: int = 256, t: int = 0,
+                        threshold: float = SHIFT_HINT_PX) -> float | None:
+    """A cheap check whether a stack's planes moved: the largest shift (in full-image pixels) of
+    its first and last planes against the middle one, by phase correlation on a guide image
+    downsampled to at most ``max_side`` pixels (three planes read). None below ``threshold`` (or
+    when the planes have no structure to compare); the shift otherwise, to suggest registration.
+    """
+    stack = as_stack(stack)
+    n = stack.n_planes
+    if n < 2:
+        return None
+    picks = sorted({0, n // 2, n - 1})
+    canon = stack.canonical()  # (T, Z, Y, X, C)
+    frame = np.stack([np.asarray(canon[t, z]) for z in picks])  # (3, Y, X, C): three planes only
+    gd = _guide_planes(frame, stack, guide)
+    small, f = _downscale(gd, max_side)
+    ok = has_signal(small)
+    mid = picks.index(n // 2)
+    if not ok[mid]:
+        return None
+    worst = 0.0
+    for i in range(len(picks)):
+        if i == mid or not ok[i]:
+            continue
+        shift, err = _translation(small[mid], small[i], upsample=4)
+        if err > 0.98:  # nothing in common: no reliable shift (very different focus)
+            continue
+        worst = max(worst, float(np.hypot(*shift)) * f)
+    return worst if worst >= threshold else None
+
+
 def parse_register(register) -> dict | None:
     """``register=`` of fuse: None/False/"none", a mode name, or a dict of register_stack options."""
     if register in (None, False, "", "none", "off"):

@@ -92,6 +92,8 @@ def provenance(pl: FusionPlan, seconds: float, impl=None) -> dict:
         "seconds": seconds,
         "mvoxel_per_s": stack.nbytes / stack.dtype.itemsize / 1e6 / max(seconds, 1e-9),
     }
+    if impl is not None and getattr(impl, "first_pass", ()):
+        prov["passes"] = 2  # a first pass over every tile, then the fusion: what progress counts
     if spec.weights is not None:
         prov["weights_sha256"] = spec.weights.sha256
     if impl is not None and impl.weights_sha256:  # the weights the instance loaded (a method may offer several)

@@ -30,6 +30,7 @@ again per instance in ``__init__`` (an empty ``first_pass``: no first pass).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,7 +47,12 @@ METHOD_PACKAGES = ["napari_edof.methods"]
 
 @dataclass(frozen=True)
 class Param:
-    """A typed, bounded parameter of a method (the widget and the CLI are generated from these)."""
+    """A typed, bounded parameter of a method (the widget and the CLI are generated from these).
+
+    ``label`` is the readable name the widget shows (default: the name with spaces, capitalised);
+    ``advanced`` parameters, the ones a user rarely changes, are shown under the widget's
+    collapsed "Advanced" section.
+    """
 
     name: str
     type: type
@@ -55,6 +61,16 @@ class Param:
     min: float | None = None
     max: float | None = None
     choices: tuple | None = None
+    label: str = ""
+    advanced: bool = False
+
+    @property
+    def title(self) -> str:
+        """The label shown to users (``label``, else the name made readable)."""
+        if self.label:
+            return self.label
+        text = self.name.replace("_", " ")
+        return text[:1].upper() + text[1:]
 
     def validate(self, value, method: str):
         """``value`` (Python from the API or the widget, text from the CLI) as this parameter's
@@ -159,6 +175,36 @@ class MethodSpec:
         for k, v in params.items():
             out[k] = known[k].validate(v, self.name)
         return out
+
+
+#: what to install for the learned methods (the CPU build: no gigabytes of CUDA on a laptop)
+TORCH_INSTALL = ("pip install torch --index-url https://download.pytorch.org/whl/cpu  (the CPU build; "
+                 "for an NVIDIA GPU see https://pytorch.org/get-started/locally/)")
+
+
+def torch_available() -> bool:
+    """Whether torch can be imported, without importing it (``import napari_edof`` stays light)."""
+    import sys
+
+    if "torch" in sys.modules:
+        return sys.modules["torch"] is not None
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def available(spec: MethodSpec) -> bool:
+    """Whether a method can run here: learned (torch) methods need torch installed."""
+    return spec.backend != "torch" or torch_available()
+
+
+def require_available(spec: MethodSpec) -> None:
+    """A clear MethodError saying what to install when ``spec``'s method cannot run here."""
+    if not available(spec):
+        raise MethodError(f"method {spec.name!r} is a learned method and needs PyTorch, which is not installed; "
+                          f"install it with: {TORCH_INSTALL}; or choose a classical method "
+                          "(napari-edof methods lists them)")
 
 
 def context_halo(params: dict) -> int:
@@ -276,5 +322,6 @@ def get_method(name: str):
         ) from None
 
 
-__all__ = ["DEFAULT_METHOD", "FirstPass", "FusionMethod", "MethodSpec", "Param", "WeightsSpec", "context_halo",
+__all__ = ["DEFAULT_METHOD", "TORCH_INSTALL", "available", "require_available", "torch_available",
+           "FirstPass", "FusionMethod", "MethodSpec", "Param", "WeightsSpec", "context_halo",
            "get_method", "list_methods", "register", "unregister"]

@@ -1,7 +1,7 @@
 """Tiles with halos and feathered overlaps.
 
 A tile has a *core* (the pixels it owns), an *output region* (core grown by ``overlap``, blended
-with the neighbours' through a feathered alpha ramp, seed paper 003's overlap strategy) and a
+with the neighbours' through a feathered alpha ramp, the VAEEDOF paper's overlap strategy) and a
 *window* (output region grown by the method's ``halo``: what the method reads). Windows that
 cross the image border read a reflected image, the same for tiled and untiled runs, so a method
 whose halo covers its receptive field gives the same result tiled and untiled.

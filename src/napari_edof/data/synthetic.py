@@ -1,7 +1,7 @@
 """A procedural focus stack with ground truth, made in the package (no download).
 
 A scene (cell-like blobs over fine texture) and a depth map (a tilted smooth surface with
-occluding discs) are rendered into a focus stack with the layered defocus model of seed paper 002
+occluding discs) are rendered into a focus stack with the layered defocus model of the StackMFF-V2 paper
 (StackMFF-V2, Algorithm 1): depth is quantised into N bins and plane k shows bin i blurred by a
 Gaussian whose width grows with |i - k|. Every pixel is therefore sharp in exactly one plane,
 which is the ground-truth focus index.
@@ -107,7 +107,7 @@ def _depth(shape, rng):
 
 def layered_defocus(image: np.ndarray, depth: np.ndarray, n_planes: int, *, sigma_step: float = 1.0,
                     sigmas=None, mode: str = "reflect"):
-    """Seed paper 002's layered defocus: (Y, X[, C]) float image + depth in [0, 1] -> stack.
+    """The StackMFF-V2 paper's layered defocus: (Y, X[, C]) float image + depth in [0, 1] -> stack.
 
     Returns (stack (Z, Y, X[, C]) float32, index (Y, X) int) with plane k showing depth bin i
     blurred by a Gaussian of sigma ``sigma_step * |i - k|``, or of ``sigmas[|i - k|]`` when a

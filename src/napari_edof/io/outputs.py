@@ -26,11 +26,19 @@ from pathlib import Path
 
 from ..core.errors import EdofError, EdofWarning
 
-__all__ = ["OutputError", "OverwriteError", "check_not_inputs", "check_writable", "explain_oserror", "plan_outputs",
+__all__ = ["DEFAULT_OUTPUTS", "OUTPUTS", "PREVIEW_FORMATS", "parse_outputs", "OutputError",
+           "OverwriteError", "check_not_inputs", "check_writable", "explain_oserror", "plan_outputs",
            "previous_files", "result_names", "retire_previous"]
 
 #: The formats of a run and the files of one result in each (``{t}``: one per time point).
 FORMATS = ("tiff", "zarr", "tiled-tiff")
+#: The outputs of the TIFF format that a run can choose (``--outputs``); provenance.json always.
+OUTPUTS = ("fused", "index", "decision", "masks", "confidence")
+#: What the CLI writes when ``--outputs`` is not given: the masks are left out (they are the
+#: biggest file, one plane per source plane, and derivable: mask k = decision.tif == k + 1).
+DEFAULT_OUTPUTS = ("fused", "index", "decision", "confidence")
+#: Formats of the fused preview (``--preview``): 8-bit, with the source's EXIF for photographers.
+PREVIEW_FORMATS = ("png", "jpg")
 
 
 class OverwriteError(EdofError):
@@ -164,25 +172,56 @@ def plan_outputs(outdir, names: Iterable[str], sources: Sequence, need_bytes: in
     check_writable(outdir, need_bytes)
 
 
-def result_bytes(fmt: str, n_times: int, n_planes: int, yx, channels: int, itemsize: int) -> int | None:
+def result_bytes(fmt: str, n_times: int, n_planes: int, yx, channels: int, itemsize: int,
+                 outputs=OUTPUTS) -> int | None:
     """About how many bytes the files of one result take (uncompressed TIFFs; None for OME-Zarr,
     which is compressed and written as it goes)."""
     if fmt not in ("tiff", "tiled-tiff"):
         return None
     px = int(n_times) * int(yx[0]) * int(yx[1])
-    per = channels * itemsize + 4 + 4  # fused, focus index, confidence
-    if fmt == "tiff":
-        per += 2 + int(n_planes) + 3  # decision, masks, focus-index PNG (at most)
+    if fmt != "tiff":
+        outputs = ("fused", "index", "confidence")
+    outputs = OUTPUTS if outputs is None else outputs
+    per = {"fused": channels * itemsize, "index": 4 + (3 if fmt == "tiff" else 0), "confidence": 4,
+           "decision": 2, "masks": int(n_planes)}
+    per = sum(v for k, v in per.items() if k in outputs)
     return px * per
 
 
-def result_names(fmt: str = "tiff", n_times: int = 1, prefix: str = "") -> list[str]:
-    """The file (or OME-Zarr folder) names of one result written in format ``fmt``."""
+def parse_outputs(text) -> tuple[str, ...]:
+    """``"fused,index"`` (or a sequence, or "all") as a tuple of :data:`OUTPUTS`, in their order."""
+    if isinstance(text, str):
+        items = [t.strip().lower() for t in text.split(",") if t.strip()]
+    else:
+        items = [str(t).strip().lower() for t in text]
+    if items == ["all"]:
+        return OUTPUTS
+    aliases = {"focus_index": "index", "focus-index": "index", "mask": "masks"}
+    items = [aliases.get(t, t) for t in items]
+    bad = [t for t in items if t not in OUTPUTS]
+    if bad or not items:
+        raise EdofError(f"--outputs {text!r}: choose from {', '.join(OUTPUTS)} (comma-separated) or all"
+                        + (f"; {', '.join(map(repr, bad))} is not one" if bad else ""))
+    return tuple(o for o in OUTPUTS if o in items)
+
+
+def result_names(fmt: str = "tiff", n_times: int = 1, prefix: str = "", outputs=OUTPUTS,
+                 preview: str | None = None) -> list[str]:
+    """The file (or OME-Zarr folder) names of one result written in format ``fmt`` (for "tiff":
+    the chosen ``outputs`` and the fused ``preview``, if any)."""
     if fmt == "tiff":
-        pngs = ([f"{prefix}focus_index_t{t:03d}.png" for t in range(n_times)] if n_times > 1
-                else [f"{prefix}focus_index.png"])
-        names = [f"{prefix}fused.tif", f"{prefix}focus_index.tif", *pngs, f"{prefix}decision.tif",
-                 f"{prefix}masks.tif", f"{prefix}confidence.tif"]
+        outputs = OUTPUTS if outputs is None else tuple(outputs)
+        frames = [f"_t{t:03d}" for t in range(n_times)] if n_times > 1 else [""]
+        names = []
+        if "fused" in outputs:
+            names.append(f"{prefix}fused.tif")
+        if "index" in outputs:
+            names += [f"{prefix}focus_index.tif"] + [f"{prefix}focus_index{f}.png" for f in frames]
+        for o in ("decision", "masks", "confidence"):
+            if o in outputs:
+                names.append(f"{prefix}{o}.tif")
+        if preview:
+            names += [f"{prefix}fused_preview{f}.{preview}" for f in frames]
     elif fmt == "zarr":
         names = [f"{prefix}fused.ome.zarr", f"{prefix}focus_index.ome.zarr", f"{prefix}confidence.ome.zarr"]
     elif fmt == "tiled-tiff":

@@ -13,7 +13,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,10 @@ def colourise(index, n_planes: int, *, cmap="viridis") -> np.ndarray:
     return out
 
 
+#: ``compression=`` of :func:`write_tiff` -> tifffile's name (lossless; zstd needs imagecodecs)
+TIFF_COMPRESSIONS = {"deflate": "zlib", "zstd": "zstd"}
+
+
 def write_tiff(
     path,
     data,
@@ -128,6 +132,7 @@ def write_tiff(
     z_step: float | None = None,
     unit: str | None = None,
     description: str | None = None,
+    compression: str | None = None,
 ) -> Path:
     """Write an array to a TIFF file atomically, keeping its dtype.
 
@@ -150,6 +155,8 @@ def write_tiff(
         For example ``"µm"``.
     description : str, optional
         Free text stored with the image (ImageJ "Info" property, or in the JSON description).
+    compression : "deflate" or "zstd", optional
+        Lossless compression (default none: the most widely readable file).
 
     Returns
     -------
@@ -215,8 +222,66 @@ def write_tiff(
         if s_size == 4:
             kwargs["extrasamples"] = ("unassalpha",)
 
+    if compression not in (None, "none"):
+        if compression not in TIFF_COMPRESSIONS:
+            raise EdofError(f"cannot write {path}: compression {compression!r} is not one of "
+                            f"{', '.join(TIFF_COMPRESSIONS)}")
+        kwargs["compression"] = TIFF_COMPRESSIONS[compression]
+
     def write(tmp: Path) -> None:
         tifffile.imwrite(tmp, a2, **kwargs)
+
+    return _atomic_write(path, write)
+
+
+def to_uint8(img, *, rgb: bool = False) -> np.ndarray:
+    """An image as 8 bits for viewing: uint8 as it is; other data stretched from its 0.1st to
+    99.9th percentile (per image, colour kept together). Channels that are not colour: their mean."""
+    a = np.asarray(img)
+    if a.ndim == 3 and not (rgb and a.shape[-1] in (3, 4)):
+        a = a.mean(axis=-1) if a.shape[-1] > 1 else a[..., 0]
+    if a.dtype == np.uint8:
+        return a
+    f = a.astype(np.float64)
+    finite = f[np.isfinite(f)]
+    if finite.size == 0:
+        return np.zeros(a.shape, np.uint8)
+    lo, hi = np.percentile(finite, (0.1, 99.9))
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.clip(np.nan_to_num((f - lo) / (hi - lo) * 255.0 + 0.5, nan=0.0), 0, 255).astype(np.uint8)
+
+
+def _exif_of(path) -> bytes | None:
+    """The EXIF block of an image file (JPEG, TIFF, PNG with EXIF), or None."""
+    if path is None:
+        return None
+    try:
+        from PIL import Image
+
+        with Image.open(os.fspath(path)) as im:
+            exif = im.getexif()
+            return exif.tobytes() if len(exif) else None
+    except Exception:  # noqa: BLE001 - no EXIF to carry over (not an image PIL reads, a folder, ...)
+        return None
+
+
+def write_preview(path, img, *, exif: bytes | None = None, rgb: bool = False, quality: int = 92) -> Path:
+    """Write an 8-bit PNG or JPEG (by ``path``'s suffix) of ``img`` atomically, with ``exif``."""
+    from PIL import Image
+
+    path = Path(path)
+    a = to_uint8(_materialise(img, path), rgb=rgb)
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    if jpeg and a.ndim == 3 and a.shape[-1] == 4:
+        a = a[..., :3]  # JPEG has no alpha
+    im = Image.fromarray(np.ascontiguousarray(a))
+    kw: dict[str, Any] = {"exif": exif} if exif else {}
+    if jpeg:
+        kw.update(quality=quality, subsampling=0)  # 4:4:4: no colour bleeding at fine detail
+
+    def write(tmp: Path) -> None:
+        im.save(tmp, format="JPEG" if jpeg else "PNG", **kw)
 
     return _atomic_write(path, write)
 
@@ -250,7 +315,8 @@ def write_png(path, rgb_uint8) -> Path:
     return _atomic_write(path, write)
 
 
-def write_result(result, outdir, *, stem: str | None = None) -> dict[str, Path]:
+def write_result(result, outdir, *, stem: str | None = None, outputs=None, compression: str | None = None,
+                 preview: str | None = None, exif_from=None) -> dict[str, Path]:
     """Write everything a fusion produced into a folder.
 
     Parameters
@@ -260,6 +326,17 @@ def write_result(result, outdir, *, stem: str | None = None) -> dict[str, Path]:
         Created (with its parents) if missing.
     stem : str, optional
         Prefix of every file name; ``"_"`` is added unless it ends with ``_``, ``-`` or ``.``.
+    outputs : str or sequence, optional
+        Which files to write, from ``fused, index, decision, masks, confidence`` ("fused,index"
+        or a list; default: all of them). ``provenance.json`` is always written.
+    compression : "deflate" or "zstd", optional
+        Lossless TIFF compression (default none).
+    preview : "png" or "jpg", optional
+        Also write ``<stem>fused_preview.png|jpg``: the fused image in 8 bits (RGB as it is,
+        other data contrast-stretched), for viewing and sharing.
+    exif_from : path, optional
+        A source image whose EXIF the preview carries (camera, lens, exposure); by default the
+        first source file of the result's provenance, when it has EXIF.
 
     Returns
     -------
@@ -286,7 +363,16 @@ def write_result(result, outdir, *, stem: str | None = None) -> dict[str, Path]:
 
     sources = list((getattr(result, "provenance", None) or {}).get("source") or ())
     n_times = int(np.shape(result.index)[0]) if np.ndim(result.index) == 3 else 1
-    names = result_names("tiff", n_times, prefix)
+    from .outputs import OUTPUTS, PREVIEW_FORMATS, parse_outputs
+
+    outputs = OUTPUTS if outputs is None else parse_outputs(outputs)
+    if preview is not None:
+        preview = {"jpeg": "jpg"}.get(str(preview).lower(), str(preview).lower())
+        if preview not in PREVIEW_FORMATS:
+            raise EdofError(f"preview {preview!r} is not one of {', '.join(PREVIEW_FORMATS)}")
+    if compression not in (None, "none") and compression not in TIFF_COMPRESSIONS:
+        raise EdofError(f"compression {compression!r} is not one of none, {', '.join(TIFF_COMPRESSIONS)}")
+    names = result_names("tiff", n_times, prefix, outputs=outputs, preview=preview)
     plan_outputs(outdir, names, sources)  # writable, and a result never replaces its own input
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -300,7 +386,9 @@ def write_result(result, outdir, *, stem: str | None = None) -> dict[str, Path]:
     except OSError as e:
         raise OutputError(f"cannot write the results to {outdir}: {_oserror(e, outdir)}") from None
     try:
-        staged = _write_result_files(result, staging, prefix, files=names)
+        staged = _write_result_files(result, staging, prefix, files=names, outputs=outputs,
+                                     compression=compression, preview=preview,
+                                     exif_from=exif_from if exif_from is not None else (sources or [None])[0])
         old = previous_files(outdir, prefix)
         out = {}
         for path in staged.values():
@@ -317,7 +405,12 @@ def write_result(result, outdir, *, stem: str | None = None) -> dict[str, Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_result_files(result, outdir: Path, prefix: str, files: list[str] | None = None) -> dict[str, Path]:
+def _write_result_files(result, outdir: Path, prefix: str, files: list[str] | None = None, outputs=None,
+                        compression: str | None = None, preview: str | None = None,
+                        exif_from=None) -> dict[str, Path]:
+    from .outputs import OUTPUTS
+
+    outputs = OUTPUTS if outputs is None else tuple(outputs)
     index = np.asarray(result.index, dtype=np.float32)
     if index.ndim not in (2, 3):
         raise EdofError(f"the result's focus index must be (Y, X) or (T, Y, X), not {index.shape}")
@@ -334,63 +427,111 @@ def _write_result_files(result, outdir: Path, prefix: str, files: list[str] | No
     n = int(result.n_planes)
     unit = normalise_unit(getattr(result, "unit", None))
     pixel_size = getattr(result, "pixel_size", None) if unit is not None else None
-    scale = dict(pixel_size=pixel_size, unit=unit)
+    scale = dict(pixel_size=pixel_size, unit=unit, compression=compression)
 
-    # The files are independent: they are made and written in parallel (threads: TIFF writing,
-    # PNG encoding and the masks' comparisons release the GIL), each atomically as before.
     def fused_file():
         return {"fused": write_tiff(outdir / f"{prefix}fused.tif", fused, axes=fused_axes,
                                     description="napari-edof fused image", **scale)}
 
-    def index_file():
-        return {"focus_index": write_tiff(
-            outdir / f"{prefix}focus_index.tif",
-            index,
-            axes=base,
-            description=f"napari-edof focus index: 0-based source plane of {n} (float32)",
-            **scale,
-        )}
+    def preview_files():
+        out = {}
+        exif = _exif_of(exif_from)
+        frames = fused if has_t else fused[None]
+        for t, frame in enumerate(frames):
+            suffix = f"_t{t:03d}" if has_t else ""
+            key = f"fused_preview{suffix}"
+            out[key] = write_preview(outdir / f"{prefix}fused_preview{suffix}.{preview}", frame, exif=exif,
+                                     rgb=bool(getattr(result, "rgb", False)))
+        return out
 
-    def png_files():
-        colour = colourise(index, n)
-        if has_t:
-            return {f"focus_index_png_t{t:03d}": write_png(outdir / f"{prefix}focus_index_t{t:03d}.png", colour[t])
-                    for t in range(colour.shape[0])}
-        return {"focus_index_png": write_png(outdir / f"{prefix}focus_index.png", colour)}
+    def map_file(name):
+        def job():
+            out: dict = {}
+            _write_maps(out, result, outdir, prefix, (name,), n, has_t, base, scale, unit)
+            return out
+        return job
 
-    def decision_file():
+    jobs = []  # in the order of the files (the first failed one is the error reported)
+    if "fused" in outputs:
+        jobs.append(fused_file)
+    if preview:
+        jobs.append(preview_files)
+    if "index" in outputs:
+        jobs.append(lambda: _write_index(outdir, prefix, index, n, has_t, base, scale))
+    jobs += [map_file(name) for name in ("decision", "masks", "confidence") if name in outputs]
+    out: dict[str, Path] = {}
+    for part in _in_parallel(jobs):
+        out.update(part)
+    return _write_provenance(out, result, outdir, prefix, files)
+
+
+def _in_parallel(jobs: list[Callable[[], dict]]) -> list[dict]:
+    """Run the file-writing ``jobs`` in threads (TIFF writing, PNG/JPEG encoding and the masks'
+    comparisons release the GIL; each file is still written atomically) and return their
+    results in order. Every job ends before an error is raised: the first failed job's, in order."""
+    if len(jobs) <= 1:
+        return [job() for job in jobs]
+    with ThreadPoolExecutor(min(4, len(jobs)), thread_name_prefix="edof-write") as pool:
+        futures = [pool.submit(job) for job in jobs]
+        wait(futures)
+    for f in futures:
+        if f.exception() is not None:
+            raise f.exception()
+    return [f.result() for f in futures]
+
+
+def _write_index(outdir, prefix, index, n, has_t, base, scale) -> dict:
+    out = {}
+    out["focus_index"] = write_tiff(
+        outdir / f"{prefix}focus_index.tif",
+        index,
+        axes=base,
+        description=f"napari-edof focus index: 0-based source plane of {n} (float32)",
+        **scale,
+    )
+    colour = colourise(index, n)
+    if has_t:
+        for t in range(colour.shape[0]):
+            out[f"focus_index_png_t{t:03d}"] = write_png(outdir / f"{prefix}focus_index_t{t:03d}.png", colour[t])
+    else:
+        out["focus_index_png"] = write_png(outdir / f"{prefix}focus_index.png", colour)
+    return out
+
+
+def _write_maps(out, result, outdir, prefix, outputs, n, has_t, base, scale, unit) -> None:
+    if "decision" in outputs:
         labels = np.asarray(result.labels(), dtype=np.uint16)
-        return {"decision": write_tiff(
+        out["decision"] = write_tiff(
             outdir / f"{prefix}decision.tif",
             labels,
             axes=base,
             description=f"napari-edof decision map: source plane + 1 (1..{n})",
             **scale,
-        )}
-
-    def masks_file():
+        )
+    if "masks" in outputs:
         chosen = np.asarray(result.masks())
         own = chosen.dtype == bool and chosen.base is None and chosen.flags.writeable  # (a fresh array)
         masks = chosen.view(np.uint8) if own else chosen.astype(np.uint8)
         masks *= np.uint8(255)  # (in place: 0/1 -> 0/255, no second copy)
-        return {"masks": write_tiff(
+        out["masks"] = write_tiff(
             outdir / f"{prefix}masks.tif",
             masks,
             axes="TZYX" if has_t else "ZYX",
             z_step=getattr(result, "z_step", None) if unit is not None else None,
             description="napari-edof decision masks: 255 where the plane was chosen",
             **scale,
-        )}
-
-    def confidence_file():
-        return {"confidence": write_tiff(
+        )
+    if "confidence" in outputs:
+        out["confidence"] = write_tiff(
             outdir / f"{prefix}confidence.tif",
             np.asarray(result.confidence, dtype=np.float32),
             axes=base,
             description="napari-edof confidence (0..1)",
             **scale,
-        )}
+        )
 
+
+def _write_provenance(out, result, outdir, prefix, files) -> dict:
     prov = dict(result.provenance or {})
     if files is not None:
         prov["files"] = list(files)  # what this result is made of: a later run into the folder replaces these
@@ -399,20 +540,7 @@ def _write_result_files(result, outdir: Path, prefix: str, files: list[str] | No
     def write_json(tmp: Path) -> None:
         tmp.write_text(text + "\n", encoding="utf-8")
 
-    def provenance_file():
-        return {"provenance": _atomic_write(outdir / f"{prefix}provenance.json", write_json)}
-
-    # the slow ones first (the masks and the PNG's encoding), so they start at once
-    jobs = [masks_file, png_files, fused_file, index_file, decision_file, confidence_file, provenance_file]
-    with ThreadPoolExecutor(min(4, len(jobs)), thread_name_prefix="edof-write") as pool:
-        futures = [pool.submit(job) for job in jobs]
-        done = [f.exception() or f.result() for f in futures]  # (every job ends before an error is raised)
-    out: dict[str, Path] = {}
-    for job in (fused_file, index_file, png_files, decision_file, masks_file, confidence_file, provenance_file):
-        d = done[jobs.index(job)]
-        if isinstance(d, BaseException):  # (the first failed file in the order of the list above)
-            raise d
-        out.update(d)
+    out["provenance"] = _atomic_write(outdir / f"{prefix}provenance.json", write_json)
     return out
 
 

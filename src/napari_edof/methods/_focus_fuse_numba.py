@@ -59,6 +59,8 @@ def plane_detail(g, ef):
     r2 = np.empty(W, np.float32)
     v = np.empty((h, W), np.float32)  # the squared detail summed [1 2 2 1] over rows, per bin row
     sq_prev = np.empty(W, np.float32)  # row 2i - 1 of the squared detail
+    sq_a = np.empty(W, np.float32)  # rows 2i and 2i + 1
+    sq_b = np.empty(W, np.float32)
     _up_x(gb, 0, r1)
     r0[:] = r1
     for i in range(h):
@@ -67,19 +69,25 @@ def plane_detail(g, ef):
         else:
             r2[:] = r1
         mid = 0 < i < h - 1  # the first and last bin rows get no neighbour rows (as _binned_box3)
+        # up2 along y: row 2i mixes bin rows i and i - 1, row 2i + 1 rows i and i + 1
+        g0 = g[2 * i]
+        g1 = g[2 * i + 1]
+        vi = v[i]
         for j in range(W):
-            # up2 along y: row 2i mixes bin rows i and i - 1, row 2i + 1 rows i and i + 1
-            a = g[2 * i, j] - (q3 * r1[j] + q1 * r0[j])
-            b = g[2 * i + 1, j] - (q3 * r1[j] + q1 * r2[j])
-            a2 = a * a
-            b2 = b * b
-            s = (a2 + b2) * _F(2)
-            if mid:
-                s += sq_prev[j]  # row 2i - 1
-            v[i, j] = s
-            if i >= 2:
-                v[i - 1, j] += a2  # row 2i is row 2(i - 1) + 2 of bin row i - 1
-            sq_prev[j] = b2
+            a = g0[j] - (q3 * r1[j] + q1 * r0[j])
+            b = g1[j] - (q3 * r1[j] + q1 * r2[j])
+            sq_a[j] = a * a
+            sq_b[j] = b * b
+        for j in range(W):
+            vi[j] = (sq_a[j] + sq_b[j]) * _F(2)
+        if mid:
+            for j in range(W):
+                vi[j] += sq_prev[j]  # row 2i - 1
+        if i >= 2:
+            vp = v[i - 1]
+            for j in range(W):
+                vp[j] += sq_a[j]  # row 2i is row 2(i - 1) + 2 of bin row i - 1
+        sq_prev, sq_b = sq_b, sq_prev
         r0, r1, r2 = r1, r2, r0
     for i in range(h):
         for j in range(1, w - 1):
@@ -97,6 +105,7 @@ def add_weighted_detail(p, pb, wk, acc):
     r0 = np.empty(W, np.float32)
     r1 = np.empty(W, np.float32)
     r2 = np.empty(W, np.float32)
+    wr = np.empty(W, np.float32)  # the row's block weights, each for both of its columns
     _up_x(pb, 0, r1)
     r0[:] = r1
     for i in range(h):
@@ -104,11 +113,19 @@ def add_weighted_detail(p, pb, wk, acc):
             _up_x(pb, i + 1, r2)
         else:
             r2[:] = r1
+        wi = wk[i]
+        for j in range(w):
+            wr[2 * j] = wi[j]
+            wr[2 * j + 1] = wi[j]
+        p0 = p[2 * i]
+        p1 = p[2 * i + 1]
+        a0 = acc[2 * i]
+        a1 = acc[2 * i + 1]
         for j in range(W):
-            c = wk[i, j >> 1]
-            acc[2 * i, j] += c * (_F(p[2 * i, j]) - (q3 * r1[j] + q1 * r0[j]))
-            acc[2 * i + 1, j] += c * (_F(p[2 * i + 1, j]) - (q3 * r1[j] + q1 * r2[j]))
+            a0[j] += wr[j] * (_F(p0[j]) - (q3 * r1[j] + q1 * r0[j]))
+            a1[j] += wr[j] * (_F(p1[j]) - (q3 * r1[j] + q1 * r2[j]))
         r0, r1, r2 = r1, r2, r0
+
 
 @jit
 def wiener_beta(dl, noise_half, k, r):
@@ -178,17 +195,30 @@ def band(cg, B, E):
         r0, r1, r2 = r1, r2, r0
     if E.shape[0] == 0:
         return ng
-    sx = np.zeros((H, W), np.float32)
+    sq = np.empty((H, W), np.float32)
     for i in range(H):
+        bi = B[i]
+        qi = sq[i]
+        for j in range(W):
+            qi[j] = bi[j] * bi[j]
+    sx = np.zeros((H, W), np.float32)  # 3-sums along x (the outer columns: 0)
+    for i in range(H):
+        qi = sq[i]
+        si = sx[i]
         for j in range(1, W - 1):
-            sx[i, j] = B[i, j - 1] * B[i, j - 1] + B[i, j] * B[i, j] + B[i, j + 1] * B[i, j + 1]
+            si[j] = qi[j - 1] + qi[j] + qi[j + 1]
     for i in range(H):
+        ei = E[i]
         if 0 < i < H - 1:
+            s0 = sx[i - 1]
+            s1 = sx[i]
+            s2 = sx[i + 1]
             for j in range(W):
-                E[i, j] = (sx[i - 1, j] + sx[i, j] + sx[i + 1, j]) * _F(1 / 9)
+                ei[j] = (s0[j] + s1[j] + s2[j]) * _F(1 / 9)
         else:
+            qi = sq[i]
             for j in range(W):
-                E[i, j] = B[i, j] * B[i, j]
+                ei[j] = qi[j]
     return ng
 
 @jit
@@ -232,3 +262,49 @@ def sub_plane(fm, fc, cw):
             out[i, j] = _F(k) + off
     return out
 
+
+
+@jit
+def z_smooth_max(e):
+    """In place on (Z, h, w): the numpy path's ``z_smooth`` ([1 2 1] / 4 over the planes, ends
+    replicated); returns the maximum over the planes (h, w)."""
+    Z, h, w = e.shape
+    best = np.empty((h, w), np.float32)
+    prev = np.empty(w, np.float32)  # plane z - 1 before smoothing
+    cur = np.empty(w, np.float32)
+    for i in range(h):
+        bi = best[i]
+        if Z < 2:
+            bi[:] = e[0, i]
+            continue
+        prev[:] = e[0, i]
+        for z in range(Z):
+            row = e[z, i]
+            nxt = e[z + 1, i] if z + 1 < Z else row
+            cur[:] = row
+            for j in range(w):  # (the last plane's next is itself: nxt[j] is read before row[j] is written)
+                row[j] = (cur[j] * _F(2) + prev[j] + nxt[j]) * _F(0.25)
+            if z == 0:
+                for j in range(w):
+                    bi[j] = row[j]
+            else:
+                for j in range(w):
+                    bi[j] = max(bi[j], row[j])
+            prev[:] = cur
+    return best
+
+
+@jit
+def bin_channels(p, out):
+    """``bin2`` of every channel of one plane ``p`` (2h, 2w, C), any dtype, into ``out`` (C, h, w)
+    float32 (the numpy path's order of sums)."""
+    C, h, w = out.shape
+    for i in range(h):
+        p0 = p[2 * i]
+        p1 = p[2 * i + 1]
+        for c in range(C):
+            o = out[c, i]
+            for j in range(w):
+                a = _F(p0[2 * j, c]) + _F(p1[2 * j, c])
+                b = _F(p0[2 * j + 1, c]) + _F(p1[2 * j + 1, c])
+                o[j] = (a + b) * q1

@@ -1,4 +1,4 @@
-"""CTMFusion (seed paper 000): a two-stream cascaded pair network's decision maps, fused over N planes.
+"""CTMFusion: a two-stream cascaded pair network's decision maps, fused over N planes.
 
 The network (:mod:`napari_edof.nn.ctmfusion`) takes two luminance images (the Y of YCbCr; the
 guide of an RGB stack is that luminance) and returns a decision map, the probability that the
@@ -32,7 +32,7 @@ from ..nn.pairwise import REFERENCES, STRATEGIES
 from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
 
 CITATION = ("Deng, X., Liu, X. et al., 'Endoscopic Depth-of-Field Expansion via Cascaded Network with "
-            "Two-streamed Multi-scale Fusion', MICCAI (seed paper 000); network written from the paper, "
+            "Two-streamed Multi-scale Fusion', MICCAI; network written from the paper, "
             "weights trained by napari-edof on synthetic pairs (weights/ctmfusion_ours.md).")
 
 #: weights a user can choose with ``weights=``; shipped in the package (no URL), hash-checked
@@ -53,30 +53,37 @@ ARCH: dict[str, dict] = {
 
 SPEC = MethodSpec(
     name="ctmfusion",
-    summary="CTMFusion pair network (seed paper 000): two-stream cascaded decision maps, N planes fused "
+    summary="CTMFusion pair network: two-stream cascaded decision maps, N planes fused "
             "against a common reference.",
     family="learned",
     params=(
-        Param("strategy", str, "reference",
-              "how the pair network fuses N planes: each plane against a common reference composite "
+        Param("strategy", str, "reference", label="Strategy",
+              help="how the pair network fuses N planes: each plane against a common reference composite "
               "(order-free), sequential pairwise fusion (the order-dependent baseline), or every pair "
               "both ways (round-robin)", choices=STRATEGIES),
-        Param("reference", str, "contrast", "the reference composite of strategy=reference: "
+        Param("reference", str, "contrast", label="Reference composite", advanced=True,
+              help="the reference composite of strategy=reference: "
               "max local contrast, or the per-pixel mean of the planes", choices=REFERENCES),
-        Param("symmetric", bool, False, "score plane k as decide(k, ref) - decide(ref, k) (twice the "
+        Param("symmetric", bool, False, label="Symmetric score", advanced=True,
+              help="score plane k as decide(k, ref) - decide(ref, k) (twice the "
               "network calls)"),
-        Param("refine", int, 0, "rounds in which the reference becomes the previous round's composite",
+        Param("refine", int, 0, label="Refinement rounds", advanced=True,
+              help="rounds in which the reference becomes the previous round's composite",
               min=0, max=4),
-        Param("two_planes", str, "soft", "with two planes: the decision map applied to the sources "
+        Param("two_planes", str, "soft", label="With two planes", advanced=True,
+              help="with two planes: the decision map applied to the sources "
               "(soft, the paper) or thresholded at 0.5 (hard)", choices=("soft", "hard")),
-        Param("weights", str, "ours", "network weights: ours (shipped, trained on synthetic pairs)",
+        Param("weights", str, "ours", label="Weights", advanced=True,
+              help="network weights: ours (shipped, trained on synthetic pairs)",
               choices=tuple(MODELS)),
-        Param("normalise", str, "range",
-              "input scaling to [0, 1]: 'range' (robust min/max of the tile's window, all planes "
+        Param("normalise", str, "range", label="Input scaling", advanced=True,
+              help="input scaling to [0, 1]: 'range' (robust min/max of the tile's window, all planes "
               "together) or 'dtype' (integers divided by their maximum, floats as given)", choices=NORMALISE),
-        Param("context", int, 32, "extra pixels read around each tile (and reflected around the image)",
+        Param("context", int, 32, label="Context (px)", advanced=True,
+              help="extra pixels read around each tile (and reflected around the image)",
               min=0, max=1024),
-        Param("batch", int, 0, "pairs per network call; 0: auto, 1 on a CPU and 8 on a GPU (memory grows with "
+        Param("batch", int, 0, label="Pairs per call", advanced=True,
+              help="pairs per network call; 0: auto, 1 on a CPU and 8 on a GPU (memory grows with "
               "it: peak RSS 0.73 GB at 1, 2.0 GB at 4 for 8 x 512 x 512 on a CPU)", min=0, max=256),
     ),
     halo=context_halo,

@@ -83,22 +83,36 @@ SPEC = MethodSpec(
             "from the sharpest, index marked unknown where no plane is in focus.",
     family="classical",
     params=(
-        Param("radius", int, 2, "focus-measure window radius, in half-resolution pixels", min=1, max=16),
-        Param("coarse_r", int, 8, "radius of the neighbourhood evidence added to the focus measure "
+        Param("radius", int, 2, label="Window radius",
+              help="focus-measure window radius, in half-resolution pixels", min=1, max=16),
+        Param("coarse_r", int, 8, label="Neighbourhood radius", advanced=True,
+              help="radius of the neighbourhood evidence added to the focus measure "
               "(half-resolution pixels; 0: off)", min=0, max=32),
-        Param("coarse_w", float, 1.0, "weight of the neighbourhood evidence", min=0.0, max=100.0),
-        Param("levels", int, 3, "scales of the fusion (the tile alignment is 2**levels)", min=1, max=5),
-        Param("softness", float, 1.0, "how readily planes are averaged: the weights' temperature in units "
+        Param("coarse_w", float, 1.0, label="Neighbourhood weight", advanced=True,
+              help="weight of the neighbourhood evidence", min=0.0, max=100.0),
+        Param("levels", int, 3, label="Scales", advanced=True,
+              help="scales of the fusion (the tile alignment is 2**levels)", min=1, max=5),
+        Param("softness", float, 1.0, label="Softness",
+              help="how readily planes are averaged: the weights' temperature in units "
               "of the noise energy (0.05: nearly hard selection)", min=0.05, max=100.0),
-        Param("fill", int, 8, "the base's index is filled from known pixels this near (half-resolution "
+        Param("fill", int, 8, label="Fill distance", advanced=True,
+              help="the base's index is filled from known pixels this near (half-resolution "
               "pixels; beyond, the plane average)", min=0, max=32),
-        Param("detail_k", float, 0.5, "finest detail shrinks where its energy is below detail_k x the "
+        Param("detail_k", float, 0.5, label="Fine-detail threshold", advanced=True,
+              help="finest detail shrinks where its energy is below detail_k x the "
               "noise's (0: keep all detail, noise included)", min=0.0, max=100.0),
-        Param("detail_window", int, 2, "window radius of the finest detail's energy (pixels)", min=1, max=8),
-        Param("unknown", str, "nan", "pixels where no plane is in focus: index NaN; fill: interpolated from "
+        Param("detail_window", int, 2, label="Fine-detail window", advanced=True,
+              help="window radius of the finest detail's energy (pixels)", min=1, max=8),
+        Param("z_blend", float, 0.5, label="Blend near-identical neighbours", advanced=True,
+              help="the finest detail of the planes just before and after the sharpest one is blended in, up "
+              "to this weight, where they keep nearly its energy (little defocus per plane: their average "
+              "has less noise); 0: off", min=0.0, max=10.0),
+        Param("unknown", str, "nan", label="Never-in-focus pixels",
+              help="pixels where no plane is in focus: index NaN; fill: interpolated from "
               "the known pixels within 'fill' (NaN beyond); keep: the argmax as it came (confidence is 0 in all "
               "three)", choices=UNKNOWN),
-        Param("unknown_k", float, 1.0, "a pixel is in focus in some plane when its best focus measure stands "
+        Param("unknown_k", float, 1.0, label="In-focus threshold", advanced=True,
+              help="a pixel is in focus in some plane when its best focus measure stands "
               "above its noise floor by unknown_k x what noise alone reaches (0.5 marks less unknown)",
               min=0.1, max=100.0),
     ),
@@ -321,9 +335,11 @@ def z_smooth(e: np.ndarray) -> np.ndarray:
     return e
 
 
-def soft_weights(e: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """exp(-(max energy - energy) / noise) over planes, normalised, in place of ``e``: (Z, h, w)."""
-    best = e.max(axis=0)
+def soft_weights(e: np.ndarray, noise: np.ndarray, best: np.ndarray | None = None) -> np.ndarray:
+    """exp(-(max energy - energy) / noise) over planes, normalised, in place of ``e``: (Z, h, w)
+    (``best``: the maximum over the planes, when known)."""
+    if best is None:
+        best = e.max(axis=0)
     inv = _F(1) / (noise + _F(1e-30))
     e -= best
     e *= inv
@@ -334,6 +350,43 @@ def soft_weights(e: np.ndarray, noise: np.ndarray) -> np.ndarray:
 
 _NONE = np.empty((0, 0), _F)  # "no energy" / "no neighbourhood evidence" for the compiled kernels
 _NONE3 = np.empty((0, 0, 0), _F)
+
+
+_BLEND_FROM = _F(0.7)  # a neighbour keeping 70 % of the sharpest plane's detail energy starts to blend in
+
+
+def blend_neighbours(w: np.ndarray, energy: np.ndarray, noise: np.ndarray, weight: float) -> np.ndarray:
+    """In place on normalised (Z, h, w) weights: the planes just before and after each pixel's
+    most-weighted plane gain ``weight x clip((r - 0.7) / 0.3, 0, 1)``, where ``r`` is their share of
+    that plane's detail energy above the noise (``energy``, ``noise``), and the weights are
+    normalised again. With little defocus per plane (many planes, microscope stacks) neighbouring
+    planes hold the same detail and their average has less noise; with more defocus per plane
+    their energy drops and nothing changes."""
+    Z = w.shape[0]
+    kb = w.argmax(axis=0)[None]
+    eb = np.take_along_axis(energy, kb, 0)[0] - noise
+    total = np.ones(eb.shape, _F)
+    for dk in (-1, 1):
+        kn = kb + dk
+        inside = (kn >= 0) & (kn < Z)
+        kn = np.clip(kn, 0, Z - 1)
+        en = np.take_along_axis(energy, kn, 0)[0] - noise
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = np.where(eb > 0, (en / eb - _BLEND_FROM) * (1 / (1 - _BLEND_FROM)), 0)
+        g = (np.clip(g, 0, 1) * weight).astype(_F)
+        g[~inside[0]] = 0
+        np.put_along_axis(w, kn, np.take_along_axis(w, kn, 0) + g[None], 0)
+        total += g
+    w *= _F(1) / total
+    return w
+
+
+def _smooth_soft(kern, e: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """``soft_weights(z_smooth(e), noise)`` in place of ``e`` (the smoothing and maximum compiled
+    where the kernels are)."""
+    if kern is None:
+        return soft_weights(z_smooth(e), noise)
+    return soft_weights(e, noise, kern.z_smooth_max(e))
 
 
 def _weighted_detail(FG, PB, planes, wf):
@@ -399,7 +452,10 @@ class FocusFuse:
             else:
                 GB[k] = gb = kern.plane_detail(g, EF[k])
             cg = gb
-            if rgb:
+            if rgb and kern is not None:
+                kern.bin_channels(planes[k], PB[k])
+                cp = PB[k]
+            elif rgb:
                 PB[k] = cp = bin2(np.moveaxis(planes[k], -1, 0))
             FM[k] = box_mean(laplacian_energy(gb), p["radius"])
             if kern is not None:
@@ -461,7 +517,7 @@ class FocusFuse:
         # ---- half-resolution fusion of every channel (one channel: the guide is that channel)
         bands, s2, bi = [], sigma2, base_index
         for lvl in range(L):
-            wl = soft_weights(z_smooth(E[lvl]), s2 * _F(p["softness"] * gains[lvl]))
+            wl = _smooth_soft(kern, E[lvl], s2 * _F(p["softness"] * gains[lvl]))
             bands.append(np.einsum("zchw,zhw->chw", B[lvl], wl))
             s2, bi = bin2(s2), bin2(bi)  # NaN where any of the four is unknown
         half = interp_planes(BASE, bi)
@@ -470,8 +526,12 @@ class FocusFuse:
         del E, B, BASE
 
         # ---- full resolution: the finest detail, weighted by its own energy, Wiener-shrunk
-        wf = soft_weights(z_smooth(EF), sigma2 * _F(p["softness"] * fine_gain))
+        EF0 = EF.copy() if p["z_blend"] > 0 and Z > 1 else None  # before the smoothing over planes
+        wf = _smooth_soft(kern, EF, sigma2 * _F(p["softness"] * fine_gain))
         del EF
+        if EF0 is not None:
+            blend_neighbours(wf, EF0, sigma2 * _F(fine_gain), _F(p["z_blend"]))
+            del EF0
         if kern is None:
             dl, detail = _weighted_detail(FG, PB, planes, wf)
             del FG

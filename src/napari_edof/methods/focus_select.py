@@ -32,26 +32,36 @@ SPEC = MethodSpec(
     summary="Per-pixel sharpest plane by a focus measure, median-smoothed index, soft seams (fast).",
     family="classical",
     params=(
-        Param("measure", str, "laplacian", "focus measure", choices=MEASURES),
-        Param("radius", int, 4, "focus-measure window radius (pixels)", min=0, max=32),
-        Param("step", int, 1, "sum-modified-Laplacian step (sml only)", min=1, max=8),
-        Param("threshold", float, 0.0, "sum-modified-Laplacian threshold, in image units (sml only)", min=0.0),
-        Param("smooth", int, 1, "median filter radius on the index map (0: off)", min=0, max=8),
-        Param("blend", int, 1, "soft-blend radius at plane transitions (0: hard selection)", min=0, max=8),
-        Param("lowtexture", str, "off",
-              "never-in-focus pixels (best focus measure within the noise): off; nearest: the nearest sharp "
+        Param("measure", str, "laplacian", label="Focus measure", help="focus measure", choices=MEASURES),
+        Param("radius", int, 4, label="Window radius", help="focus-measure window radius (pixels)", min=0, max=32),
+        Param("step", int, 1, label="SML step", advanced=True,
+              help="sum-modified-Laplacian step (sml only)", min=1, max=8),
+        Param("threshold", float, 0.0, label="SML threshold", advanced=True,
+              help="sum-modified-Laplacian threshold, in image units (sml only)", min=0.0),
+        Param("smooth", int, 1, label="Smooth the index",
+              help="median filter radius on the index map (0: off)", min=0, max=8),
+        Param("blend", int, 1, label="Blend radius",
+              help="soft-blend radius at plane transitions (0: hard selection)", min=0, max=8),
+        Param("lowtexture", str, "off", label="Low-texture areas", advanced=True,
+              help="never-in-focus pixels (best focus measure within the noise): off; nearest: the nearest sharp "
               "pixel's plane; blend: the index interpolated smoothly; mask: index NaN (confidence 0 in all three)",
               choices=LOWTEXTURE),
-        Param("noise_k", float, 4.0, "never in focus: best focus measure below noise_k x that of the noise alone",
+        Param("noise_k", float, 4.0, label="Never in focus below (x noise)", advanced=True,
+              help="never in focus: best focus measure below noise_k x that of the noise alone",
               min=0.5, max=1000.0),
-        Param("noise", float, 0.0, "image noise standard deviation, in image units (0: estimated from the stack)",
+        Param("noise", float, 0.0, label="Noise level", advanced=True,
+              help="image noise standard deviation, in image units (0: estimated from the stack)",
               min=0.0),
-        Param("tie", str, "none", "when planes are within tie_tol of the sharpest: prefer the near (first, lowest "
+        Param("tie", str, "none", label="Ties prefer", advanced=True,
+              help="when planes are within tie_tol of the sharpest: prefer the near (first, lowest "
               "index) or the far (last) plane", choices=TIES),
-        Param("tie_tol", float, 0.1, "relative tolerance of a tie (0.1: within 10% of the sharpest)", min=0.0, max=0.9),
-        Param("edge_refine", int, 0, "re-decide pixels within this many pixels of a depth edge with a 3x3-window "
+        Param("tie_tol", float, 0.1, label="Tie tolerance", advanced=True,
+              help="relative tolerance of a tie (0.1: within 10% of the sharpest)", min=0.0, max=0.9),
+        Param("edge_refine", int, 0, label="Refine depth edges (px)", advanced=True,
+              help="re-decide pixels within this many pixels of a depth edge with a 3x3-window "
               "measure, between the planes on either side (reduces halos; 0: off)", min=0, max=16),
-        Param("consistency", int, 0, "outlier filter radius on the index: pixels more than one plane away from "
+        Param("consistency", int, 0, label="Outlier filter radius", advanced=True,
+              help="outlier filter radius on the index: pixels more than one plane away from "
               "their neighbourhood's median take it (0: off)", min=0, max=8),
     ),
     halo=_halo,

@@ -1,4 +1,4 @@
-"""MSAS (seed paper 004): a Siamese pair network's decision map, extended to stacks.
+"""MSAS: a Siamese pair network's decision map, extended to stacks.
 
 For two planes this is the paper's pipeline: the network (:mod:`napari_edof.nn.msas`) gives a
 decision map ``d`` (probability that plane 0 is the in-focus one), binarised at 0.5, small
@@ -34,7 +34,7 @@ from ..nn.learned import LearnedMethod, load_network
 from ..nn.pairwise import STRATEGIES
 from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
 
-CITATION = ("Multi-focus image fusion via multi-scale attention and Siamese networks (seed paper 004); "
+CITATION = ("Multi-focus image fusion via multi-scale attention and Siamese networks; "
             "network re-implemented from the paper's text, weights trained by napari-edof on synthetic pairs.")
 
 WEIGHTS = WeightsSpec(
@@ -47,24 +47,28 @@ WEIGHTS = WeightsSpec(
 
 SPEC = MethodSpec(
     name="msas",
-    summary="MSAS Siamese pair network (seed paper 004): decision map, binarised, small regions flipped; "
+    summary="MSAS Siamese pair network: decision map, binarised, small regions flipped; "
             "stacks through an order-free pairs-to-stack strategy.",
     family="learned",
     params=(
-        Param("strategy", str, "reference",
-              "how more than two planes are fused with the pair model: each plane against one common "
+        Param("strategy", str, "reference", label="Strategy",
+              help="how more than two planes are fused with the pair model: each plane against one common "
               "max-contrast reference (order-free), the sequential chain (plane 0 with 1, the result with "
               "2, ...), or a round-robin of all pairs", choices=STRATEGIES),
-        Param("refine", int, 0, "extra rounds of the reference strategy against the previous round's "
+        Param("refine", int, 0, label="Refinement rounds", advanced=True,
+              help="extra rounds of the reference strategy against the previous round's "
               "composite", min=0, max=3),
-        Param("min_area", float, 0.01, "regions smaller than this fraction of the window (tile + context) "
+        Param("min_area", float, 0.01, label="Smallest region", advanced=True,
+              help="regions smaller than this fraction of the window (tile + context) "
               "are flipped to their surroundings (0: off)", min=0.0, max=0.5),
-        Param("normalise", str, "range",
-              "input scaling to [0, 1]: 'range' (robust min/max of the window) or 'dtype' (divide integers "
+        Param("normalise", str, "range", label="Input scaling", advanced=True,
+              help="input scaling to [0, 1]: 'range' (robust min/max of the window) or 'dtype' (divide integers "
               "by their maximum, floats as given)", choices=NORMALISE),
-        Param("context", int, 32, "extra pixels read around each tile (and reflected around the image)",
+        Param("context", int, 32, label="Context (px)", advanced=True,
+              help="extra pixels read around each tile (and reflected around the image)",
               min=0, max=1024),
-        Param("batch", int, 0, "pairs per network call; 0: auto, 1 on a CPU (fastest and smallest there: "
+        Param("batch", int, 0, label="Pairs per call", advanced=True,
+              help="pairs per network call; 0: auto, 1 on a CPU (fastest and smallest there: "
               "16 x 512 x 512 took 4.4 s and 0.58 GB extra at 1, 12.3 s and 2.5 GB at 8) and 8 on a GPU",
               min=0, max=256),
     ),

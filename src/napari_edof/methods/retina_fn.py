@@ -1,4 +1,4 @@
-"""FMB + FN (seed paper 001, retinal microsurgery): a network that *synthesises* the fused RGB image.
+"""FMB + FN (retinal microsurgery): a network that *synthesises* the fused RGB image.
 
 The network (:mod:`napari_edof.nn.retina_fn`): the sum-modified-Laplacian of every colour
 channel (3x3 window, threshold 7) beside the RGB plane, a feature module per plane, a
@@ -45,7 +45,7 @@ from ..nn.learned import LearnedMethod, load_network
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Zhou, X., Hao, L., Nie, Q., Zhou, Y., Wang, L., Hu, Y., Liu, J., 'A novel multi-focus "
-            "fusion network for retinal microsurgery' (seed paper 001); our implementation and weights.")
+            "fusion network for retinal microsurgery'; our implementation and weights.")
 
 _LICENCE = "same as napari-edof (trained by the project on synthetic stacks; see the model card)"
 #: our weights, shipped in the package (hash-checked like a download); model card:
@@ -85,25 +85,27 @@ def _halo(p: dict) -> int:
 
 SPEC = MethodSpec(
     name="fmb-fn",
-    summary="FMB + FN network (seed paper 001, retinal microsurgery): SML focus measures per colour channel, "
+    summary="FMB + FN network (retinal microsurgery): SML focus measures per colour channel, "
             "max-selected plane features, refined to a synthesised RGB image.",
     family="learned",
     params=(
-        Param("weights", str, "ours",
-              "network: ours (the paper's FMB + FN with a selection skip; shipped) or paper (the paper's FN as "
+        Param("weights", str, "ours", label="Weights", advanced=True,
+              help="network: ours (the paper's FMB + FN with a selection skip; shipped) or paper (the paper's FN as "
               "written, trained the same way; shipped)", choices=tuple(MODELS)),
-        Param("index", str, "auto",
-              "focus-index rule: 'select', the plane the network's selection head picked; 'nearest', the plane "
+        Param("index", str, "auto", label="Focus index from",
+              help="focus-index rule: 'select', the plane the network's selection head picked; 'nearest', the plane "
               "nearest the fused output over a small window; 'provenance', the plane that won the network's "
               "max-selection (majority over feature channels); 'auto': select, or nearest for a network "
               "without the head", choices=INDEX_RULES),
-        Param("window", int, 2, "neighbourhood radius of index='nearest' (pixels)", min=0, max=8),
-        Param("normalise", str, "range",
-              "input scaling to [0, 1]: 'range' (robust min/max of the whole image; two passes when tiled) "
+        Param("window", int, 2, label="Window radius", advanced=True,
+              help="neighbourhood radius of index='nearest' (pixels)", min=0, max=8),
+        Param("normalise", str, "range", label="Input scaling", advanced=True,
+              help="input scaling to [0, 1]: 'range' (robust min/max of the whole image; two passes when tiled) "
               "or 'dtype' (integers divided by their maximum, floats as given)", choices=NORMALISE),
-        Param("clamp", bool, True, "clip each fused pixel to the range of the source planes there"),
-        Param("output", str, "network",
-              "fused image: the network's synthesised RGB (the paper), or 'snap': the source pixels of the "
+        Param("clamp", bool, True, label="Clamp to the sources", advanced=True,
+              help="clip each fused pixel to the range of the source planes there"),
+        Param("output", str, "network", label="Output",
+              help="fused image: the network's synthesised RGB (the paper), or 'snap': the source pixels of the "
               "focus index (a selection guided by the network's output)", choices=OUTPUTS),
     ),
     halo=_halo,

@@ -1,4 +1,4 @@
-"""StackMFF-V2 (seed paper 002): one network pass over the whole stack regresses the focal plane.
+"""StackMFF-V2: one network pass over the whole stack regresses the focal plane.
 
 The network (:mod:`napari_edof.nn.stackmff_v2`) gives per-pixel focus logits over the planes;
 a decision rule turns them into the focus index, and the fused image gathers the source pixels
@@ -34,7 +34,7 @@ from ..nn.learned import LearnedMethod, load_network
 from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
 
 CITATION = ("Xie, X. et al., 'StackMFF V2: One-shot multi-focus image stack fusion via focal depth "
-            "regression' (seed paper 002); code and weights: github.com/Xinzhe99/StackMFF-V2 (MIT).")
+            "regression'; code and weights: github.com/Xinzhe99/StackMFF-V2 (MIT).")
 
 #: weights a user can choose with ``weights=``; a spec without URLs is shipped in the package
 #: (``napari_edof/weights/<filename>``), hash-checked like a download.
@@ -80,22 +80,25 @@ def default_tile(p: dict, n_planes: int) -> int:
 
 SPEC = MethodSpec(
     name="stackmff-v2",
-    summary="StackMFF-V2 network (seed paper 002): one-shot focal-plane regression over the whole stack.",
+    summary="StackMFF-V2 network: one-shot focal-plane regression over the whole stack.",
     family="learned",
     params=(
-        Param("rule", str, DEFAULT_RULE,
-              "decision rule: argmax of the logits (local); the official expectation + global "
+        Param("rule", str, DEFAULT_RULE, label="Decision rule",
+              help="decision rule: argmax of the logits (local); the official expectation + global "
               "min-max; the expectation matched to the argmax's range (both two passes when "
               "tiled); or the argmax of box-smoothed probabilities (local)", choices=RULES),
-        Param("weights", str, "ours", "network weights: ours (shipped, fine-tuned on synthetic microscopy-like "
+        Param("weights", str, "ours", label="Weights", advanced=True,
+              help="network weights: ours (shipped, fine-tuned on synthetic microscopy-like "
               "stacks) or the authors' official ones (downloaded at first use)", choices=tuple(MODELS)),
-        Param("normalise", str, "range",
-              "input scaling to [0, 1]: 'range' (robust min/max of the tile's window) or 'dtype' "
+        Param("normalise", str, "range", label="Input scaling", advanced=True,
+              help="input scaling to [0, 1]: 'range' (robust min/max of the tile's window) or 'dtype' "
               "(divide integers by their maximum, floats as given: the authors' convention)",
               choices=NORMALISE),
-        Param("context", int, 32, "extra pixels read around each tile (and reflected around the image)",
+        Param("context", int, 32, label="Context (px)", advanced=True,
+              help="extra pixels read around each tile (and reflected around the image)",
               min=0, max=1024),
-        Param("smooth", int, 1, "box radius for rule='smooth-argmax' (pixels)", min=1, max=16),
+        Param("smooth", int, 1, label="Smoothing radius",
+              help="box radius for rule='smooth-argmax' (pixels)", min=1, max=16),
     ),
     halo=context_halo,
     devices=("cuda", "mps", "cpu"),

@@ -1,4 +1,4 @@
-"""VAEEDOF (seed paper 003): fusion in the latent space of a frozen tiny autoencoder, plus a hybrid.
+"""VAEEDOF: fusion in the latent space of a frozen tiny autoencoder, plus a hybrid.
 
 Per tile window:
 
@@ -53,7 +53,7 @@ from ..nn.weights import cached_model, load_state_dict
 from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
 
 CITATION = ("VAEEDOF: 'Addressing the Depth-of-Field Constraint: A New Paradigm for High Resolution "
-            "Multi-Focus Image Fusion' (seed paper 003); autoencoder: TAEF2, github.com/madebyollin/taesd (MIT).")
+            "Multi-Focus Image Fusion'; autoencoder: TAEF2, github.com/madebyollin/taesd (MIT).")
 
 #: our Fusion U-Net weights, shipped in the package (float16; see weights/vaeedof_ours.md)
 UNET = WeightsSpec(
@@ -73,23 +73,30 @@ BLEND = 1  # soft seams between source planes (box radius of the one-hot choice)
 
 SPEC = MethodSpec(
     name="vaeedof",
-    summary="VAEEDOF (seed paper 003): Fusion U-Net in a frozen autoencoder's latent space; hybrid with "
+    summary="VAEEDOF: Fusion U-Net in a frozen autoencoder's latent space; hybrid with "
             "source pixels where the focus decision is confident.",
     family="learned",
     params=(
-        Param("mode", str, "hybrid", "hybrid: source pixels where a plane is confidently the sharpest, the "
+        Param("mode", str, "hybrid", label="Mode",
+              help="hybrid: source pixels where a plane is confidently the sharpest, the "
               "latent fusion elsewhere; latent: the decoded latent fusion everywhere (the paper)", choices=MODES),
-        Param("long", str, "sharpest", "more than seven planes: the seven sharpest in most pixels of the "
+        Param("long", str, "sharpest", label="More than seven planes", advanced=True,
+              help="more than seven planes: the seven sharpest in most pixels of the "
               "tile, or groups of seven fused and then fused again", choices=LONG),
-        Param("threshold", float, 0.2, "hybrid: focus-decision confidence above which the source pixel is "
+        Param("threshold", float, 0.2, label="Confidence threshold", advanced=True,
+              help="hybrid: focus-decision confidence above which the source pixel is "
               "used (ramped over +-0.1)", min=0.0, max=1.0),
-        Param("agree", float, 0.01, "hybrid: the source is also used where the planes agree: their spread "
+        Param("agree", float, 0.01, label="Agreement threshold", advanced=True,
+              help="hybrid: the source is also used where the planes agree: their spread "
               "(max - min over planes of the 5 x 5 mean) below this fraction of the range (ramped to 2x; "
               "0: off)", min=0.0, max=1.0),
-        Param("radius", int, 4, "focus-measure window radius of the hybrid's decision (pixels)", min=1, max=16),
-        Param("normalise", str, "auto", "input scaling to [0, 1]: auto (dtype for uint8, range otherwise), "
+        Param("radius", int, 4, label="Window radius", advanced=True,
+              help="focus-measure window radius of the hybrid's decision (pixels)", min=1, max=16),
+        Param("normalise", str, "auto", label="Input scaling", advanced=True,
+              help="input scaling to [0, 1]: auto (dtype for uint8, range otherwise), "
               "range (robust min/max of the tile's window) or dtype", choices=NORMALISE),
-        Param("context", int, 32, "extra pixels read around each tile", min=8, max=1024),
+        Param("context", int, 32, label="Context (px)", advanced=True,
+              help="extra pixels read around each tile", min=8, max=1024),
     ),
     halo=context_halo,
     tile_multiple=lambda p: 8,

@@ -145,14 +145,20 @@ SPEC = MethodSpec(
     summary="Stationary-wavelet fusion: max-energy sub-band selection with a majority consistency check.",
     family="classical",
     params=(
-        Param("wavelet", str, "haar", "analysis wavelet (pywt name; haar, the shortest, blurs depth edges least)",
+        Param("wavelet", str, "haar", label="Wavelet",
+              help="analysis wavelet (pywt name; haar, the shortest, blurs depth edges least)",
               choices=WAVELETS),
-        Param("levels", int, 4, "decomposition levels (the tile alignment is 2**levels)", min=1, max=6),
-        Param("window", int, 1, "local-energy window radius (0: maximum modulus)", min=0, max=4),
-        Param("consistency", bool, True, "3x3 majority filter on every selection map"),
-        Param("approx", str, "index", "approximation band: from the plane the finest level selects (index), "
+        Param("levels", int, 4, label="Levels",
+              help="decomposition levels (the tile alignment is 2**levels)", min=1, max=6),
+        Param("window", int, 1, label="Window radius", advanced=True,
+              help="local-energy window radius (0: maximum modulus)", min=0, max=4),
+        Param("consistency", bool, True, label="Majority filter", advanced=True,
+              help="3x3 majority filter on every selection map"),
+        Param("approx", str, "index", label="Approximation band", advanced=True,
+              help="approximation band: from the plane the finest level selects (index), "
               "the plane average, or the plane of largest local variance", choices=("index", "average", "variance")),
-        Param("bands", str, "per-level", "detail bands selected per level, or every level from the finest "
+        Param("bands", str, "per-level", label="Detail bands", advanced=True,
+              help="detail bands selected per level, or every level from the finest "
               "level's selection (finest: fewer mixed planes at strong depth edges)", choices=("per-level", "finest")),
     ),
     halo=_halo,

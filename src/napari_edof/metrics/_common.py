@@ -2,7 +2,7 @@
 
 Every metric works on 2D grey images of float64. Colour images (a last axis of 3 or 4) are
 reduced to their BT.601 luminance ``0.299 R + 0.587 G + 0.114 B`` (the Y of YCbCr, on which
-seed paper 000 fuses; alpha is ignored); other multi-channel images (a last axis that is not
+the CTMFusion paper fuses; alpha is ignored); other multi-channel images (a last axis that is not
 3 or 4 while the sources have one more axis than a grey plane) to the mean of the channels.
 
 Intensities are divided by ``data_range`` so that every metric sees values in [0, 1]:

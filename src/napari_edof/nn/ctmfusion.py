@@ -1,4 +1,4 @@
-"""CTMFusion (seed paper 000): a two-stream cascaded encoder-decoder that outputs a decision map.
+"""CTMFusion: a two-stream cascaded encoder-decoder that outputs a decision map.
 
 Written from the paper (Deng, Liu et al., MICCAI, "Endoscopic Depth-of-Field Expansion via Cascaded
 Network with Two-streamed Multi-scale Fusion"); there is no official code or checkpoint, so the

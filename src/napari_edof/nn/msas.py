@@ -1,4 +1,4 @@
-"""MSAS (seed paper 004): multi-focus fusion with multi-scale attention and Siamese networks.
+"""MSAS: multi-focus fusion with multi-scale attention and Siamese networks.
 
 Written from the paper's text (its Fig. 1 gives the layout; exact widths, depths and the
 local attention module's internals are not in the text, so they are our reading, scaled down to

@@ -4,7 +4,7 @@ A pair model (MSAS, CTMFusion, or a classical rule) answers ``decide(a, b)``: pe
 probability that ``a`` is the in-focus one. :func:`fuse_stack_pairwise` turns such a model into a
 focus index over an N-plane stack. Strategies (``strategy=``):
 
-- ``"sequential"``: the baseline that the StackMFF-V2 paper (seed 002) criticises: fuse plane 0
+- ``"sequential"``: the baseline that the StackMFF-V2 paper criticises: fuse plane 0
   with plane 1, the result with plane 2, and so on, keeping per-pixel provenance (which plane
   each pixel of the running composite came from). It depends on plane order and accumulates
   errors: a pixel lost at one step never comes back, and a model with any bias towards its first
@@ -203,7 +203,7 @@ def contrast_decide(radius: int = 2, gain: float = 4.0, bias: float = 0.0, eps: 
 
 # ---------------------------------------------------------------------- MSAS's small-area filter
 def small_area_filter(labels: np.ndarray, min_size: float = 0.01, *, connectivity: int = 1) -> np.ndarray:
-    """Remove small regions from a decision map (MSAS, seed paper 004: regions under 1% of the
+    """Remove small regions from a decision map (the MSAS paper: regions under 1% of the
     image are flipped).
 
     ``labels``: (H, W) integer map (a binary decision map, or an N-plane focus index).

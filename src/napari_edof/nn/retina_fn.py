@@ -1,4 +1,4 @@
-"""Focus Measure Block + Fusion Network (seed paper 001, Zhou et al., "A novel multi-focus fusion
+"""Focus Measure Block + Fusion Network (Zhou et al., "A novel multi-focus fusion
 network for retinal microsurgery"), written from the paper's Sec. 2.
 
 - :func:`sml` / :class:`FocusMeasureBlock` (no parameters): the sum-modified-Laplacian of every

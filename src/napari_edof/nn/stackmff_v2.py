@@ -1,4 +1,4 @@
-"""StackMFF-V2 (seed paper 002): a state-dict-compatible implementation, written from the paper
+"""StackMFF-V2: a state-dict-compatible implementation, written from the paper
 and ``shared/specs/stackmff_v2.md``.
 
 Three stages:

@@ -7,7 +7,7 @@ into the hash-pinned weights cache (``$NAPARI_EDOF_WEIGHTS`` overrides its folde
 :mod:`napari_edof.nn.weights`).
 
 Encoder and decoder are separate modules, loaded separately (:func:`load_encoder`,
-:func:`load_decoder`): VAEEDOF (seed paper 003) uses both, a perceptual loss only the encoder.
+:func:`load_decoder`): VAEEDOF uses both, a perceptual loss only the encoder.
 Both are returned in eval mode with ``requires_grad`` off; gradients still flow *through* them
 (a perceptual loss on a generated image needs that).
 

@@ -1,4 +1,4 @@
-"""VAEEDOF (seed paper 003): a Fusion U-Net in the latent space of a frozen tiny autoencoder.
+"""VAEEDOF: a Fusion U-Net in the latent space of a frozen tiny autoencoder.
 
 The planes are encoded one by one by the frozen TAEF2 encoder (:mod:`napari_edof.nn.taef2`,
 32 channels at 1/8), seven latents are concatenated (224 channels) and the Fusion U-Net maps

@@ -1,6 +1,6 @@
 """Losses for the fusion networks (torch).
 
-StackMFF-V2 (seed paper 002, Sec. 3.6): the focus map is the expectation of the plane index
+StackMFF-V2 (the StackMFF-V2 paper, Sec. 3.6): the focus map is the expectation of the plane index
 under the softmax over planes; the official training min-max normalised it over each image to
 [0, 1] and compared it with the min-max normalised depth map by MSE (:func:`normalised_depth_mse`).
 Because a local per-pixel argmax of the logits is also offered as a decision rule, a per-pixel

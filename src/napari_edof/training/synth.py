@@ -6,7 +6,7 @@ Two defocus models, one convention:
   centre of bin ``k`` (``(k + 0.5) / N``), so the ground-truth focus index of a pixel is its bin
   ``clip(floor(depth * N), 0, N - 1)`` in both models, and ``depth`` itself is the continuous
   ("normalised depth") target of the StackMFF-V2 loss;
-- ``model="layered"``: seed paper 002's Algorithm 1 (:func:`napari_edof.data.layered_defocus`):
+- ``model="layered"``: the StackMFF-V2 paper's Algorithm 1 (:func:`napari_edof.data.layered_defocus`):
   plane ``k`` shows bin ``i`` blurred by a Gaussian of sigma ``sigmas[|i - k|]``; every pixel is
   exactly the all-in-focus value in its own plane;
 - ``model="thin_lens"``: a Gaussian PSF whose sigma varies per pixel,

@@ -1,4 +1,4 @@
-"""Training recipe for CTMFusion (seed paper 000): ``napari-edof train ctmfusion``.
+"""Training recipe for CTMFusion: ``napari-edof train ctmfusion``.
 
 Loss (the paper's Eq. 1-4), with ``F = D a + (1 - D) b`` the fused image of the decision map ``D``:
 

@@ -1,4 +1,4 @@
-"""The MSAS recipe (seed paper 004): train the pair network on synthetic near/far pairs.
+"""The MSAS recipe: train the pair network on synthetic near/far pairs.
 
 Each batch item is one of (drawn per item from ``numpy.random.default_rng([seed, 5, step, b])``,
 so batches are pure functions of the step and runs resume exactly):

@@ -1,4 +1,4 @@
-"""Training recipe for the retinal FMB + FN network (seed paper 001): ``napari-edof train fmb-fn``.
+"""Training recipe for the retinal FMB + FN network: ``napari-edof train fmb-fn``.
 
 Data: RGB synthetic stacks (:class:`~napari_edof.training.datasets.StackDataset`, ``rgb=True``)
 from a mix of fundus scenes (the procedural fundus, zoomed fundus views, crops of

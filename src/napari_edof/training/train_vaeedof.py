@@ -1,4 +1,4 @@
-"""The VAEEDOF recipe (seed paper 003): train the Fusion U-Net in the frozen TAEF2 latent space.
+"""The VAEEDOF recipe: train the Fusion U-Net in the frozen TAEF2 latent space.
 
 Two phases, both seeded and resumable (``napari-edof train vaeedof --steps N --out DIR``):
 
