@@ -119,3 +119,25 @@ def test_parallel_writing_writes_every_file_with_its_content(plane_folder, tmp_p
     np.testing.assert_array_equal(tifffile.imread(out["masks"]), res.masks().astype(np.uint8) * 255)
     np.testing.assert_array_equal(tifffile.imread(out["decision"]), res.labels())
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no staging left
+
+
+@pytest.mark.parametrize("flavour", ["imagej-tzyx", "miniswhite", "ome", "rgb-planes-tiff", "two-series"])
+def test_tiff_flavours_read_both_ways_are_equal(tmp_path, flavour):
+    f = tmp_path / "s.tif"
+    if flavour == "imagej-tzyx":
+        tifffile.imwrite(f, _stack(n=6, seed=3).reshape(2, 3, 40, 48), imagej=True, metadata={"axes": "TZYX"})
+    elif flavour == "miniswhite":
+        tifffile.imwrite(f, _stack(n=3, seed=4, dtype=np.uint8), photometric="miniswhite")
+    elif flavour == "ome":
+        tifffile.imwrite(f, _stack(n=4, seed=5), ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.5})
+    elif flavour == "rgb-planes-tiff":
+        rng = np.random.default_rng(6)
+        tifffile.imwrite(f, rng.integers(0, 255, (3, 20, 24, 3), dtype=np.uint8), photometric="rgb")
+    else:
+        with tifffile.TiffWriter(f) as tw:
+            for p in _stack(n=3, seed=7):
+                tw.write(p)
+    eager, lazy = read_stack(f), open_stack(f)
+    assert isinstance(eager.data, np.ndarray)
+    assert (eager.axes, eager.rgb, eager.pixel_size, eager.shape) == (lazy.axes, lazy.rgb, lazy.pixel_size, lazy.shape)
+    np.testing.assert_array_equal(eager.data, lazy.data.compute())
