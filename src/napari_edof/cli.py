@@ -578,7 +578,12 @@ def cmd_fuse(args) -> int:
                 jobs = [(st, out / n) for st, n in zip(stacks, names)]
             else:
                 src = args.inputs[0] if len(args.inputs) == 1 else list(args.inputs)
-                jobs = [(open_stack(src, axes=args.axes), out)]
+                if args.format == "tiff" and not (args.scheduler or args.workers):
+                    from .io import read_stack  # in memory when it fits: read at once, in threads
+
+                    jobs = [(read_stack(src, axes=args.axes, workers=args.threads), out)]
+                else:
+                    jobs = [(open_stack(src, axes=args.axes), out)]
         _plan_outputs(jobs, args.format, tiff_opts)
         if not args.quiet and getattr(args, "register", "none") in (None, "none"):
             for st, _ in jobs:

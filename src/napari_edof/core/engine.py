@@ -45,7 +45,12 @@ class MemoryFrames:
     """The in-memory run's reader: a whole time point, read (computed) once and kept while the
     run is on it (an out-of-memory retry reads nothing again)."""
 
-    def __init__(self, stack: Stack):
+    def __init__(self, stack: Stack, workers: int | None = None):
+        from ..io.read_memory import materialise
+
+        self.workers = workers
+        if stack.n_times == 1:  # one time point: read it whole, straight into one array, in threads
+            stack = materialise(stack, workers=workers)
         self.canon = stack.canonical()
         self.t, self.frame = None, None
 
@@ -54,7 +59,9 @@ class MemoryFrames:
             self.frame = None  # the previous time point's memory first
             frame = self.canon[t]
             if is_dask(frame):
-                frame = frame.compute()
+                from ..io.read_memory import materialise
+
+                frame = materialise(frame, workers=self.workers, limit=1 << 62)  # (memory checked by the plan)
             self.t, self.frame = t, np.asarray(frame)
         return self
 
@@ -147,7 +154,7 @@ def fuse_iter(
     if registering:
         yield Progress(1, 1, "registration")
     sink = MemorySink(pl.stack)
-    run = yield from run_frames(pl, MemoryFrames(pl.stack), sink, whole_image)
+    run = yield from run_frames(pl, MemoryFrames(pl.stack, pl.workers), sink, whole_image)
     res = make_result(run.plan, sink.fused, sink.index, sink.conf, run.seconds, run.impl)
     res.provenance.update(run.backoff)
     return res

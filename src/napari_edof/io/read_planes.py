@@ -394,12 +394,11 @@ def _read_plane(info: _PlaneInfo) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=info.dtype)
 
 
-def _open_planes(paths: Sequence[Path], *, axes, name: str, label: str, skipped=()) -> Stack:
+def _open_planes(paths: Sequence[Path], *, axes, name: str, label: str, skipped=(), eager: bool = False,
+                 workers: int | None = None) -> Stack:
     """The images ``paths`` as the planes of a stack (``skipped``: images of the folder left out,
-    reported as a warning and in the stack's metadata)."""
-    import dask
-    import dask.array as da
-
+    reported as a warning and in the stack's metadata). ``eager``: read the pixels now, straight
+    into one array (planes decoded in ``workers`` threads), when the stack fits in memory."""
     infos = []
     for p in paths:
         kind, size = _sniff(p)
@@ -430,13 +429,13 @@ def _open_planes(paths: Sequence[Path], *, axes, name: str, label: str, skipped=
                 f"{info.path}: the pixel type is {info.dtype} but {ref.path.name} (the first plane) "
                 f"is {ref.dtype}; all planes must have the same pixel type"
             )
-    parts = []
-    for info in infos:
-        key = "edof-read-" + _token(info.stat, info.kind, info.shape, str(info.dtype), info.convert, info.planar,
-                                    info.render.key, info.decoder)
-        d = dask.delayed(_read_plane, pure=True)(info, dask_key_name=key)
-        parts.append(da.from_delayed(d, shape=info.shape, dtype=info.dtype))
-    data = da.stack(parts, axis=0)
+    from .read_memory import fill_planes, fits_in_memory
+
+    shape = (len(infos),) + tuple(ref.shape)
+    if eager and fits_in_memory(int(np.prod(shape, dtype=np.int64)) * ref.dtype.itemsize):
+        data = fill_planes(np.empty(shape, ref.dtype), lambda i: _read_plane(infos[i]), len(infos), workers)
+    else:
+        data = _planes_dask(infos)
     if axes is None:
         ax, rgb, note = ("ZYXC" if ref.channels else "ZYX"), ref.rgb, "images"
     else:
@@ -476,6 +475,26 @@ def _open_planes(paths: Sequence[Path], *, axes, name: str, label: str, skipped=
         scale=ref.scale,
         metadata=metadata,
     )
+
+
+def _planes_dask(infos: list[_PlaneInfo]):
+    """One dask task per plane, stacked along Z (and how to read them all at once, for
+    :func:`~napari_edof.io.read_memory.materialise`)."""
+    import dask
+    import dask.array as da
+
+    from .read_memory import fill_planes, register_filler
+
+    parts = []
+    for info in infos:
+        key = "edof-read-" + _token(info.stat, info.kind, info.shape, str(info.dtype), info.convert, info.planar,
+                                    info.render.key, info.decoder)
+        d = dask.delayed(_read_plane, pure=True)(info, dask_key_name=key)
+        parts.append(da.from_delayed(d, shape=info.shape, dtype=info.dtype))
+    data = da.stack(parts, axis=0)
+    register_filler(data, lambda out, workers: fill_planes(out, lambda i: _read_plane(infos[i]), len(infos),
+                                                           workers))
+    return data
 
 
 def read_image(path) -> np.ndarray:

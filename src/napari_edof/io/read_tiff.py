@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import threading
 import weakref
@@ -34,6 +35,7 @@ from .metadata import (
     tiff_rendering,
     tiff_scale,
 )
+from .read_memory import fits_in_memory
 
 
 class _LogCapture(logging.Handler):
@@ -278,21 +280,28 @@ class _SeriesInfo:
     flags: tuple = ()
 
 
-def _series_info(tf, k: int, path: Path, squeeze: bool, flags: tuple = ()) -> _SeriesInfo:
-    import zarr
-
+def _series_info(tf, k: int, path: Path, squeeze: bool, flags: tuple = (), eager: bool = False) -> _SeriesInfo:
+    """``eager``: the series will be read at once if it fits in memory; then no zarr view is made
+    (``chunks`` is empty: the series must be read with :func:`_read_series`)."""
     s = tf.series[k]
     _check_extent(s, path)
-    store = s.aszarr(chunkmode=2, squeeze=squeeze, multiscales=False)
-    z = zarr.open_array(store, mode="r")
     axes = s.axes if squeeze else s.get_axes(False)
-    if len(axes) != len(z.shape):
-        raise ReadError(f"{path}: the TIFF's axes {axes!r} do not match its data of shape {tuple(z.shape)}")
+    shape = tuple(int(v) for v in (s.shape if squeeze else s.get_shape(False)))
+    chunks: tuple = ()
+    if not (eager and len(axes) == len(shape)
+            and fits_in_memory(int(np.prod(shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize)):
+        import zarr
+
+        store = s.aszarr(chunkmode=2, squeeze=squeeze, multiscales=False)
+        z = zarr.open_array(store, mode="r")
+        shape, chunks = tuple(int(v) for v in z.shape), tuple(int(v) for v in z.chunks)
+    if len(axes) != len(shape):
+        raise ReadError(f"{path}: the TIFF's axes {axes!r} do not match its data of shape {shape}")
     return _SeriesInfo(
         index=k,
         axes=axes,
-        shape=tuple(int(v) for v in z.shape),
-        chunks=tuple(int(v) for v in z.chunks),
+        shape=shape,
+        chunks=chunks,
         dtype=np.dtype(s.dtype),
         squeeze=squeeze,
         rgb=_is_photometric_rgb(s),
@@ -300,12 +309,31 @@ def _series_info(tf, k: int, path: Path, squeeze: bool, flags: tuple = ()) -> _S
     )
 
 
+def _read_series(path: Path, info: _SeriesInfo, workers: int | None = None) -> np.ndarray:
+    """The whole series read at once (tifffile decodes compressed pages in ``workers`` threads)."""
+    import tifffile
+
+    try:
+        with _tifffile_log(), tifffile.TiffFile(path, **dict(info.flags)) as tf:
+            a = tf.series[info.index].asarray(maxworkers=workers or os.cpu_count() or 1)
+    except EdofError:
+        raise
+    except Exception as e:
+        raise ReadError(f"{path}: cannot read the pixels ({_why(e)}); the file may be truncated or corrupt") from None
+    if a.size != int(np.prod(info.shape, dtype=np.int64)):
+        raise ReadError(f"{path}: the file changed since it was opened (its data is now {a.shape}, it was "
+                        f"{info.shape})")
+    return a.reshape(info.shape).astype(np.dtype(info.dtype).newbyteorder("="), copy=False)
+
+
 def _tiff_dask(path: Path, info: _SeriesInfo):
     import dask.array as da
 
+    from .read_memory import register_filler
+
     arr = _TiffArray(path, info.index, info.shape, info.dtype, info.squeeze, info.flags)
     name = "edof-tiff-" + _token(_stat_key(path), info.index, info.squeeze, info.shape, info.flags)
-    return da.from_array(
+    data = da.from_array(
         arr,
         chunks=info.chunks,
         name=name,
@@ -315,8 +343,15 @@ def _tiff_dask(path: Path, info: _SeriesInfo):
         meta=np.empty((0,) * len(info.shape), arr.dtype),
     )
 
+    def fill(out, workers):
+        out[...] = _read_series(path, info, workers)
 
-def _open_tiff(path: Path, size: int, *, axes, name) -> Stack:
+    register_filler(data, fill)
+    return data
+
+
+def _open_tiff(path: Path, size: int, *, axes, name, eager: bool = False, workers: int | None = None) -> Stack:
+    """``eager``: read the pixels now (one array) when the stack fits in memory."""
     import tifffile
 
     label = str(path)
@@ -353,7 +388,7 @@ def _open_tiff(path: Path, size: int, *, axes, name) -> Stack:
                 if fmt == "tiff" and len(all_series) > 1:
                     infos = [_series_info(tf, k, path, True) for k in range(len(all_series))]
                 else:
-                    infos = [_series_info(tf, 0, path, squeeze, flags)]
+                    infos = [_series_info(tf, 0, path, squeeze, flags, eager=eager)]
                 render = tiff_rendering(tf.series[0].keyframe, label)
             except EdofError:
                 raise
@@ -370,7 +405,11 @@ def _open_tiff(path: Path, size: int, *, axes, name) -> Stack:
     else:
         info = infos[0]
         _check_dtype(info.dtype, label)
-        data, file_axes, rgb_file = _tiff_dask(path, info), info.axes, info.rgb
+        if not info.chunks:  # (eager, and it fits: see _series_info)
+            data = _read_series(path, info, workers)
+        else:
+            data = _tiff_dask(path, info)
+        file_axes, rgb_file = info.axes, info.rgb
     _check_dtype(data.dtype, label)
     ax, rgb, note, drop = map_axes(file_axes, tuple(data.shape), photometric_rgb=rgb_file, axes=axes, label=label)
     if drop:

@@ -39,10 +39,23 @@ from ._read_common import (
     _sniff,
     natural_key,
 )
+from .read_memory import materialise
 from .read_planes import _expand_glob, _image_header, _list_folder, _open_planes, _plane_desc, read_image
 from .read_tiff import _open_tiff
 
-__all__ = ["IMAGE_SUFFIXES", "SingleImageError", "open_stack", "natural_key", "read_image"]
+__all__ = ["IMAGE_SUFFIXES", "SingleImageError", "materialise", "open_stack", "natural_key", "read_image",
+           "read_stack"]
+
+
+def read_stack(source, *, axes: str | None = None, name: str | None = None, workers: int | None = None) -> Stack:
+    """Open a focus stack like :func:`open_stack` and, when it fits in memory, read it now: straight
+    into one numpy array, the planes (or a TIFF's compressed pages) decoded in ``workers``
+    threads (default: all cores), with no dask graph. A stack too large for memory (see
+    :func:`napari_edof.io.read_memory.memory_limit`) is returned lazy, as :func:`open_stack`
+    returns it."""
+    from .read_memory import materialise
+
+    return materialise(_open(source, axes=axes, name=name, eager=True, workers=workers), workers=workers)
 
 
 def open_stack(source, *, axes: str | None = None, name: str | None = None) -> Stack:
@@ -90,16 +103,21 @@ def open_stack(source, *, axes: str | None = None, name: str | None = None) -> S
         The images do not make a focus stack: planes of different sizes, channels or dtypes,
         fewer than 2 planes, a single 2D image, an unsupported dtype, axes that cannot be told.
     """
+    return _open(source, axes=axes, name=name)
+
+
+def _open(source, *, axes, name, eager: bool = False, workers: int | None = None) -> Stack:
     axes = check_axes_text(axes)
     if isinstance(source, Stack):
         return source
+    how = dict(eager=eager, workers=workers)
     if isinstance(source, (list, tuple)):
         paths = [_as_path(p) for p in source]
         if not paths:
             raise ReadError("an empty list of files is not a focus stack: give at least 2 images")
         if len(paths) == 1:
-            return _open_file(paths[0], axes=axes, name=name)
-        return _open_planes(paths, axes=axes, name=name or _list_name(paths), label=_list_label(paths))
+            return _open_file(paths[0], axes=axes, name=name, **how)
+        return _open_planes(paths, axes=axes, name=name or _list_name(paths), label=_list_label(paths), **how)
     path = _as_path(source)
     text = os.fspath(path)
     if path.is_dir():
@@ -108,18 +126,19 @@ def open_stack(source, *, axes: str | None = None, name: str | None = None) -> S
         if is_zarr(path):
             return open_zarr(path, axes=axes, name=name)
         files, skipped = _list_folder(path)
-        return _open_planes(files, axes=axes, name=name or _folder_name(path), label=str(path), skipped=skipped)
+        return _open_planes(files, axes=axes, name=name or _folder_name(path), label=str(path), skipped=skipped,
+                            **how)
     if path.exists() or path.is_symlink():
-        return _open_file(path, axes=axes, name=name)
+        return _open_file(path, axes=axes, name=name, **how)
     if any(c in text for c in _GLOB_CHARS):
         files = _expand_glob(text)
-        return _open_planes(files, axes=axes, name=name or path.name, label=repr(text))
+        return _open_planes(files, axes=axes, name=name or path.name, label=repr(text), **how)
     if not path.parent.exists() and str(path.parent) not in ("", "."):
         raise ReadError(f"{path}: no such file or folder (the folder {path.parent} does not exist)")
     raise ReadError(f"{path}: no such file or folder")
 
 
-def _open_file(path: Path, *, axes, name) -> Stack:
+def _open_file(path: Path, *, axes, name, eager: bool = False, workers: int | None = None) -> Stack:
     kind, size = _sniff(path)
     if kind != "tiff":
         info = _image_header(path, kind, size)
@@ -128,4 +147,4 @@ def _open_file(path: Path, *, axes, name) -> Stack:
             f"{path}: a single 2D image ({info.shape[0]}x{info.shape[1]} {desc}) is not a focus "
             "stack: give a folder, a glob pattern or a list of at least 2 images"
         )
-    return _open_tiff(path, size, axes=axes, name=name)
+    return _open_tiff(path, size, axes=axes, name=name, eager=eager, workers=workers)

@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -428,12 +429,12 @@ def _write_result_files(result, outdir: Path, prefix: str, files: list[str] | No
     pixel_size = getattr(result, "pixel_size", None) if unit is not None else None
     scale = dict(pixel_size=pixel_size, unit=unit, compression=compression)
 
-    out: dict[str, Path] = {}
-    if "fused" in outputs:
-        out["fused"] = write_tiff(
-            outdir / f"{prefix}fused.tif", fused, axes=fused_axes, description="napari-edof fused image", **scale
-        )
-    if preview:
+    def fused_file():
+        return {"fused": write_tiff(outdir / f"{prefix}fused.tif", fused, axes=fused_axes,
+                                    description="napari-edof fused image", **scale)}
+
+    def preview_files():
+        out = {}
         exif = _exif_of(exif_from)
         frames = fused if has_t else fused[None]
         for t, frame in enumerate(frames):
@@ -441,10 +442,42 @@ def _write_result_files(result, outdir: Path, prefix: str, files: list[str] | No
             key = f"fused_preview{suffix}"
             out[key] = write_preview(outdir / f"{prefix}fused_preview{suffix}.{preview}", frame, exif=exif,
                                      rgb=bool(getattr(result, "rgb", False)))
+        return out
+
+    def map_file(name):
+        def job():
+            out: dict = {}
+            _write_maps(out, result, outdir, prefix, (name,), n, has_t, base, scale, unit)
+            return out
+        return job
+
+    jobs = []  # in the order of the files (the first failed one is the error reported)
+    if "fused" in outputs:
+        jobs.append(fused_file)
+    if preview:
+        jobs.append(preview_files)
     if "index" in outputs:
-        out.update(_write_index(outdir, prefix, index, n, has_t, base, scale))
-    _write_maps(out, result, outdir, prefix, outputs, n, has_t, base, scale, unit)
+        jobs.append(lambda: _write_index(outdir, prefix, index, n, has_t, base, scale))
+    jobs += [map_file(name) for name in ("decision", "masks", "confidence") if name in outputs]
+    out: dict[str, Path] = {}
+    for part in _in_parallel(jobs):
+        out.update(part)
     return _write_provenance(out, result, outdir, prefix, files)
+
+
+def _in_parallel(jobs: list[Callable[[], dict]]) -> list[dict]:
+    """Run the file-writing ``jobs`` in threads (TIFF writing, PNG/JPEG encoding and the masks'
+    comparisons release the GIL; each file is still written atomically) and return their
+    results in order. Every job ends before an error is raised: the first failed job's, in order."""
+    if len(jobs) <= 1:
+        return [job() for job in jobs]
+    with ThreadPoolExecutor(min(4, len(jobs)), thread_name_prefix="edof-write") as pool:
+        futures = [pool.submit(job) for job in jobs]
+        wait(futures)
+    for f in futures:
+        if f.exception() is not None:
+            raise f.exception()
+    return [f.result() for f in futures]
 
 
 def _write_index(outdir, prefix, index, n, has_t, base, scale) -> dict:
@@ -476,7 +509,10 @@ def _write_maps(out, result, outdir, prefix, outputs, n, has_t, base, scale, uni
             **scale,
         )
     if "masks" in outputs:
-        masks = np.asarray(result.masks()).astype(np.uint8) * np.uint8(255)
+        chosen = np.asarray(result.masks())
+        own = chosen.dtype == bool and chosen.base is None and chosen.flags.writeable  # (a fresh array)
+        masks = chosen.view(np.uint8) if own else chosen.astype(np.uint8)
+        masks *= np.uint8(255)  # (in place: 0/1 -> 0/255, no second copy)
         out["masks"] = write_tiff(
             outdir / f"{prefix}masks.tif",
             masks,
