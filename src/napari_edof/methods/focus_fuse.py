@@ -347,7 +347,8 @@ def soft_weights(e: np.ndarray, noise: np.ndarray, best: np.ndarray | None = Non
         best = e.max(axis=0)
     inv = _F(1) / (noise + _F(1e-30))
     e -= best
-    e *= inv
+    with np.errstate(over="ignore"):  # noise-free pixels: -inf, a weight of 0
+        e *= inv
     np.exp(e, out=e)
     e *= _F(1) / e.sum(axis=0)
     return e
