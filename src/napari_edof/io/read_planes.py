@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import EdofError, ReadError, StackError
+from ..core.errors import ReadError, StackError
 from ..core.stack import Stack
 from ._read_common import (
     IMAGE_SUFFIXES,
@@ -38,7 +38,7 @@ from .metadata import (
     tiff_rendering,
     tiff_scale,
 )
-from .read_tiff import _check_extent, _check_log, _is_photometric_rgb, _tifffile_log
+from .read_tiff import _check_extent, _is_photometric_rgb, _tiff_structure, _tifffile_log
 
 #: Pillow mode -> (mode to convert to or None, dtype, channels (0: grey, no C axis)).
 _PIL_MODES: dict[str, tuple[str | None, Any, int]] = {
@@ -300,34 +300,14 @@ def _check_png(path: Path, size: int) -> tuple[int, int]:
 
 
 def _tiff_plane_header(path: Path, size: int) -> _PlaneInfo:
-    import tifffile
-
-    with _tifffile_log() as messages:
-        try:
-            tf = tifffile.TiffFile(path)
-        except Exception as e:
-            _check_log(messages, path, size)
-            raise ReadError(f"{path}: not a readable TIFF file ({_why(e)}); it may be truncated or corrupt") from None
-        try:
-            try:
-                series = list(tf.series)
-                _check_log(messages, path, size)
-                if not series:
-                    raise ReadError(f"{path}: the TIFF file holds no image; it may be truncated or corrupt")
-                s = series[0]
-                _check_extent(s, path)
-                shape, axes, dtype = tuple(s.shape), s.axes, np.dtype(s.dtype)
-                rgb_file = _is_photometric_rgb(s)
-                scale = tiff_scale(tf, 0)
-                render = tiff_rendering(s.keyframe, str(path))
-            except EdofError:
-                raise
-            except Exception as e:
-                _check_log(messages, path, size)
-                raise ReadError(f"{path}: cannot read the TIFF structure ({_why(e)}); it may be corrupt") from None
-        finally:
-            tf.close()
-        _check_log(messages, path, size)
+    with _tifffile_log() as messages, _tiff_structure(path, size, messages) as t:
+        series = t.series
+        s = series[0]
+        _check_extent(s, path)
+        shape, axes, dtype = tuple(s.shape), s.axes, np.dtype(s.dtype)
+        rgb_file = _is_photometric_rgb(s)
+        scale = tiff_scale(t.tf, 0)
+        render = tiff_rendering(s.keyframe, str(path))
     if len(series) > 1 or axes not in ("YX", "YXS", "SYX"):
         raise StackError(
             f"{path}: the TIFF holds more than one plane ({describe_dims(axes, shape)}); a folder, "

@@ -70,6 +70,55 @@ def _check_log(messages: list[str], path: Path, size: int) -> None:
             )
 
 
+class _OpenTiff:
+    """An open TIFF file (``tf``) and its series, as :func:`_tiff_structure` gives them."""
+
+    def __init__(self, path: Path, tf):
+        self.path, self.tf, self.series = path, tf, []
+
+    def list_series(self) -> list:
+        self.series = list(self.tf.series)
+        return self.series
+
+    def reopen(self, flags: tuple) -> list:
+        """Open the file again with tifffile's ``flags`` (e.g. metadata switched off); its series."""
+        import tifffile
+
+        self.tf.close()
+        self.tf = tifffile.TiffFile(self.path, **dict(flags))
+        return self.list_series()
+
+
+@contextlib.contextmanager
+def _tiff_structure(path: Path, size: int, messages: list[str]):
+    """Open a TIFF and list its series for a reader that then reads its structure, inside
+    :func:`_tifffile_log` (``messages``), with the readers' errors: not a TIFF, truncated (from
+    tifffile's log), holding no image, or failing while the caller reads the structure (anything
+    but an :class:`EdofError` becomes a :class:`ReadError`). The file is closed afterwards."""
+    import tifffile
+
+    try:
+        t = _OpenTiff(path, tifffile.TiffFile(path))
+    except Exception as e:
+        _check_log(messages, path, size)
+        raise ReadError(f"{path}: not a readable TIFF file ({_why(e)}); it may be truncated or corrupt") from None
+    try:
+        try:
+            t.list_series()
+            _check_log(messages, path, size)
+            if not t.series:
+                raise ReadError(f"{path}: the TIFF file holds no image; it may be truncated or corrupt")
+            yield t
+        except EdofError:
+            raise
+        except Exception as e:
+            _check_log(messages, path, size)
+            raise ReadError(f"{path}: cannot read the TIFF structure ({_why(e)}); it may be corrupt") from None
+    finally:
+        t.tf.close()
+    _check_log(messages, path, size)
+
+
 #: The most a TIFF compression can shrink pixel data (uncompressed bytes per stored byte), with
 #: a margin: PackBits 128/2, LZW about 4096 bytes from one 12-bit code, Deflate 1032, JPEG a few
 #: bits per 8x8 block, Zstandard 32768. Compressions not listed are not checked.
@@ -352,52 +401,33 @@ def _tiff_dask(path: Path, info: _SeriesInfo):
 
 def _open_tiff(path: Path, size: int, *, axes, name, eager: bool = False, workers: int | None = None) -> Stack:
     """``eager``: read the pixels now (one array) when the stack fits in memory."""
-    import tifffile
 
     label = str(path)
     with _tifffile_log() as messages:
-        try:
-            tf = tifffile.TiffFile(path)
-        except Exception as e:
-            _check_log(messages, path, size)
-            raise ReadError(f"{path}: not a readable TIFF file ({_why(e)}); it may be truncated or corrupt") from None
-        try:
-            try:
-                all_series = list(tf.series)
-                _check_log(messages, path, size)
-                if not all_series:
-                    raise ReadError(f"{path}: the TIFF file holds no image; it may be truncated or corrupt")
-                fmt = "ome-tiff" if tf.is_ome else ("imagej-tiff" if tf.is_imagej else "tiff")
-                scale = tiff_scale(tf, 0)
-                channels = tiff_channels(tf, 0)
-                ij = dict(tf.imagej_metadata or {}) if tf.is_imagej else None
-                reconciled = reconcile_tiff_pages(tf, all_series, fmt, label)
-                flags: tuple = ()
-                if reconciled:  # the metadata's plane count is wrong: read the pages as they are
-                    flags = (("is_ome", False), ("is_imagej", False), ("is_shaped", False))
-                    tf.close()
-                    tf = tifffile.TiffFile(path, **dict(flags))
-                    all_series = list(tf.series)
-                    if len(all_series) != 1:
-                        raise StackError(f"{reconciled}, but the pages differ in size or type; fix the metadata")
-                    fmt = f"{fmt} (pages; metadata plane count ignored)"
-                s0 = all_series[0]
-                squeeze = True
-                if axes is not None and len(axes) != len(s0.shape) and len(axes) == len(s0.get_shape(False)):
-                    squeeze = False
-                if fmt == "tiff" and len(all_series) > 1:
-                    infos = [_series_info(tf, k, path, True) for k in range(len(all_series))]
-                else:
-                    infos = [_series_info(tf, 0, path, squeeze, flags, eager=eager)]
-                render = tiff_rendering(tf.series[0].keyframe, label)
-            except EdofError:
-                raise
-            except Exception as e:
-                _check_log(messages, path, size)
-                raise ReadError(f"{path}: cannot read the TIFF structure ({_why(e)}); it may be corrupt") from None
-        finally:
-            tf.close()
-        _check_log(messages, path, size)
+        with _tiff_structure(path, size, messages) as t:
+            tf, all_series = t.tf, t.series
+            fmt = "ome-tiff" if tf.is_ome else ("imagej-tiff" if tf.is_imagej else "tiff")
+            scale = tiff_scale(tf, 0)
+            channels = tiff_channels(tf, 0)
+            ij = dict(tf.imagej_metadata or {}) if tf.is_imagej else None
+            reconciled = reconcile_tiff_pages(tf, all_series, fmt, label)
+            flags: tuple = ()
+            if reconciled:  # the metadata's plane count is wrong: read the pages as they are
+                flags = (("is_ome", False), ("is_imagej", False), ("is_shaped", False))
+                all_series = t.reopen(flags)
+                tf = t.tf
+                if len(all_series) != 1:
+                    raise StackError(f"{reconciled}, but the pages differ in size or type; fix the metadata")
+                fmt = f"{fmt} (pages; metadata plane count ignored)"
+            s0 = all_series[0]
+            squeeze = True
+            if axes is not None and len(axes) != len(s0.shape) and len(axes) == len(s0.get_shape(False)):
+                squeeze = False
+            if fmt == "tiff" and len(all_series) > 1:
+                infos = [_series_info(tf, k, path, True) for k in range(len(all_series))]
+            else:
+                infos = [_series_info(tf, 0, path, squeeze, flags, eager=eager)]
+            render = tiff_rendering(tf.series[0].keyframe, label)
         warnings_ = list(messages)
 
     if len(infos) > 1:
