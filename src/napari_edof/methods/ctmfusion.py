@@ -124,7 +124,32 @@ def make_decide(model, device: str):
             tb = to_device(b, device)[:, None]
             return model.decision(ta, tb)[:, 0].float().cpu().numpy()
 
+    if str(device).split(":")[0] == "cpu":
+        decide.against = lambda planes, ref: against_cpu(model, planes, ref, decide)
     return decide
+
+
+def against_cpu(model, planes: np.ndarray, ref: np.ndarray, decide) -> np.ndarray:
+    """The CPU route of the reference strategy: (N, H, W) planes against one (H, W) reference ->
+    (N, H, W) decisions, one pair per network call as ``decide``, the planes in worker threads,
+    each single-threaded (:func:`napari_edof.nn.accel.map_planes`). Under autocast
+    (``precision="half"``) ``decide`` is used."""
+    import torch
+
+    from ..nn.accel import cpu_workers, map_planes
+
+    if torch.is_autocast_enabled("cpu"):
+        return decide(planes, np.broadcast_to(ref, planes.shape))
+    tp = torch.from_numpy(planes)[:, None]
+    tr = torch.from_numpy(ref)[None, None]
+    out = np.empty(planes.shape, np.float32)
+
+    def one(k):
+        with torch.inference_mode():
+            out[k] = model.decision(tp[k : k + 1], tr)[0, 0].numpy()
+
+    map_planes(one, range(planes.shape[0]), cpu_workers(planes.shape[0]))
+    return out
 
 
 @register(SPEC)

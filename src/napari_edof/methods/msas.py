@@ -145,7 +145,61 @@ def make_decide(model, device: str):
             tb = to_device(b, device)
             return model.decide(ta, tb).float().cpu().numpy()
 
+    if str(device).split(":")[0] == "cpu":
+        fast = []
+
+        def against(planes, ref):
+            if not fast:  # built on first use
+                from ..nn.msas import cpu_inference_copy
+
+                fast.append(cpu_inference_copy(model))
+            return against_cpu(fast[0], planes, ref, decide)
+
+        decide.against = against
     return decide
+
+
+def against_cpu(model, planes: np.ndarray, ref: np.ndarray, decide) -> np.ndarray:
+    """The CPU route of the reference strategy: (N, H, W) planes against one (H, W) reference ->
+    (N, H, W) decisions, the same network as ``decide`` (``model``: its
+    :func:`~napari_edof.nn.msas.cpu_inference_copy`, BatchNorm folded, channels_last), one
+    plane per call, the reference's branch encoded once. The reference and the planes run in worker threads, each
+    single-threaded (see :func:`napari_edof.nn.accel.map_planes`): the reference is encoded while
+    the first planes are. Under autocast (``precision="half"``) ``decide`` is used."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from ..nn.accel import cpu_workers, single_threaded
+    from ..nn.msas import _pad
+
+    if torch.is_autocast_enabled("cpu"):
+        return decide(planes, np.broadcast_to(ref, planes.shape))
+    n, h, w = planes.shape
+    workers = cpu_workers(n + 1)
+    tp = torch.from_numpy(planes)
+    out = np.empty(planes.shape, np.float32)
+
+    def encode(x):
+        with torch.inference_mode():
+            return model.encode(_pad(x).contiguous(memory_format=torch.channels_last))
+
+    def one(k, fb):
+        fa = encode(tp[k : k + 1])
+        fb = fb.result() if hasattr(fb, "result") else fb
+        with torch.inference_mode():
+            out[k] = torch.sigmoid(model.fuse_features(fa, fb))[0, 0, :h, :w].numpy()
+
+    if workers <= 1:
+        fb = encode(torch.from_numpy(ref[None]))
+        for k in range(n):
+            one(k, fb)
+        return out
+    with single_threaded(), ThreadPoolExecutor(max_workers=workers) as pool:
+        fb = pool.submit(encode, torch.from_numpy(ref[None]))
+        for f in [pool.submit(one, k, fb) for k in range(n)]:
+            f.result()
+    return out
 
 
 def decide_stack(x: np.ndarray, decide, p: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,10 @@
   :data:`CUDA_LANES` tiles at a time on CUDA, one elsewhere).
 * :func:`autocast` runs a tile in half precision (float16 on CUDA, bfloat16 on the CPU) where
   the engine decided it may (see ``precision`` in :func:`napari_edof.fuse`).
+* :func:`map_planes` runs one network call per plane in worker threads, each single-threaded
+  (the pair methods' CPU route): a call of a small network at full resolution is many small ops,
+  and with torch's intra-op threads every op ends in a barrier, which on a machine with more
+  runnable threads than cores costs far more than the op (measured in docs/pair_networks.md).
 """
 from __future__ import annotations
 
@@ -90,3 +94,40 @@ def autocast(device: str, enabled: bool):
     kind = str(device).split(":")[0]
     with torch.autocast(device_type=kind, dtype=half_dtype(device)):
         yield
+
+
+@contextlib.contextmanager
+def single_threaded(on: bool = True):
+    """torch's intra-op threads set to 1 inside (when ``on``), the previous count restored after.
+    (The count is process-wide: other torch work in the process runs single-threaded meanwhile.)"""
+    if not on:
+        yield
+        return
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def cpu_workers(n_items: int) -> int:
+    """Worker threads for :func:`map_planes`: torch's thread count, at most one per item."""
+    import torch
+
+    return max(1, min(int(torch.get_num_threads()), int(n_items)))
+
+
+def map_planes(fn, items, workers: int) -> list:
+    """``[fn(item) for item in items]``, in ``workers`` threads with torch single-threaded inside
+    (torch releases the GIL in its ops, so the threads run at once). ``fn`` runs in the worker
+    thread: thread-local torch state (``inference_mode``, autocast) must be entered inside it."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [fn(it) for it in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with single_threaded(), ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))

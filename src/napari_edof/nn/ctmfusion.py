@@ -336,10 +336,27 @@ class CARAFE(nn.Module):
         s, k = self.scale, self.k_up
         kernels = F.pixel_shuffle(self.enc(self.comp(x)), s)  # (B, k*k, sH, sW)
         kernels = torch.softmax(kernels, dim=1).view(B, k * k, H, s, W, s)
+        if x.device.type == "cpu" and not torch.is_grad_enabled():
+            return self._reassemble_cpu(x, kernels)
         patches = F.unfold(x, k, padding=k // 2).view(B, C, k * k, H, W)
         # output pixel (h*s + i, w*s + j) reassembles the k x k neighbourhood of source pixel (h, w)
         out = torch.einsum("bckhw,bkhiwj->bchiwj", patches, kernels)
         return out.reshape(B, C, s * H, s * W)
+
+    def _reassemble_cpu(self, x, kernels):
+        """The reassembly as ``k_up``^2 shifted multiply-adds (inference on a CPU). The same sum
+        as the einsum above, which on a CPU becomes one tiny matrix product per source pixel
+        (half the network's time at 576 px, and thousands of barriers with intra-op threads)."""
+        B, C, H, W = x.shape
+        s, k, r = self.scale, self.k_up, self.k_up // 2
+        xp = F.pad(x, (r, r, r, r))  # zeros, as unfold's padding
+        # (B, s, s, k*k, 1, H, W): every operand's last axis contiguous
+        kern = kernels.permute(0, 3, 5, 1, 2, 4).contiguous().unsqueeze(4)
+        out = torch.zeros((B, s, s, C, H, W), dtype=torch.result_type(x, kernels), device=x.device)
+        for dy in range(k):
+            for dx in range(k):
+                out.addcmul_(xp[:, None, None, :, dy : dy + H, dx : dx + W], kern[:, :, :, dy * k + dx])
+        return out.permute(0, 3, 4, 1, 5, 2).reshape(B, C, s * H, s * W)
 
 
 class CTMFusion(nn.Module):

@@ -230,6 +230,30 @@ class MSAS(nn.Module):
         return torch.sigmoid(self.fuse_features(self.encode(_pad(a)), fb))[:, 0, :h, :w]
 
 
+def cpu_inference_copy(model: MSAS) -> MSAS:
+    """A copy of ``model`` for inference on a CPU: every BatchNorm folded into the conv before it
+    (eval mode: a per-channel scale and shift of that conv's output, now in its weights) and the
+    weights in channels_last (feed it channels_last inputs). The same function to round-off; the
+    CPU route of the method checks that the focus index is the same (tests/methods/test_msas.py).
+    """
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def fold(mod):
+        for child in mod.children():
+            if isinstance(child, nn.Sequential):
+                for i in range(len(child) - 1):
+                    if isinstance(child[i], nn.Conv2d) and isinstance(child[i + 1], nn.BatchNorm2d):
+                        child[i] = fuse_conv_bn_eval(child[i], child[i + 1])
+                        child[i + 1] = nn.Identity()
+            fold(child)
+
+    m = copy.deepcopy(model).eval()
+    fold(m)
+    return m.to(memory_format=torch.channels_last)
+
+
 def _pad(x):
     """(B, H, W) or (B, C, H, W) -> (B, C, H', W') reflection-padded to multiples of MULTIPLE."""
     if x.ndim == 3:

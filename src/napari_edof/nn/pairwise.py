@@ -90,7 +90,12 @@ def _margin(score: np.ndarray, span: float) -> np.ndarray:
 
 
 def _decide_batched(decide: Decide, a: np.ndarray, b: np.ndarray, batch: int) -> np.ndarray:
-    """decide over (B, H, W) inputs in chunks of ``batch`` (b may be (H, W): broadcast)."""
+    """decide over (B, H, W) inputs in chunks of ``batch`` (b may be (H, W): broadcast). A
+    ``decide`` with an ``against(planes, ref)`` attribute answers every plane against one (H, W)
+    reference in one call (its own route, e.g. a network's reference features computed once)."""
+    against = getattr(decide, "against", None)
+    if b.ndim == 2 and against is not None:
+        return np.asarray(against(np.ascontiguousarray(a), np.ascontiguousarray(b)), np.float32)
     out = np.empty(a.shape, np.float32)
     for s in range(0, a.shape[0], batch):
         aa = a[s : s + batch]
@@ -107,7 +112,9 @@ def fuse_stack_pairwise(planes, decide: Decide, *, strategy: str = "reference", 
 
     planes: (N, H, W) float32 guide (luminance) scaled to [0, 1].
     decide(a, b): a, b (B, H, W) float32 -> (B, H, W) float32 probability that a is in focus
-    rather than b (batched; called with at most ``batch`` items).
+    rather than b (batched; called with at most ``batch`` items). If it has an attribute
+    ``against(planes, ref)`` ((N, H, W), (H, W) -> (N, H, W), the same values as ``decide`` of
+    each plane with ``ref``), the reference strategy calls that instead (all planes at once).
     Returns (index (H, W) int16, 0-based plane; confidence (H, W) float32 in [0, 1]).
     See the module docstring for the strategies.
     """
