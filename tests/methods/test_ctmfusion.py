@@ -153,3 +153,33 @@ def test_tiles_agree_with_the_whole_image_closely():
     assert t.provenance["tiles"] == 4
     assert (w.index == t.index).mean() > 0.8
     assert (np.abs(w.index - t.index) <= 1).mean() > 0.99
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_route_gives_the_index_of_the_plain_path(monkeypatch, threads):
+    """The CPU route of the reference strategy (planes in single-threaded worker threads, the
+    CARAFE reassembly as shifted multiply-adds) gives the same focus index as the plain path
+    (pairs one by one through ``decide``) on a small realistic stack, and restores the thread
+    count."""
+    from napari_edof.methods import ctmfusion as cm
+    from napari_edof.nn import accel
+    from napari_edof.training.realistic import Config, render
+
+    st = render(Config(seed=32, scene="photo", n_planes=5, shape=(80, 96))).planes
+    torch.set_num_threads(threads)
+    fast = ne.fuse(st, method="ctmfusion", tile=None)
+    assert torch.get_num_threads() == threads
+    monkeypatch.setattr(accel, "PAIR_CPU_ROUTE", False)
+    torch.set_num_threads(1)  # (the plain path is the slow one with intra-op threads under load)
+    plain = ne.fuse(st, method="ctmfusion", tile=None)
+    np.testing.assert_array_equal(fast.index, plain.index)
+    np.testing.assert_array_equal(fast.fused, plain.fused)
+    np.testing.assert_allclose(fast.confidence, plain.confidence, atol=1e-5)
+    monkeypatch.setattr(accel, "PAIR_CPU_ROUTE", True)
+    decide = cm.make_decide(cm.get_model("ours", "cpu"), "cpu")
+    assert hasattr(decide, "against") and not hasattr(cm.make_decide(cm.get_model("ours", "cpu"), "cuda"), "against")
+    rng = np.random.default_rng(7)
+    planes = rng.random((3, 40, 56), dtype=np.float32)
+    ref = rng.random((40, 56), dtype=np.float32)
+    np.testing.assert_allclose(decide.against(planes, ref), decide(planes, np.broadcast_to(ref, planes.shape)),
+                               atol=1e-5)

@@ -168,3 +168,44 @@ def test_reference_is_encoded_once_and_decisions_are_unchanged(monkeypatch):
     np.testing.assert_allclose(got, plain.numpy(), atol=1e-5)
     other = decide(planes[:2], planes[2:4])  # different b per item: the plain path
     assert calls == [(1, 40, 56)] and other.shape == (2, 40, 56)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_route_gives_the_index_of_the_plain_path(monkeypatch, threads):
+    """The CPU route of the reference strategy (reference encoded once and its share of the head
+    computed once, BatchNorm folded, channels_last, planes in single-threaded worker threads)
+    gives the same focus index as every pair through the plain network, on a small realistic
+    stack; the decisions agree to round-off, and the thread count is restored."""
+    from napari_edof.methods import msas as mm
+    from napari_edof.nn import accel
+    from napari_edof.training.realistic import Config, render
+
+    st = render(Config(seed=31, scene="brightfield", n_planes=6, shape=(80, 96))).planes
+    torch.set_num_threads(threads)
+    fast = ne.fuse(st, method="msas", tile=None)
+    assert torch.get_num_threads() == threads
+    monkeypatch.setattr(accel, "PAIR_CPU_ROUTE", False)
+    torch.set_num_threads(1)  # (the plain path is the slow one with intra-op threads under load)
+    plain = ne.fuse(st, method="msas", tile=None)
+    np.testing.assert_array_equal(fast.index, plain.index)
+    np.testing.assert_array_equal(fast.fused, plain.fused)
+    np.testing.assert_allclose(fast.confidence, plain.confidence, atol=1e-5)
+    monkeypatch.setattr(accel, "PAIR_CPU_ROUTE", True)
+    model = mm.get_model("cpu")
+    rng = np.random.default_rng(6)
+    planes = rng.random((3, 40, 56), dtype=np.float32)
+    ref = rng.random((40, 56), dtype=np.float32)
+    decide = mm.make_decide(model, "cpu")
+    assert hasattr(decide, "against")
+    got = decide.against(planes, ref)
+    want = model.decide(torch.from_numpy(planes), torch.from_numpy(np.broadcast_to(ref, planes.shape).copy()))
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+
+
+def test_the_cpu_route_is_the_cpu_s_only():
+    """Other devices keep the plain decide (the GPU path is unchanged)."""
+    from napari_edof.methods import msas as mm
+
+    model = mm.get_model("cpu")
+    assert not hasattr(mm.make_decide(model, "cuda"), "against")
+    assert hasattr(mm.make_decide(model, "cpu"), "against")

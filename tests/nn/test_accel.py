@@ -289,3 +289,39 @@ def test_msas_keeps_its_reference_features_per_thread():
     assert encoded == [0.0, 5.0]
     np.testing.assert_array_equal(out["a2"], out["a1"])
     np.testing.assert_array_equal(out["b"], a - 5)
+
+
+def test_map_planes_keeps_the_order_and_restores_the_thread_count():
+    import threading
+
+    from napari_edof.nn.accel import cpu_workers, map_planes
+
+    n = torch.get_num_threads()
+    seen = []
+
+    def fn(k):
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        return k * k
+
+    assert map_planes(fn, range(7), 2) == [k * k for k in range(7)]
+    assert {t for _, t in seen} == {1}  # single-threaded inside the workers
+    assert torch.get_num_threads() == n
+    assert map_planes(fn, [3], 2) == [9] and cpu_workers(1) == 1 and cpu_workers(100) == n
+
+
+@pytest.mark.parametrize("name", ["msas", "ctmfusion"])
+def test_pair_cpu_route_falls_back_to_decide_under_autocast(name):
+    """Half precision on the CPU (autocast is per thread): the route answers with the plain
+    decide, in the caller's thread, so autocast still applies."""
+    from napari_edof.methods import ctmfusion, msas
+
+    mod = msas if name == "msas" else ctmfusion
+    model = mod.get_model("cpu") if name == "msas" else mod.get_model("ours", "cpu")
+    decide = mod.make_decide(model, "cpu")
+    rng = np.random.default_rng(2)
+    planes = rng.random((2, 32, 32), dtype=np.float32)
+    ref = rng.random((32, 32), dtype=np.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = decide.against(planes, ref)
+        want = decide(planes, np.broadcast_to(ref, planes.shape))
+    np.testing.assert_array_equal(got, want)

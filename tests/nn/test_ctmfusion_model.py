@@ -148,6 +148,20 @@ def test_carafe_upsamples_and_preserves_constants():
     torch.testing.assert_close(c[..., 4:-4, 4:-4], torch.full_like(c[..., 4:-4, 4:-4], 0.7))
 
 
+def test_carafe_cpu_reassembly_equals_the_einsum():
+    """Inference on a CPU reassembles by shifted multiply-adds; training (grad enabled) keeps the
+    einsum: the two agree to round-off, borders and batch items included."""
+    torch.manual_seed(6)
+    up = CARAFE(4)
+    x = torch.randn(2, 4, 9, 11)
+    with torch.inference_mode():
+        fast = up(x)
+    with torch.enable_grad():
+        ref = up(x)
+    assert ref.requires_grad and fast.shape == ref.shape == (2, 4, 18, 22)
+    torch.testing.assert_close(fast, ref.detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_normalise_is_a_joint_robust_stretch():
     x = np.stack([np.linspace(10, 20, 100, dtype=np.float32).reshape(10, 10)] * 2)
     y = normalise(x)

@@ -139,3 +139,31 @@ def test_small_area_filter_n_labels_and_pixels():
 def test_small_area_filter_all_small_is_unchanged():
     lab = (np.indices((20, 20)).sum(0) % 2).astype(np.uint8)  # a checkerboard: every region 1 px
     assert np.array_equal(small_area_filter(lab, 0.01), lab)
+
+
+def test_reference_strategy_uses_a_decides_against_route():
+    """A ``decide`` with ``against(planes, ref)`` answers the reference strategy in one call per
+    round (symmetric scores and the other strategies keep ``decide``); same index as without."""
+    rng = np.random.default_rng(3)
+    planes = rng.random((5, 24, 20)).astype(np.float32)
+    base = contrast_decide(smooth=2)
+    calls = []
+
+    def decide(a, b):
+        return base(a, b)
+
+    def against(p, ref):
+        calls.append(p.shape)
+        return base(p, np.broadcast_to(ref, p.shape))
+
+    decide.against = against
+    for kw in ({}, {"refine": 1}, {"symmetric": True}):
+        calls.clear()
+        i1, c1 = fuse_stack_pairwise(planes, decide, **kw)
+        i0, c0 = fuse_stack_pairwise(planes, base, **kw)
+        np.testing.assert_array_equal(i1, i0)
+        np.testing.assert_array_equal(c1, c0)
+        assert calls == [(5, 24, 20)] * (1 + kw.get("refine", 0))
+    calls.clear()
+    fuse_stack_pairwise(planes, decide, strategy="round-robin")
+    assert calls == []

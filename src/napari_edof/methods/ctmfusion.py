@@ -84,7 +84,8 @@ SPEC = MethodSpec(
               min=0, max=1024),
         Param("batch", int, 0, label="Pairs per call", advanced=True,
               help="pairs per network call; 0: auto, 1 on a CPU and 8 on a GPU (memory grows with "
-              "it: peak RSS 0.73 GB at 1, 2.0 GB at 4 for 8 x 512 x 512 on a CPU)", min=0, max=256),
+              "it: peak RSS 0.73 GB at 1, 2.0 GB at 4 for 8 x 512 x 512 on a CPU); on a CPU the "
+              "reference strategy runs one plane per worker thread instead", min=0, max=256),
     ),
     halo=context_halo,
     devices=("cuda", "mps", "cpu"),
@@ -124,7 +125,9 @@ def make_decide(model, device: str):
             tb = to_device(b, device)[:, None]
             return model.decision(ta, tb)[:, 0].float().cpu().numpy()
 
-    if str(device).split(":")[0] == "cpu":
+    from ..nn import accel
+
+    if str(device).split(":")[0] == "cpu" and accel.PAIR_CPU_ROUTE:
         decide.against = lambda planes, ref: against_cpu(model, planes, ref, decide)
     return decide
 

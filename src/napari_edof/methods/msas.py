@@ -69,7 +69,8 @@ SPEC = MethodSpec(
               min=0, max=1024),
         Param("batch", int, 0, label="Pairs per call", advanced=True,
               help="pairs per network call; 0: auto, 1 on a CPU (fastest and smallest there: "
-              "16 x 512 x 512 took 4.4 s and 0.58 GB extra at 1, 12.3 s and 2.5 GB at 8) and 8 on a GPU",
+              "16 x 512 x 512 took 4.4 s and 0.58 GB extra at 1, 12.3 s and 2.5 GB at 8) and 8 on a GPU; "
+              "on a CPU the reference strategy runs one plane per worker thread instead",
               min=0, max=256),
     ),
     halo=context_halo,
@@ -145,27 +146,31 @@ def make_decide(model, device: str):
             tb = to_device(b, device)
             return model.decide(ta, tb).float().cpu().numpy()
 
-    if str(device).split(":")[0] == "cpu":
+    from ..nn import accel
+
+    if str(device).split(":")[0] == "cpu" and accel.PAIR_CPU_ROUTE:
         fast = []
 
         def against(planes, ref):
             if not fast:  # built on first use
-                from ..nn.msas import cpu_inference_copy
+                from ..nn.msas import ReferenceSplit, cpu_inference_copy
 
-                fast.append(cpu_inference_copy(model))
+                fast.append(ReferenceSplit(cpu_inference_copy(model)))
             return against_cpu(fast[0], planes, ref, decide)
 
         decide.against = against
     return decide
 
 
-def against_cpu(model, planes: np.ndarray, ref: np.ndarray, decide) -> np.ndarray:
+def against_cpu(split, planes: np.ndarray, ref: np.ndarray, decide) -> np.ndarray:
     """The CPU route of the reference strategy: (N, H, W) planes against one (H, W) reference ->
-    (N, H, W) decisions, the same network as ``decide`` (``model``: its
-    :func:`~napari_edof.nn.msas.cpu_inference_copy`, BatchNorm folded, channels_last), one
-    plane per call, the reference's branch encoded once. The reference and the planes run in worker threads, each
-    single-threaded (see :func:`napari_edof.nn.accel.map_planes`): the reference is encoded while
-    the first planes are. Under autocast (``precision="half"``) ``decide`` is used."""
+    (N, H, W) decisions. The network is ``decide``'s to round-off: ``split`` is a
+    :class:`~napari_edof.nn.msas.ReferenceSplit` of its
+    :func:`~napari_edof.nn.msas.cpu_inference_copy` (BatchNorm folded, channels_last), so the
+    reference's branch and its share of the decision head are computed once per window. The
+    reference and the planes run in worker threads, each single-threaded (see
+    :func:`napari_edof.nn.accel.map_planes`); the reference is encoded while the first planes
+    are. Under autocast (``precision="half"``) ``decide`` is used."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -175,6 +180,7 @@ def against_cpu(model, planes: np.ndarray, ref: np.ndarray, decide) -> np.ndarra
 
     if torch.is_autocast_enabled("cpu"):
         return decide(planes, np.broadcast_to(ref, planes.shape))
+    model = split.m
     n, h, w = planes.shape
     workers = cpu_workers(n + 1)
     tp = torch.from_numpy(planes)
@@ -184,20 +190,25 @@ def against_cpu(model, planes: np.ndarray, ref: np.ndarray, decide) -> np.ndarra
         with torch.inference_mode():
             return model.encode(_pad(x).contiguous(memory_format=torch.channels_last))
 
-    def one(k, fb):
-        fa = encode(tp[k : k + 1])
-        fb = fb.result() if hasattr(fb, "result") else fb
+    def reference():
+        fb = encode(torch.from_numpy(ref[None]))
         with torch.inference_mode():
-            out[k] = torch.sigmoid(model.fuse_features(fa, fb))[0, 0, :h, :w].numpy()
+            return split.prepare(fb)
+
+    def one(k, parts):
+        fa = encode(tp[k : k + 1])
+        parts = parts.result() if hasattr(parts, "result") else parts
+        with torch.inference_mode():
+            out[k] = torch.sigmoid(split.logits(fa, parts))[0, 0, :h, :w].numpy()
 
     if workers <= 1:
-        fb = encode(torch.from_numpy(ref[None]))
+        parts = reference()
         for k in range(n):
-            one(k, fb)
+            one(k, parts)
         return out
     with single_threaded(), ThreadPoolExecutor(max_workers=workers) as pool:
-        fb = pool.submit(encode, torch.from_numpy(ref[None]))
-        for f in [pool.submit(one, k, fb) for k in range(n)]:
+        parts = pool.submit(reference)  # first in the queue: no plane waits on a reference not started
+        for f in [pool.submit(one, k, parts) for k in range(n)]:
             f.result()
     return out
 

@@ -27,6 +27,12 @@ CUDA_LANES = 2
 #: on the CPU 1 is fastest and smallest (measured: docs/pair_networks.md)
 GPU_PAIR_BATCH = 8
 
+#: the pair methods' (MSAS, CTMFusion) own route on the CPU for the reference strategy: every
+#: plane against the reference in single-threaded worker threads (:func:`map_planes`), the
+#: reference's share computed once; False: every pair through the plain ``decide`` (read when a
+#: method instance is made; the tests compare the two)
+PAIR_CPU_ROUTE = True
+
 _streams = threading.local()
 
 

@@ -254,6 +254,52 @@ def cpu_inference_copy(model: MSAS) -> MSAS:
     return m.to(memory_format=torch.channels_last)
 
 
+class ReferenceSplit:
+    """:meth:`MSAS.fuse_features` with the reference's share computed once.
+
+    The first layer after each concatenation ``[.., f_a, f_b]`` (the 1x1 conv of ``bottom``, the
+    3x3 convs of ``up1`` and ``up0``) is linear, so it splits into a conv of the plane's part and
+    a conv of the reference's part (plus the bias): the latter is the same for every plane of a
+    window and is computed once (:meth:`prepare`), then added per plane (:meth:`logits`). For a
+    model whose BatchNorms are folded (:func:`cpu_inference_copy`), so that the concatenation's
+    conv is followed directly by its ReLU."""
+
+    def __init__(self, model: MSAS):
+        w0, w1, w2 = model.config["widths"]
+        self.m = model
+        self.convs = []  # (conv, channels of the plane's side) for bottom, up1, up0
+        for conv, k in ((model.bottom[0], w2), (model.up1[0][0], w2 + w1), (model.up0[0][0], w1 + w0)):
+            if conv.bias is None:
+                raise ValueError("ReferenceSplit needs a model with its BatchNorms folded (cpu_inference_copy)")
+            fmt = torch.channels_last
+            self.convs.append((conv, conv.weight[:, :k].contiguous(memory_format=fmt),
+                               conv.weight[:, k:].contiguous(memory_format=fmt)))
+        if not (isinstance(model.up1[0][1], nn.Identity) and isinstance(model.up0[0][1], nn.Identity)):
+            raise ValueError("ReferenceSplit needs a model with its BatchNorms folded (cpu_inference_copy)")
+
+    @staticmethod
+    def _conv(conv, x, w, bias):
+        return F.conv2d(x, w, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def prepare(self, fb):
+        """The reference's features (from ``model.encode``) -> its share of the three convs."""
+        return [self._conv(c, fb[i], wb, c.bias) for (c, _, wb), i in zip(self.convs, (2, 1, 0))]
+
+    def logits(self, fa, parts):
+        """Decision logits of the plane with features ``fa`` against the prepared reference."""
+        m = self.m
+        (cb, wb, _), (c1, w1, _), (c0, w0, _) = self.convs
+        x = F.relu(self._conv(cb, fa[2], wb, None) + parts[0])
+        x = m.bottom[2](x)
+        x = F.interpolate(x, size=fa[1].shape[-2:], mode="bilinear", align_corners=False)
+        x = F.relu(self._conv(c1, torch.cat([x, fa[1]], dim=1), w1, None) + parts[1])
+        x = m.up1[1](x)
+        x = F.interpolate(x, size=fa[0].shape[-2:], mode="bilinear", align_corners=False)
+        x = F.relu(self._conv(c0, torch.cat([x, fa[0]], dim=1), w0, None) + parts[2])
+        x = m.up0[1](x)
+        return m.head(x)
+
+
 def _pad(x):
     """(B, H, W) or (B, C, H, W) -> (B, C, H', W') reflection-padded to multiples of MULTIPLE."""
     if x.ndim == 3:
