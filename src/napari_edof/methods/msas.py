@@ -24,6 +24,7 @@ torch is imported lazily (only when the method runs).
 from __future__ import annotations
 
 import hashlib
+import weakref
 
 import numpy as np
 
@@ -84,6 +85,8 @@ SPEC = MethodSpec(
 )
 
 _MODELS: dict = {}
+#: model -> its CPU inference copy (:func:`make_decide`'s CPU route), kept while the model lives
+_CPU_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def get_model(device: str):
@@ -149,14 +152,13 @@ def make_decide(model, device: str):
     from ..nn import accel
 
     if str(device).split(":")[0] == "cpu" and accel.PAIR_CPU_ROUTE:
-        fast = []
-
         def against(planes, ref):
-            if not fast:  # built on first use
+            split = _CPU_COPIES.get(model)
+            if split is None:  # built on first use, once per model
                 from ..nn.msas import ReferenceSplit, cpu_inference_copy
 
-                fast.append(ReferenceSplit(cpu_inference_copy(model)))
-            return against_cpu(fast[0], planes, ref, decide)
+                split = _CPU_COPIES[model] = ReferenceSplit(cpu_inference_copy(model))
+            return against_cpu(split, planes, ref, decide)
 
         decide.against = against
     return decide
@@ -166,12 +168,13 @@ def against_cpu(split, planes: np.ndarray, ref: np.ndarray, decide) -> np.ndarra
     """The CPU route of the reference strategy: (N, H, W) planes against one (H, W) reference ->
     (N, H, W) decisions. The network is ``decide``'s to round-off: ``split`` is a
     :class:`~napari_edof.nn.msas.ReferenceSplit` of its
-    :func:`~napari_edof.nn.msas.cpu_inference_copy` (BatchNorm folded, channels_last), so the
-    reference's branch and its share of the decision head are computed once per window. The
-    reference and the planes run in worker threads, each single-threaded (see
-    :func:`napari_edof.nn.accel.map_planes`); the reference is encoded while the first planes
-    are. Under autocast (``precision="half"``) ``decide`` is used."""
-    from concurrent.futures import ThreadPoolExecutor
+    :func:`~napari_edof.nn.msas.cpu_inference_copy`, so the reference's branch and its share of
+    the decision head are computed once per window. The work runs in worker threads, each
+    single-threaded (see :func:`napari_edof.nn.accel.map_planes`), as small jobs: the reference's
+    encoding, each plane's encoding, each plane's head (once its encoding and the reference are
+    done; heads first, so few planes' features are held at once), which keeps both workers busy
+    to the end. Under autocast (``precision="half"``) ``decide`` is used."""
+    import threading
 
     import torch
 
@@ -182,34 +185,69 @@ def against_cpu(split, planes: np.ndarray, ref: np.ndarray, decide) -> np.ndarra
         return decide(planes, np.broadcast_to(ref, planes.shape))
     model = split.m
     n, h, w = planes.shape
-    workers = cpu_workers(n + 1)
-    tp = torch.from_numpy(planes)
     out = np.empty(planes.shape, np.float32)
+    encodes = [-1] + list(range(n))  # -1: the reference
+    feats: dict = {}  # plane -> features waiting for their head
+    state = {"parts": None, "heads": n, "error": None}
+    cond = threading.Condition()
 
-    def encode(x):
+    def encode(k):
+        x = torch.from_numpy(ref[None] if k < 0 else planes[k : k + 1])
         with torch.inference_mode():
-            return model.encode(_pad(x).contiguous(memory_format=torch.channels_last))
+            f = model.encode(_pad(x).contiguous(memory_format=torch.channels_last))
+            return split.prepare(f) if k < 0 else f
 
-    def reference():
-        fb = encode(torch.from_numpy(ref[None]))
+    def head(k, fa):
         with torch.inference_mode():
-            return split.prepare(fb)
+            out[k] = torch.sigmoid(split.logits(fa, state["parts"]))[0, 0, :h, :w].numpy()
 
-    def one(k, parts):
-        fa = encode(tp[k : k + 1])
-        parts = parts.result() if hasattr(parts, "result") else parts
-        with torch.inference_mode():
-            out[k] = torch.sigmoid(split.logits(fa, parts))[0, 0, :h, :w].numpy()
+    def next_job():
+        with cond:
+            while state["error"] is None:
+                if state["parts"] is not None and feats:
+                    k = min(feats)
+                    return "head", k, feats.pop(k)
+                if encodes:
+                    return "encode", encodes.pop(0), None
+                if state["heads"] == 0:
+                    return None
+                cond.wait()
+            return None
 
+    def work():
+        while True:
+            job = next_job()
+            if job is None:
+                return
+            kind, k, fa = job
+            try:
+                r = encode(k) if kind == "encode" else head(k, fa)
+            except BaseException as e:  # noqa: BLE001 (re-raised in the caller)
+                with cond:
+                    state["error"] = e
+                    cond.notify_all()
+                return
+            with cond:
+                if kind == "head":
+                    state["heads"] -= 1
+                elif k < 0:
+                    state["parts"] = r
+                else:
+                    feats[k] = r
+                cond.notify_all()
+
+    workers = cpu_workers(n + 1)
     if workers <= 1:
-        parts = reference()
-        for k in range(n):
-            one(k, parts)
-        return out
-    with single_threaded(), ThreadPoolExecutor(max_workers=workers) as pool:
-        parts = pool.submit(reference)  # first in the queue: no plane waits on a reference not started
-        for f in [pool.submit(one, k, parts) for k in range(n)]:
-            f.result()
+        work()
+    else:
+        with single_threaded():
+            threads = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    if state["error"] is not None:
+        raise state["error"]
     return out
 
 

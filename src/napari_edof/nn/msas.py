@@ -251,7 +251,61 @@ def cpu_inference_copy(model: MSAS) -> MSAS:
 
     m = copy.deepcopy(model).eval()
     fold(m)
-    return m.to(memory_format=torch.channels_last)
+    m = m.to(memory_format=torch.channels_last)
+    for mod in m.modules():
+        if isinstance(mod, CGA):
+            mod.forward = _CGASplit(mod).forward
+        elif isinstance(mod, DCA):
+            mod.forward = _DCASplit(mod).forward
+    return m
+
+
+class _DCASplit:
+    """:class:`DCA` with fewer passes over full-resolution features: the dilated convs summed in
+    place (the same sums in the same order), the attention maps applied in place, and the final
+    1x1 conv of ``[x, f]`` split into a conv of ``x`` plus one of ``f`` (no concatenation).
+    Inference only."""
+
+    def __init__(self, dca: DCA):
+        self.dca = dca
+        conv = dca.reduce[0]
+        c = conv.weight.shape[1] // 2
+        self.wx = conv.weight[:, :c].contiguous(memory_format=torch.channels_last)
+        self.wf = conv.weight[:, c:].contiguous(memory_format=torch.channels_last)
+        self.bias = conv.bias
+
+    def forward(self, x):
+        d = self.dca
+        f = d.dil[0](x)
+        for conv in d.dil[1:]:
+            f += conv(x)
+        f = F.relu_(f)
+        f *= torch.sigmoid(d.mlp(F.adaptive_avg_pool2d(f, 1)) + d.mlp(F.adaptive_max_pool2d(f, 1)))
+        f *= torch.sigmoid(d.spatial(torch.cat([f.mean(dim=1, keepdim=True), f.amax(dim=1, keepdim=True)], 1)))
+        return F.relu_(F.conv2d(x, self.wx, self.bias) + F.conv2d(f, self.wf))
+
+
+class _CGASplit:
+    """:class:`CGA` with its last conv split: the 7x7 group conv of the interleaved ``[X, W_coa]``
+    (two channels per group) is a depthwise conv of ``X`` plus one of ``W_coa`` (and the bias),
+    without the concatenation and the shuffle (a grouped conv with two channels per group is
+    slow on a CPU; two depthwise ones are not). Inference only (the weights are views)."""
+
+    def __init__(self, cga: CGA):
+        self.cga = cga
+
+    def forward(self, x):
+        c = self.cga
+        s = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        coarse = c.wc(x) + c.ws(s)
+        g, r = c.gc, c.gc.padding[0]
+        w = g.weight
+        pad = (r, r, r, r)
+        y = F.conv2d(F.pad(x, pad, mode="reflect"), w[:, 0:1].contiguous(memory_format=torch.channels_last), g.bias,
+                     groups=g.groups)
+        y = y + F.conv2d(F.pad(coarse, pad, mode="reflect"), w[:, 1:2].contiguous(memory_format=torch.channels_last),
+                         None, groups=g.groups)
+        return torch.sigmoid(y)
 
 
 class ReferenceSplit:
