@@ -33,6 +33,8 @@ torch is imported by this module: import it lazily (only the MSAS method and tra
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -257,7 +259,26 @@ def cpu_inference_copy(model: MSAS) -> MSAS:
             mod.forward = _CGASplit(mod).forward
         elif isinstance(mod, DCA):
             mod.forward = _DCASplit(mod).forward
+        elif isinstance(mod, ResBlock):
+            mod.forward = functools.partial(_resblock_inplace, mod)
+        elif isinstance(mod, LAM):
+            mod.forward = functools.partial(_lam_inplace, mod)
     return m
+
+
+def _resblock_inplace(block: ResBlock, x):
+    """``relu(x + body(x))`` of :class:`ResBlock` into body's output (the same values)."""
+    y = block.body(x)
+    y += x
+    return F.relu_(y)
+
+
+def _lam_inplace(lam: LAM, x):
+    """``x + x * sigmoid(gate(x))`` of :class:`LAM` into the gate's output (the same values)."""
+    g = torch.sigmoid_(lam.gate(x))
+    g *= x
+    g += x
+    return g
 
 
 class _DCASplit:
