@@ -5,7 +5,8 @@ fixed seed), fused through ``napari_edof.fuse`` with each method's defaults and 
 (``src/napari_edof/weights``). Each side runs in its own worker process (torch threads fixed,
 default 2), loads its model once on a tiny stack (not timed), then the parent alternates the sides
 run by run (base, new, base, new, ...) and prints the median wall time per method and side and
-their ratio. The first run of each side is kept: the focus index must be identical (exact
+their ratio (and each worker's peak resident memory so far: the methods run in the order given).
+The first run of each side is kept: the focus index must be identical (exact
 equality, every pixel) and the fused image's max abs difference is reported.
 
 ``--baseline-worktree PATH``: a checkout of the commit to compare with (its ``src`` goes first on
@@ -74,7 +75,10 @@ def worker(threads: int) -> None:
             out = Path(cmd[3])
             np.save(out / f"{method}_index.npy", np.asarray(r.index))
             np.save(out / f"{method}_fused.npy", np.asarray(r.fused))
-        print(json.dumps({"method": method, "seconds": dt}), flush=True)
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+        print(json.dumps({"method": method, "seconds": dt, "peak_rss_mb": rss}), flush=True)
 
 
 class Side:
@@ -100,10 +104,11 @@ class Side:
         self.p.stdin.flush()
         return self._read()
 
-    def run(self, method: str, stack: Path) -> float:
+    def run(self, method: str, stack: Path) -> tuple[float, float]:
         out = "-" if method in self.saved else str(self.outdir)
         self.saved.add(method)
-        return self.ask(f"run {method} {stack} {out}")["seconds"]
+        r = self.ask(f"run {method} {stack} {out}")
+        return r["seconds"], r["peak_rss_mb"]
 
     def close(self) -> None:
         self.p.stdin.write("quit\n")
@@ -147,9 +152,10 @@ def main(argv=None) -> int:
         for r in range(a.repeats):
             order = sides if r % 2 == 0 else sides[::-1]
             for s in order:
-                t = s.run(m, stack)
+                t, rss = s.run(m, stack)
                 times[(s.name, m)].append(t)
-                print(f"  {m:10s} {s.name:4s} run {r + 1}: {t:7.2f} s", flush=True)
+                print(f"  {m:10s} {s.name:4s} run {r + 1}: {t:7.2f} s   (worker's peak RSS so far {rss:.0f} MB)",
+                      flush=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for s in sides:
         s.close()

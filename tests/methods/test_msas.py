@@ -209,3 +209,27 @@ def test_the_cpu_route_is_the_cpu_s_only():
     model = mm.get_model("cpu")
     assert not hasattr(mm.make_decide(model, "cuda"), "against")
     assert hasattr(mm.make_decide(model, "cpu"), "against")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_route_passes_a_failure_on_and_restores_threads(monkeypatch, threads):
+    """A job failing in a worker thread (here the head) is raised in the caller; no worker is
+    left waiting, and torch's thread count is restored."""
+    from napari_edof.methods import msas as mm
+
+    model = mm.get_model("cpu")
+    decide = mm.make_decide(model, "cpu")
+    rng = np.random.default_rng(8)
+    planes = rng.random((4, 24, 24), dtype=np.float32)
+    ref = rng.random((24, 24), dtype=np.float32)
+    decide.against(planes, ref)  # builds the CPU copy
+    split = mm._CPU_COPIES[model]
+
+    def boom(fa, parts):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(split, "logits", boom)
+    torch.set_num_threads(threads)
+    with pytest.raises(RuntimeError, match="boom"):
+        decide.against(planes, ref)
+    assert torch.get_num_threads() == threads
