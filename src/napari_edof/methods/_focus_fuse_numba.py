@@ -400,3 +400,60 @@ def normalise_blend(wt, ef, noise, weight, lo):
             for j in range(w):
                 wz[j] *= s[j]
     return wt
+
+
+@jit
+def plane_stats(fm):
+    """Minimum, maximum and mean over the planes of ``fm`` (Z, h, w), in one pass (the mean summed
+    plane after plane and divided, as numpy's ``mean(axis=0)``)."""
+    Z, h, w = fm.shape
+    lo = np.empty((h, w), np.float32)
+    hi = np.empty((h, w), np.float32)
+    mean = np.empty((h, w), np.float32)
+    zf = _F(Z)
+    for i in range(h):
+        a = lo[i]
+        b = hi[i]
+        m = mean[i]
+        f0 = fm[0, i]
+        for j in range(w):
+            a[j] = f0[j]
+            b[j] = f0[j]
+            m[j] = f0[j]
+        for z in range(1, Z):
+            f = fm[z, i]
+            for j in range(w):
+                v = f[j]
+                a[j] = min(a[j], v)
+                b[j] = max(b[j], v)
+                m[j] += v
+        for j in range(w):
+            m[j] = m[j] / zf
+    return lo, hi, mean
+
+
+@jit
+def clip_to_planes(fused, planes, y0, x0):
+    """In place: ``fused`` (C, h, w) clipped per pixel to the range of ``planes`` (Z, H, W, C, any
+    dtype) over the planes at ``[y0 + i, x0 + j]``, as ``np.clip(fused, min, max)``."""
+    C, h, w = fused.shape
+    Z = planes.shape[0]
+    lo = np.empty(w, np.float32)
+    hi = np.empty(w, np.float32)
+    for c in range(C):
+        for i in range(h):
+            p0 = planes[0, y0 + i]
+            for j in range(w):
+                v = _F(p0[x0 + j, c])
+                lo[j] = v
+                hi[j] = v
+            for z in range(1, Z):
+                pz = planes[z, y0 + i]
+                for j in range(w):
+                    v = _F(pz[x0 + j, c])
+                    lo[j] = min(lo[j], v)
+                    hi[j] = max(hi[j], v)
+            f = fused[c, i]
+            for j in range(w):
+                f[j] = min(max(f[j], lo[j]), hi[j])
+    return fused

@@ -479,9 +479,10 @@ class FocusFuse:
             BASE[k] = cp if rgb else cg
 
         # ---- half resolution: noise floor, index, known pixels
-        floor = FM.min(axis=0)
-        best = FM.max(axis=0)
-        mean = FM.mean(axis=0)
+        if kern is None:
+            floor, best, mean = FM.min(axis=0), FM.max(axis=0), FM.mean(axis=0)
+        else:
+            floor, best, mean = kern.plane_stats(FM)
         sigma2 = floor * _F(1 / fm_gain)  # local noise variance, full-resolution units
         # in focus somewhere: the best plane stands above the floor by more than noise alone reaches,
         # at the pixel or in its neighbourhood (a flat stack, all zeros, is unknown everywhere)
@@ -570,12 +571,14 @@ class FocusFuse:
             detail = detail * beta
         fused = up2(half)
         fused += detail
-        fused = np.moveaxis(fused, 0, -1)
         # never outside what the planes hold there: no overshoot at edges, no invented colour
         c = (slice(halo, H - halo), slice(halo, W - halo))
-        src = planes[:, c[0], c[1]]
-        fused = fused[c]
-        np.clip(fused, src.min(axis=0), src.max(axis=0), out=fused)
+        if kern is None:
+            fused = np.moveaxis(fused, 0, -1)[c]
+            src = planes[:, c[0], c[1]]
+            np.clip(fused, src.min(axis=0), src.max(axis=0), out=fused)
+        else:
+            fused = np.moveaxis(kern.clip_to_planes(fused[:, c[0], c[1]], planes, halo, halo), 0, -1)
 
         # ---- outputs (cropped by the halo)
         ch = (slice(halo // 2, (H - halo) // 2), slice(halo // 2, (W - halo) // 2))
