@@ -222,17 +222,28 @@ def band(cg, B, E):
     return ng
 
 @jit
-def sub_plane(fm, fc, cw):
-    """Argmax over planes of ``fm[z] + cw x up2(fc[z])`` (``fc`` empty: of ``fm[z]``) with the
-    parabolic sub-plane refinement of the numpy path's ``sub_plane``: (h, w) float32."""
+def sub_plane(fm, fc, cw, floor, top, kq):
+    """Argmax over planes of ``fm[z] + cw x neighbourhood_weight(floor, top, kq) x up2(fc[z])``
+    (``fc`` empty: of ``fm[z]``) with the parabolic sub-plane refinement of the numpy path's
+    ``sub_plane``: (h, w) float32."""
     Z, h, w = fm.shape
     out = np.empty((h, w), np.float32)
     coarse = fc.shape[0] > 0
     vals = np.empty((Z, w), np.float32)
     ra = np.empty(w, np.float32)
     rb = np.empty(w, np.float32)
+    cwr = np.empty(w, np.float32)
     hc = fc.shape[1] if coarse else 1
     for i in range(h):
+        if coarse:  # the numpy path's neighbourhood_weight, times cw
+            for j in range(w):
+                t = _F(1)
+                if top[i, j] > 0:
+                    t = kq * floor[i, j] / top[i, j]
+                t = min(t, _F(1))
+                t = t * t
+                t = t * t
+                cwr[j] = cw * t
         for z in range(Z):
             if coarse:  # row i of up2(fc[z]): bin rows i // 2 and its neighbour, along x first
                 ci = i // 2
@@ -240,7 +251,7 @@ def sub_plane(fm, fc, cw):
                 _up_x(fc[z], ci, ra)
                 _up_x(fc[z], cn, rb)
                 for j in range(w):
-                    vals[z, j] = fm[z, i, j] + cw * (q3 * ra[j] + q1 * rb[j])
+                    vals[z, j] = fm[z, i, j] + cwr[j] * (q3 * ra[j] + q1 * rb[j])
             else:
                 for j in range(w):
                     vals[z, j] = fm[z, i, j]
