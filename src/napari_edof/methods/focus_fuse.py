@@ -473,7 +473,10 @@ class FocusFuse:
                 cp = PB[k]
             elif rgb:
                 PB[k] = cp = bin2(np.moveaxis(planes[k], -1, 0))
-            FM[k] = box_mean(laplacian_energy(gb), p["radius"])
+            if kern is not None and p["radius"] == 2:
+                kern.focus_measure5(gb, FM[k])
+            else:
+                FM[k] = box_mean(laplacian_energy(gb), p["radius"])
             if kern is not None:
                 for lvl in range(L):
                     if rgb:
