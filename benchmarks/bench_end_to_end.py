@@ -104,12 +104,10 @@ STAGES = r"""
 import sys, time
 t0 = time.perf_counter()
 from napari_edof import cli
-try:  # (what the CLI does now: numba loads in a thread while the stack is read; gc.freeze at exit)
-    from napari_edof.core import warmup
-    warmup.start(None)
+try:  # (what the CLI does now: gc.freeze at exit)
     import atexit
     atexit.register(cli._freeze_at_exit)
-except (ImportError, AttributeError):
+except AttributeError:
     pass
 from napari_edof.core.engine import fuse_iter, drain
 from napari_edof.io.writers import write_result
