@@ -341,11 +341,15 @@ def _jpeg_turbo(info: _PlaneInfo) -> np.ndarray | None:
     """A grey or RGB JPEG decoded by imagecodecs (libjpeg-turbo, the library Pillow decodes with,
     at the same full quality: the same pixels), about twice as fast as through Pillow, which
     copies the decoded image once more into numpy. None where that is not possible (imagecodecs
-    missing, the decoder refused, another shape): Pillow reads it then."""
+    missing, the file not ending with its end-of-image marker, the decoder refused, another
+    shape): Pillow reads it then, and names a truncated or corrupt file."""
     try:
         from imagecodecs import jpeg8_decode
 
-        a = jpeg8_decode(info.path.read_bytes())
+        data = info.path.read_bytes()
+        if not data.endswith(b"\xff\xd9"):  # no end-of-image marker last: truncated (libjpeg-turbo would
+            return None                      # fill the rest in grey; Pillow says so) or trailing bytes
+        a = jpeg8_decode(data)
     except Exception:  # noqa: BLE001 - Pillow decodes it (and names any problem)
         return None
     h, w = info.shape[:2]
