@@ -479,22 +479,31 @@ def focus_measure5(gb, out):
     h, w = gb.shape
     n = h * w
     f = gb.reshape(n)
-    lap = np.zeros(n, np.float32)
-    for p in range(w, n - w):
+    lap = np.empty(n, np.float32)
+    lo, hi = min(w, n), max(n - w, min(w, n))
+    lap[:lo] = 0
+    lap[hi:] = 0
+    for p in range(lo, hi):
         s = f[p] * _F(4)
         s -= f[p - 1]
         s -= f[p + 1]
         s -= f[p - w]
         s -= f[p + w]
         lap[p] = s * s
-    sx = lap.copy()
-    for p in range(2, n - 2):
+    sx = np.empty(n, np.float32)
+    lo, hi = min(2, n), max(n - 2, min(2, n))
+    sx[:lo] = lap[:lo]
+    sx[hi:] = lap[hi:]
+    for p in range(lo, hi):
         sx[p] = lap[p - 2] + ((lap[p - 1] + lap[p]) + (lap[p + 1] + lap[p + 2]))
     o = out.reshape(n)
     k = _F(1.0 / 25)
-    for p in range(n):
-        if 2 * w <= p < n - 2 * w:
-            o[p] = (sx[p - 2 * w] + ((sx[p - w] + sx[p]) + (sx[p + w] + sx[p + 2 * w]))) * k
-        else:
-            o[p] = sx[p] * k
+    lo, hi = min(2 * w, n), max(n - 2 * w, min(2 * w, n))
+    for p in range(lo):
+        o[p] = sx[p] * k
+    for p in range(hi, n):
+        o[p] = sx[p] * k
+    w2 = 2 * w
+    for p in range(lo, hi):
+        o[p] = (sx[p - w2] + ((sx[p - w] + sx[p]) + (sx[p + w] + sx[p + w2]))) * k
     return out
