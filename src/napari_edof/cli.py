@@ -563,6 +563,8 @@ def cmd_fuse(args) -> int:
     if not args.sample and not args.inputs:
         print("napari-edof: error: no INPUT given (or use --sample for the built-in stack)", file=sys.stderr)
         return EXIT_INPUT
+    # (numba is not loaded ahead in a thread here, as the widget does: measured under load 9-10,
+    # it gained nothing, 0.96-1.04 of the time, and the peak RSS went up 16-26 MiB)
     written: list[Path] = []
     try:
         if args.sample:
@@ -715,8 +717,26 @@ def _stopped_code(exc: KeyboardInterrupt) -> int:
     return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 
+_EXIT_FAST: list[bool] = []
+
+
+def _freeze_at_exit() -> None:
+    """At interpreter exit, move every object into the garbage collector's permanent generation
+    (``gc.freeze``): the exit's last collection then skips them. After numba is loaded (hundreds
+    of thousands of objects) that collection took 0.45 s of every ``fuse`` process; nothing is
+    lost by skipping it (files are closed and atexit handlers still run)."""
+    import gc
+
+    gc.freeze()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not _EXIT_FAST:
+        import atexit
+
+        atexit.register(_freeze_at_exit)
+        _EXIT_FAST.append(True)
     parser = build_parser(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:

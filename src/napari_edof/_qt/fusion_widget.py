@@ -677,6 +677,9 @@ class FusionWidget(QWidget):
         if name is None:
             return
         spec = api.get_method(name)
+        from napari_edof.core import warmup
+
+        warmup.start(name)  # focus-fuse: numba loads in a thread now, not in the first Run's tiles
         self.method_summary.setText(spec.summary)
         for p in spec.params:
             pw = ParamWidget(p)

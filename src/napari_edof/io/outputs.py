@@ -244,6 +244,16 @@ def _same(a: str, b: str) -> bool:
         return False
 
 
+def _file_id(path: str):
+    """(device, inode) of an existing file or folder, None otherwise: two paths with the same id
+    are the same file (hard links, case-insensitive file systems), as ``os.path.samefile`` says."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def _inside(child: str, parent: str) -> bool:
     return child != parent and child.startswith(parent.rstrip(os.sep) + os.sep)
 
@@ -265,10 +275,12 @@ def check_not_inputs(outdir, names: Iterable[str], sources: Sequence) -> None:
                 f"cannot write the results to {outdir}: it is inside the input {given}, which "
                 "would be modified; choose another output folder"
             )
+    ids = [_file_id(real) for _, real in srcs]  # (each input stat-ed once, not once per output)
     for name in names:
         target = _real(Path(outdir) / name)
-        for given, real in srcs:
-            if _same(target, real) or _inside(real, target):
+        tid = _file_id(target)
+        for (given, real), sid in zip(srcs, ids):
+            if target == real or (tid is not None and tid == sid) or _inside(real, target):
                 raise OverwriteError(
                     f"the output {Path(outdir) / name} would replace the input {given}: choose another "
                     "output folder (-o); napari-edof never overwrites its input"
