@@ -40,7 +40,7 @@ from qtpy.QtWidgets import (
 
 from napari_edof import api
 
-from .layers import ROLES, add_or_update_result_layers, guess_axes, is_result_layer, unwrap
+from .layers import ALL_ROLES, add_or_update_result_layers, guess_axes, is_result_layer, unwrap
 from .retouch import connect_retouch
 
 _INT_LIMIT = 2**31 - 1
@@ -1061,7 +1061,7 @@ class FusionWidget(QWidget):
             one = replace(result, fused=np.asarray(result.fused)[..., c])
             got = add_or_update_result_layers(
                 self.viewer, ly, one, z_axis=job.z_axis, axes=job.axes,
-                roles=ROLES if c == 0 else ("fused",),
+                roles=ALL_ROLES if c == 0 else ("fused",),
                 extra_meta={"channel": c, "channel_layers": names, "guide": job.kwargs.get("guide")})
             fused.append(got["fused"])
             if c == 0:

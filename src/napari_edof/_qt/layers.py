@@ -52,9 +52,11 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels, Layer
 
-ROLES = ("fused", "index", "decision", "confidence", "audit", "audit_mask")
-#: the roles every result has (the audit's only audited runs)
+#: the roles every result has
+ROLES = ("fused", "index", "decision", "confidence")
+#: the roles of an audited result's two more layers
 AUDIT_ROLES = ("audit", "audit_mask")
+ALL_ROLES = ROLES + AUDIT_ROLES
 _SUFFIX = {"fused": "fused", "index": "focus index", "decision": "decision", "confidence": "confidence",
            "audit": "audit", "audit_mask": "audit mask"}
 #: the audit mask's colours: invented pixels magenta, the rest transparent
@@ -130,7 +132,8 @@ def squeeze_z(layer, data=None):
     md = getattr(layer, "metadata", None)
     md = md.get("napari_edof") if isinstance(md, dict) else None
     la = (md or {}).get("layer_axes")
-    if isinstance(la, str) and "Z" in la and len(la) == np.ndim(data) and (md or {}).get("role") in ROLES + ("mask",):
+    role = (md or {}).get("role")
+    if isinstance(la, str) and "Z" in la and len(la) == np.ndim(data) and role in ALL_ROLES + ("mask",):
         zi = la.index("Z")
         if np.shape(data)[zi] == 1:
             return data[(slice(None),) * zi + (0,)]
@@ -151,7 +154,7 @@ def find_result_layers(viewer, source_name: str) -> dict[str, Layer]:
     out = {}
     for layer in viewer.layers:
         md = layer.metadata.get("napari_edof") if isinstance(layer.metadata, dict) else None
-        if md and md.get("source") == source_name and md.get("role") in ROLES:
+        if md and md.get("source") == source_name and md.get("role") in ALL_ROLES:
             out.setdefault(md["role"], layer)
     return out
 
@@ -159,11 +162,11 @@ def find_result_layers(viewer, source_name: str) -> dict[str, Layer]:
 def is_result_layer(layer) -> bool:
     md = getattr(layer, "metadata", None)
     md = md.get("napari_edof") if isinstance(md, dict) else None
-    return bool(md) and md.get("role") in ROLES
+    return bool(md) and md.get("role") in ALL_ROLES
 
 
 def add_or_update_result_layers(viewer, source_layer, result, *, z_axis: int, axes: str | None = None,
-                                channel_axis: int | None = None, roles=ROLES,
+                                channel_axis: int | None = None, roles=ALL_ROLES,
                                 extra_meta: dict | None = None) -> dict[str, Layer]:
     """Show a :class:`~napari_edof.api.FusionResult` as layers beside ``source_layer``.
 
@@ -312,7 +315,7 @@ def add_or_update_result_layers(viewer, source_layer, result, *, z_axis: int, ax
                 viewer.layers.remove(old)
     out: dict[str, Layer] = {}
     # insert in reverse so the final order above the source is fused, index, decision, confidence
-    for role in reversed(ROLES):
+    for role in reversed(ALL_ROLES):
         if role not in roles or role not in specs:
             continue
         s = specs[role]
@@ -341,7 +344,7 @@ def add_or_update_result_layers(viewer, source_layer, result, *, z_axis: int, ax
         if "colours" in s:
             _set_label_colours(layer, s["colours"])
         out[role] = layer
-    return {r: out[r] for r in ROLES if r in out}
+    return {r: out[r] for r in ALL_ROLES if r in out}
 
 
 def _set_label_colours(layer, colours: dict) -> None:
