@@ -265,36 +265,6 @@ def sub_plane(fm, fc, cw):
 
 
 @jit
-def z_smooth_max(e):
-    """In place on (Z, h, w): the numpy path's ``z_smooth`` ([1 2 1] / 4 over the planes, ends
-    replicated); returns the maximum over the planes (h, w)."""
-    Z, h, w = e.shape
-    best = np.empty((h, w), np.float32)
-    prev = np.empty(w, np.float32)  # plane z - 1 before smoothing
-    cur = np.empty(w, np.float32)
-    for i in range(h):
-        bi = best[i]
-        if Z < 2:
-            bi[:] = e[0, i]
-            continue
-        prev[:] = e[0, i]
-        for z in range(Z):
-            row = e[z, i]
-            nxt = e[z + 1, i] if z + 1 < Z else row
-            cur[:] = row
-            for j in range(w):  # (the last plane's next is itself: nxt[j] is read before row[j] is written)
-                row[j] = (cur[j] * _F(2) + prev[j] + nxt[j]) * _F(0.25)
-            if z == 0:
-                for j in range(w):
-                    bi[j] = row[j]
-            else:
-                for j in range(w):
-                    bi[j] = max(bi[j], row[j])
-            prev[:] = cur
-    return best
-
-
-@jit
 def bin_channels(p, out):
     """``bin2`` of every channel of one plane ``p`` (2h, 2w, C), any dtype, into ``out`` (C, h, w)
     float32 (the numpy path's order of sums)."""
@@ -308,3 +278,125 @@ def bin_channels(p, out):
                 a = _F(p0[2 * j, c]) + _F(p1[2 * j, c])
                 b = _F(p0[2 * j + 1, c]) + _F(p1[2 * j + 1, c])
                 o[j] = (a + b) * q1
+
+
+@jit
+def soft_exponents(e, out, noise):
+    """The soft weights' exponents: ``out = (s - max_z s) / (noise + 1e-30)`` where ``s`` is ``e``
+    (Z, h, w) smoothed [1 2 1] / 4 over the planes (the numpy path's ``z_smooth``, ends
+    replicated) and ``noise`` is (h, w); ``out`` may be ``e`` itself. Row by row, so a row of every
+    plane stays in the caches between the smoothing, the maximum and the scaling."""
+    Z, h, w = e.shape
+    best = np.empty(w, np.float32)
+    prev = np.empty(w, np.float32)  # plane z - 1 of this row before smoothing
+    cur = np.empty(w, np.float32)
+    inv = np.empty(w, np.float32)
+    for i in range(h):
+        ni = noise[i]
+        for j in range(w):
+            inv[j] = _F(1) / (ni[j] + _F(1e-30))
+        if Z < 2:
+            o = out[0, i]
+            for j in range(w):
+                o[j] = _F(0)
+            continue
+        prev[:] = e[0, i]
+        for z in range(Z):
+            nxt = e[z + 1, i] if z + 1 < Z else e[z, i]
+            cur[:] = e[z, i]
+            o = out[z, i]
+            for j in range(w):  # (the last plane's next is itself: read before it is written)
+                o[j] = (cur[j] * _F(2) + prev[j] + nxt[j]) * _F(0.25)
+            if z == 0:
+                best[:] = o
+            else:
+                for j in range(w):
+                    best[j] = max(best[j], o[j])
+            prev[:] = cur
+        for z in range(Z):
+            o = out[z, i]
+            for j in range(w):
+                o[j] = (o[j] - best[j]) * inv[j]
+    return out
+
+
+@jit
+def weighted_bands(b, wt, out):
+    """``out[c] = sum_z b[z, c] x wt[z] / sum_z wt[z]``: a pyramid level's bands (Z, C, h, w)
+    weighed by the planes' unnormalised weights (Z, h, w), into ``out`` (C, h, w)."""
+    Z, C, h, w = b.shape
+    s = np.empty(w, np.float32)
+    for i in range(h):
+        s[:] = wt[0, i]
+        for z in range(1, Z):
+            wz = wt[z, i]
+            for j in range(w):
+                s[j] += wz[j]
+        for j in range(w):
+            s[j] = _F(1) / s[j]
+        for c in range(C):
+            o = out[c, i]
+            for j in range(w):
+                o[j] = _F(0)
+            for z in range(Z):
+                bz = b[z, c, i]
+                wz = wt[z, i]
+                for j in range(w):
+                    o[j] += bz[j] * (wz[j] * s[j])
+    return out
+
+
+@jit
+def normalise_blend(wt, ef, noise, weight, lo):
+    """In place on unnormalised weights (Z, h, w): normalised over the planes, then (``weight`` >
+    0) the numpy path's ``blend_neighbours``: the planes just before and after each pixel's
+    most-weighted plane gain ``weight x clip((r - lo) / (1 - lo), 0, 1)``, ``r`` their share of its
+    detail energy ``ef`` above ``noise`` (h, w), and the weights are normalised again."""
+    Z, h, w = wt.shape
+    s = np.empty(w, np.float32)
+    kb = np.zeros(w, np.int64)
+    top = np.empty(w, np.float32)
+    scale = _F(1) / (_F(1) - lo)
+    for i in range(h):
+        s[:] = wt[0, i]
+        for z in range(1, Z):
+            wz = wt[z, i]
+            for j in range(w):
+                s[j] += wz[j]
+        for j in range(w):
+            s[j] = _F(1) / s[j]
+        for z in range(Z):
+            wz = wt[z, i]
+            for j in range(w):
+                wz[j] *= s[j]
+        if weight <= 0 or Z < 2:
+            continue
+        top[:] = wt[0, i]
+        kb[:] = 0
+        for z in range(1, Z):
+            wz = wt[z, i]
+            for j in range(w):
+                if wz[j] > top[j]:  # the first maximum wins, as argmax
+                    top[j] = wz[j]
+                    kb[j] = z
+        ni = noise[i]
+        for j in range(w):
+            k = kb[j]
+            eb = ef[k, i, j] - ni[j]
+            total = _F(1)
+            for dk in (-1, 1):
+                kn = k + dk
+                if kn < 0 or kn >= Z:
+                    continue
+                g = _F(0)
+                if eb > 0:
+                    g = ((ef[kn, i, j] - ni[j]) / eb - lo) * scale
+                    g = min(max(g, _F(0)), _F(1)) * weight
+                wt[kn, i, j] += g
+                total += g
+            s[j] = _F(1) / total
+        for z in range(Z):
+            wz = wt[z, i]
+            for j in range(w):
+                wz[j] *= s[j]
+    return wt

@@ -387,14 +387,6 @@ def blend_neighbours(w: np.ndarray, energy: np.ndarray, noise: np.ndarray, weigh
     return w
 
 
-def _smooth_soft(kern, e: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """``soft_weights(z_smooth(e), noise)`` in place of ``e`` (the smoothing and maximum compiled
-    where the kernels are)."""
-    if kern is None:
-        return soft_weights(z_smooth(e), noise)
-    return soft_weights(e, noise, kern.z_smooth_max(e))
-
-
 def _weighted_detail(FG, PB, planes, wf):
     """numpy: the planes' finest detail weighted by ``wf`` (one weight per 2 x 2 block): the
     guide's (H, W) and every channel's (C, H, W) (the guide's itself for one channel)."""
@@ -523,8 +515,13 @@ class FocusFuse:
         # ---- half-resolution fusion of every channel (one channel: the guide is that channel)
         bands, s2, bi = [], sigma2, base_index
         for lvl in range(L):
-            wl = _smooth_soft(kern, E[lvl], s2 * _F(p["softness"] * gains[lvl]))
-            bands.append(np.einsum("zchw,zhw->chw", B[lvl], wl))
+            noise = s2 * _F(p["softness"] * gains[lvl])
+            if kern is None:
+                wl = soft_weights(z_smooth(E[lvl]), noise)
+                bands.append(np.einsum("zchw,zhw->chw", B[lvl], wl))
+            else:  # the exponents and the normalised sum compiled, the exponentials numpy's
+                ex = np.exp(kern.soft_exponents(E[lvl], E[lvl], noise), out=E[lvl])
+                bands.append(kern.weighted_bands(B[lvl], ex, np.empty((C,) + ex.shape[1:], _F)))
             s2, bi = bin2(s2), bin2(bi)  # NaN where any of the four is unknown
         half = interp_planes(BASE, bi)
         for band in bands[::-1]:
@@ -532,12 +529,19 @@ class FocusFuse:
         del E, B, BASE
 
         # ---- full resolution: the finest detail, weighted by its own energy, Wiener-shrunk
-        EF0 = EF.copy() if p["z_blend"] > 0 and Z > 1 else None  # before the smoothing over planes
-        wf = _smooth_soft(kern, EF, sigma2 * _F(p["softness"] * fine_gain))
+        blend = p["z_blend"] > 0 and Z > 1
+        noise = sigma2 * _F(p["softness"] * fine_gain)
+        if kern is None:
+            EF0 = EF.copy() if blend else None  # before the smoothing over planes
+            wf = soft_weights(z_smooth(EF), noise)
+            if blend:
+                blend_neighbours(wf, EF0, sigma2 * _F(fine_gain), _F(p["z_blend"]))
+                del EF0
+        else:  # the smoothing, maximum, normalisation and blend compiled (EF is kept unsmoothed)
+            wf = kern.soft_exponents(EF, np.empty_like(EF), noise)
+            np.exp(wf, out=wf)
+            kern.normalise_blend(wf, EF, sigma2 * _F(fine_gain), _F(p["z_blend"] if blend else 0), _BLEND_FROM)
         del EF
-        if EF0 is not None:
-            blend_neighbours(wf, EF0, sigma2 * _F(fine_gain), _F(p["z_blend"]))
-            del EF0
         if kern is None:
             dl, detail = _weighted_detail(FG, PB, planes, wf)
             del FG
