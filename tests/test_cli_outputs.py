@@ -165,11 +165,31 @@ def test_audit_files(stack_tif, tmp_path, stack, inventor, capsys):
     assert "audit.tif" not in _names(out) and "audit_mask.tif" not in _names(out)
 
 
-def test_audit_is_said_to_be_tiff_only_when_streaming(stack_tif, tmp_path, inventor, capsys):
-    out = tmp_path / "z"
-    assert main(["fuse", str(stack_tif), "-o", str(out), "-m", inventor, "--format", "zarr"]) == EXIT_OK
-    assert "--format tiff only" in capsys.readouterr().err
-    assert not any("audit" in n for n in _names(out))
+def test_streamed_formats_write_the_same_audit(stack_tif, tmp_path, inventor):
+    import zarr
+
+    ref = tmp_path / "ref"
+    assert main(["fuse", str(stack_tif), "-o", str(ref), "-q", "-m", inventor, "--tile", "0"]) == EXIT_OK
+    dist, mask = tifffile.imread(ref / "audit.tif"), tifffile.imread(ref / "audit_mask.tif")
+    assert mask.any()
+    z = tmp_path / "z"
+    assert main(["fuse", str(stack_tif), "-o", str(z), "-q", "-m", inventor, "--tile", "0", "--format", "zarr"]) == 0
+    assert {"audit.ome.zarr", "audit_mask.ome.zarr"} <= set(_names(z))
+    np.testing.assert_array_equal(np.asarray(zarr.open_group(str(z / "audit.ome.zarr"), mode="r")["0"]), dist)
+    np.testing.assert_array_equal(np.asarray(zarr.open_group(str(z / "audit_mask.ome.zarr"), mode="r")["0"]), mask)
+    prov = json.loads((z / "provenance.json").read_text())
+    want = json.loads((ref / "provenance.json").read_text())["audit"]
+    assert prov["audit"] == dict(want, mean_distance=pytest.approx(want["mean_distance"], rel=1e-9))
+    assert sorted(prov["files"]) == _names(z)
+    t = tmp_path / "t"
+    assert main(["fuse", str(stack_tif), "-o", str(t), "-q", "-m", inventor, "--tile", "0",
+                 "--format", "tiled-tiff"]) == EXIT_OK
+    np.testing.assert_array_equal(tifffile.imread(t / "audit.tif"), dist)
+    np.testing.assert_array_equal(tifffile.imread(t / "audit_mask.tif"), mask)
+    assert sorted(json.loads((t / "provenance.json").read_text())["files"]) == _names(t)
+    # a method that only selects: no audit in the streamed formats (nothing to ask for there)
+    assert main(["fuse", str(stack_tif), "-o", str(z), "-q", "-m", "focus-select", "--format", "zarr"]) == EXIT_OK
+    assert not any("audit" in n for n in _names(z))
 
 
 def test_writing_an_audit_the_result_does_not_have_is_refused(stack, tmp_path):

@@ -333,7 +333,7 @@ def _run_zarr(stack, outdir: Path, args, params: dict) -> dict:
 
         old = previous_files(outdir)
         files = export_result_tiled(result, outdir, axes=stack.axes, rgb=stack.rgb)
-        names = result_names("tiled-tiff")
+        names = result_names("tiled-tiff", audit=result.audit is not None)
         text = json.dumps(json_safe(dict(result.provenance, files=names)), indent=2)
         files["provenance"] = _atomic_write(outdir / "provenance.json", lambda tmp: tmp.write_text(text))
         retire_previous(outdir, old, names, stack.source)
@@ -374,9 +374,9 @@ def _tiff_options(args) -> dict:
 
 def _resolve_audit(args, params: dict, tiff_opts: dict) -> None:
     """Whether the run is audited (``args.audit``) and writes audit.tif and audit_mask.tif: asked
-    for in --outputs (all included), or by default for methods that synthesise values; never for
-    --format zarr / tiled-tiff, which write the three streamed outputs only (said on stderr when
-    the method synthesises)."""
+    for in --outputs (all included), or by default for methods that synthesise values. The
+    streamed formats audit those methods (audit.ome.zarr, audit_mask.ome.zarr; or the two tiled
+    TIFFs), except on a cluster (said on stderr)."""
     from .core.spec import get_method
     from .methods import DEFAULT_METHOD
 
@@ -384,10 +384,13 @@ def _resolve_audit(args, params: dict, tiff_opts: dict) -> None:
     synthesises = bool(spec.synthesises(spec.resolve(params)))
     outputs = tuple(tiff_opts["outputs"])
     if args.format != "tiff":
-        args.audit = False
-        if synthesises and not args.quiet:
-            print(f"napari-edof: note: {spec.name} synthesises values; its audit (audit.tif, audit_mask.tif) "
-                  "is written with --format tiff only", file=sys.stderr)
+        args.audit = synthesises
+        if synthesises and (args.scheduler or args.workers) and args.format == "zarr":
+            args.audit = False
+            if not args.quiet:
+                print(f"napari-edof: note: {spec.name} synthesises values; its audit is not written by a "
+                      "--format zarr run on a cluster (use --format tiff, or run without --workers/--scheduler)",
+                      file=sys.stderr)
         return
     if args.outputs is None and not synthesises:
         outputs = tuple(o for o in outputs if o != "audit")
@@ -513,7 +516,7 @@ def _plan_outputs(jobs, fmt: str, tiff_opts: dict | None = None) -> None:
         if need is not None and opts.get("compression"):
             need = need // 2  # (a guess: lossless compression about halves these files)
         names = result_names(fmt, st.n_times, outputs=outputs, preview=opts.get("preview")) if fmt == "tiff" \
-            else result_names(fmt, st.n_times)
+            else result_names(fmt, st.n_times, audit=True)
         plan_outputs(dest, names, sources, need_bytes=need)
 
 

@@ -127,7 +127,7 @@ def audit_summary(distance, mask) -> dict:
     mask = np.asarray(mask)
     return {"radius": AUDIT_RADIUS, "outside_fraction": float(mask.mean()) if mask.size else 0.0,
             "outside_pixels": int(mask.sum()), "max_distance": float(distance.max()) if distance.size else 0.0,
-            "mean_distance": float(distance.mean()) if distance.size else 0.0}
+            "mean_distance": float(distance.mean(dtype=np.float64)) if distance.size else 0.0}
 
 
 def audit_note(prov: dict) -> str:

@@ -210,9 +210,10 @@ def parse_outputs(text) -> tuple[str, ...]:
 
 
 def result_names(fmt: str = "tiff", n_times: int = 1, prefix: str = "", outputs=OUTPUTS,
-                 preview: str | None = None) -> list[str]:
+                 preview: str | None = None, audit: bool = False) -> list[str]:
     """The file (or OME-Zarr folder) names of one result written in format ``fmt`` (for "tiff":
-    the chosen ``outputs`` and the fused ``preview``, if any)."""
+    the chosen ``outputs`` and the fused ``preview``, if any; for the streamed formats, the
+    audit's two images with ``audit``)."""
     if fmt == "tiff":
         outputs = OUTPUTS if outputs is None else tuple(outputs)
         frames = [f"_t{t:03d}" for t in range(n_times)] if n_times > 1 else [""]
@@ -230,8 +231,12 @@ def result_names(fmt: str = "tiff", n_times: int = 1, prefix: str = "", outputs=
             names += [f"{prefix}fused_preview{f}.{preview}" for f in frames]
     elif fmt == "zarr":
         names = [f"{prefix}fused.ome.zarr", f"{prefix}focus_index.ome.zarr", f"{prefix}confidence.ome.zarr"]
+        if audit:
+            names += [f"{prefix}audit.ome.zarr", f"{prefix}audit_mask.ome.zarr"]
     elif fmt == "tiled-tiff":
         names = [f"{prefix}fused.tif", f"{prefix}focus_index.tif", f"{prefix}confidence.tif"]
+        if audit:
+            names += [f"{prefix}audit.tif", f"{prefix}audit_mask.tif"]
     else:
         raise EdofError(f"unknown output format {fmt!r}; one of {', '.join(FORMATS)}")
     return names + [f"{prefix}provenance.json"]
