@@ -222,17 +222,28 @@ def band(cg, B, E):
     return ng
 
 @jit
-def sub_plane(fm, fc, cw):
-    """Argmax over planes of ``fm[z] + cw x up2(fc[z])`` (``fc`` empty: of ``fm[z]``) with the
-    parabolic sub-plane refinement of the numpy path's ``sub_plane``: (h, w) float32."""
+def sub_plane(fm, fc, cw, floor, top, kq):
+    """Argmax over planes of ``fm[z] + cw x neighbourhood_weight(floor, top, kq) x up2(fc[z])``
+    (``fc`` empty: of ``fm[z]``) with the parabolic sub-plane refinement of the numpy path's
+    ``sub_plane``: (h, w) float32."""
     Z, h, w = fm.shape
     out = np.empty((h, w), np.float32)
     coarse = fc.shape[0] > 0
     vals = np.empty((Z, w), np.float32)
     ra = np.empty(w, np.float32)
     rb = np.empty(w, np.float32)
+    cwr = np.empty(w, np.float32)
     hc = fc.shape[1] if coarse else 1
     for i in range(h):
+        if coarse:  # the numpy path's neighbourhood_weight, times cw
+            for j in range(w):
+                t = _F(1)
+                if top[i, j] > 0:
+                    t = kq * floor[i, j] / top[i, j]
+                t = min(t, _F(1))
+                t = t * t
+                t = t * t
+                cwr[j] = cw * t
         for z in range(Z):
             if coarse:  # row i of up2(fc[z]): bin rows i // 2 and its neighbour, along x first
                 ci = i // 2
@@ -240,7 +251,7 @@ def sub_plane(fm, fc, cw):
                 _up_x(fc[z], ci, ra)
                 _up_x(fc[z], cn, rb)
                 for j in range(w):
-                    vals[z, j] = fm[z, i, j] + cw * (q3 * ra[j] + q1 * rb[j])
+                    vals[z, j] = fm[z, i, j] + cwr[j] * (q3 * ra[j] + q1 * rb[j])
             else:
                 for j in range(w):
                     vals[z, j] = fm[z, i, j]
@@ -400,3 +411,60 @@ def normalise_blend(wt, ef, noise, weight, lo):
             for j in range(w):
                 wz[j] *= s[j]
     return wt
+
+
+@jit
+def plane_stats(fm):
+    """Minimum, maximum and mean over the planes of ``fm`` (Z, h, w), in one pass (the mean summed
+    plane after plane and divided, as numpy's ``mean(axis=0)``)."""
+    Z, h, w = fm.shape
+    lo = np.empty((h, w), np.float32)
+    hi = np.empty((h, w), np.float32)
+    mean = np.empty((h, w), np.float32)
+    zf = _F(Z)
+    for i in range(h):
+        a = lo[i]
+        b = hi[i]
+        m = mean[i]
+        f0 = fm[0, i]
+        for j in range(w):
+            a[j] = f0[j]
+            b[j] = f0[j]
+            m[j] = f0[j]
+        for z in range(1, Z):
+            f = fm[z, i]
+            for j in range(w):
+                v = f[j]
+                a[j] = min(a[j], v)
+                b[j] = max(b[j], v)
+                m[j] += v
+        for j in range(w):
+            m[j] = m[j] / zf
+    return lo, hi, mean
+
+
+@jit
+def clip_to_planes(fused, planes, y0, x0):
+    """In place: ``fused`` (C, h, w) clipped per pixel to the range of ``planes`` (Z, H, W, C, any
+    dtype) over the planes at ``[y0 + i, x0 + j]``, as ``np.clip(fused, min, max)``."""
+    C, h, w = fused.shape
+    Z = planes.shape[0]
+    lo = np.empty(w, np.float32)
+    hi = np.empty(w, np.float32)
+    for c in range(C):
+        for i in range(h):
+            p0 = planes[0, y0 + i]
+            for j in range(w):
+                v = _F(p0[x0 + j, c])
+                lo[j] = v
+                hi[j] = v
+            for z in range(1, Z):
+                pz = planes[z, y0 + i]
+                for j in range(w):
+                    v = _F(pz[x0 + j, c])
+                    lo[j] = min(lo[j], v)
+                    hi[j] = max(hi[j], v)
+            f = fused[c, i]
+            for j in range(w):
+                f[j] = min(max(f[j], lo[j]), hi[j])
+    return fused

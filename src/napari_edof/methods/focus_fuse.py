@@ -11,8 +11,11 @@ works at two scales, with every decision weighed against the noise measured wher
   finest scale, where detail still beats the noise; a full-resolution Laplacian is mostly noise).
 - *Noise floor*: the measure's minimum over planes. The most defocused plane keeps no detail, only
   noise, so this gives the local, signal-dependent (Poisson) noise level with no global estimate.
-- *Index*: the argmax of the measure plus ``coarse_w`` times its ``coarse_r`` box mean (a weak
-  region takes the decision of strong evidence nearby instead of the spill of a blurred edge),
+- *Index*: the argmax of the measure plus ``coarse_w`` times its ``coarse_r`` box mean, where the
+  pixel's own evidence is weak (a weak region takes the decision of strong evidence nearby instead
+  of the spill of a blurred edge; the neighbourhood's weight fades as the fourth power of the
+  in-focus threshold over the pixel's best-to-floor ratio, so a pixel with clear evidence of its
+  own keeps its decision and depth edges stay sharp),
   with a parabolic sub-plane refinement and a 3 x 3 median. A pixel whose best measure does not
   stand above its noise floor by more than noise alone reaches (the 99.5th percentile of that
   ratio over as many planes of pure noise, times ``unknown_k``), at the pixel or in its
@@ -93,8 +96,9 @@ SPEC = MethodSpec(
         Param("coarse_r", int, 8, label="Neighbourhood radius", advanced=True,
               help="radius of the neighbourhood evidence added to the focus measure "
               "(half-resolution pixels; 0: off)", min=0, max=32),
-        Param("coarse_w", float, 1.0, label="Neighbourhood weight", advanced=True,
-              help="weight of the neighbourhood evidence", min=0.0, max=100.0),
+        Param("coarse_w", float, 2.0, label="Neighbourhood weight", advanced=True,
+              help="weight of the neighbourhood evidence where the pixel's own is at the noise level "
+              "(it fades where the pixel's own evidence is clear)", min=0.0, max=100.0),
         Param("levels", int, 3, label="Scales", advanced=True,
               help="scales of the fusion (the tile alignment is 2**levels)", min=1, max=5),
         Param("softness", float, 1.0, label="Softness",
@@ -309,6 +313,20 @@ def sub_plane(vol) -> np.ndarray:
     return k.astype(_F) + off
 
 
+def neighbourhood_weight(floor: np.ndarray, best: np.ndarray, kq) -> np.ndarray:
+    """How much a pixel's index leans on its neighbourhood's evidence: ``min(1, t)**4`` with ``t =
+    kq x floor / best``, the in-focus threshold over the pixel's own best-to-floor ratio. 1 where
+    the pixel's own evidence is at the noise level (unknown: the neighbourhood decides); it fades
+    fast above it (a pixel with clear evidence of its own keeps it: a depth edge's sharp side does
+    not spread over the pixels beside it)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(best > 0, kq * floor / best, _F(1)).astype(_F)
+    np.minimum(t, _F(1), out=t)
+    t *= t
+    t *= t
+    return t
+
+
 def interp_planes(p: np.ndarray, index: np.ndarray) -> np.ndarray:
     """(Z, C, h, w) planes interpolated linearly at the (h, w) sub-plane index (NaN: the mean)."""
     n = p.shape[0]
@@ -479,9 +497,10 @@ class FocusFuse:
             BASE[k] = cp if rgb else cg
 
         # ---- half resolution: noise floor, index, known pixels
-        floor = FM.min(axis=0)
-        best = FM.max(axis=0)
-        mean = FM.mean(axis=0)
+        if kern is None:
+            floor, best, mean = FM.min(axis=0), FM.max(axis=0), FM.mean(axis=0)
+        else:
+            floor, best, mean = kern.plane_stats(FM)
         sigma2 = floor * _F(1 / fm_gain)  # local noise variance, full-resolution units
         # in focus somewhere: the best plane stands above the floor by more than noise alone reaches,
         # at the pixel or in its neighbourhood (a flat stack, all zeros, is unknown everywhere)
@@ -492,12 +511,13 @@ class FocusFuse:
             fc = box_mean(bin2(FM), cr)
             kc = _F(p["unknown_k"] * noise_ratio(Z, p["radius"], cr))
             known |= up2(fc.max(axis=0) > kc * fc.min(axis=0)) > 0.5
+        cw = _F(p["coarse_w"])
         if kern is not None:
             coarse = p["coarse_r"] and p["coarse_w"]
-            d = _median3(kern.sub_plane(FM, fc if coarse else _NONE3, _F(p["coarse_w"])))
+            d = _median3(kern.sub_plane(FM, fc if coarse else _NONE3, cw, floor, best, kq))
         elif p["coarse_r"] and p["coarse_w"]:
-            cw = _F(p["coarse_w"])
-            d = _median3(sub_plane([lambda z=z, fm=FM: fm[z] + cw * up2(fc[z]) for z in range(Z)]))
+            cwm = cw * neighbourhood_weight(floor, best, kq)
+            d = _median3(sub_plane([lambda z=z, fm=FM: fm[z] + cwm * up2(fc[z]) for z in range(Z)]))
         else:
             d = _median3(sub_plane(FM))
         del FM
@@ -570,12 +590,14 @@ class FocusFuse:
             detail = detail * beta
         fused = up2(half)
         fused += detail
-        fused = np.moveaxis(fused, 0, -1)
         # never outside what the planes hold there: no overshoot at edges, no invented colour
         c = (slice(halo, H - halo), slice(halo, W - halo))
-        src = planes[:, c[0], c[1]]
-        fused = fused[c]
-        np.clip(fused, src.min(axis=0), src.max(axis=0), out=fused)
+        if kern is None:
+            fused = np.moveaxis(fused, 0, -1)[c]
+            src = planes[:, c[0], c[1]]
+            np.clip(fused, src.min(axis=0), src.max(axis=0), out=fused)
+        else:
+            fused = np.moveaxis(kern.clip_to_planes(fused[:, c[0], c[1]], planes, halo, halo), 0, -1)
 
         # ---- outputs (cropped by the halo)
         ch = (slice(halo // 2, (H - halo) // 2), slice(halo // 2, (W - halo) // 2))
