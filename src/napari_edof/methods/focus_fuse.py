@@ -19,7 +19,8 @@ works at two scales, with every decision weighed against the noise measured wher
   with a parabolic sub-plane refinement and a 3 x 3 median. A pixel whose best measure does not
   stand above its noise floor by more than noise alone reaches (the 99.5th percentile of that
   ratio over as many planes of pure noise, times ``unknown_k``), at the pixel or in its
-  ``coarse_r`` neighbourhood, is *unknown*: no plane is in focus there. Its confidence is 0 and its
+  ``coarse_r`` neighbourhood (then the majority of its 3 x 3 neighbours: no lone specks of either),
+  is *unknown*: no plane is in focus there. Its confidence is 0 and its
   index NaN (``unknown="nan"``, the default), interpolated from the known pixels near it
   (``"fill"``, for height views) or the argmax as it came (``"keep"``).
 - *Impulses*: every energy is smoothed [1 2 1] over z first: detail in focus persists over
@@ -64,7 +65,7 @@ _F = np.float32
 def _index_reach(p: dict) -> int:
     """Half-resolution pixels from which the index (and the base's filled index) is read."""
     coarse = 2 * ((p["coarse_r"] + 1) // 2) + 3 if p["coarse_r"] else 0  # a quarter-resolution box
-    return 1 + p["radius"] + coarse + 1 + p["fill"]
+    return 1 + p["radius"] + coarse + 1 + 1 + p["fill"]  # (+1: the known mask's 3 x 3 majority)
 
 
 def _pyramid_reach(levels: int) -> int:
@@ -473,7 +474,10 @@ class FocusFuse:
                 cp = PB[k]
             elif rgb:
                 PB[k] = cp = bin2(np.moveaxis(planes[k], -1, 0))
-            FM[k] = box_mean(laplacian_energy(gb), p["radius"])
+            if kern is not None and p["radius"] == 2:
+                kern.focus_measure5(gb, FM[k])
+            else:
+                FM[k] = box_mean(laplacian_energy(gb), p["radius"])
             if kern is not None:
                 for lvl in range(L):
                     if rgb:
@@ -511,6 +515,7 @@ class FocusFuse:
             fc = box_mean(bin2(FM), cr)
             kc = _F(p["unknown_k"] * noise_ratio(Z, p["radius"], cr))
             known |= up2(fc.max(axis=0) > kc * fc.min(axis=0)) > 0.5
+        known = _median3(known.astype(_F)) > 0.5  # the majority of 3 x 3: no lone specks either way
         cw = _F(p["coarse_w"])
         if kern is not None:
             coarse = p["coarse_r"] and p["coarse_w"]
