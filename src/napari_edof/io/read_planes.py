@@ -66,9 +66,10 @@ _PIL_MODES: dict[str, tuple[str | None, Any, int]] = {
 
 #: file names in a folder that are results, not planes (case-insensitive): napari-edof's own
 #: outputs (``fused.tif``, ``focus_index.tif``/``.png``, ``decision.tif``, ``masks.tif``,
-#: ``confidence.tif``, also with a prefix such as ``name_``), and the all-in-focus images example
-#: stacks keep beside their frames (``expected.jpg`` in focus-stack's examples, ``ground_truth.png``)
-_OUR_OUTPUTS = re.compile(r"^(?:.*[_.\- ])?(?:fused|focus_index(?:_t\d+)?|decision|masks|confidence)"
+#: ``confidence.tif``, ``audit.tif``, ``audit_mask.tif``, also with a prefix such as ``name_``),
+#: and the all-in-focus images example stacks keep beside their frames (``expected.jpg`` in
+#: focus-stack's examples, ``ground_truth.png``)
+_OUR_OUTPUTS = re.compile(r"^(?:.*[_.\- ])?(?:fused|focus_index(?:_t\d+)?|decision|masks|confidence|audit|audit_mask)"
                           r"\.(?:ome\.)?(?:tiff?|png)$", re.IGNORECASE)
 _REFERENCES = re.compile(r"^(?:expected|ground[_\- ]?truth|truth|gt|all[_\- ]?in[_\- ]?focus|aif)"
                          r"\.(?:tiff?|png|jpe?g)$", re.IGNORECASE)

@@ -330,8 +330,10 @@ def write_result(result, outdir, *, stem: str | None = None, outputs=None, compr
     stem : str, optional
         Prefix of every file name; ``"_"`` is added unless it ends with ``_``, ``-`` or ``.``.
     outputs : str or sequence, optional
-        Which files to write, from ``fused, index, decision, masks, confidence`` ("fused,index"
-        or a list; default: all of them). ``provenance.json`` is always written.
+        Which files to write, from ``fused, index, decision, masks, confidence, audit``
+        ("fused,index" or a list; default: all of them, the audit when the result has one).
+        ``provenance.json`` is always written. Asking for the audit of a result without one
+        (``result.audit is None``: fuse with ``audit=True``) is an EdofError.
     compression : "deflate" or "zstd", optional
         Lossless TIFF compression (default none).
     preview : "png" or "jpg", optional
@@ -352,6 +354,9 @@ def write_result(result, outdir, *, stem: str | None = None, outputs=None, compr
         ``"decision"``: ``<stem>decision.tif``, uint16 labels (plane + 1);
         ``"masks"``: ``<stem>masks.tif``, uint8 0/255, (Z, Y, X) or (T, Z, Y, X);
         ``"confidence"``: ``<stem>confidence.tif``, float32 0..1;
+        ``"audit"``: ``<stem>audit.tif``, float32, the distance of each fused value from the
+        nearest source value there (fused image units); ``"audit_mask"``: ``<stem>audit_mask.tif``,
+        uint8 255 where the fused value lies outside the sources' 3 x 3 local range;
         ``"provenance"``: ``<stem>provenance.json``, ``result.provenance`` made JSON-safe.
 
     Raises
@@ -368,7 +373,13 @@ def write_result(result, outdir, *, stem: str | None = None, outputs=None, compr
     n_times = int(np.shape(result.index)[0]) if np.ndim(result.index) == 3 else 1
     from .outputs import OUTPUTS, PREVIEW_FORMATS, parse_outputs
 
-    outputs = OUTPUTS if outputs is None else parse_outputs(outputs)
+    if outputs is None:
+        outputs = tuple(o for o in OUTPUTS if o != "audit" or getattr(result, "audit", None) is not None)
+    else:
+        outputs = parse_outputs(outputs)
+        if "audit" in outputs and getattr(result, "audit", None) is None:
+            raise EdofError("the result has no audit to write: fuse with audit=True (methods that synthesise "
+                            "values, such as vaeedof, are audited by default)")
     if preview is not None:
         preview = {"jpeg": "jpg"}.get(str(preview).lower(), str(preview).lower())
         if preview not in PREVIEW_FORMATS:
@@ -414,6 +425,8 @@ def _write_result_files(result, outdir: Path, prefix: str, files: list[str] | No
     from .outputs import OUTPUTS
 
     outputs = OUTPUTS if outputs is None else tuple(outputs)
+    if getattr(result, "audit", None) is None:
+        outputs = tuple(o for o in outputs if o != "audit")
     index = np.asarray(result.index, dtype=np.float32)
     if index.ndim not in (2, 3):
         raise EdofError(f"the result's focus index must be (Y, X) or (T, Y, X), not {index.shape}")
@@ -464,7 +477,7 @@ def _write_result_files(result, outdir: Path, prefix: str, files: list[str] | No
         jobs.append(lambda: _write_index(outdir, prefix, index, n, has_t, base, scale))
         jobs.append(lambda: _write_index_png(outdir, prefix, index, n, has_t))
         first = len(jobs) - 1  # (the PNG's encoding is the longest job: it starts first)
-    jobs += [map_file(name) for name in ("decision", "masks", "confidence") if name in outputs]
+    jobs += [map_file(name) for name in ("decision", "masks", "confidence", "audit") if name in outputs]
     out: dict[str, Path] = {}
     for part in _in_parallel(jobs, first=first):
         out.update(part)
@@ -545,6 +558,23 @@ def _write_maps(out, result, outdir, prefix, outputs, n, has_t, base, scale, uni
             np.asarray(result.confidence, dtype=np.float32),
             axes=base,
             description="napari-edof confidence (0..1)",
+            **scale,
+        )
+    if "audit" in outputs:
+        out["audit"] = write_tiff(
+            outdir / f"{prefix}audit.tif",
+            np.asarray(result.audit, dtype=np.float32),
+            axes=base,
+            description="napari-edof audit: distance of the fused value from the nearest source-plane value "
+                        "(fused image units)",
+            **scale,
+        )
+        out["audit_mask"] = write_tiff(
+            outdir / f"{prefix}audit_mask.tif",
+            np.asarray(result.audit_mask, dtype=bool).astype(np.uint8) * np.uint8(255),
+            axes=base,
+            description="napari-edof audit mask: 255 where the fused value lies outside every source "
+                        "plane's 3 x 3 local range",
             **scale,
         )
 
