@@ -70,6 +70,16 @@ MODELS: dict[str, WeightsSpec] = {
         licence="MIT (a derivative of the official MIT-licensed checkpoint; see the model card)",
         citation=CITATION,
     ),
+    # realistic: fine-tuned from "ours" on the realistic generator's stacks (training.realistic_data),
+    # with the soft composition's image error in the loss; shipped, not the default (its index map is
+    # worse): weights/stackmff_v2_realistic.md.
+    "realistic": WeightsSpec(
+        filename="stackmff_v2_realistic.pt",
+        urls=(),
+        sha256="41330264e08781ababcf3c1b3bda5ee0a455840e3026c58bbc6e98e69ec77a04",
+        licence="MIT (a derivative of the official MIT-licensed checkpoint; see the model card)",
+        citation=CITATION,
+    ),
 }
 
 RULES = ("argmax", "official", "matched", "smooth-argmax")
@@ -115,9 +125,14 @@ SPEC = MethodSpec(
               help="pyramid: multi-scale, the network's probabilities weighed with each scale's detail "
               "against the noise (noise averaged where no plane is sharper); soft: the planes averaged per "
               "pixel with the probabilities; select: the pixel of the chosen plane", choices=COMPOSE),
+        Param("softness", float, 2.0, label="Softness", advanced=True,
+              help="compose=pyramid: how readily planes are averaged, the temperature of the detail "
+              "weights in units of the noise energy (small: the most detailed plane, as the network allows)",
+              min=0.05, max=100.0),
         Param("weights", str, "ours", label="Weights", advanced=True,
-              help="network weights: ours (shipped, fine-tuned on synthetic microscopy-like "
-              "stacks) or the authors' official ones (downloaded at first use)", choices=tuple(MODELS)),
+              help="network weights: ours (shipped, fine-tuned on synthetic stacks), realistic (shipped, "
+              "fine-tuned further on realistic noisy stacks for compose=pyramid/soft; a worse index map) or "
+              "the authors' official ones (downloaded at first use)", choices=tuple(MODELS)),
         Param("normalise", str, "range", label="Input scaling", advanced=True,
               help="input scaling to [0, 1]: 'range' (robust min/max of the tile's window) or 'dtype' "
               "(divide integers by their maximum, floats as given: the authors' convention)",
@@ -240,7 +255,8 @@ class StackMFFV2Method(LearnedMethod):
         src = planes[:, halo : planes.shape[1] - halo, halo : planes.shape[2] - halo] if halo else planes
         comp = self.p.get("compose", "select")
         if comp == "pyramid":
-            fused = pyramid_compose(planes, guide, maps["prob"], levels=PYRAMID_LEVELS)
+            fused = pyramid_compose(planes, guide, maps["prob"], levels=PYRAMID_LEVELS,
+                                    softness=self.p.get("softness", 2.0))
             if halo:
                 fused = fused[halo:-halo, halo:-halo]
         elif comp == "soft":
