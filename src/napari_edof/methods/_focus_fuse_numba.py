@@ -222,17 +222,28 @@ def band(cg, B, E):
     return ng
 
 @jit
-def sub_plane(fm, fc, cw):
-    """Argmax over planes of ``fm[z] + cw x up2(fc[z])`` (``fc`` empty: of ``fm[z]``) with the
-    parabolic sub-plane refinement of the numpy path's ``sub_plane``: (h, w) float32."""
+def sub_plane(fm, fc, cw, floor, top, kq):
+    """Argmax over planes of ``fm[z] + cw x neighbourhood_weight(floor, top, kq) x up2(fc[z])``
+    (``fc`` empty: of ``fm[z]``) with the parabolic sub-plane refinement of the numpy path's
+    ``sub_plane``: (h, w) float32."""
     Z, h, w = fm.shape
     out = np.empty((h, w), np.float32)
     coarse = fc.shape[0] > 0
     vals = np.empty((Z, w), np.float32)
     ra = np.empty(w, np.float32)
     rb = np.empty(w, np.float32)
+    cwr = np.empty(w, np.float32)
     hc = fc.shape[1] if coarse else 1
     for i in range(h):
+        if coarse:  # the numpy path's neighbourhood_weight, times cw
+            for j in range(w):
+                t = _F(1)
+                if top[i, j] > 0:
+                    t = kq * floor[i, j] / top[i, j]
+                t = min(t, _F(1))
+                t = t * t
+                t = t * t
+                cwr[j] = cw * t
         for z in range(Z):
             if coarse:  # row i of up2(fc[z]): bin rows i // 2 and its neighbour, along x first
                 ci = i // 2
@@ -240,7 +251,7 @@ def sub_plane(fm, fc, cw):
                 _up_x(fc[z], ci, ra)
                 _up_x(fc[z], cn, rb)
                 for j in range(w):
-                    vals[z, j] = fm[z, i, j] + cw * (q3 * ra[j] + q1 * rb[j])
+                    vals[z, j] = fm[z, i, j] + cwr[j] * (q3 * ra[j] + q1 * rb[j])
             else:
                 for j in range(w):
                     vals[z, j] = fm[z, i, j]
@@ -265,36 +276,6 @@ def sub_plane(fm, fc, cw):
 
 
 @jit
-def z_smooth_max(e):
-    """In place on (Z, h, w): the numpy path's ``z_smooth`` ([1 2 1] / 4 over the planes, ends
-    replicated); returns the maximum over the planes (h, w)."""
-    Z, h, w = e.shape
-    best = np.empty((h, w), np.float32)
-    prev = np.empty(w, np.float32)  # plane z - 1 before smoothing
-    cur = np.empty(w, np.float32)
-    for i in range(h):
-        bi = best[i]
-        if Z < 2:
-            bi[:] = e[0, i]
-            continue
-        prev[:] = e[0, i]
-        for z in range(Z):
-            row = e[z, i]
-            nxt = e[z + 1, i] if z + 1 < Z else row
-            cur[:] = row
-            for j in range(w):  # (the last plane's next is itself: nxt[j] is read before row[j] is written)
-                row[j] = (cur[j] * _F(2) + prev[j] + nxt[j]) * _F(0.25)
-            if z == 0:
-                for j in range(w):
-                    bi[j] = row[j]
-            else:
-                for j in range(w):
-                    bi[j] = max(bi[j], row[j])
-            prev[:] = cur
-    return best
-
-
-@jit
 def bin_channels(p, out):
     """``bin2`` of every channel of one plane ``p`` (2h, 2w, C), any dtype, into ``out`` (C, h, w)
     float32 (the numpy path's order of sums)."""
@@ -308,3 +289,221 @@ def bin_channels(p, out):
                 a = _F(p0[2 * j, c]) + _F(p1[2 * j, c])
                 b = _F(p0[2 * j + 1, c]) + _F(p1[2 * j + 1, c])
                 o[j] = (a + b) * q1
+
+
+@jit
+def soft_exponents(e, out, noise):
+    """The soft weights' exponents: ``out = (s - max_z s) / (noise + 1e-30)`` where ``s`` is ``e``
+    (Z, h, w) smoothed [1 2 1] / 4 over the planes (the numpy path's ``z_smooth``, ends
+    replicated) and ``noise`` is (h, w); ``out`` may be ``e`` itself. Row by row, so a row of every
+    plane stays in the caches between the smoothing, the maximum and the scaling."""
+    Z, h, w = e.shape
+    best = np.empty(w, np.float32)
+    prev = np.empty(w, np.float32)  # plane z - 1 of this row before smoothing
+    cur = np.empty(w, np.float32)
+    inv = np.empty(w, np.float32)
+    for i in range(h):
+        ni = noise[i]
+        for j in range(w):
+            inv[j] = _F(1) / (ni[j] + _F(1e-30))
+        if Z < 2:
+            o = out[0, i]
+            for j in range(w):
+                o[j] = _F(0)
+            continue
+        prev[:] = e[0, i]
+        for z in range(Z):
+            nxt = e[z + 1, i] if z + 1 < Z else e[z, i]
+            cur[:] = e[z, i]
+            o = out[z, i]
+            for j in range(w):  # (the last plane's next is itself: read before it is written)
+                o[j] = (cur[j] * _F(2) + prev[j] + nxt[j]) * _F(0.25)
+            if z == 0:
+                best[:] = o
+            else:
+                for j in range(w):
+                    best[j] = max(best[j], o[j])
+            prev[:] = cur
+        for z in range(Z):
+            o = out[z, i]
+            for j in range(w):
+                o[j] = (o[j] - best[j]) * inv[j]
+    return out
+
+
+@jit
+def weighted_bands(b, wt, out):
+    """``out[c] = sum_z b[z, c] x wt[z] / sum_z wt[z]``: a pyramid level's bands (Z, C, h, w)
+    weighed by the planes' unnormalised weights (Z, h, w), into ``out`` (C, h, w)."""
+    Z, C, h, w = b.shape
+    s = np.empty(w, np.float32)
+    for i in range(h):
+        s[:] = wt[0, i]
+        for z in range(1, Z):
+            wz = wt[z, i]
+            for j in range(w):
+                s[j] += wz[j]
+        for j in range(w):
+            s[j] = _F(1) / s[j]
+        for c in range(C):
+            o = out[c, i]
+            for j in range(w):
+                o[j] = _F(0)
+            for z in range(Z):
+                bz = b[z, c, i]
+                wz = wt[z, i]
+                for j in range(w):
+                    o[j] += bz[j] * (wz[j] * s[j])
+    return out
+
+
+@jit
+def normalise_blend(wt, ef, noise, weight, lo):
+    """In place on unnormalised weights (Z, h, w): normalised over the planes, then (``weight`` >
+    0) the numpy path's ``blend_neighbours``: the planes just before and after each pixel's
+    most-weighted plane gain ``weight x clip((r - lo) / (1 - lo), 0, 1)``, ``r`` their share of its
+    detail energy ``ef`` above ``noise`` (h, w), and the weights are normalised again."""
+    Z, h, w = wt.shape
+    s = np.empty(w, np.float32)
+    kb = np.zeros(w, np.int64)
+    top = np.empty(w, np.float32)
+    scale = _F(1) / (_F(1) - lo)
+    for i in range(h):
+        s[:] = wt[0, i]
+        for z in range(1, Z):
+            wz = wt[z, i]
+            for j in range(w):
+                s[j] += wz[j]
+        for j in range(w):
+            s[j] = _F(1) / s[j]
+        for z in range(Z):
+            wz = wt[z, i]
+            for j in range(w):
+                wz[j] *= s[j]
+        if weight <= 0 or Z < 2:
+            continue
+        top[:] = wt[0, i]
+        kb[:] = 0
+        for z in range(1, Z):
+            wz = wt[z, i]
+            for j in range(w):
+                if wz[j] > top[j]:  # the first maximum wins, as argmax
+                    top[j] = wz[j]
+                    kb[j] = z
+        ni = noise[i]
+        for j in range(w):
+            k = kb[j]
+            eb = ef[k, i, j] - ni[j]
+            total = _F(1)
+            for dk in (-1, 1):
+                kn = k + dk
+                if kn < 0 or kn >= Z:
+                    continue
+                g = _F(0)
+                if eb > 0:
+                    g = ((ef[kn, i, j] - ni[j]) / eb - lo) * scale
+                    g = min(max(g, _F(0)), _F(1)) * weight
+                wt[kn, i, j] += g
+                total += g
+            s[j] = _F(1) / total
+        for z in range(Z):
+            wz = wt[z, i]
+            for j in range(w):
+                wz[j] *= s[j]
+    return wt
+
+
+@jit
+def plane_stats(fm):
+    """Minimum, maximum and mean over the planes of ``fm`` (Z, h, w), in one pass (the mean summed
+    plane after plane and divided, as numpy's ``mean(axis=0)``)."""
+    Z, h, w = fm.shape
+    lo = np.empty((h, w), np.float32)
+    hi = np.empty((h, w), np.float32)
+    mean = np.empty((h, w), np.float32)
+    zf = _F(Z)
+    for i in range(h):
+        a = lo[i]
+        b = hi[i]
+        m = mean[i]
+        f0 = fm[0, i]
+        for j in range(w):
+            a[j] = f0[j]
+            b[j] = f0[j]
+            m[j] = f0[j]
+        for z in range(1, Z):
+            f = fm[z, i]
+            for j in range(w):
+                v = f[j]
+                a[j] = min(a[j], v)
+                b[j] = max(b[j], v)
+                m[j] += v
+        for j in range(w):
+            m[j] = m[j] / zf
+    return lo, hi, mean
+
+
+@jit
+def clip_to_planes(fused, planes, y0, x0):
+    """In place: ``fused`` (C, h, w) clipped per pixel to the range of ``planes`` (Z, H, W, C, any
+    dtype) over the planes at ``[y0 + i, x0 + j]``, as ``np.clip(fused, min, max)``."""
+    C, h, w = fused.shape
+    Z = planes.shape[0]
+    lo = np.empty(w, np.float32)
+    hi = np.empty(w, np.float32)
+    for c in range(C):
+        for i in range(h):
+            p0 = planes[0, y0 + i]
+            for j in range(w):
+                v = _F(p0[x0 + j, c])
+                lo[j] = v
+                hi[j] = v
+            for z in range(1, Z):
+                pz = planes[z, y0 + i]
+                for j in range(w):
+                    v = _F(pz[x0 + j, c])
+                    lo[j] = min(lo[j], v)
+                    hi[j] = max(hi[j], v)
+            f = fused[c, i]
+            for j in range(w):
+                f[j] = min(max(f[j], lo[j]), hi[j])
+    return fused
+
+
+@jit
+def focus_measure5(gb, out):
+    """The numpy path's ``box_mean(laplacian_energy(gb), 2)`` of one (h, w) plane into ``out``, on
+    the flattened arrays as there (the same outer rows and columns, which are not meaningful) and
+    with the same order of sums (``_flat_box``'s doubling for a window of 5: ``a0 + ((a1 + a2) +
+    (a3 + a4))``), so the result is the same to the bit."""
+    h, w = gb.shape
+    n = h * w
+    f = gb.reshape(n)
+    lap = np.empty(n, np.float32)
+    lo, hi = min(w, n), max(n - w, min(w, n))
+    lap[:lo] = 0
+    lap[hi:] = 0
+    for p in range(lo, hi):
+        s = f[p] * _F(4)
+        s -= f[p - 1]
+        s -= f[p + 1]
+        s -= f[p - w]
+        s -= f[p + w]
+        lap[p] = s * s
+    sx = np.empty(n, np.float32)
+    lo, hi = min(2, n), max(n - 2, min(2, n))
+    sx[:lo] = lap[:lo]
+    sx[hi:] = lap[hi:]
+    for p in range(lo, hi):
+        sx[p] = lap[p - 2] + ((lap[p - 1] + lap[p]) + (lap[p + 1] + lap[p + 2]))
+    o = out.reshape(n)
+    k = _F(1.0 / 25)
+    lo, hi = min(2 * w, n), max(n - 2 * w, min(2 * w, n))
+    for p in range(lo):
+        o[p] = sx[p] * k
+    for p in range(hi, n):
+        o[p] = sx[p] * k
+    w2 = 2 * w
+    for p in range(lo, hi):
+        o[p] = (sx[p - w2] + ((sx[p - w] + sx[p]) + (sx[p + w] + sx[p + w2]))) * k
+    return out

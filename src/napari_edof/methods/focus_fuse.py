@@ -11,12 +11,16 @@ works at two scales, with every decision weighed against the noise measured wher
   finest scale, where detail still beats the noise; a full-resolution Laplacian is mostly noise).
 - *Noise floor*: the measure's minimum over planes. The most defocused plane keeps no detail, only
   noise, so this gives the local, signal-dependent (Poisson) noise level with no global estimate.
-- *Index*: the argmax of the measure plus ``coarse_w`` times its ``coarse_r`` box mean (a weak
-  region takes the decision of strong evidence nearby instead of the spill of a blurred edge),
+- *Index*: the argmax of the measure plus ``coarse_w`` times its ``coarse_r`` box mean, where the
+  pixel's own evidence is weak (a weak region takes the decision of strong evidence nearby instead
+  of the spill of a blurred edge; the neighbourhood's weight fades as the fourth power of the
+  in-focus threshold over the pixel's best-to-floor ratio, so a pixel with clear evidence of its
+  own keeps its decision and depth edges stay sharp),
   with a parabolic sub-plane refinement and a 3 x 3 median. A pixel whose best measure does not
   stand above its noise floor by more than noise alone reaches (the 99.5th percentile of that
   ratio over as many planes of pure noise, times ``unknown_k``), at the pixel or in its
-  ``coarse_r`` neighbourhood, is *unknown*: no plane is in focus there. Its confidence is 0 and its
+  ``coarse_r`` neighbourhood (then the majority of its 3 x 3 neighbours: no lone specks of either),
+  is *unknown*: no plane is in focus there. Its confidence is 0 and its
   index NaN (``unknown="nan"``, the default), interpolated from the known pixels near it
   (``"fill"``, for height views) or the argmax as it came (``"keep"``).
 - *Impulses*: every energy is smoothed [1 2 1] over z first: detail in focus persists over
@@ -61,7 +65,7 @@ _F = np.float32
 def _index_reach(p: dict) -> int:
     """Half-resolution pixels from which the index (and the base's filled index) is read."""
     coarse = 2 * ((p["coarse_r"] + 1) // 2) + 3 if p["coarse_r"] else 0  # a quarter-resolution box
-    return 1 + p["radius"] + coarse + 1 + p["fill"]
+    return 1 + p["radius"] + coarse + 1 + 1 + p["fill"]  # (+1: the known mask's 3 x 3 majority)
 
 
 def _pyramid_reach(levels: int) -> int:
@@ -93,8 +97,9 @@ SPEC = MethodSpec(
         Param("coarse_r", int, 8, label="Neighbourhood radius", advanced=True,
               help="radius of the neighbourhood evidence added to the focus measure "
               "(half-resolution pixels; 0: off)", min=0, max=32),
-        Param("coarse_w", float, 1.0, label="Neighbourhood weight", advanced=True,
-              help="weight of the neighbourhood evidence", min=0.0, max=100.0),
+        Param("coarse_w", float, 2.0, label="Neighbourhood weight", advanced=True,
+              help="weight of the neighbourhood evidence where the pixel's own is at the noise level "
+              "(it fades where the pixel's own evidence is clear)", min=0.0, max=100.0),
         Param("levels", int, 3, label="Scales", advanced=True,
               help="scales of the fusion (the tile alignment is 2**levels)", min=1, max=5),
         Param("softness", float, 1.0, label="Softness",
@@ -309,6 +314,20 @@ def sub_plane(vol) -> np.ndarray:
     return k.astype(_F) + off
 
 
+def neighbourhood_weight(floor: np.ndarray, best: np.ndarray, kq) -> np.ndarray:
+    """How much a pixel's index leans on its neighbourhood's evidence: ``min(1, t)**4`` with ``t =
+    kq x floor / best``, the in-focus threshold over the pixel's own best-to-floor ratio. 1 where
+    the pixel's own evidence is at the noise level (unknown: the neighbourhood decides); it fades
+    fast above it (a pixel with clear evidence of its own keeps it: a depth edge's sharp side does
+    not spread over the pixels beside it)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(best > 0, kq * floor / best, _F(1)).astype(_F)
+    np.minimum(t, _F(1), out=t)
+    t *= t
+    t *= t
+    return t
+
+
 def interp_planes(p: np.ndarray, index: np.ndarray) -> np.ndarray:
     """(Z, C, h, w) planes interpolated linearly at the (h, w) sub-plane index (NaN: the mean)."""
     n = p.shape[0]
@@ -387,14 +406,6 @@ def blend_neighbours(w: np.ndarray, energy: np.ndarray, noise: np.ndarray, weigh
     return w
 
 
-def _smooth_soft(kern, e: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """``soft_weights(z_smooth(e), noise)`` in place of ``e`` (the smoothing and maximum compiled
-    where the kernels are)."""
-    if kern is None:
-        return soft_weights(z_smooth(e), noise)
-    return soft_weights(e, noise, kern.z_smooth_max(e))
-
-
 def _weighted_detail(FG, PB, planes, wf):
     """numpy: the planes' finest detail weighted by ``wf`` (one weight per 2 x 2 block): the
     guide's (H, W) and every channel's (C, H, W) (the guide's itself for one channel)."""
@@ -463,7 +474,10 @@ class FocusFuse:
                 cp = PB[k]
             elif rgb:
                 PB[k] = cp = bin2(np.moveaxis(planes[k], -1, 0))
-            FM[k] = box_mean(laplacian_energy(gb), p["radius"])
+            if kern is not None and p["radius"] == 2:
+                kern.focus_measure5(gb, FM[k])
+            else:
+                FM[k] = box_mean(laplacian_energy(gb), p["radius"])
             if kern is not None:
                 for lvl in range(L):
                     if rgb:
@@ -487,9 +501,10 @@ class FocusFuse:
             BASE[k] = cp if rgb else cg
 
         # ---- half resolution: noise floor, index, known pixels
-        floor = FM.min(axis=0)
-        best = FM.max(axis=0)
-        mean = FM.mean(axis=0)
+        if kern is None:
+            floor, best, mean = FM.min(axis=0), FM.max(axis=0), FM.mean(axis=0)
+        else:
+            floor, best, mean = kern.plane_stats(FM)
         sigma2 = floor * _F(1 / fm_gain)  # local noise variance, full-resolution units
         # in focus somewhere: the best plane stands above the floor by more than noise alone reaches,
         # at the pixel or in its neighbourhood (a flat stack, all zeros, is unknown everywhere)
@@ -500,12 +515,14 @@ class FocusFuse:
             fc = box_mean(bin2(FM), cr)
             kc = _F(p["unknown_k"] * noise_ratio(Z, p["radius"], cr))
             known |= up2(fc.max(axis=0) > kc * fc.min(axis=0)) > 0.5
+        known = _median3(known.astype(_F)) > 0.5  # the majority of 3 x 3: no lone specks either way
+        cw = _F(p["coarse_w"])
         if kern is not None:
             coarse = p["coarse_r"] and p["coarse_w"]
-            d = _median3(kern.sub_plane(FM, fc if coarse else _NONE3, _F(p["coarse_w"])))
+            d = _median3(kern.sub_plane(FM, fc if coarse else _NONE3, cw, floor, best, kq))
         elif p["coarse_r"] and p["coarse_w"]:
-            cw = _F(p["coarse_w"])
-            d = _median3(sub_plane([lambda z=z, fm=FM: fm[z] + cw * up2(fc[z]) for z in range(Z)]))
+            cwm = cw * neighbourhood_weight(floor, best, kq)
+            d = _median3(sub_plane([lambda z=z, fm=FM: fm[z] + cwm * up2(fc[z]) for z in range(Z)]))
         else:
             d = _median3(sub_plane(FM))
         del FM
@@ -523,8 +540,13 @@ class FocusFuse:
         # ---- half-resolution fusion of every channel (one channel: the guide is that channel)
         bands, s2, bi = [], sigma2, base_index
         for lvl in range(L):
-            wl = _smooth_soft(kern, E[lvl], s2 * _F(p["softness"] * gains[lvl]))
-            bands.append(np.einsum("zchw,zhw->chw", B[lvl], wl))
+            noise = s2 * _F(p["softness"] * gains[lvl])
+            if kern is None:
+                wl = soft_weights(z_smooth(E[lvl]), noise)
+                bands.append(np.einsum("zchw,zhw->chw", B[lvl], wl))
+            else:  # the exponents and the normalised sum compiled, the exponentials numpy's
+                ex = np.exp(kern.soft_exponents(E[lvl], E[lvl], noise), out=E[lvl])
+                bands.append(kern.weighted_bands(B[lvl], ex, np.empty((C,) + ex.shape[1:], _F)))
             s2, bi = bin2(s2), bin2(bi)  # NaN where any of the four is unknown
         half = interp_planes(BASE, bi)
         for band in bands[::-1]:
@@ -532,12 +554,19 @@ class FocusFuse:
         del E, B, BASE
 
         # ---- full resolution: the finest detail, weighted by its own energy, Wiener-shrunk
-        EF0 = EF.copy() if p["z_blend"] > 0 and Z > 1 else None  # before the smoothing over planes
-        wf = _smooth_soft(kern, EF, sigma2 * _F(p["softness"] * fine_gain))
+        blend = p["z_blend"] > 0 and Z > 1
+        noise = sigma2 * _F(p["softness"] * fine_gain)
+        if kern is None:
+            EF0 = EF.copy() if blend else None  # before the smoothing over planes
+            wf = soft_weights(z_smooth(EF), noise)
+            if blend:
+                blend_neighbours(wf, EF0, sigma2 * _F(fine_gain), _F(p["z_blend"]))
+                del EF0
+        else:  # the smoothing, maximum, normalisation and blend compiled (EF is kept unsmoothed)
+            wf = kern.soft_exponents(EF, np.empty_like(EF), noise)
+            np.exp(wf, out=wf)
+            kern.normalise_blend(wf, EF, sigma2 * _F(fine_gain), _F(p["z_blend"] if blend else 0), _BLEND_FROM)
         del EF
-        if EF0 is not None:
-            blend_neighbours(wf, EF0, sigma2 * _F(fine_gain), _F(p["z_blend"]))
-            del EF0
         if kern is None:
             dl, detail = _weighted_detail(FG, PB, planes, wf)
             del FG
@@ -566,12 +595,14 @@ class FocusFuse:
             detail = detail * beta
         fused = up2(half)
         fused += detail
-        fused = np.moveaxis(fused, 0, -1)
         # never outside what the planes hold there: no overshoot at edges, no invented colour
         c = (slice(halo, H - halo), slice(halo, W - halo))
-        src = planes[:, c[0], c[1]]
-        fused = fused[c]
-        np.clip(fused, src.min(axis=0), src.max(axis=0), out=fused)
+        if kern is None:
+            fused = np.moveaxis(fused, 0, -1)[c]
+            src = planes[:, c[0], c[1]]
+            np.clip(fused, src.min(axis=0), src.max(axis=0), out=fused)
+        else:
+            fused = np.moveaxis(kern.clip_to_planes(fused[:, c[0], c[1]], planes, halo, halo), 0, -1)
 
         # ---- outputs (cropped by the halo)
         ch = (slice(halo // 2, (H - halo) // 2), slice(halo // 2, (W - halo) // 2))
