@@ -24,7 +24,6 @@ gives the whole image's result inside (tiles agree). numpy only.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .focus_fuse import bin2, up2
 
@@ -48,6 +47,8 @@ def pyramid_reach(levels: int) -> int:
 
 
 def _box(a: np.ndarray, r: int) -> np.ndarray:
+    from scipy import ndimage as ndi  # (lazily: the CLI's start-up does not import scipy)
+
     return ndi.uniform_filter(a, size=(1,) * (a.ndim - 2) + (2 * r + 1, 2 * r + 1), mode="reflect")
 
 
