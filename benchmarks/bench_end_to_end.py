@@ -13,8 +13,10 @@ The peers' command lines are those of ``~/edof-peers/run_peers.py``: enfuse as `
 --no-align``). focusweave reads folders only, so it is given a folder holding the planes (for
 (b) the plane files of (a), same pixels); enfuse is given the multi-page TIFF itself for (b).
 
-Then a per-stage breakdown of one ``napari-edof fuse`` process (import, open, read, fuse, write),
-timed in a fresh interpreter with the CLI's own steps.
+Then a per-stage breakdown of one ``napari-edof fuse`` process (import, open, read, fuse, write,
+and the rest of its wall clock: the interpreter's start and exit), timed in a fresh interpreter
+with the CLI's own steps. napari-edof runs with Python's bytecode caches, as installed (this
+machine's PYTHONDONTWRITEBYTECODE is left out of its environment).
 
     python benchmarks/bench_end_to_end.py [--repeat 5] [--work /tmp/e2e] [--cases planes,tiff,pcb]
 """
@@ -102,6 +104,11 @@ STAGES = r"""
 import sys, time
 t0 = time.perf_counter()
 from napari_edof import cli
+try:  # (what the CLI does now: gc.freeze at exit)
+    import atexit
+    atexit.register(cli._freeze_at_exit)
+except AttributeError:
+    pass
 from napari_edof.core.engine import fuse_iter, drain
 from napari_edof.io.writers import write_result
 import napari_edof.io as nio
@@ -117,19 +124,38 @@ else:  # (before: open lazily, the engine computes the dask array)
     t3 = time.perf_counter()
 res = drain(fuse_iter(st))
 t4 = time.perf_counter()
-write_result(res, sys.argv[1])
+try:  # (the CLI's default set of files)
+    from napari_edof.io.outputs import DEFAULT_OUTPUTS
+    write_result(res, sys.argv[1], outputs=DEFAULT_OUTPUTS)
+except ImportError:
+    write_result(res, sys.argv[1])
 t5 = time.perf_counter()
 print(f"{t1-t0:.3f} {t2-t1:.3f} {t3-t2:.3f} {t4-t3:.3f} {t5-t4:.3f}")
 """
 
 
 def stages(case: dict, out: Path, repeat: int, env=None) -> list[float]:
+    """Median seconds of import, open, read, fuse, write in one process, and the rest of the
+    process's wall clock (the interpreter's start and exit)."""
     rows = []
     for _ in range(repeat):
+        t0 = time.perf_counter()
         r = subprocess.run([sys.executable, "-c", STAGES, str(out / "stages"), *case["ours"]], capture_output=True,
                            text=True, check=True, env=env)
-        rows.append([float(v) for v in r.stdout.split()])
+        wall = time.perf_counter() - t0
+        row = [float(v) for v in r.stdout.split()]
+        rows.append(row + [wall - sum(row)])
     return [statistics.median(col) for col in zip(*rows)]
+
+
+def edof_env(src: str | None = None) -> dict:
+    """The environment of a napari-edof process: as a user's, with Python's bytecode caches
+    (this machine sets PYTHONDONTWRITEBYTECODE, which made every run compile napari-edof's own
+    modules again: about 0.2 s); ``src``: run that source tree instead."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    if src is not None:
+        env["PYTHONPATH"] = str(Path(src).resolve())
+    return env
 
 
 def main(argv=None) -> int:
@@ -139,6 +165,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default="planes,tiff,pcb")
     ap.add_argument("--tools", default="napari-edof,enfuse,focusweave")
     ap.add_argument("--no-stages", action="store_true")
+    ap.add_argument("--ours", metavar="SRC", default=None,
+                    help="run napari-edof from this source folder (default: the installed package)")
     ap.add_argument("--before", metavar="SRC", default=None,
                     help="also run napari-edof from this source folder (e.g. `git archive <commit> src`), "
                          "as 'edof-before', in the same rounds")
@@ -155,10 +183,10 @@ def main(argv=None) -> int:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
         cmds = {k: v for k, v in commands(case, out).items() if k in tools}
-        envs: dict[str, dict | None] = {k: None for k in cmds}
+        envs: dict[str, dict | None] = {k: (edof_env(args.ours) if k == "napari-edof" else None) for k in cmds}
         if args.before:
             cmds["edof-before"] = [*cmds["napari-edof"][:-1], str(out / "edof-before")]
-            envs["edof-before"] = dict(os.environ, PYTHONPATH=str(Path(args.before).resolve()))
+            envs["edof-before"] = edof_env(args.before)
         for tool in cmds:  # (untimed) a first run of each: numba's disk cache, the page cache
             if tool.startswith(("napari-edof", "edof-")):
                 timed(cmds[tool], out / f"{tool}.warm.txt", envs[tool])
@@ -179,7 +207,8 @@ def main(argv=None) -> int:
                 if tool in cmds:
                     s = stages(case, out, args.repeat, envs[tool])
                     print(f"{tool} stages (median s, in one process): "
-                          + ", ".join(f"{k} {v:.2f}" for k, v in zip(("import", "open", "read", "fuse", "write"), s))
+                          + ", ".join(f"{k} {v:.2f}" for k, v in zip(("import", "open", "read", "fuse", "write",
+                                                                       "start+exit"), s))
                           + f"; total {sum(s):.2f}")
     return 0
 

@@ -122,3 +122,15 @@ def test_cli_zarr_format_on_a_scheduler_is_written_by_the_workers(cluster, tmp_p
     assert rc == 0
     got = zarr.open_group(store=str(tmp_path / "out" / "fused.ome.zarr"), mode="r")["0"][...]
     np.testing.assert_array_equal(got, ne.fuse(data, tile=32).fused)
+
+
+def test_the_audit_on_a_cluster_is_the_single_process_one(client):
+    stacks = [ne.sample_stack(n_planes=4, shape=(48, 40), seed=s).stack for s in (1, 2)]
+    results = api.fuse_many(stacks, client=client, method="pyramid", audit=True, tile=32)
+    for r, st in zip(results, stacks):
+        ref = ne.fuse(st, method="pyramid", audit=True, tile=32)
+        assert isinstance(r.audit, np.ndarray) and ref.audit_mask.any()
+        np.testing.assert_array_equal(r.audit, ref.audit)
+        np.testing.assert_array_equal(r.audit_mask, ref.audit_mask)
+        assert r.provenance["audit"] == ref.provenance["audit"]
+    assert api.fuse_many(stacks[:1], client=client, tile=32)[0].audit is None

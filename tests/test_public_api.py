@@ -32,12 +32,12 @@ def _surface(module) -> dict[str, str]:
 
 PACKAGE = {
     'EdofError': 'class',
-    'FusionResult': "class(fused: 'Any', index: 'Any', confidence: 'Any', n_planes: 'int', provenance: 'dict' = <factory>, pixel_size: 'tuple[float, float] | None' = None, z_step: 'float | None' = None, unit: 'str' = 'pixel', rgb: 'bool' = False) -> None",
+    'FusionResult': "class(fused: 'Any', index: 'Any', confidence: 'Any', n_planes: 'int', provenance: 'dict' = <factory>, pixel_size: 'tuple[float, float] | None' = None, z_step: 'float | None' = None, unit: 'str' = 'pixel', rgb: 'bool' = False, audit: 'Any' = None, audit_mask: 'Any' = None) -> None",
     'Progress': "class(done: 'int', total: 'int', stage: 'str' = 'fuse', frame: 'int' = 0) -> None",
     'Stack': "class(data: 'Any', axes: 'str', pixel_size: 'tuple[float, float] | None' = None, z_step: 'float | None' = None, unit: 'str' = 'pixel', rgb: 'bool' = False, name: 'str' = 'stack', source: 'tuple[str, ...]' = (), metadata: 'dict' = <factory>) -> None",
     '__version__': 'str',
     'fuse': "(stack, *, progress: 'Callable[[Progress], None] | None' = None, lazy: 'bool | None' = None, **kwargs) -> 'FusionResult'",
-    'fuse_iter': "(stack, *, method: 'str' = 'focus-fuse', params: 'dict | None' = None, axes: 'str | None' = None, tile: 'int | str | None' = 'auto', overlap: 'int | None' = None, device: 'str | None' = None, guide='auto', workers: 'int | None' = None, register=None, precision: 'str' = 'auto') -> 'Generator[Progress, None, FusionResult]'",
+    'fuse_iter': "(stack, *, method: 'str' = 'focus-fuse', params: 'dict | None' = None, axes: 'str | None' = None, tile: 'int | str | None' = 'auto', overlap: 'int | None' = None, device: 'str | None' = None, guide='auto', workers: 'int | None' = None, register=None, precision: 'str' = 'auto', audit: 'bool | None' = None) -> 'Generator[Progress, None, FusionResult]'",
     'get_method': "(name: 'str')",
     'list_methods': "(family: 'str | None' = None) -> 'list[MethodSpec]'",
     'open_stack': "(source, *, axes: 'str | None' = None, name: 'str | None' = None) -> 'Stack'",
@@ -46,7 +46,7 @@ PACKAGE = {
 
 API = {
     'EdofError': 'class',
-    'FusionResult': "class(fused: 'Any', index: 'Any', confidence: 'Any', n_planes: 'int', provenance: 'dict' = <factory>, pixel_size: 'tuple[float, float] | None' = None, z_step: 'float | None' = None, unit: 'str' = 'pixel', rgb: 'bool' = False) -> None",
+    'FusionResult': "class(fused: 'Any', index: 'Any', confidence: 'Any', n_planes: 'int', provenance: 'dict' = <factory>, pixel_size: 'tuple[float, float] | None' = None, z_step: 'float | None' = None, unit: 'str' = 'pixel', rgb: 'bool' = False, audit: 'Any' = None, audit_mask: 'Any' = None) -> None",
     'Progress': "class(done: 'int', total: 'int', stage: 'str' = 'fuse', frame: 'int' = 0) -> None",
     'RegistrationReport': "class(mode: 'str', reference: 'int', edges: 'str', crop_box: 'tuple[int, int, int, int] | None', planes: 'list[PlaneTransform]', downscale: 'float' = 1.0) -> None",
     'Stack': "class(data: 'Any', axes: 'str', pixel_size: 'tuple[float, float] | None' = None, z_step: 'float | None' = None, unit: 'str' = 'pixel', rgb: 'bool' = False, name: 'str' = 'stack', source: 'tuple[str, ...]' = (), metadata: 'dict' = <factory>) -> None",
@@ -55,7 +55,7 @@ API = {
     'evaluate': "(result_or_fused, stack, truth=None, *, metrics=None, data_range=None) -> 'dict'",
     'focus_curve': "(stack, y: 'int', x: 'int', *, t: 'int' = 0, measure: 'str' = 'laplacian', radius: 'int' = 4, step: 'int' = 1, threshold: 'float' = 0.0, guide='auto', axes: 'str | None' = None) -> 'np.ndarray'",
     'fuse': "(stack, *, progress: 'Callable[[Progress], None] | None' = None, lazy: 'bool | None' = None, **kwargs) -> 'FusionResult'",
-    'fuse_iter': "(stack, *, method: 'str' = 'focus-fuse', params: 'dict | None' = None, axes: 'str | None' = None, tile: 'int | str | None' = 'auto', overlap: 'int | None' = None, device: 'str | None' = None, guide='auto', workers: 'int | None' = None, register=None, precision: 'str' = 'auto') -> 'Generator[Progress, None, FusionResult]'",
+    'fuse_iter': "(stack, *, method: 'str' = 'focus-fuse', params: 'dict | None' = None, axes: 'str | None' = None, tile: 'int | str | None' = 'auto', overlap: 'int | None' = None, device: 'str | None' = None, guide='auto', workers: 'int | None' = None, register=None, precision: 'str' = 'auto', audit: 'bool | None' = None) -> 'Generator[Progress, None, FusionResult]'",
     'fuse_many': "(stacks, *, client=None, workers: 'int | None' = None, progress=None, **options) -> 'list'",
     'fuse_many_iter': "(stacks, *, client=None, workers: 'int | None' = None, **options)",
     'get_method': "(name: 'str')",

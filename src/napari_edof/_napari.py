@@ -267,7 +267,7 @@ def write_tiff(path: str, data, attributes: dict) -> list[str]:
     ndim = len(np.shape(data))
     meta = dict((attributes.get("metadata") or {}).get("napari_edof") or {})
     la = meta.get("layer_axes")
-    if (meta.get("role") in ("fused", "index", "decision", "confidence") and isinstance(la, str)
+    if (meta.get("role") in ("fused", "index", "decision", "confidence", "audit", "audit_mask") and isinstance(la, str)
             and "Z" in la and len(la) == ndim and np.shape(data)[la.index("Z")] == 1):
         # a time-lapse result keeps a single-plane Z axis for alignment in napari: not in the file
         zi = la.index("Z")

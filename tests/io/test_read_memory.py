@@ -141,3 +141,61 @@ def test_tiff_flavours_read_both_ways_are_equal(tmp_path, flavour):
     assert isinstance(eager.data, np.ndarray)
     assert (eager.axes, eager.rgb, eager.pixel_size, eager.shape) == (lazy.axes, lazy.rgb, lazy.pixel_size, lazy.shape)
     np.testing.assert_array_equal(eager.data, lazy.data.compute())
+
+
+@pytest.mark.parametrize("kind", ["rgb", "grey", "progressive", "444", "rotated"])
+def test_jpeg_planes_decode_as_pillow_decodes_them(tmp_path, kind, monkeypatch):
+    """Issue 17: grey and RGB JPEGs are decoded by imagecodecs (libjpeg-turbo, twice as fast as
+    through Pillow), to the same pixels Pillow gives; with imagecodecs refused, Pillow reads them."""
+    from PIL import Image
+
+    from napari_edof.io import read_planes
+
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:96, 0:128]
+    paths = []
+    for k in range(3):
+        base = (127 + 100 * np.sin(xx / (5 + k)) * np.cos(yy / 7) + rng.normal(0, 8, yy.shape)).clip(0, 255)
+        rgb = np.stack([base, base[::-1], base[:, ::-1]], axis=-1).astype(np.uint8)
+        im = Image.fromarray(rgb[..., 0] if kind == "grey" else rgb)
+        opts = {"quality": 90}
+        if kind == "progressive":
+            opts["progressive"] = True
+        if kind == "444":
+            opts["subsampling"] = 0
+        if kind == "rotated":  # EXIF orientation 6: the planes are turned on reading
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            opts["exif"] = exif.tobytes()
+        p = tmp_path / f"p{k}.jpg"
+        im.save(p, **opts)
+        paths.append(p)
+    calls = []
+    real = read_planes._jpeg_turbo
+    monkeypatch.setattr(read_planes, "_jpeg_turbo", lambda info: calls.append(info) or real(info))
+    got = read_stack([str(p) for p in paths]).data
+    assert len(calls) == 3
+    monkeypatch.setattr(read_planes, "_jpeg_turbo", lambda info: None)  # Pillow alone
+    want = read_stack([str(p) for p in paths]).data
+    assert got.shape == want.shape == ((3, 128, 96) if kind == "rotated" else (3, 96, 128)) + \
+        (() if kind == "grey" else (3,))
+    np.testing.assert_array_equal(got, want)
+    with Image.open(paths[0]) as im:
+        if kind != "rotated":
+            np.testing.assert_array_equal(got[0], np.asarray(im))
+
+
+def test_pcb_jpegs_decode_as_pillow_decodes_them(monkeypatch):
+    from pathlib import Path
+
+    from napari_edof.io import read_planes
+
+    pcb = Path(__file__).resolve().parents[3] / "shared/data/focus-stack_examples/pcb"
+    if not pcb.is_dir():
+        pcb = Path("/work/shared/data/focus-stack_examples/pcb")
+    files = sorted(pcb.glob("pcb_*.jpg"))[:2]
+    if not files:
+        pytest.skip("the focus-stack pcb example is not here")
+    got = read_stack([str(f) for f in files]).data
+    monkeypatch.setattr(read_planes, "_jpeg_turbo", lambda info: None)
+    np.testing.assert_array_equal(got, read_stack([str(f) for f in files]).data)

@@ -368,6 +368,28 @@ def test_write_result_overwrites_atomically(tmp_path, monkeypatch):
     assert _leftovers(tmp_path) == []
 
 
+def test_a_failed_index_png_leaves_the_previous_result(tmp_path, monkeypatch):
+    """Issue 17: the focus-index PNG is encoded in its own job, started first; when it fails the
+    whole set stays as it was (the TIFFs written beside it are not put in place)."""
+    first = write_result(_result(), tmp_path)
+    before = {k: p.read_bytes() for k, p in first.items()}
+
+    def broken(path, rgb):
+        raise EdofError(f"cannot write {path}: disk full")
+
+    monkeypatch.setattr(writers_mod, "write_png", broken)
+    with pytest.raises(EdofError, match=r"focus_index\.png: disk full"):
+        write_result(_result(n=5), tmp_path)
+    assert {k: p.read_bytes() for k, p in first.items()} == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_only_the_outputs_asked_for_are_written(tmp_path):
+    paths = write_result(_result(), tmp_path, outputs=("fused", "confidence"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confidence.tif", "fused.tif", "provenance.json"]
+    assert set(paths) == {"fused", "confidence", "provenance"}
+
+
 def test_write_result_into_a_file_or_unwritable_folder(tmp_path, monkeypatch):
     f = tmp_path / "afile"
     f.write_text("x")

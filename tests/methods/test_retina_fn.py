@@ -144,3 +144,21 @@ def test_the_papers_fn_weights(fundus_stack):
     assert psnr(r.fused, aif, 255) > FLOOR_PAPER
     with pytest.raises(MethodError, match="selection head"):
         ne.fuse(stack, method="fmb-fn", params={"weights": "paper", "index": "select"})
+
+
+def test_audit_of_the_network_output(fundus_stack):
+    """The network output is audited by default: it synthesises values (distance > 0), and the
+    clamp (default) keeps them within the planes' range at the pixel, so none is flagged; without
+    the clamp the output may leave it. output="snap" returns source pixels: not audited by
+    default, and zero when asked. (In float: on this noise-free uint8 stack the output, rounded,
+    is a source value at every pixel.)"""
+    stack, _, _ = fundus_stack
+    stack = stack.astype(np.float32) / 255
+    r = ne.fuse(stack, method="fmb-fn")
+    assert r.audit is not None and r.audit.max() > 0 and not r.audit_mask.any()
+    free = ne.fuse(stack, method="fmb-fn", params={"clamp": False})
+    assert free.audit is not None and free.audit.max() >= r.audit.max()
+    snap = ne.fuse(stack, method="fmb-fn", params={"output": "snap"})
+    assert snap.audit is None
+    snap = ne.fuse(stack, method="fmb-fn", params={"output": "snap"}, audit=True)
+    assert not snap.audit.any() and not snap.audit_mask.any()

@@ -75,6 +75,14 @@ def test_hybrid_takes_source_pixels_exactly_where_confident():
     assert np.array_equal(hyb.fused[sure], stack[2][sure])  # the source plane, bit for bit
     assert np.array_equal(hyb.fused[unsure], lat.fused[unsure])  # the latent fusion, bit for bit
     assert hyb.fused.dtype == np.uint16 and hyb.fused.shape == stack.shape[1:]
+    # the audit (on by default: vaeedof synthesises) is 0 on the source pixels and lights up on the
+    # generated ones, where the latent result leaves the sources' local range
+    for r in (hyb, lat):
+        assert r.audit is not None and r.audit.shape == stack.shape[1:]
+    assert (hyb.audit[sure] == 0).all() and not hyb.audit_mask[sure].any()
+    assert hyb.audit[unsure].mean() > 0 and hyb.audit_mask[unsure].any()
+    assert lat.audit_mask.mean() > hyb.audit_mask.mean()
+    np.testing.assert_array_equal(hyb.audit[unsure], lat.audit[unsure])
 
 
 def test_long_stacks_both_rules_and_the_hybrid_keeps_source_pixels():

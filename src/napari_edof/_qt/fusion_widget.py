@@ -40,7 +40,7 @@ from qtpy.QtWidgets import (
 
 from napari_edof import api
 
-from .layers import ROLES, add_or_update_result_layers, guess_axes, is_result_layer, unwrap
+from .layers import ALL_ROLES, add_or_update_result_layers, guess_axes, is_result_layer, unwrap
 from .retouch import connect_retouch
 
 _INT_LIMIT = 2**31 - 1
@@ -433,7 +433,7 @@ class FusionWidget(QWidget):
         return box
 
     def _build_run(self) -> QGroupBox:
-        """The run group: device, precision, tile size, the cluster, retouching."""
+        """The run group: device, precision, tile size, the cluster, retouching, the audit."""
         box = QGroupBox("Run")
         box.setToolTip("Where and how the fusion runs")
         form = QFormLayout(box)
@@ -458,6 +458,11 @@ class FusionWidget(QWidget):
         self.retouch_check.setChecked(True)
         self.retouch_check.setToolTip("Retouch: paint label = plane + 1 on the decision layer with napari's "
                                       "label tools; the fused image and focus map follow (napari's undo works)")
+        self.audit_check = QCheckBox("for every method (methods that synthesise values always are)")
+        self.audit_check.setToolTip("Audit: an 'audit' layer (each fused value's distance from the nearest source "
+                                    "value) and an 'audit mask' (magenta where the value lies outside every plane's "
+                                    "3 x 3 local range: invented). Always made for vaeedof and fmb-fn's network "
+                                    "output; tick it to audit any method")
         self.cluster_check = QCheckBox("on a local dask cluster of")
         self.cluster_check.setToolTip("Run the stripes of tiles (and the time points) in worker processes of a "
                                       "dask.distributed LocalCluster, kept for the session (needs 'distributed')")
@@ -473,6 +478,7 @@ class FusionWidget(QWidget):
         form.addRow("Tile size", self.tile_spin)
         form.addRow("Run", cl)
         form.addRow("Retouch", self.retouch_check)
+        form.addRow("Audit", self.audit_check)
         return box
 
     def _build_buttons(self, lay) -> None:
@@ -677,6 +683,9 @@ class FusionWidget(QWidget):
         if name is None:
             return
         spec = api.get_method(name)
+        from napari_edof.core import warmup
+
+        warmup.start(name)  # focus-fuse: numba loads in a thread now, not in the first Run's tiles
         self.method_summary.setText(spec.summary)
         for p in spec.params:
             pw = ParamWidget(p)
@@ -773,6 +782,8 @@ class FusionWidget(QWidget):
         precision = self.precision_combo.currentData() if self.precision_combo.isEnabled() else "auto"
         kwargs = dict(method=self.method_combo.currentData(), params=self.params(), tile=tile,
                       device=device, guide=self._guide(), precision=precision)
+        if self.audit_check.isChecked():
+            kwargs["audit"] = True  # (otherwise the method's choice: on for methods that synthesise)
         reg = self.registration()
         if reg is not None:
             kwargs["register"] = reg
@@ -1053,7 +1064,7 @@ class FusionWidget(QWidget):
             one = replace(result, fused=np.asarray(result.fused)[..., c])
             got = add_or_update_result_layers(
                 self.viewer, ly, one, z_axis=job.z_axis, axes=job.axes,
-                roles=ROLES if c == 0 else ("fused",),
+                roles=ALL_ROLES if c == 0 else ("fused",),
                 extra_meta={"channel": c, "channel_layers": names, "guide": job.kwargs.get("guide")})
             fused.append(got["fused"])
             if c == 0:

@@ -15,6 +15,14 @@ name                       type     content
                                     physical height (index * z_step) in ``"height_unit"``.
 ``"{src} decision"``       Labels   label = source plane + 1 (uint16), the map retouching edits.
 ``"{src} confidence"``     Image    0..1, float32.
+``"{src} audit"``          Image    only for audited runs (methods that synthesise values, or
+                                    ``audit=True``): the distance of each fused value from the
+                                    nearest source value there, float32, colormap magma,
+                                    contrast limits 0..its largest value; hidden.
+``"{src} audit mask"``     Labels   audited runs: 1 (magenta) where the fused value lies outside
+                                    the sources' 3 x 3 local range (invented), 0 (transparent)
+                                    elsewhere; shown over the fused image when any pixel is
+                                    flagged. A re-run without an audit removes both layers.
 =========================  =======  ==========================================================
 
 Each output has the input's dimensions minus Z (and minus the channel axis for index, decision
@@ -26,7 +34,7 @@ napari aligns layers by their trailing dimensions: without it, T would sit on th
 
 Every output carries ``layer.metadata["napari_edof"]``::
 
-    {"role": "fused" | "index" | "decision" | "confidence",
+    {"role": "fused" | "index" | "decision" | "confidence" | "audit" | "audit_mask",
      "source": <input layer name>, "n_planes": N, "z_axis": <z axis in the input's data>,
      "axes": <axes string of the stack, in the input's data order, e.g. "ZYX", "TZYX", "ZYXC">,
      "layer_axes": <axes of this output layer, e.g. "YX", "TYX", "YXC", "CYX">,
@@ -44,8 +52,15 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels, Layer
 
+#: the roles every result has
 ROLES = ("fused", "index", "decision", "confidence")
-_SUFFIX = {"fused": "fused", "index": "focus index", "decision": "decision", "confidence": "confidence"}
+#: the roles of an audited result's two more layers
+AUDIT_ROLES = ("audit", "audit_mask")
+ALL_ROLES = ROLES + AUDIT_ROLES
+_SUFFIX = {"fused": "fused", "index": "focus index", "decision": "decision", "confidence": "confidence",
+           "audit": "audit", "audit_mask": "audit mask"}
+#: the audit mask's colours: invented pixels magenta, the rest transparent
+AUDIT_MASK_COLOURS = {None: "transparent", 0: "transparent", 1: "magenta"}
 
 
 def unwrap(obj):
@@ -117,7 +132,8 @@ def squeeze_z(layer, data=None):
     md = getattr(layer, "metadata", None)
     md = md.get("napari_edof") if isinstance(md, dict) else None
     la = (md or {}).get("layer_axes")
-    if isinstance(la, str) and "Z" in la and len(la) == np.ndim(data) and (md or {}).get("role") in ROLES + ("mask",):
+    role = (md or {}).get("role")
+    if isinstance(la, str) and "Z" in la and len(la) == np.ndim(data) and role in ALL_ROLES + ("mask",):
         zi = la.index("Z")
         if np.shape(data)[zi] == 1:
             return data[(slice(None),) * zi + (0,)]
@@ -138,7 +154,7 @@ def find_result_layers(viewer, source_name: str) -> dict[str, Layer]:
     out = {}
     for layer in viewer.layers:
         md = layer.metadata.get("napari_edof") if isinstance(layer.metadata, dict) else None
-        if md and md.get("source") == source_name and md.get("role") in ROLES:
+        if md and md.get("source") == source_name and md.get("role") in ALL_ROLES:
             out.setdefault(md["role"], layer)
     return out
 
@@ -146,11 +162,11 @@ def find_result_layers(viewer, source_name: str) -> dict[str, Layer]:
 def is_result_layer(layer) -> bool:
     md = getattr(layer, "metadata", None)
     md = md.get("napari_edof") if isinstance(md, dict) else None
-    return bool(md) and md.get("role") in ROLES
+    return bool(md) and md.get("role") in ALL_ROLES
 
 
 def add_or_update_result_layers(viewer, source_layer, result, *, z_axis: int, axes: str | None = None,
-                                channel_axis: int | None = None, roles=ROLES,
+                                channel_axis: int | None = None, roles=ALL_ROLES,
                                 extra_meta: dict | None = None) -> dict[str, Layer]:
     """Show a :class:`~napari_edof.api.FusionResult` as layers beside ``source_layer``.
 
@@ -167,14 +183,16 @@ def add_or_update_result_layers(viewer, source_layer, result, *, z_axis: int, ax
         guessed from ``z_axis``, ``channel_axis`` and the layer's rgb flag when not given.
     channel_axis : int, optional
         The input axis holding non-RGB channels (only used when ``axes`` is not given).
-    roles : the outputs to show (default all four; the other channels of a channel group show
-        only their fused image: they share the first channel's index).
+    roles : the outputs to show (default all: the audit's where the result has one; the other
+        channels of a channel group show only their fused image: they share the first channel's index).
     extra_meta : more entries for every layer's ``metadata["napari_edof"]``.
 
     Returns
     -------
-    dict role -> layer ("fused", "index", "decision", "confidence"); existing layers for the same
-    source are updated in place (same objects), new ones are inserted just above the source.
+    dict role -> layer ("fused", "index", "decision", "confidence"; "audit", "audit_mask" for an
+    audited result); existing layers for the same source are updated in place (same objects), new
+    ones are inserted just above the source; audit layers of an earlier run are removed when the
+    new result has no audit.
     """
     rgb = bool(getattr(source_layer, "rgb", False))
     if axes is None:
@@ -278,11 +296,27 @@ def add_or_update_result_layers(viewer, source_layer, result, *, z_axis: int, ax
                            extra={"colormap": "magma", "contrast_limits": (0.0, 1.0)}),
     }
 
+    audited = getattr(result, "audit", None) is not None
+    if audited:
+        dist = _to_layer_order(result.audit, eng_map, map_axes).astype(np.float32, copy=False)
+        mask = _to_layer_order(result.audit_mask, eng_map, map_axes).astype(np.uint8)
+        top = float(np.max(dist)) if dist.size else 0.0
+        flagged = bool(mask.any())
+        specs["audit"] = dict(kind=Image, data=dist, dims=map_axes, layer_axes=map_axes, visible=False,
+                              extra={"colormap": "magma", "contrast_limits": (0.0, top if top > 0 else 1.0)})
+        specs["audit_mask"] = dict(kind=Labels, data=mask, dims=map_axes, layer_axes=map_axes, visible=flagged,
+                                   extra={"opacity": 0.8}, colours=AUDIT_MASK_COLOURS)
+
     existing = find_result_layers(viewer, src)
+    if not audited:  # an earlier run's audit would describe another fused image
+        for role in AUDIT_ROLES:
+            old = existing.pop(role, None)
+            if old is not None and old in viewer.layers:
+                viewer.layers.remove(old)
     out: dict[str, Layer] = {}
     # insert in reverse so the final order above the source is fused, index, decision, confidence
-    for role in reversed(ROLES):
-        if role not in roles:
+    for role in reversed(ALL_ROLES):
+        if role not in roles or role not in specs:
             continue
         s = specs[role]
         meta = {**base_meta, "role": role, "layer_axes": s["layer_axes"], **s.get("meta", {})}
@@ -307,8 +341,20 @@ def add_or_update_result_layers(viewer, source_layer, result, *, z_axis: int, ax
                 pos = viewer.layers.index(source_layer) + 1 if source_layer in viewer.layers else len(viewer.layers)
             viewer.layers.insert(pos, new)
             layer = new
+        if "colours" in s:
+            _set_label_colours(layer, s["colours"])
         out[role] = layer
-    return {r: out[r] for r in ROLES if r in out}
+    return {r: out[r] for r in ALL_ROLES if r in out}
+
+
+def _set_label_colours(layer, colours: dict) -> None:
+    """Fixed colours for a Labels layer's values (napari's direct label colormap)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    try:
+        layer.colormap = DirectLabelColormap(color_dict=colours)
+    except (TypeError, ValueError):  # (another napari: its default colours then)
+        pass
 
 
 def _update(layer, s: dict, geo: dict, meta: dict) -> None:

@@ -163,7 +163,7 @@ def close_local_clients() -> None:
 
 def fuse_many_iter(stacks: Iterable, client, **options):
     """Fuse every stack on ``client``'s cluster; yields :class:`Progress` per finished block
-    (three per stripe and time point: fused, index and confidence).
+    (three per stripe and time point: fused, index and confidence; five with the audit).
 
     ``options`` are :func:`napari_edof.fuse`'s (checked for every stack before anything is
     submitted). Returns the list of :class:`FusionResult` (numpy arrays), in the stacks' order.
@@ -173,7 +173,9 @@ def fuse_many_iter(stacks: Iterable, client, **options):
 
     t0 = time.perf_counter()
     lazies = [fuse_lazy(st, **options) for st in stacks]
-    arrays = [a for r in lazies for a in (r.fused, r.index, r.confidence)]
+    parts = [(r.fused, r.index, r.confidence) + ((r.audit, r.audit_mask) if r.audit is not None else ())
+             for r in lazies]
+    arrays = [a for p in parts for a in p]
     persisted = client.persist(arrays)
     futures = distributed.futures_of(persisted)
     total = len(futures)
@@ -189,15 +191,22 @@ def fuse_many_iter(stacks: Iterable, client, **options):
     seconds = time.perf_counter() - t0
     voxels = sum(float(np.prod(np.shape(r.index))) * r.n_planes for r in lazies)
     out = []
-    for i, r in enumerate(lazies):
-        f, ix, cf = values[3 * i: 3 * i + 3]
+    at = 0
+    for r, p in zip(lazies, parts):
+        f, ix, cf, *aud = values[at: at + len(p)]
+        at += len(p)
         prov = dict(r.provenance)
         prov.pop("lazy", None)
         prov["scheduler"] = client.scheduler.address if client.scheduler is not None else None
         prov["seconds"] = seconds  # the whole batch's wall time
         prov["mvoxel_per_s"] = voxels / 1e6 / max(seconds, 1e-9)  # the whole batch's throughput
+        if aud:
+            from .audit import audit_summary
+
+            prov["audit"] = audit_summary(*aud)
         out.append(FusionResult(fused=f, index=ix, confidence=cf, n_planes=r.n_planes, provenance=prov,
-                                pixel_size=r.pixel_size, z_step=r.z_step, unit=r.unit, rgb=r.rgb))
+                                pixel_size=r.pixel_size, z_step=r.z_step, unit=r.unit, rgb=r.rgb,
+                                audit=aud[0] if aud else None, audit_mask=aud[1] if aud else None))
     return out
 
 

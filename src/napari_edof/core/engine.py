@@ -110,6 +110,7 @@ def fuse_iter(
     workers: int | None = None,
     register=None,
     precision: str = "auto",
+    audit: bool | None = None,
 ) -> Generator[Progress, None, FusionResult]:
     """Fuse a focus stack tile by tile, yielding progress; returns the :class:`FusionResult`.
 
@@ -141,6 +142,12 @@ def fuse_iter(
         bfloat16 on the CPU) if the first tile's focus index is identical to float32's, else in
         float32 (``provenance["half_precision_check"]`` says which and why); "auto" is half
         precision on CUDA for methods measured safe in it, float32 otherwise.
+    audit : None, True or False
+        Audit the fused image against the source planes (:mod:`napari_edof.core.audit`): per pixel
+        the distance from the nearest source value and a mask of values outside the sources'
+        local range (``result.audit``, ``result.audit_mask``; a last "audit" progress stage).
+        None (default): on for methods that synthesise values (vaeedof, fmb-fn with
+        ``output="network"``), off for the others.
 
     A run that would not fit in memory is refused before anything large is allocated
     (:class:`~napari_edof.core.policy.OutOfMemory`). A GPU method that runs out of memory on a
@@ -150,14 +157,34 @@ def fuse_iter(
     if registering:  # (tens of seconds on a large stack: a stage of its own, after the arguments were checked)
         yield Progress(0, 1, "registration")
     pl = plan_fusion(stack, method=method, params=params, axes=axes, tile=tile, overlap=overlap, device=device,
-                     guide=guide, workers=workers, register=register, precision=precision, in_memory=True)
+                     guide=guide, workers=workers, register=register, precision=precision, audit=audit,
+                     in_memory=True)
     if registering:
         yield Progress(1, 1, "registration")
     sink = MemorySink(pl.stack)
-    run = yield from run_frames(pl, MemoryFrames(pl.stack, pl.workers), sink, whole_image)
+    frames = MemoryFrames(pl.stack, pl.workers)
+    run = yield from run_frames(pl, frames, sink, whole_image)
     res = make_result(run.plan, sink.fused, sink.index, sink.conf, run.seconds, run.impl)
     res.provenance.update(run.backoff)
+    if run.plan.audit:
+        yield from _audit_in_memory(run.plan, frames, sink, res)
     return res
+
+
+def _audit_in_memory(pl: FusionPlan, frames: MemoryFrames, sink: MemorySink, res: FusionResult):
+    """The audit of an in-memory run, time point by time point (a progress step each), into ``res``."""
+    from .audit import audit_image, audit_summary
+
+    T = pl.stack.n_times
+    dist = np.empty(sink.index.shape, np.float32)
+    mask = np.empty(sink.index.shape, bool)
+    for t in range(T):
+        dist[t], mask[t] = audit_image(frames.open(pl, t).frame, sink.fused[t])
+        yield Progress(t + 1, T, "audit", t)
+    if "T" not in pl.stack.axes:
+        dist, mask = dist[0], mask[0]
+    res.audit, res.audit_mask = dist, mask
+    res.provenance["audit"] = audit_summary(dist, mask)
 
 
 def _check_before_registration(stack, axes, method, params, register) -> bool:

@@ -25,7 +25,7 @@ from .scaling import value_scale
 from .spec import DEFAULT_METHOD, get_method, require_available
 from .stack import Stack, as_stack
 from .tiling import plan_tiles
-from .values import to_count, to_int
+from .values import to_bool, to_count, to_int
 
 #: the most planes a stack may have: focus indices are int16 (and decision labels plane + 1 uint16)
 MAX_PLANES = 32767
@@ -60,6 +60,8 @@ class FusionPlan:
     precision: str = "float32"  # "float32" or "half" (then ``gate`` keeps or drops it at the first tile)
     gate: Any = None
     value_scale: float = 1.0  # extreme floats: planes are fused times this power of two (core.scaling)
+    #: whether the run audits its fused image against the sources (core/audit.py)
+    audit: bool = False
     #: the options the plan was made with (``register`` left out: the plan's stack is aligned), for
     #: :meth:`replan`
     options: dict = field(default_factory=dict, compare=False)
@@ -86,14 +88,16 @@ class FusionPlan:
 def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = None, axes: str | None = None,
                 tile: int | str | None = "auto", overlap: int | None = None, device: str | None = None,
                 guide="auto", workers: int | None = None, register=None, precision: str = "auto",
-                in_memory: bool = False) -> FusionPlan:
+                audit: bool | None = None, in_memory: bool = False) -> FusionPlan:
     """Check the options and plan the tiles: the only place a run's options are checked and its
     stack registered. No pixel is read, unless ``register`` asks to align the planes first (the
     plan's stack is then the aligned one). ``in_memory``: the run holds the whole stack, its
     outputs and working memory in memory; one that would not fit is refused first
-    (:class:`~napari_edof.core.policy.OutOfMemory`). Raises EdofError subclasses."""
+    (:class:`~napari_edof.core.policy.OutOfMemory`). ``audit``: None (the method's choice: on for
+    methods that synthesise values, ``MethodSpec.synthesises``), True or False. Raises EdofError
+    subclasses."""
     options = dict(method=method, params=params, tile=tile, overlap=overlap, device=device, guide=guide,
-                   workers=workers, precision=precision)
+                   workers=workers, precision=precision, audit=audit)
     reg_opts = registration.parse_register(register)
     stack = as_stack(stack, axes=axes)
     if in_memory:
@@ -107,6 +111,7 @@ def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = No
         spec.resolve(params)  # refuse bad parameters before the (slow) registration
         stack, _ = registration.register_stack(stack, **reg_opts)
     p = spec.resolve(params)
+    audit = bool(spec.synthesises(p)) if audit is None else to_bool(audit, "audit", StackError)
     dev = resolve_device(device, spec.devices, spec.backend)
     g = resolve_guide(guide, stack.n_channels, stack.rgb)
     tile = parse_tile(tile)
@@ -133,7 +138,7 @@ def plan_fusion(stack, *, method: str = DEFAULT_METHOD, params: dict | None = No
                       tile=None if single else int(tile), tiles=tiles,
                       halo=tiles[0].halo, overlap=tiles[0].overlap, workers=nw, precision=prec,
                       gate=HalfGate(dev) if prec == "half" else None, value_scale=value_scale(stack),
-                      options=options)
+                      audit=audit, options=options)
 
 
 def parse_tile(tile, name: str = "tile"):

@@ -486,6 +486,119 @@ def _from_canonical(a: np.ndarray, axes: str) -> np.ndarray:
 SHIFT_HINT_PX = 1.5
 
 
+# --- the shift check in numpy alone (issue 17) -------------------------------------------------
+# The check runs before every command-line fusion and every widget run; importing scipy.ndimage
+# and scikit-image's registration, filters and transform for it took about 0.5 s. These are the
+# same steps with numpy alone: the band-pass by FFT on the reflected image (scipy's Gaussian
+# filters, mode "reflect", to rounding), scikit-image's radial Hann window, the cross-correlation
+# by FFT, its peak refined on a 10x finer grid by a matrix-multiply DFT (scikit-image's way), and
+# the same error. (Not BLAS: a 256 x 256 matrix product took 50 ms on the loaded 2-core machine.)
+
+
+def _gauss_weights(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """scipy's 1-D Gaussian kernel: radius ``int(truncate * sigma + 0.5)``, weights summing to 1."""
+    r = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-r, r + 1)
+    w = np.exp(-0.5 * (x / float(sigma)) ** 2)
+    return w / w.sum()
+
+
+def _transfer(n: int, w: np.ndarray, real: bool) -> np.ndarray:
+    """The DFT (length ``n``) of the centred kernel ``w``: circular convolution with it."""
+    k = np.zeros(n)
+    r = len(w) // 2
+    k[: r + 1] = w[r:]
+    k[n - r:] = w[:r]
+    return np.fft.rfft(k) if real else np.fft.fft(k)
+
+
+def _bandpass(a: np.ndarray) -> np.ndarray:
+    """``gaussian_filter(a, 1) - gaussian_filter(a, 8)`` as scipy.ndimage computes it (mode "reflect":
+    ``d c b a | a b c d``), with numpy's FFT: the image padded by the larger kernel's radius
+    (reflected), both kernels applied at once in the Fourier domain, the padding cut off again."""
+    w1, w8 = _gauss_weights(1.0), _gauss_weights(8.0)
+    r = len(w8) // 2
+    p = np.pad(a, r, mode="symmetric")
+    h, w = p.shape
+    t1 = _transfer(h, w1, False)[:, None] * _transfer(w, w1, True)[None, :]
+    t8 = _transfer(h, w8, False)[:, None] * _transfer(w, w8, True)[None, :]
+    out = np.fft.irfft2(np.fft.rfft2(p) * (t1 - t8), s=p.shape)
+    return out[r:r + a.shape[0], r:r + a.shape[1]].astype(np.float32)
+
+
+def _hann_radial(shape: tuple[int, int]) -> np.ndarray:
+    """scikit-image's ``window("hann", shape)``: a symmetric Hann window of the longer side, turned
+    around the centre (0 beyond its radius)."""
+    m = max(shape)
+    centre = m / 2 - 0.5
+    ys = np.arange(shape[0], dtype=np.float64) * (m / shape[0]) - centre
+    xs = np.arange(shape[1], dtype=np.float64) * (m / shape[1]) - centre
+    c = np.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2) + centre
+    w = 0.5 - 0.5 * np.cos(2 * np.pi * c / max(m - 1, 1))
+    return np.where(c <= m - 1, w, 0.0).astype(np.float32)
+
+
+def _prep_np(img: np.ndarray) -> np.ndarray:
+    """:func:`_prep` (zero-mean band-pass, Hann window) with numpy alone."""
+    a = _bandpass(np.asarray(img, np.float32))
+    return a * _hann_radial(a.shape)
+
+
+def _upsampled_dft(data: np.ndarray, size: int, factor: float, offsets) -> np.ndarray:
+    """The inverse DFT of ``data`` on a ``size`` x ``size`` grid ``factor`` times finer than the
+    pixels, from ``offsets`` (matrix-multiply DFT, as in scikit-image's phase correlation)."""
+    for n, off in zip(data.shape[::-1], offsets[::-1]):
+        kernel = np.exp(-2j * np.pi * (np.arange(size) - off)[:, None] * np.fft.fftfreq(n, factor)[None, :])
+        data = np.tensordot(kernel, data, axes=(1, -1))
+    return data
+
+
+def _translation_np(ref: np.ndarray, mov: np.ndarray, upsample: int = 10) -> tuple[np.ndarray, float]:
+    """:func:`_translation` with numpy alone: the shift (dy, dx) of ``mov``'s content against
+    ``ref``, to 1 / ``upsample`` pixel, and the error of scikit-image's ``phase_cross_correlation``
+    (0 for the same content, 1 for nothing in common)."""
+    a, b = _prep_np(ref), _prep_np(mov)
+    fa, fb = np.fft.fft2(a), np.fft.fft2(b)
+    product = fa * np.conj(fb)
+    xc = np.fft.ifft2(product)  # circular cross-correlation
+    peak = np.array(np.unravel_index(int(np.argmax(np.abs(xc))), xc.shape), np.float64)
+    shape = np.array(xc.shape, np.float64)
+    peak = np.where(peak > np.trunc(shape / 2), peak - shape, peak)
+    # refine on a grid `upsample` times finer, 1.5 pixels around the peak
+    shift = np.round(peak * upsample) / upsample
+    size = int(np.ceil(upsample * 1.5))
+    centre = np.trunc(size / 2.0)
+    fine = _upsampled_dft(product.conj(), size, upsample, centre - shift * upsample).conj()
+    top = np.unravel_index(int(np.argmax(np.abs(fine))), fine.shape)
+    shift = shift + (np.array(top, np.float64) - centre) / upsample
+    amp = float(np.sum(np.abs(fa) ** 2) * np.sum(np.abs(fb) ** 2))
+    err = 1.0 - float(np.abs(fine[top]) ** 2) / amp if amp > 0 else 1.0
+    return -shift, float(np.clip(np.sqrt(abs(err)), 0, 1))
+
+
+def _downscale_np(planes: np.ndarray, max_size: int) -> tuple[np.ndarray, int]:
+    """:func:`_downscale` (block means, the last blocks padded with zeros) with numpy alone."""
+    f = max(1, int(math.ceil(max(planes.shape[1:]) / max_size)))
+    planes = np.asarray(planes, np.float32)
+    if f == 1:
+        return planes, 1
+    z, y, x = planes.shape
+    py, px = -y % f, -x % f
+    if py or px:
+        planes = np.pad(planes, ((0, 0), (0, py), (0, px)))
+    ny, nx = (y + py) // f, (x + px) // f
+    rows = planes.reshape(z, ny, f, x + px).sum(axis=2)  # (whole rows added: 8x less data for the next sum)
+    return rows.reshape(z, ny, nx, f).sum(axis=3) * np.float32(1.0 / (f * f)), f
+
+
+def _has_signal_np(planes: np.ndarray) -> np.ndarray:
+    """:func:`has_signal` with :func:`_prep_np`."""
+    sig = np.array([float(np.std(_prep_np(p))) for p in planes])
+    peak = np.array([float(np.max(np.abs(p))) if p.size else 0.0 for p in planes])
+    strongest = float(sig.max()) if sig.size else 0.0
+    return np.isfinite(sig) & (sig > np.maximum(1e-5 * peak, 1e-4 * strongest))
+
+
 def planes_look_shifted(stack, *, guide="auto", max_side: int = 256, t: int = 0,
                         threshold: float = SHIFT_HINT_PX) -> float | None:
     """A cheap check whether a stack's planes moved: the largest shift (in full-image pixels) of
@@ -501,8 +614,8 @@ def planes_look_shifted(stack, *, guide="auto", max_side: int = 256, t: int = 0,
     canon = stack.canonical()  # (T, Z, Y, X, C)
     frame = np.stack([np.asarray(canon[t, z]) for z in picks])  # (3, Y, X, C): three planes only
     gd = _guide_planes(frame, stack, guide)
-    small, f = _downscale(gd, max_side)
-    ok = has_signal(small)
+    small, f = _downscale_np(gd, max_side)  # (numpy alone: no scipy or scikit-image to import)
+    ok = _has_signal_np(small)
     mid = picks.index(n // 2)
     if not ok[mid]:
         return None
@@ -510,7 +623,7 @@ def planes_look_shifted(stack, *, guide="auto", max_side: int = 256, t: int = 0,
     for i in range(len(picks)):
         if i == mid or not ok[i]:
             continue
-        shift, err = _translation(small[mid], small[i], upsample=4)
+        shift, err = _translation_np(small[mid], small[i])
         if err > 0.98:  # nothing in common: no reliable shift (very different focus)
             continue
         worst = max(worst, float(np.hypot(*shift)) * f)

@@ -41,6 +41,16 @@ class FusionResult:
         Method, parameters, package version, tiling and timing.
     pixel_size, z_step, unit :
         Physical scale carried over from the input stack.
+    audit : ndarray, ([T,] Y, X), float32, or None
+        Where the run was audited (by default for methods that synthesise values, e.g. vaeedof,
+        fmb-fn with ``output="network"``; any method with ``audit=True``): per pixel, the distance
+        of the fused value from the nearest source-plane value there, in the fused image's units
+        (the largest over channels); 0 where the fused value is a source value. None: not audited.
+    audit_mask : ndarray, ([T,] Y, X), bool, or None
+        True where the fused value lies outside every source plane's range over the pixel's 3 x 3
+        neighbourhood (by more than one quantisation step): values the method invented. See
+        :mod:`napari_edof.core.audit`; ``provenance["audit"]`` has the share of flagged pixels
+        and the largest distance.
     """
 
     fused: Any
@@ -52,6 +62,8 @@ class FusionResult:
     z_step: float | None = None
     unit: str = "pixel"
     rgb: bool = False
+    audit: Any = None
+    audit_mask: Any = None
 
     def labels(self) -> np.ndarray:
         """Decision map as labels: source plane + 1 (uint16), the form napari's Labels layer edits."""
@@ -85,20 +97,30 @@ class FusionResult:
         import dask
 
         t0 = time.perf_counter()
-        fused, index, conf = dask.compute(self.fused, self.index, self.confidence, **kwargs)
+        audited = self.audit is not None
+        arrays = (self.fused, self.index, self.confidence) + ((self.audit, self.audit_mask) if audited else ())
+        fused, index, conf, *aud = dask.compute(*arrays, **kwargs)
         seconds = time.perf_counter() - t0
         prov = dict(self.provenance)
         prov.pop("lazy", None)
         voxels = float(np.prod(np.shape(index))) * self.n_planes
         prov.update(seconds=seconds, mvoxel_per_s=voxels / 1e6 / max(seconds, 1e-9))
-        return replace(self, fused=fused, index=index, confidence=conf, provenance=prov)
+        if audited:
+            from .audit import audit_summary
+
+            prov["audit"] = audit_summary(*aud)
+        return replace(self, fused=fused, index=index, confidence=conf, provenance=prov,
+                       audit=aud[0] if audited else None, audit_mask=aud[1] if audited else None)
 
     def summary(self) -> str:
+        from .audit import audit_note
+
         p = self.provenance
         return (
             f"method {p.get('method')}: {self.n_planes} planes of "
             f"{'x'.join(map(str, np.shape(self.index)[-2:]))} in {p.get('seconds', float('nan')):.2f} s "
             f"({p.get('mvoxel_per_s', float('nan')):.1f} Mvoxel/s)" + precision_note(p) + unknown_note(self.index)
+            + audit_note(p)
         )
 
 

@@ -129,6 +129,9 @@ class MethodSpec:
     ``default_overlap`` the feathered overlap between tiles: 0 for methods whose halo covers their
     whole receptive field (tiles then agree exactly), more for networks whose normalisation sees
     the whole input.
+    ``synthesises(params)`` says whether the method, with these parameters, may put values in the
+    fused image that no source plane holds (a network's output rather than a selection or a blend
+    of the planes): those runs get the audit (:mod:`napari_edof.core.audit`) by default.
     """
 
     name: str
@@ -145,6 +148,7 @@ class MethodSpec:
     #: measured: in half precision on CUDA the focus index stays identical (``precision="auto"``
     #: then uses it there); see ``benchmarks/gpu_check.py``
     half_precision: bool = False
+    synthesises: Callable[[dict], bool] = lambda p: False
     citation: str = ""
     paper: str = ""
 

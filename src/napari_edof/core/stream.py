@@ -239,6 +239,20 @@ def fuse_lazy(stack, *, budget: int = STRIPE_BUDGET, **options) -> FusionResult:
     res = _result(pl, fused, index, conf, float("nan"), _impl(pl))
     res.provenance["lazy"] = True
     res.provenance["stripes"] = len(stripes)
+    if pl.audit:  # one more task per stripe: its fused rows against the source rows (plus one of halo)
+        from .audit import AUDIT_RADIUS, lazy_audit
+
+        canon = st.canonical()
+        if not is_dask(canon):
+            canon = da.from_array(canon, chunks=(1, -1, "auto", -1, -1))
+        spans = [[] for _ in range(st.n_times)]
+        for t, s, p in tasks:
+            spans[t].append((s.s0, s.s1, p[0]))
+        d, m = lazy_audit(canon, fused, spans)
+        res.audit, res.audit_mask = da.stack(d), da.stack(m)
+        if "T" not in st.axes:
+            res.audit, res.audit_mask = res.audit[0], res.audit_mask[0]
+        res.provenance["audit"] = {"radius": AUDIT_RADIUS}
     return res
 
 

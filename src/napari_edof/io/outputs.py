@@ -33,10 +33,13 @@ __all__ = ["DEFAULT_OUTPUTS", "OUTPUTS", "PREVIEW_FORMATS", "parse_outputs", "Ou
 #: The formats of a run and the files of one result in each (``{t}``: one per time point).
 FORMATS = ("tiff", "zarr", "tiled-tiff")
 #: The outputs of the TIFF format that a run can choose (``--outputs``); provenance.json always.
-OUTPUTS = ("fused", "index", "decision", "masks", "confidence")
+#: "audit" is two files, audit.tif (distance from the nearest source value) and audit_mask.tif
+#: (values outside the sources' local range); see :mod:`napari_edof.core.audit`.
+OUTPUTS = ("fused", "index", "decision", "masks", "confidence", "audit")
 #: What the CLI writes when ``--outputs`` is not given: the masks are left out (they are the
-#: biggest file, one plane per source plane, and derivable: mask k = decision.tif == k + 1).
-DEFAULT_OUTPUTS = ("fused", "index", "decision", "confidence")
+#: biggest file, one plane per source plane, and derivable: mask k = decision.tif == k + 1); the
+#: audit is written for the runs that have one (methods that synthesise values).
+DEFAULT_OUTPUTS = ("fused", "index", "decision", "confidence", "audit")
 #: Formats of the fused preview (``--preview``): 8-bit, with the source's EXIF for photographers.
 PREVIEW_FORMATS = ("png", "jpg")
 
@@ -183,7 +186,7 @@ def result_bytes(fmt: str, n_times: int, n_planes: int, yx, channels: int, items
         outputs = ("fused", "index", "confidence")
     outputs = OUTPUTS if outputs is None else outputs
     per = {"fused": channels * itemsize, "index": 4 + (3 if fmt == "tiff" else 0), "confidence": 4,
-           "decision": 2, "masks": int(n_planes)}
+           "decision": 2, "masks": int(n_planes), "audit": 5}
     per = sum(v for k, v in per.items() if k in outputs)
     return px * per
 
@@ -196,7 +199,8 @@ def parse_outputs(text) -> tuple[str, ...]:
         items = [str(t).strip().lower() for t in text]
     if items == ["all"]:
         return OUTPUTS
-    aliases = {"focus_index": "index", "focus-index": "index", "mask": "masks"}
+    aliases = {"focus_index": "index", "focus-index": "index", "mask": "masks", "audit_mask": "audit",
+               "audit-mask": "audit"}
     items = [aliases.get(t, t) for t in items]
     bad = [t for t in items if t not in OUTPUTS]
     if bad or not items:
@@ -206,9 +210,10 @@ def parse_outputs(text) -> tuple[str, ...]:
 
 
 def result_names(fmt: str = "tiff", n_times: int = 1, prefix: str = "", outputs=OUTPUTS,
-                 preview: str | None = None) -> list[str]:
+                 preview: str | None = None, audit: bool = False) -> list[str]:
     """The file (or OME-Zarr folder) names of one result written in format ``fmt`` (for "tiff":
-    the chosen ``outputs`` and the fused ``preview``, if any)."""
+    the chosen ``outputs`` and the fused ``preview``, if any; for the streamed formats, the
+    audit's two images with ``audit``)."""
     if fmt == "tiff":
         outputs = OUTPUTS if outputs is None else tuple(outputs)
         frames = [f"_t{t:03d}" for t in range(n_times)] if n_times > 1 else [""]
@@ -220,12 +225,18 @@ def result_names(fmt: str = "tiff", n_times: int = 1, prefix: str = "", outputs=
         for o in ("decision", "masks", "confidence"):
             if o in outputs:
                 names.append(f"{prefix}{o}.tif")
+        if "audit" in outputs:
+            names += [f"{prefix}audit.tif", f"{prefix}audit_mask.tif"]
         if preview:
             names += [f"{prefix}fused_preview{f}.{preview}" for f in frames]
     elif fmt == "zarr":
         names = [f"{prefix}fused.ome.zarr", f"{prefix}focus_index.ome.zarr", f"{prefix}confidence.ome.zarr"]
+        if audit:
+            names += [f"{prefix}audit.ome.zarr", f"{prefix}audit_mask.ome.zarr"]
     elif fmt == "tiled-tiff":
         names = [f"{prefix}fused.tif", f"{prefix}focus_index.tif", f"{prefix}confidence.tif"]
+        if audit:
+            names += [f"{prefix}audit.tif", f"{prefix}audit_mask.tif"]
     else:
         raise EdofError(f"unknown output format {fmt!r}; one of {', '.join(FORMATS)}")
     return names + [f"{prefix}provenance.json"]
@@ -242,6 +253,16 @@ def _same(a: str, b: str) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def _file_id(path: str):
+    """(device, inode) of an existing file or folder, None otherwise: two paths with the same id
+    are the same file (hard links, case-insensitive file systems), as ``os.path.samefile`` says."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _inside(child: str, parent: str) -> bool:
@@ -265,10 +286,12 @@ def check_not_inputs(outdir, names: Iterable[str], sources: Sequence) -> None:
                 f"cannot write the results to {outdir}: it is inside the input {given}, which "
                 "would be modified; choose another output folder"
             )
+    ids = [_file_id(real) for _, real in srcs]  # (each input stat-ed once, not once per output)
     for name in names:
         target = _real(Path(outdir) / name)
-        for given, real in srcs:
-            if _same(target, real) or _inside(real, target):
+        tid = _file_id(target)
+        for (given, real), sid in zip(srcs, ids):
+            if target == real or (tid is not None and tid == sid) or _inside(real, target):
                 raise OverwriteError(
                     f"the output {Path(outdir) / name} would replace the input {given}: choose another "
                     "output folder (-o); napari-edof never overwrites its input"

@@ -54,7 +54,8 @@ def write_tiled_tiff(path, data, *, axes: str, rgb: bool = False, tile: int = 25
 
 
 def export_result_tiled(result, outdir, *, axes: str, rgb: bool, tile: int = 256) -> dict[str, Path]:
-    """The fused image, focus index and confidence of a (lazy) result as tiled TIFFs in ``outdir``.
+    """The fused image, focus index and confidence of a (lazy) result as tiled TIFFs in ``outdir``
+    (and ``audit.tif``, ``audit_mask.tif`` for an audited result).
 
     ``axes`` are the input stack's; the outputs keep its T (and C for the fused image).
     """
@@ -80,6 +81,14 @@ def export_result_tiled(result, outdir, *, axes: str, rgb: bool, tile: int = 256
                                       pixel_size=ps, description=desc)
     files["confidence"] = write_tiled_tiff(outdir / "confidence.tif", result.confidence, axes=lead + "YX",
                                            tile=tile, pixel_size=ps, description=desc)
+    if getattr(result, "audit", None) is not None:  # an audited run (core/audit.py)
+        files["audit"] = write_tiled_tiff(outdir / "audit.tif", result.audit, axes=lead + "YX", tile=tile,
+                                          pixel_size=ps, description=desc)
+        mask = result.audit_mask
+        mask = (mask.astype(np.uint8) * np.uint8(255)) if hasattr(mask, "dask") else \
+            np.asarray(mask, np.uint8) * np.uint8(255)
+        files["audit_mask"] = write_tiled_tiff(outdir / "audit_mask.tif", mask, axes=lead + "YX", tile=tile,
+                                               pixel_size=ps, description=desc)
     return files
 
 

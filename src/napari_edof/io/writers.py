@@ -109,12 +109,15 @@ def colourise(index, n_planes: int, *, cmap="viridis") -> np.ndarray:
         raise EdofError(f"n_planes must be 1 or more, not {n_planes}")
     lut = _lut(cmap)
     idx = np.asarray(index, dtype=np.float32)
-    finite = np.isfinite(idx)
     scale = 255.0 / (n - 1) if n > 1 else 0.0
-    v = np.where(finite, idx, 0).astype(np.float32) * np.float32(scale)
+    v = np.multiply(idx, np.float32(scale), dtype=np.float32)  # (a new array: the index is left as it is)
     np.clip(v, 0, 255, out=v)
-    out = lut[np.rint(v).astype(np.uint8)]
-    if not finite.all():
+    np.rint(v, out=v)
+    finite = np.isfinite(idx)
+    bad = not finite.all()
+    codes = (np.where(finite, v, 0) if bad else v).astype(np.uint8)
+    out = np.take(lut, codes, axis=0)  # (np.take: 3x faster than lut[codes] on a 2048 x 2048 map)
+    if bad:
         out[~finite] = 0
     return out
 
@@ -327,8 +330,10 @@ def write_result(result, outdir, *, stem: str | None = None, outputs=None, compr
     stem : str, optional
         Prefix of every file name; ``"_"`` is added unless it ends with ``_``, ``-`` or ``.``.
     outputs : str or sequence, optional
-        Which files to write, from ``fused, index, decision, masks, confidence`` ("fused,index"
-        or a list; default: all of them). ``provenance.json`` is always written.
+        Which files to write, from ``fused, index, decision, masks, confidence, audit``
+        ("fused,index" or a list; default: all of them, the audit when the result has one).
+        ``provenance.json`` is always written. Asking for the audit of a result without one
+        (``result.audit is None``: fuse with ``audit=True``) is an EdofError.
     compression : "deflate" or "zstd", optional
         Lossless TIFF compression (default none).
     preview : "png" or "jpg", optional
@@ -349,6 +354,9 @@ def write_result(result, outdir, *, stem: str | None = None, outputs=None, compr
         ``"decision"``: ``<stem>decision.tif``, uint16 labels (plane + 1);
         ``"masks"``: ``<stem>masks.tif``, uint8 0/255, (Z, Y, X) or (T, Z, Y, X);
         ``"confidence"``: ``<stem>confidence.tif``, float32 0..1;
+        ``"audit"``: ``<stem>audit.tif``, float32, the distance of each fused value from the
+        nearest source value there (fused image units); ``"audit_mask"``: ``<stem>audit_mask.tif``,
+        uint8 255 where the fused value lies outside the sources' 3 x 3 local range;
         ``"provenance"``: ``<stem>provenance.json``, ``result.provenance`` made JSON-safe.
 
     Raises
@@ -365,7 +373,13 @@ def write_result(result, outdir, *, stem: str | None = None, outputs=None, compr
     n_times = int(np.shape(result.index)[0]) if np.ndim(result.index) == 3 else 1
     from .outputs import OUTPUTS, PREVIEW_FORMATS, parse_outputs
 
-    outputs = OUTPUTS if outputs is None else parse_outputs(outputs)
+    if outputs is None:
+        outputs = tuple(o for o in OUTPUTS if o != "audit" or getattr(result, "audit", None) is not None)
+    else:
+        outputs = parse_outputs(outputs)
+        if "audit" in outputs and getattr(result, "audit", None) is None:
+            raise EdofError("the result has no audit to write: fuse with audit=True (methods that synthesise "
+                            "values, such as vaeedof, are audited by default)")
     if preview is not None:
         preview = {"jpeg": "jpg"}.get(str(preview).lower(), str(preview).lower())
         if preview not in PREVIEW_FORMATS:
@@ -411,6 +425,8 @@ def _write_result_files(result, outdir: Path, prefix: str, files: list[str] | No
     from .outputs import OUTPUTS
 
     outputs = OUTPUTS if outputs is None else tuple(outputs)
+    if getattr(result, "audit", None) is None:
+        outputs = tuple(o for o in outputs if o != "audit")
     index = np.asarray(result.index, dtype=np.float32)
     if index.ndim not in (2, 3):
         raise EdofError(f"the result's focus index must be (Y, X) or (T, Y, X), not {index.shape}")
@@ -456,23 +472,32 @@ def _write_result_files(result, outdir: Path, prefix: str, files: list[str] | No
         jobs.append(fused_file)
     if preview:
         jobs.append(preview_files)
+    first = None
     if "index" in outputs:
         jobs.append(lambda: _write_index(outdir, prefix, index, n, has_t, base, scale))
-    jobs += [map_file(name) for name in ("decision", "masks", "confidence") if name in outputs]
+        jobs.append(lambda: _write_index_png(outdir, prefix, index, n, has_t))
+        first = len(jobs) - 1  # (the PNG's encoding is the longest job: it starts first)
+    jobs += [map_file(name) for name in ("decision", "masks", "confidence", "audit") if name in outputs]
     out: dict[str, Path] = {}
-    for part in _in_parallel(jobs):
+    for part in _in_parallel(jobs, first=first):
         out.update(part)
     return _write_provenance(out, result, outdir, prefix, files)
 
 
-def _in_parallel(jobs: list[Callable[[], dict]]) -> list[dict]:
+def _in_parallel(jobs: list[Callable[[], dict]], first: int | None = None) -> list[dict]:
     """Run the file-writing ``jobs`` in threads (TIFF writing, PNG/JPEG encoding and the masks'
     comparisons release the GIL; each file is still written atomically) and return their
-    results in order. Every job ends before an error is raised: the first failed job's, in order."""
+    results in order; job ``first`` (the longest) is started before the others. Every job ends
+    before an error is raised: the first failed job's, in order."""
     if len(jobs) <= 1:
         return [job() for job in jobs]
+    order = list(range(len(jobs)))
+    if first is not None:
+        order.remove(first)
+        order.insert(0, first)
     with ThreadPoolExecutor(min(4, len(jobs)), thread_name_prefix="edof-write") as pool:
-        futures = [pool.submit(job) for job in jobs]
+        submitted = {i: pool.submit(jobs[i]) for i in order}
+        futures = [submitted[i] for i in range(len(jobs))]
         wait(futures)
     for f in futures:
         if f.exception() is not None:
@@ -489,6 +514,12 @@ def _write_index(outdir, prefix, index, n, has_t, base, scale) -> dict:
         description=f"napari-edof focus index: 0-based source plane of {n} (float32)",
         **scale,
     )
+    return out
+
+
+def _write_index_png(outdir, prefix, index, n, has_t) -> dict:
+    """The colour-mapped focus index as PNG (one per time point): its own job, beside the TIFFs."""
+    out = {}
     colour = colourise(index, n)
     if has_t:
         for t in range(colour.shape[0]):
@@ -527,6 +558,23 @@ def _write_maps(out, result, outdir, prefix, outputs, n, has_t, base, scale, uni
             np.asarray(result.confidence, dtype=np.float32),
             axes=base,
             description="napari-edof confidence (0..1)",
+            **scale,
+        )
+    if "audit" in outputs:
+        out["audit"] = write_tiff(
+            outdir / f"{prefix}audit.tif",
+            np.asarray(result.audit, dtype=np.float32),
+            axes=base,
+            description="napari-edof audit: distance of the fused value from the nearest source-plane value "
+                        "(fused image units)",
+            **scale,
+        )
+        out["audit_mask"] = write_tiff(
+            outdir / f"{prefix}audit_mask.tif",
+            np.asarray(result.audit_mask, dtype=bool).astype(np.uint8) * np.uint8(255),
+            axes=base,
+            description="napari-edof audit mask: 255 where the fused value lies outside every source "
+                        "plane's 3 x 3 local range",
             **scale,
         )
 

@@ -257,7 +257,7 @@ def create_outputs(outdir, *, shape_tyx: tuple[int, int, int], channels: int, dt
     from .outputs import check_not_inputs, result_names
 
     outdir = Path(outdir)
-    check_not_inputs(outdir, result_names("zarr"), sources)  # a result never replaces its own input
+    check_not_inputs(outdir, result_names("zarr", audit=True), sources)  # a result never replaces its own input
     made = not outdir.exists()
     partial = outdir / f".partial-{uuid.uuid4().hex[:12]}"
     out = ZarrOutputs(outdir=outdir, partial=partial, made_outdir=made, sources=tuple(sources or ()))
@@ -275,7 +275,15 @@ def create_outputs(outdir, *, shape_tyx: tuple[int, int, int], channels: int, dt
     return out
 
 
-def _create_images(out, shape_tyx, channels, dtype, axes, rows_per_chunk, pixel_size, unit, name) -> None:
+_ROLES = (("fused", "fused.ome.zarr", None, True),
+          ("index", "focus_index.ome.zarr", np.dtype(np.float32), False),
+          ("confidence", "confidence.ome.zarr", np.dtype(np.float32), False))
+
+
+def _create_images(out, shape_tyx, channels, dtype, axes, rows_per_chunk, pixel_size, unit, name,
+                   roles=_ROLES) -> None:
+    """The OME-Zarr images of ``roles`` ((role, file name, dtype or None: ``dtype``, with the
+    channels)) in ``out``'s partial folder."""
     import zarr
 
     outdir, partial = out.outdir, out.partial
@@ -284,9 +292,8 @@ def _create_images(out, shape_tyx, channels, dtype, axes, rows_per_chunk, pixel_
     rows = max(1, min(int(rows_per_chunk), Y))
     px = tuple(pixel_size) if pixel_size else (1.0, 1.0)
     has_t, has_c = "T" in axes, "C" in axes
-    for role, fname, dt, with_c in (("fused", "fused.ome.zarr", np.dtype(dtype), True),
-                                    ("index", "focus_index.ome.zarr", np.dtype(np.float32), False),
-                                    ("confidence", "confidence.ome.zarr", np.dtype(np.float32), False)):
+    for role, fname, dt, with_c in roles:
+        dt = np.dtype(dtype) if dt is None else dt
         g = zarr.open_group(store=str(partial / fname), mode="w", zarr_format=3)
         # on disk in OME order (t, c, y, x); the engine writes through a (T, Y, X, C) view
         disk_axes = ("T" if has_t else "") + ("C" if (with_c and has_c) else "") + "YX"
@@ -321,11 +328,45 @@ def fuse_to_zarr_iter(stack, outdir, *, budget: int | None = None, **options):
                           z_step=st.z_step, unit=st.unit, name=st.name, sources=st.source)
     try:
         result = yield from store_plan_iter(pl, outs.arrays, budget=budget)  # (planned, and registered, once)
+        if pl.audit:
+            result.provenance["audit"] = yield from _audit_to_zarr(pl, outs, rows)
     except BaseException:
         outs.abort()
         raise
     files = outs.commit(result.provenance)
     return reopen_committed(result, outs, files, st.axes), files
+
+
+def _audit_to_zarr(pl, outs: ZarrOutputs, rows: int):
+    """The audit of a streamed run (:mod:`napari_edof.core.audit`) into two more images of ``outs``,
+    ``audit.ome.zarr`` (float32) and ``audit_mask.ome.zarr`` (uint8, 255 where flagged): the fused
+    rows read back block by block with the source rows around them (one more row each side), so
+    memory stays a stripe. A generator of progress ("audit", per block); returns the summary."""
+    from ..core.audit import AUDIT_RADIUS, audit_rows
+    from ..core.result import Progress
+
+    st = pl.stack
+    T, (Y, X) = st.n_times, st.yx_shape
+    with critical():
+        _create_images(outs, (T, Y, X), st.n_channels, st.dtype, st.axes, rows, st.pixel_size, st.unit, st.name,
+                       roles=(("audit", "audit.ome.zarr", np.dtype(np.float32), False),
+                              ("audit_mask", "audit_mask.ome.zarr", np.dtype(np.uint8), False)))
+    canon = st.canonical()
+    fused = outs.arrays["fused"].to_dask()
+    spans = [(b0, min(Y, b0 + rows)) for b0 in range(0, Y, rows)]
+    flagged, total, top, acc = 0, 0, 0.0, 0.0
+    for t in range(T):
+        for i, (b0, b1) in enumerate(spans):
+            a, b = max(0, b0 - AUDIT_RADIUS), min(Y, b1 + AUDIT_RADIUS)
+            planes = np.asarray(canon[t][:, a:b])
+            d, m = audit_rows(planes, np.asarray(fused[t, b0:b1]), offset=b0 - a)
+            outs.arrays["audit"][t, b0:b1] = d
+            outs.arrays["audit_mask"][t, b0:b1] = m.astype(np.uint8) * np.uint8(255)
+            flagged, total = flagged + int(m.sum()), total + m.size
+            top, acc = max(top, float(d.max()) if d.size else 0.0), acc + float(d.sum(dtype=np.float64))
+            yield Progress(t * len(spans) + i + 1, T * len(spans), "audit", t)
+    return {"radius": AUDIT_RADIUS, "outside_fraction": flagged / max(total, 1), "outside_pixels": flagged,
+            "max_distance": top, "mean_distance": acc / max(total, 1)}
 
 
 def committed_arrays(outs: ZarrOutputs, files: dict):
@@ -341,11 +382,26 @@ def committed_arrays(outs: ZarrOutputs, files: dict):
     return views["fused"], views["index"], views["confidence"]
 
 
+def _committed_audit(outs: ZarrOutputs, files: dict):
+    """The committed audit images as dask arrays (T, Y, X): distance, and the mask as bool."""
+    import zarr
+
+    got = []
+    for role in ("audit", "audit_mask"):
+        arr = zarr.open_group(store=str(files[role]), mode="r")["0"]
+        v = outs.arrays[role]
+        got.append(_EngineView(arr, v.has_t, v.has_c, v.channels).to_dask())
+    return got[0], got[1] > 0
+
+
 def reopen_committed(result, outs: ZarrOutputs, files: dict, axes: str):
     """``result`` with its arrays replaced by those of :func:`committed_arrays`, in the stack's
     own axes (T and C dropped when ``axes`` has none)."""
     fused, index, conf = to_stack_axes(axes, *committed_arrays(outs, files))
     result.fused, result.index, result.confidence = fused, index, conf
+    if "audit" in files:
+        dist, mask = _committed_audit(outs, files)
+        result.audit, result.audit_mask = (dist, mask) if "T" in axes else (dist[0], mask[0])
     result.provenance["output"] = {k: str(v) for k, v in files.items()}
     return result
 

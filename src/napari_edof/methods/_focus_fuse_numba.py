@@ -3,13 +3,17 @@
 Each kernel computes, in one pass over its rows, what a chain of the numpy building blocks in
 :mod:`napari_edof.methods.focus_fuse` computes in several: the finest detail (``bin2``, ``up2``,
 the difference) and its binned energy, the weighted sum of the planes' detail, the Wiener shrink,
-one pyramid level (band and energy) and the sub-plane argmax over the focus measure plus its
-neighbourhood evidence. The formulas and grids are the numpy path's, so the results agree with it
-to float32 rounding (``tests/methods/test_focus_fuse.py`` compares them), and every window sum is
+one pyramid level (band and energy), the sub-plane argmax over the focus measure plus its
+weighted neighbourhood evidence, the focus measure's minimum, maximum and mean over the planes,
+the soft weights' smoothing, maximum and scaling, their normalisation (with the neighbour blend)
+and normalised band sums, and the last step (up-sampling, shrunk detail, range clip) on the kept
+rows and columns. The formulas and grids are the numpy path's, so the results agree with it to
+float32 rounding (``tests/methods/test_focus_fuse.py`` compares them), and every window sum is
 direct, so tiles still agree with the whole image. Full-resolution maps are made row by row and
 never stored whole (the detail volume, Z x H x W, is not kept: the bins are, and the detail is
-made again when it is weighted). Where numba was no faster than numpy (the box-mean focus
-measure, the range clip, the exponentials of the soft weights), numpy stays.
+made again when it is weighted). Where numba was no faster than numpy (the box-mean focus measure:
+27-30 ms against numpy's 9-10 ms for 16 planes of 476^2 with the engine's allocator tuning; the
+exponentials of the soft weights), numpy stays.
 
 numba is optional: without it (or with ``NAPARI_EDOF_NUMBA=0``) focus-fuse runs its numpy path.
 The kernels are compiled at first use and cached on disk (``cache=True``); they release the GIL,
@@ -444,66 +448,46 @@ def plane_stats(fm):
 
 
 @jit
-def clip_to_planes(fused, planes, y0, x0):
-    """In place: ``fused`` (C, h, w) clipped per pixel to the range of ``planes`` (Z, H, W, C, any
-    dtype) over the planes at ``[y0 + i, x0 + j]``, as ``np.clip(fused, min, max)``."""
-    C, h, w = fused.shape
+def compose(half, detail, beta, planes, m):
+    """The fused image inside a margin ``m``: ``up2(half) + detail x beta`` (``beta`` (H, W) empty:
+    1), clipped per pixel to the range of ``planes`` (Z, H, W, C) over the planes there, as the
+    numpy path's steps (the same formulas and order), but only on the rows and columns kept:
+    (C, H - 2m, W - 2m) float32. ``half`` is (C, H / 2, W / 2), ``detail`` (C, H, W)."""
+    C, h, w = half.shape
+    H, W = 2 * h, 2 * w
     Z = planes.shape[0]
-    lo = np.empty(w, np.float32)
-    hi = np.empty(w, np.float32)
+    out = np.empty((C, H - 2 * m, W - 2 * m), np.float32)
+    shrink = beta.shape[0] > 0
+    rc = np.empty(W, np.float32)
+    rn = np.empty(W, np.float32)
+    lo = np.empty(W, np.float32)
+    hi = np.empty(W, np.float32)
     for c in range(C):
-        for i in range(h):
-            p0 = planes[0, y0 + i]
-            for j in range(w):
-                v = _F(p0[x0 + j, c])
-                lo[j] = v
-                hi[j] = v
+        for y in range(m, H - m):
+            i = y // 2
+            nb = max(i - 1, 0) if y % 2 == 0 else min(i + 1, h - 1)
+            _up_x(half[c], i, rc)
+            _up_x(half[c], nb, rn)
+            p0 = planes[0, y]
+            for x in range(m, W - m):
+                v = _F(p0[x, c])
+                lo[x] = v
+                hi[x] = v
             for z in range(1, Z):
-                pz = planes[z, y0 + i]
-                for j in range(w):
-                    v = _F(pz[x0 + j, c])
-                    lo[j] = min(lo[j], v)
-                    hi[j] = max(hi[j], v)
-            f = fused[c, i]
-            for j in range(w):
-                f[j] = min(max(f[j], lo[j]), hi[j])
-    return fused
-
-
-@jit
-def focus_measure5(gb, out):
-    """The numpy path's ``box_mean(laplacian_energy(gb), 2)`` of one (h, w) plane into ``out``, on
-    the flattened arrays as there (the same outer rows and columns, which are not meaningful) and
-    with the same order of sums (``_flat_box``'s doubling for a window of 5: ``a0 + ((a1 + a2) +
-    (a3 + a4))``), so the result is the same to the bit."""
-    h, w = gb.shape
-    n = h * w
-    f = gb.reshape(n)
-    lap = np.empty(n, np.float32)
-    lo, hi = min(w, n), max(n - w, min(w, n))
-    lap[:lo] = 0
-    lap[hi:] = 0
-    for p in range(lo, hi):
-        s = f[p] * _F(4)
-        s -= f[p - 1]
-        s -= f[p + 1]
-        s -= f[p - w]
-        s -= f[p + w]
-        lap[p] = s * s
-    sx = np.empty(n, np.float32)
-    lo, hi = min(2, n), max(n - 2, min(2, n))
-    sx[:lo] = lap[:lo]
-    sx[hi:] = lap[hi:]
-    for p in range(lo, hi):
-        sx[p] = lap[p - 2] + ((lap[p - 1] + lap[p]) + (lap[p + 1] + lap[p + 2]))
-    o = out.reshape(n)
-    k = _F(1.0 / 25)
-    lo, hi = min(2 * w, n), max(n - 2 * w, min(2 * w, n))
-    for p in range(lo):
-        o[p] = sx[p] * k
-    for p in range(hi, n):
-        o[p] = sx[p] * k
-    w2 = 2 * w
-    for p in range(lo, hi):
-        o[p] = (sx[p - w2] + ((sx[p - w] + sx[p]) + (sx[p + w] + sx[p + w2]))) * k
+                pz = planes[z, y]
+                for x in range(m, W - m):
+                    v = _F(pz[x, c])
+                    lo[x] = min(lo[x], v)
+                    hi[x] = max(hi[x], v)
+            dr = detail[c, y]
+            o = out[c, y - m]
+            if shrink:
+                br = beta[y]
+                for x in range(m, W - m):
+                    v = (q3 * rc[x] + q1 * rn[x]) + dr[x] * br[x]
+                    o[x - m] = min(max(v, lo[x]), hi[x])
+            else:
+                for x in range(m, W - m):
+                    v = (q3 * rc[x] + q1 * rn[x]) + dr[x]
+                    o[x - m] = min(max(v, lo[x]), hi[x])
     return out

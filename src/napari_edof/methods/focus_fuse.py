@@ -474,10 +474,7 @@ class FocusFuse:
                 cp = PB[k]
             elif rgb:
                 PB[k] = cp = bin2(np.moveaxis(planes[k], -1, 0))
-            if kern is not None and p["radius"] == 2:
-                kern.focus_measure5(gb, FM[k])
-            else:
-                FM[k] = box_mean(laplacian_energy(gb), p["radius"])
+            FM[k] = box_mean(laplacian_energy(gb), p["radius"])
             if kern is not None:
                 for lvl in range(L):
                     if rgb:
@@ -592,17 +589,18 @@ class FocusFuse:
                 beta = np.nan_to_num(np.clip(beta, 0, 1), nan=0.0).astype(_F)
             else:
                 beta = kern.wiener_beta(dl, sigma2, gk, p["detail_window"])
-            detail = detail * beta
-        fused = up2(half)
-        fused += detail
         # never outside what the planes hold there: no overshoot at edges, no invented colour
         c = (slice(halo, H - halo), slice(halo, W - halo))
         if kern is None:
+            if p["detail_k"] > 0:
+                detail = detail * beta
+            fused = up2(half)
+            fused += detail
             fused = np.moveaxis(fused, 0, -1)[c]
             src = planes[:, c[0], c[1]]
             np.clip(fused, src.min(axis=0), src.max(axis=0), out=fused)
-        else:
-            fused = np.moveaxis(kern.clip_to_planes(fused[:, c[0], c[1]], planes, halo, halo), 0, -1)
+        else:  # the same steps on the kept rows and columns only
+            fused = np.moveaxis(kern.compose(half, detail, beta if p["detail_k"] > 0 else _NONE, planes, halo), 0, -1)
 
         # ---- outputs (cropped by the halo)
         ch = (slice(halo // 2, (H - halo) // 2), slice(halo // 2, (W - halo) // 2))

@@ -113,6 +113,7 @@ SPEC = MethodSpec(
     backend="torch",
     default_tile=512,
     default_overlap=0,
+    synthesises=lambda p: p["output"] == "network",  # "snap" returns source pixels
     weights=WEIGHTS,
     citation=CITATION,
     paper="001",

@@ -104,6 +104,7 @@ SPEC = MethodSpec(
     backend="torch",
     default_tile=512,
     default_overlap=64,
+    synthesises=lambda p: True,  # the decoded latent result (everywhere, or where no plane is confident)
     weights=ENCODER,
     citation=CITATION,
     paper="003",
