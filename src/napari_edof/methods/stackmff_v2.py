@@ -18,6 +18,18 @@ Decision rules (``rule``):
 - ``smooth-argmax``: the plane with the highest softmax probability after a small spatial box
   average of the probabilities (local).
 
+Composition (``compose``; :mod:`._prob_compose`): the rule decides the index map; the image is
+
+- ``pyramid`` (default): a Laplacian pyramid whose per-level plane weights are the network's softmax
+  probabilities times noise-aware weights of the planes' band energies (planes whose detail is
+  equally strong within the noise are averaged; overlapping detail from different depths is
+  gathered), the finest detail Wiener-shrunk where it is as weak as the noise, the base the
+  probability-weighted average. Local: tiles aligned to 8 pixels with a halo of at least
+  :func:`~._prob_compose.pyramid_reach` (the halo is ``max(context, 40)``) compose as the whole image;
+- ``soft``: per pixel, the planes averaged with the network's probabilities;
+- ``select``: the source pixels gathered at the rule's index (hard selection, the only composition
+  before; every pixel is a source pixel).
+
 See ``docs/stackmff_v2.md`` for the measurements behind the defaults (rule, tile, overlap).
 torch is imported lazily (only when the method runs).
 """
@@ -31,6 +43,7 @@ from ..core.colour import gather
 from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
 from ..nn.learned import LearnedMethod, load_network
+from ._prob_compose import pyramid_compose, pyramid_reach, soft_compose
 from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
 
 CITATION = ("Xie, X. et al., 'StackMFF V2: One-shot multi-focus image stack fusion via focal depth "
@@ -57,9 +70,30 @@ MODELS: dict[str, WeightsSpec] = {
         licence="MIT (a derivative of the official MIT-licensed checkpoint; see the model card)",
         citation=CITATION,
     ),
+    # realistic: fine-tuned from "ours" on the realistic generator's stacks (training.realistic_data),
+    # with the soft composition's image error in the loss; shipped, not the default (its index map is
+    # worse): weights/stackmff_v2_realistic.md.
+    "realistic": WeightsSpec(
+        filename="stackmff_v2_realistic.pt",
+        urls=(),
+        sha256="41330264e08781ababcf3c1b3bda5ee0a455840e3026c58bbc6e98e69ec77a04",
+        licence="MIT (a derivative of the official MIT-licensed checkpoint; see the model card)",
+        citation=CITATION,
+    ),
 }
 
 RULES = ("argmax", "official", "matched", "smooth-argmax")
+COMPOSE = ("pyramid", "soft", "select")
+PYRAMID_LEVELS = 3
+
+
+def _halo(p: dict) -> int:
+    h = context_halo(p)
+    return max(h, pyramid_reach(PYRAMID_LEVELS)) if p.get("compose") == "pyramid" else h
+
+
+def _multiple(p: dict) -> int:
+    return 2 ** PYRAMID_LEVELS if p.get("compose") == "pyramid" else 1
 GLOBAL_RULES = ("official", "matched")
 QUANTILES = (0.01, 0.99)
 DEFAULT_RULE = "argmax"  # with our weights (docs/stackmff_v2.md: 0.900 exact, 42.4 dB on 46 stacks)
@@ -87,9 +121,18 @@ SPEC = MethodSpec(
               help="decision rule: argmax of the logits (local); the official expectation + global "
               "min-max; the expectation matched to the argmax's range (both two passes when "
               "tiled); or the argmax of box-smoothed probabilities (local)", choices=RULES),
+        Param("compose", str, "pyramid", label="Composition",
+              help="pyramid: multi-scale, the network's probabilities weighed with each scale's detail "
+              "against the noise (noise averaged where no plane is sharper); soft: the planes averaged per "
+              "pixel with the probabilities; select: the pixel of the chosen plane", choices=COMPOSE),
+        Param("softness", float, 2.0, label="Softness", advanced=True,
+              help="compose=pyramid: how readily planes are averaged, the temperature of the detail "
+              "weights in units of the noise energy (small: the most detailed plane, as the network allows)",
+              min=0.05, max=100.0),
         Param("weights", str, "ours", label="Weights", advanced=True,
-              help="network weights: ours (shipped, fine-tuned on synthetic microscopy-like "
-              "stacks) or the authors' official ones (downloaded at first use)", choices=tuple(MODELS)),
+              help="network weights: ours (shipped, fine-tuned on synthetic stacks), realistic (shipped, "
+              "fine-tuned further on realistic noisy stacks for compose=pyramid/soft; a worse index map) or "
+              "the authors' official ones (downloaded at first use)", choices=tuple(MODELS)),
         Param("normalise", str, "range", label="Input scaling", advanced=True,
               help="input scaling to [0, 1]: 'range' (robust min/max of the tile's window) or 'dtype' "
               "(divide integers by their maximum, floats as given: the authors' convention)",
@@ -100,7 +143,8 @@ SPEC = MethodSpec(
         Param("smooth", int, 1, label="Smoothing radius",
               help="box radius for rule='smooth-argmax' (pixels)", min=1, max=16),
     ),
-    halo=context_halo,
+    halo=_halo,
+    tile_multiple=_multiple,
     devices=("cuda", "mps", "cpu"),
     backend="torch",
     default_tile=default_tile,
@@ -172,7 +216,13 @@ class StackMFFV2Method(LearnedMethod):
         return (g.shape, g.dtype.str, halo, hashlib.blake2b(memoryview(g).cast("B"), digest_size=16).digest())
 
     def _maps(self, planes, guide, halo):
-        return decide(self.logits(guide, planes.dtype, halo), self.p)
+        comp = self.p.get("compose", "select")
+        if comp != "pyramid":
+            return decide(self.logits(guide, planes.dtype, halo), self.p, prob=comp == "soft")
+        full = self.logits(guide, planes.dtype, 0)  # the compositor reads the whole window
+        maps = decide(self.crop(full, halo), self.p)
+        maps["prob"] = decide(full, {"rule": "official"}, prob=True)["prob"]
+        return maps
 
     # -- the official rule's two passes -----------------------------------------------------------
     def pass1(self, planes, guide, *, halo):
@@ -203,33 +253,45 @@ class StackMFFV2Method(LearnedMethod):
         else:
             idx = maps["index"]
         src = planes[:, halo : planes.shape[1] - halo, halo : planes.shape[2] - halo] if halo else planes
-        fused = gather(src, idx)
+        comp = self.p.get("compose", "select")
+        if comp == "pyramid":
+            fused = pyramid_compose(planes, guide, maps["prob"], levels=PYRAMID_LEVELS,
+                                    softness=self.p.get("softness", 2.0))
+            if halo:
+                fused = fused[halo:-halo, halo:-halo]
+        elif comp == "soft":
+            fused = soft_compose(src, maps["prob"])
+        else:
+            fused = gather(src, idx)
         return {"fused": fused, "index": idx.astype(np.float32), "confidence": maps["confidence"]}
 
 
-def decide(logits, p: dict) -> dict:
+def decide(logits, p: dict, prob: bool = False) -> dict:
     """Numpy maps from (N, H, W) torch logits: "expectation" (1-based E of the softmax),
     "confidence" (peak probability rescaled to [0, 1]) and "index" (the local rule's choice;
     the argmax for "matched", which maps E onto the argmax's range; None for "official", which
-    needs E only)."""
+    needs E only); with ``prob``, also "prob", the (N, H, W) float32 softmax."""
     import torch
 
     with torch.inference_mode():
         n = logits.shape[0]
-        prob = torch.softmax(logits, dim=0)
-        w = torch.arange(1, n + 1, dtype=prob.dtype, device=prob.device)[:, None, None]
-        e = (prob * w).sum(dim=0)
+        prob_t = torch.softmax(logits, dim=0)
+        w = torch.arange(1, n + 1, dtype=prob_t.dtype, device=prob_t.device)[:, None, None]
+        e = (prob_t * w).sum(dim=0)
         rule = p["rule"]
         if rule == "smooth-argmax":
-            idx = box_mean(prob, p["smooth"]).argmax(dim=0)
+            idx = box_mean(prob_t, p["smooth"]).argmax(dim=0)
         elif rule == "official":
             idx = None
         else:  # argmax, and the argmax statistics of "matched"
             idx = logits.argmax(dim=0)
-        peak = prob.amax(dim=0)
+        peak = prob_t.amax(dim=0)
         conf = (peak - 1.0 / n) / (1.0 - 1.0 / n) if n > 1 else torch.ones_like(peak)
-        return {"expectation": e.cpu().numpy(), "confidence": conf.float().cpu().numpy(),
-                "index": None if idx is None else idx.to(torch.int16).cpu().numpy()}
+        out = {"expectation": e.cpu().numpy(), "confidence": conf.float().cpu().numpy(),
+               "index": None if idx is None else idx.to(torch.int16).cpu().numpy()}
+        if prob:
+            out["prob"] = prob_t.float().cpu().numpy()
+        return out
 
 
 def global_stats(e: np.ndarray, argmax: np.ndarray, rule: str, n: int) -> dict:

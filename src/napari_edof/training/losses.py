@@ -53,6 +53,52 @@ def stackmff_v2_loss(logits: torch.Tensor, depth: torch.Tensor, index: torch.Ten
     return loss, metrics
 
 
+def soft_plane_cross_entropy(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a continuous true plane coordinate (B, H, W): the target puts
+    ``1 - t`` on plane ``floor(index)`` and ``t`` on the next (``t`` the fractional part)."""
+    n = logits.shape[1]
+    idx = index.clamp(0, n - 1)
+    k0 = idx.floor().long().clamp(max=n - 1)
+    k1 = (k0 + 1).clamp(max=n - 1)
+    t = idx - k0.to(idx.dtype)
+    logp = torch.log_softmax(logits, dim=1)
+    l0 = torch.gather(logp, 1, k0[:, None])[:, 0]
+    l1 = torch.gather(logp, 1, k1[:, None])[:, 0]
+    return -((1 - t) * l0 + t * l1).mean()
+
+
+def soft_fusion(logits: torch.Tensor, stack: torch.Tensor) -> torch.Tensor:
+    """The planes (B, N, H, W) averaged per pixel with the softmax weights of the logits: (B, H, W)."""
+    return (torch.softmax(logits, dim=1) * stack).sum(dim=1)
+
+
+def stackmff_v2_realistic_loss(logits: torch.Tensor, stack: torch.Tensor, aif: torch.Tensor,
+                               index: torch.Tensor, ce_weight: float = 0.1,
+                               fuse_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """The loss on realistic stacks (continuous true plane coordinate ``index``):
+    ``normalised_depth_mse + ce_weight * soft_plane_cross_entropy + fuse_weight * MSE(soft fusion,
+    truth)``. The last term trains the probabilities as composition weights (the method's
+    ``compose="soft"``): where no plane is sharper than the noise, averaging planes is rewarded."""
+    mse = normalised_depth_mse(logits, index)
+    loss = mse
+    metrics = {"mse": float(mse.detach())}
+    if ce_weight:
+        ce = soft_plane_cross_entropy(logits, index)
+        loss = loss + ce_weight * ce
+        metrics["ce"] = float(ce.detach())
+    fused = soft_fusion(logits, stack)
+    img = F.mse_loss(fused, aif)
+    if fuse_weight:
+        loss = loss + fuse_weight * img
+    with torch.no_grad():
+        metrics["psnr_soft"] = float(-10 * torch.log10(img.detach().clamp_min(1e-12)))
+        hard = torch.gather(stack, 1, logits.argmax(dim=1, keepdim=True))[:, 0]
+        metrics["psnr_hard"] = float(-10 * torch.log10(F.mse_loss(hard, aif).clamp_min(1e-12)))
+        metrics["acc"] = float((logits.argmax(dim=1) == index.round().long()).float().mean())
+    metrics["loss"] = float(loss.detach())
+    return loss, metrics
+
+
 def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
     """Differentiable Sobel gradient magnitude of (B, C, H, W) images (an edge term for other losses)."""
     kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=x.dtype, device=x.device) / 8

@@ -345,11 +345,17 @@ THREADS = _count("threads", "torch CPU threads (none: torch's own choice)")
     BATCH_SIZE, CROP, N_MIN, N_MAX, LR, WARMUP, CKPT_EVERY, INIT,
     Option("ce_weight", float, "weight of the per-pixel cross-entropy added to the paper's loss (0: the paper's "
                                "loss only)", minimum=0),
-    RANGE_P, THREADS))
+    RANGE_P, THREADS,
+    Option("data", str, "training stacks: 'synthetic' (the layered and thin-lens model of training.synth) or "
+                        "'realistic' (training.realistic: continuous defocus, occlusion, Poisson-Gaussian noise, "
+                        "8/16-bit; seeds disjoint from the quality benchmark's)"),
+    Option("fuse_weight", float, "realistic data: weight of the MSE between the probability-weighted average of "
+                                 "the planes (compose='soft') and the truth", minimum=0)))
 def train_stackmff_v2(*, steps: int, out: str | Path, seed: int = 0, resume: bool = False,
                       batch_size: int = 2, crop: int = 128, n_min: int = 4, n_max: int = 12,
                       lr: float = 1e-4, warmup: int = 0, ckpt_every: int = 50, init: str | None = None,
                       ce_weight: float = 0.1, range_p: float = 0.5, threads: int | None = None,
+                      data: str = "synthetic", fuse_weight: float = 0.0,
                       scenes: dict | None = None, progress: bool = True, stop_after: int | None = None) -> dict:
     """Train (or fine-tune, with ``init`` = a weights file) StackMFF-V2 on synthetic stacks.
 
@@ -357,7 +363,14 @@ def train_stackmff_v2(*, steps: int, out: str | Path, seed: int = 0, resume: boo
     ``ce_weight`` x per-pixel cross-entropy on the true plane (0 for the paper's loss alone).
     A fraction ``range_p`` of the stacks is contrast-stretched as the fusion method's default
     ``normalise="range"`` does at run time (:func:`stretch`); the rest is fed as synthesised.
+
+    ``data="realistic"``: stacks of :mod:`.realistic_data` instead (the realistic generator of the
+    quality benchmark, rendered at the crop size; ``range_p`` of them scaled as ``normalise="range"``,
+    the rest as ``"dtype"``), with the loss :func:`.losses.stackmff_v2_realistic_loss` (the true plane
+    is continuous: a soft cross-entropy; ``fuse_weight`` adds the soft composition's image error).
     """
+    if data not in ("synthetic", "realistic"):
+        raise ValueError(f"unknown training data {data!r}; choose synthetic or realistic")
     from ..nn.stackmff_v2 import StackMFFV2
     from .datasets import DEFAULT_SCENES, StackDataset
     from .losses import stackmff_v2_loss
@@ -367,11 +380,14 @@ def train_stackmff_v2(*, steps: int, out: str | Path, seed: int = 0, resume: boo
     config = {"recipe": "stackmff-v2", "steps": steps, "seed": seed, "batch_size": batch_size, "crop": crop,
               "n_range": [n_min, n_max], "lr": lr, "warmup": warmup, "ce_weight": ce_weight, "range_p": range_p,
               "init": str(init) if init else None, "scenes": scenes or dict(DEFAULT_SCENES)}
+    if data != "synthetic":  # (configs of synthetic runs stay as they were: resumable)
+        config.update(data=data, fuse_weight=fuse_weight)
+        del config["scenes"]
     seed_everything(seed)
     model = StackMFFV2()
     if init:
         load_init(model, init)
-    ds = StackDataset(seed=seed, crop=(crop, crop), n_range=(n_min, n_max), scenes=config["scenes"])
+    ds = StackDataset(seed=seed, crop=(crop, crop), n_range=(n_min, n_max), scenes=scenes or dict(DEFAULT_SCENES))
 
     def make_batch(step: int):
         b = ds.batch(step, batch_size)
@@ -385,6 +401,19 @@ def train_stackmff_v2(*, steps: int, out: str | Path, seed: int = 0, resume: boo
     def loss_fn(m, batch):
         x, depth, index = batch
         return stackmff_v2_loss(m(x), depth, index, ce_weight=ce_weight)
+
+    if data == "realistic":
+        from .losses import stackmff_v2_realistic_loss
+        from .realistic_data import realistic_batch
+
+        def make_batch(step: int):  # noqa: F811 (the realistic data replaces the synthetic)
+            b = realistic_batch(seed, step, batch_size, crop, (n_min, n_max), range_p)
+            return tuple(torch.from_numpy(b[k]) for k in ("stack", "planes", "aif", "index"))
+
+        def loss_fn(m, batch):  # noqa: F811
+            x, planes, aif, index = batch
+            return stackmff_v2_realistic_loss(m(x), planes, aif, index, ce_weight=ce_weight,
+                                              fuse_weight=fuse_weight)
 
     return train_loop(model, make_batch, loss_fn, steps=steps, out=out, seed=seed, lr=lr, warmup=warmup,
                       ckpt_every=ckpt_every, resume=resume, progress=progress, config=config,

@@ -1,0 +1,119 @@
+"""Compose a fused image from the planes with per-plane probabilities (a network's decision).
+
+Two compositors for the methods whose network gives a probability per plane and pixel
+(StackMFF-V2's ``compose`` parameter):
+
+- :func:`soft_compose`: per pixel, the planes averaged with the probabilities;
+- :func:`pyramid_compose`: a Laplacian pyramid (the :mod:`.focus_fuse` building blocks
+  :func:`~.focus_fuse.bin2` / :func:`~.focus_fuse.up2`, on a grid aligned to the window). Per level, a
+  plane's weight is its probability (binned to that level) to the power ``prior`` times
+  ``exp(-(best band energy - its band energy) / (softness x noise energy))``: where the network
+  is sure and the detail agrees, that plane; where several planes hold detail of the same strength
+  within the noise they are averaged (noise goes down instead of being copied), and detail of
+  structures at different depths that overlap (emitters, transparent specimens) is gathered from
+  each plane, which no per-pixel choice can do. The noise energy is estimated per pixel from the
+  planes' weakest band energies (the most defocused planes hold only noise there). The finest band
+  is shrunk by a local Wiener factor ``1 - detail_k x noise / energy``; the base is the
+  probability-weighted average of the planes' bases. The result is clipped per pixel to the range
+  of the planes' values there.
+
+Every filter is local (reflected at the window's border) and the pyramid's grid is the window's,
+so a window whose origin is a multiple of ``2 ** levels`` with a halo beyond :func:`pyramid_reach`
+gives the whole image's result inside (tiles agree). numpy only.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .focus_fuse import bin2, up2
+
+_F = np.float32
+
+
+def soft_compose(src: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """(Z, h, w, C) planes averaged with (Z, h, w) per-pixel weights summing to 1 -> (h, w, C)
+    float32, clipped to the range of the planes' values there."""
+    out = np.zeros(src.shape[1:], _F)
+    for k in range(src.shape[0]):
+        out += src[k] * prob[k][..., None]
+    np.clip(out, src.min(axis=0), src.max(axis=0), out=out)
+    return out
+
+
+def pyramid_reach(levels: int) -> int:
+    """Full-resolution pixels of the window's border that a ``levels``-level composition reads
+    (bins, up-samplings, energy windows and the Wiener window; generous)."""
+    return 4 * 2 ** levels + 8
+
+
+def _box(a: np.ndarray, r: int) -> np.ndarray:
+    from scipy import ndimage as ndi  # (lazily: the CLI's start-up does not import scipy)
+
+    return ndi.uniform_filter(a, size=(1,) * (a.ndim - 2) + (2 * r + 1, 2 * r + 1), mode="reflect")
+
+
+def _noise_energy(e: np.ndarray) -> np.ndarray:
+    """Per pixel, the mean of the weakest quarter (at least one) of the planes' energies."""
+    z = e.shape[0]
+    q = max(1, z // 4)
+    if q == 1:
+        return e.min(axis=0)
+    return np.partition(e, q - 1, axis=0)[:q].mean(axis=0)
+
+
+def pyramid_compose(planes: np.ndarray, guide: np.ndarray, prob: np.ndarray, *, levels: int = 3,
+                    softness: float = 1.0, prior: float = 1.0, detail_k: float = 0.5) -> np.ndarray:
+    """Fuse (Z, H, W, C) ``planes`` with (Z, H, W) ``prob`` (see the module docstring); ``guide``
+    (Z, H, W) is the planes' luminance (or the planes themselves for one channel), whose band
+    energies weigh the detail. Returns (H, W, C) float32. H and W are reflected up to a multiple of
+    ``2 ** levels`` (at the end) and cropped back. With one channel the guide is not used (the
+    channel is its own guide)."""
+    Z, H, W = guide.shape
+    m = 2 ** levels
+    py, px = -H % m, -W % m
+    P = np.moveaxis(np.asarray(planes, _F), -1, 1)  # (Z, C, H, W)
+    G = np.asarray(guide, _F)
+    pr = np.asarray(prob, _F)
+    if py or px:
+        P = np.pad(P, ((0, 0), (0, 0), (0, py), (0, px)), mode="reflect")
+        G = np.pad(G, ((0, 0), (0, py), (0, px)), mode="reflect")
+        pr = np.pad(pr, ((0, 0), (0, py), (0, px)), mode="reflect")
+    one = P.shape[1] == 1  # one channel: the guide is that channel
+    if one:
+        G = P[:, 0]
+    bands = []
+    pl = pr
+    cg, cp = G, P
+    for lvl in range(levels):
+        ng = bin2(cg)
+        bg = cg - up2(ng)
+        if one:
+            ncp, bp = ng[:, None], bg[:, None]
+        else:
+            ncp = bin2(cp)
+            bp = cp - up2(ncp)
+        e = _box(bg * bg, 1)
+        noise = _noise_energy(e)
+        lw = (e - e.max(axis=0)) / (_F(softness) * noise + _F(1e-12))
+        if prior:
+            lw += np.log(np.maximum(pl, _F(1e-6))) * _F(prior)
+        lw -= lw.max(axis=0)
+        w = np.exp(lw)
+        w /= w.sum(axis=0)
+        band = np.einsum("zchw,zhw->chw", bp, w)
+        if lvl == 0 and detail_k > 0:  # Wiener shrink of the finest detail, decided on the guide
+            gd = np.einsum("zhw,zhw->hw", bg, w)
+            ef = _box(gd * gd, 2)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                beta = np.clip(1 - _F(detail_k) * noise / ef, 0, 1)
+            band *= np.nan_to_num(beta, nan=0.0).astype(_F)[None]
+        bands.append(band)
+        cg, cp, pl = ng, ncp, bin2(pl)
+    pl = pl / np.maximum(pl.sum(axis=0), _F(1e-12))
+    out = np.einsum("zchw,zhw->chw", cp, pl)
+    for band in bands[::-1]:
+        out = up2(out) + band
+    out = np.moveaxis(out[:, :H, :W], 0, -1)
+    src = np.asarray(planes, _F)
+    np.clip(out, src.min(axis=0), src.max(axis=0), out=out)
+    return np.ascontiguousarray(out)
