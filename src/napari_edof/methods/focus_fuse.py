@@ -77,8 +77,26 @@ def _pyramid_reach(levels: int) -> int:
     return c
 
 
+def _base_reach(p: dict) -> int:
+    """Half-resolution pixels of contamination of the pyramid's base: the index's, binned down to
+    the base's level (a bin is contaminated if any of its pixels is), then up-sampled back level by
+    level (each up-sampling reads one pixel of the coarser level)."""
+    c, levels = _index_reach(p), p["levels"] - 1
+    for _ in range(levels):
+        c = -(-c // 2)
+    for _ in range(levels):
+        c = 2 * c + 1
+    return c
+
+
 def _halo(p: dict) -> int:
-    half = _index_reach(p) + _pyramid_reach(p["levels"] - 1) + 2
+    """The index reaches the fused image only through the base, the bands only through their own
+    energies and the noise floor (the focus measure's window): the two paths run side by side, so
+    the reach is the larger of the two, not their sum (which made the halo 96 pixels instead of 72
+    at the defaults, 1.4x the work of a 768-pixel tile instead of 1.3x; tiled == untiled is tested
+    at the smaller halo, and 56 pixels already gave identical results on realistic stacks)."""
+    bands = _pyramid_reach(p["levels"] - 1) + 1 + p["radius"]
+    half = max(_base_reach(p), bands) + 2
     return 2 * half + 2 + p["detail_window"] + 2
 
 
