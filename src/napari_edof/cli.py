@@ -273,9 +273,12 @@ def _progress_bar(quiet: bool, desc: str):
 
 def _run_one(stack, outdir: Path, args, params: dict) -> dict:
     from .core.engine import fuse_iter
+    from .methods._focus_fuse_kernels import one_shot
 
     bar = _progress_bar(args.quiet, stack.name)
-    result = _drain_with_bar(fuse_iter(stack, workers=args.threads, **_options(args, params)), bar)
+    Y, X = stack.yx_shape
+    with one_shot(stack.n_planes * Y * X * max(1, stack.n_channels) * max(1, stack.n_times)):
+        result = _drain_with_bar(fuse_iter(stack, workers=args.threads, **_options(args, params)), bar)
     return {"result": result, "stack": stack}
 
 

@@ -222,3 +222,37 @@ def test_pure_noise_is_unknown_without_lone_specks():
     r = ne.fuse(a)
     assert np.isfinite(r.index).mean() < 0.004
     assert (r.confidence[~np.isfinite(r.index)] == 0).all()
+
+
+@pytest.mark.parametrize("work, loaded, env, numpy_path", [
+    (10**6, False, None, True),  # a small one-shot job, numba not loaded: the numpy path
+    (10**9, False, None, False),  # enough work to pay for loading numba
+    (10**6, True, None, False),  # numba already loaded (the widget's warm-up, an earlier job)
+    (10**6, False, "1", False),  # forced
+])
+def test_one_shot_jobs_take_the_numpy_path_when_numba_would_not_pay(work, loaded, env, numpy_path, monkeypatch):
+    from napari_edof.methods import _focus_fuse_kernels as k
+    from napari_edof.methods.focus_fuse import FocusFuse
+
+    monkeypatch.setattr(k, "_numba_loaded", lambda: loaded)
+    if env is None:
+        monkeypatch.delenv("NAPARI_EDOF_NUMBA", raising=False)
+    else:
+        monkeypatch.setenv("NAPARI_EDOF_NUMBA", env)
+    with k.one_shot(work) as chosen:
+        assert chosen is numpy_path
+        assert FocusFuse({}).compiled is (not numpy_path)
+    assert FocusFuse({}).compiled  # outside: the kernels whenever they are there
+
+
+def test_one_shot_numpy_path_gives_the_numpy_result(numpy_path, monkeypatch):
+    """Inside ``one_shot`` a small job's result is the numpy path's, to the bit."""
+    s = render(FLOORS[0][0]).planes
+    ref = ne.fuse(s)  # numpy_path fixture: kernels switched off
+    monkeypatch.setattr(numpy_path, "_KERNELS", [])
+    monkeypatch.setattr(numpy_path, "_numba_loaded", lambda: False)
+    monkeypatch.delenv("NAPARI_EDOF_NUMBA", raising=False)
+    with numpy_path.one_shot(s.size):
+        r = ne.fuse(s)
+    np.testing.assert_array_equal(r.fused, ref.fused)
+    np.testing.assert_array_equal(r.index, ref.index)

@@ -1,12 +1,29 @@
 """Where focus-fuse's compiled kernels come from: :mod:`._focus_fuse_numba` when numba is there and
 not switched off (``NAPARI_EDOF_NUMBA=0``), else None (focus-fuse then runs its numpy path). The
 kernels are compiled at first use and cached on disk beside the module (numba's ``cache=True``;
-where that folder is read-only, in the user's cache), so a later process loads them."""
+where that folder is read-only, in the user's cache), so a later process loads them.
+
+Loading them still costs a process about 0.6-1 s (numba's import and its typing and target
+contexts, which import ``scipy.linalg``), and they save about 4 ns per grey voxel (16 ns per RGB
+voxel) on two cores: a one-shot process (the command line) with less work than
+:data:`COMPILED_MIN_WORK` is faster on the numpy path. :func:`one_shot` lets such a caller say so;
+everything else (the Python API, the napari widget, dask tasks, whose instances are
+made in their own threads) uses the kernels whenever they are there. The two paths give the
+same image to float32 rounding (at most one grey level) and the same index."""
 from __future__ import annotations
 
+import contextvars
 import os
+import sys
+from contextlib import contextmanager
 
 _KERNELS: list = []  # [the kernels module or None], filled at first use
+
+#: channel-voxels (planes x rows x columns x channels x time points) from which loading numba pays
+#: off in a one-shot process: break-even measured at about 190 M for grey and 130 M for RGB
+COMPILED_MIN_WORK = 150_000_000
+
+_NUMPY_HERE = contextvars.ContextVar("napari_edof_focus_fuse_numpy", default=False)
 
 
 def kernels():
@@ -20,3 +37,27 @@ def kernels():
                 ns = None
         _KERNELS.append(ns)
     return _KERNELS[0]
+
+
+def _numba_loaded() -> bool:
+    return "numba" in sys.modules
+
+
+def wanted() -> bool:
+    """Whether a focus-fuse instance made now (in this thread's context) uses the kernels."""
+    return not _NUMPY_HERE.get()
+
+
+@contextmanager
+def one_shot(work: int):
+    """For a process that runs one job of ``work`` channel-voxels: inside, focus-fuse instances take
+    the numpy path when loading numba would cost more than it saves (less work than
+    :data:`COMPILED_MIN_WORK`, numba not imported yet, ``NAPARI_EDOF_NUMBA`` not set to 1).
+    Yields whether they do."""
+    numpy_path = (os.environ.get("NAPARI_EDOF_NUMBA", "") != "1" and not _numba_loaded()
+                  and int(work) < COMPILED_MIN_WORK)
+    token = _NUMPY_HERE.set(numpy_path)
+    try:
+        yield numpy_path
+    finally:
+        _NUMPY_HERE.reset(token)

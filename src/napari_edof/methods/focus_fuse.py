@@ -55,7 +55,7 @@ import numpy as np
 
 from ..core.focus import _flat_box
 from ..core.select import median3
-from ._focus_fuse_kernels import kernels
+from ._focus_fuse_kernels import kernels, wanted
 from ._registry import MethodSpec, Param, register
 
 UNKNOWN = ("nan", "fill", "keep")
@@ -453,6 +453,7 @@ def _weighted_detail(FG, PB, planes, wf):
 class FocusFuse:
     def __init__(self, params: dict, *, device: str = "cpu"):
         self.p = params
+        self.compiled = wanted()  # (decided where the instance is made: see _focus_fuse_kernels.one_shot)
 
     def fuse_tile(self, planes, guide, *, halo, stats=None):
         p = self.p
@@ -463,7 +464,7 @@ class FocusFuse:
         fm_gain, fine_gain, gains = noise_gains(max(L, 1), p["radius"])
         rgb = C > 1
 
-        kern = kernels()  # compiled full-resolution passes (numba), or None: numpy
+        kern = kernels() if self.compiled else None  # compiled passes (numba), or None: numpy
 
         # ---- one plane at a time (its maps stay in the caches): the finest detail and its energy,
         # the focus measure, and the half-resolution pyramid's bands and energies
