@@ -122,11 +122,19 @@ else:  # (before: open lazily, the engine computes the dask array)
     t2 = time.perf_counter()
     st = st.with_data(st.data.compute())
     t3 = time.perf_counter()
-res = drain(fuse_iter(st))
+try:  # (what the CLI does now: a small one-shot job skips loading numba)
+    from napari_edof.methods._focus_fuse_kernels import one_shot
+except ImportError:
+    import contextlib
+    one_shot = lambda work: contextlib.nullcontext()
+with one_shot(st.n_planes * st.yx_shape[0] * st.yx_shape[1] * max(1, st.n_channels) * max(1, st.n_times)):
+    res = drain(fuse_iter(st))
 t4 = time.perf_counter()
 try:  # (the CLI's default set of files)
     from napari_edof.io.outputs import DEFAULT_OUTPUTS
-    write_result(res, sys.argv[1], outputs=DEFAULT_OUTPUTS)
+    # (audit only for the runs that have one, as the CLI decides)
+    outs = tuple(o for o in DEFAULT_OUTPUTS if o != "audit" or getattr(res, "audit", None) is not None)
+    write_result(res, sys.argv[1], outputs=outs)
 except ImportError:
     write_result(res, sys.argv[1])
 t5 = time.perf_counter()
