@@ -269,7 +269,7 @@ def test_write_result_grey(tmp_path):
     assert idx.dtype == np.float32
     np.testing.assert_array_equal(idx, r.index)
 
-    png = np.asarray(Image.open(paths["focus_index_png"]))
+    png = np.asarray(Image.open(paths["focus_index_png"]).convert("RGB"))  # (a palette PNG)
     np.testing.assert_array_equal(png, colourise(r.index, r.n_planes))
 
     lab = tifffile.imread(paths["decision"])
@@ -327,7 +327,7 @@ def test_write_result_time_axis(tmp_path):
     assert tifffile.imread(paths["decision"]).shape == (2, 12, 16)
     assert "focus_index_png" not in paths
     for t in range(2):
-        png = np.asarray(Image.open(paths[f"focus_index_png_t{t:03d}"]))
+        png = np.asarray(Image.open(paths[f"focus_index_png_t{t:03d}"]).convert("RGB"))
         np.testing.assert_array_equal(png, colourise(r.index[t], r.n_planes))
     with tifffile.TiffFile(paths["fused"]) as tf:
         assert tf.series[0].axes == "TYX"
@@ -374,7 +374,7 @@ def test_a_failed_index_png_leaves_the_previous_result(tmp_path, monkeypatch):
     first = write_result(_result(), tmp_path)
     before = {k: p.read_bytes() for k, p in first.items()}
 
-    def broken(path, rgb):
+    def broken(path, rgb, **kw):
         raise EdofError(f"cannot write {path}: disk full")
 
     monkeypatch.setattr(writers_mod, "write_png", broken)
@@ -453,3 +453,28 @@ def test_write_result_is_all_or_nothing(tmp_path, monkeypatch):
     assert after == before  # the earlier results, every file, untouched; no staging folder left
     monkeypatch.setattr(writers, "write_png", real)
     assert set(writers.write_result(ne.fuse(s.stack), tmp_path)) == set(first)
+
+
+@pytest.mark.parametrize("case", ["finite", "unknown", "every-code-used", "time"])
+def test_index_png_decodes_to_colourise(tmp_path, case):
+    """The focus-index PNG is a palette PNG where at most 256 colours are needed (unknown pixels
+    take a code no finite value uses) and RGB otherwise; decoded, it is colourise()'s image."""
+    n = 9
+    rng = np.random.default_rng(3)
+    if case == "every-code-used":  # all 256 codes and unknown pixels: 257 colours
+        index = np.tile(np.linspace(0, n - 1, 512, dtype=np.float32), (30, 1))  # every row holds every code
+    else:
+        index = rng.random((30, 40)).astype(np.float32) * 3 + 2  # codes 64..159 used
+    if case != "finite":
+        index[5:9, 10:20] = np.nan
+    if case == "time":
+        index = np.stack([index, np.flipud(index)])
+    paths = writers_mod._write_index_png(tmp_path, "", index, n, case == "time")
+    colour = colourise(index, n)
+    for k, (_name, p) in enumerate(sorted(paths.items())):
+        with Image.open(p) as im:
+            assert im.mode == ("RGB" if case == "every-code-used" else "P")
+            got = np.asarray(im.convert("RGB"))
+        np.testing.assert_array_equal(got, colour[k] if case == "time" else colour)
+    with pytest.raises(EdofError, match="palette PNG needs"):
+        write_png(tmp_path / "x.png", np.zeros((4, 4, 3), np.uint8), palette=np.zeros((256, 3), np.uint8))
