@@ -73,6 +73,30 @@ def test_batch(stack_tif, tmp_path):
     assert (out / "stack" / "fused.tif").exists() and (out / "second" / "fused.tif").exists()
 
 
+def test_batch_decides_numba_for_the_whole_command(stack_tif, tmp_path, monkeypatch):
+    """Whether loading numba pays off is decided on the work of every stack of the command (a
+    batch of many small stacks is one large job), not on each stack alone."""
+    import contextlib
+
+    from napari_edof.methods import _focus_fuse_kernels as k
+
+    seen = []
+
+    @contextlib.contextmanager
+    def record(work):
+        seen.append(work)
+        yield False
+
+    monkeypatch.setattr(k, "one_shot", record)
+    path, s = stack_tif
+    second = tmp_path / "second.tif"
+    tifffile.imwrite(second, s.stack.data[::-1])
+    assert cli.main(["fuse", str(path), str(second), "-o", str(tmp_path / "b"), "--batch", "-q"]) == 0
+    assert seen == [2 * 6 * 64 * 72] * 2
+    assert cli.main(["fuse", str(path), "-o", str(tmp_path / "one"), "-q"]) == 0
+    assert seen[-1] == 6 * 64 * 72
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -271,13 +271,20 @@ def _progress_bar(quiet: bool, desc: str):
     return None if quiet else _LazyBar(desc)
 
 
-def _run_one(stack, outdir: Path, args, params: dict) -> dict:
+def _work(stack) -> int:
+    """Channel-voxels of a stack (planes x rows x columns x channels x time points)."""
+    Y, X = stack.yx_shape
+    return stack.n_planes * Y * X * max(1, stack.n_channels) * max(1, stack.n_times)
+
+
+def _run_one(stack, outdir: Path, args, params: dict, work: int | None = None) -> dict:
+    """Fuse one stack in this process; ``work``: the channel-voxels of every job of this command
+    (a batch's sum: whether loading numba pays off is decided for the whole command)."""
     from .core.engine import fuse_iter
     from .methods._focus_fuse_kernels import one_shot
 
     bar = _progress_bar(args.quiet, stack.name)
-    Y, X = stack.yx_shape
-    with one_shot(stack.n_planes * Y * X * max(1, stack.n_channels) * max(1, stack.n_times)):
+    with one_shot(_work(stack) if work is None else work):
         result = _drain_with_bar(fuse_iter(stack, workers=args.threads, **_options(args, params)), bar)
     return {"result": result, "stack": stack}
 
@@ -633,7 +640,7 @@ def cmd_fuse(args) -> int:
             elif args.format in ("zarr", "tiled-tiff"):
                 run = _run_zarr(st, dest, args, params)
             else:
-                run = _run_one(st, dest, args, params)
+                run = _run_one(st, dest, args, params, work=sum(_work(j) for j, _ in jobs))
             try:
                 if "paths" not in run:
                     live = not args.quiet and sys.stderr.isatty()
