@@ -54,8 +54,15 @@ def _run(name, path, data):
     return R.PATHS[path](d, axes, dict(opts, method=method))
 
 
+#: methods whose CPU route (issue 18: each plane against the reference in its own single-threaded
+#: worker, BatchNorm folded into the convolutions, channels_last) sums in another order than when the
+#: outputs were saved: on the platform they were saved on, the fused image and the index are still
+#: the same bytes, the confidence (a softmax probability) the same to float32 rounding (1.8e-7 seen)
+REORDERED = frozenset({"msas", "ctmfusion"})
+
+
 def _same(a, b, what):
-    for k, x, y in zip(("fused", "index", "confidence"), a, b, strict=True):
+    for k, x, y in zip(("fused", "index", "confidence")[: len(a)], a, b, strict=True):
         assert x.shape == y.shape and x.dtype == y.dtype, f"{what} {k}: {x.shape} {x.dtype} != {y.shape} {y.dtype}"
         np.testing.assert_array_equal(x, y, err_msg=f"{what}: {k}")
 
@@ -79,8 +86,16 @@ def test_outputs_are_those_saved_before_the_rewrite(name, path, data):
             np.testing.assert_allclose(x.astype(np.float64), y.astype(np.float64), atol=1 if k == "fused" else 1e-3,
                                        err_msg=f"{name}: {k}")
         return
+    saved = tuple(REF[f"{name}|{k}"] for k in ("fused", "index", "confidence"))
+    if CASES[name][1] in REORDERED:
+        if path == "memory":
+            _same(out[:2], saved[:2], f"{name} in memory")
+            np.testing.assert_allclose(out[2], saved[2], rtol=0, atol=1e-6, err_msg=f"{name} in memory: confidence")
+        else:  # every path gives the in-memory result exactly
+            _same(out, _run(name, "memory", data), f"{name} {path} (against in memory)")
+        return
     if path == "memory":
-        _same(out, tuple(REF[f"{name}|{k}"] for k in ("fused", "index", "confidence")), f"{name} in memory")
+        _same(out, saved, f"{name} in memory")
     if R.digest(*out) != META["hashes"][f"{name}|{path}"]:
         _same(out, _run(name, "memory", data), f"{name} {path} (against in memory)")  # where it differs
         pytest.fail(f"{name} {path}: not the saved output (sha256 differs)")
