@@ -204,6 +204,29 @@ def test_compiled_kernels_agree_with_numpy(cfg, numpy_path, monkeypatch):
         np.testing.assert_allclose(r.confidence, ref.confidence, atol=1e-5)
 
 
+def test_compiled_second_peak_is_numpys():
+    """The compiled second-depth search (smoothing over the planes included) picks the numpy
+    path's planes, and the compiled second-depth detail is the numpy path's."""
+    numba_kernels = pytest.importorskip("napari_edof.methods._focus_fuse_numba")
+    from napari_edof.methods import focus_fuse as ff
+
+    rng = np.random.default_rng(2)
+    for Z in (2, 3, 7, 16):
+        e = (rng.random((Z, 40, 48)) ** 4 * 100).astype(np.float32)
+        noise = (rng.random((40, 48)) * 2).astype(np.float32)
+        k2, found = ff.second_peak(ff.z_smooth(e.copy()), noise)
+        ck, cf = ff._second_peak_compiled(numba_kernels, e, noise)
+        np.testing.assert_array_equal(cf, found)
+        np.testing.assert_array_equal(ck[found], k2[found])
+        assert found.any() == (Z >= 7)  # (three planes: only the two ends, rarely)
+    g = rng.random((Z, 80, 96)).astype(np.float32) * 1000
+    gb = ff.bin2(g)
+    out = np.empty((80, 96), np.float32)
+    numba_kernels.selected_detail(g, gb, k2, found, out)
+    ref, _ = ff._second_detail(g - ff.up2(gb), None, None, k2, found)
+    np.testing.assert_allclose(out, ref, atol=1e-3)
+
+
 def test_numba_switch(monkeypatch):
     """NAPARI_EDOF_NUMBA=0 selects the numpy path."""
     from napari_edof.methods import _focus_fuse_kernels as k

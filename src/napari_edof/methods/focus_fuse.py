@@ -437,6 +437,30 @@ def second_peak(ez: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return k2, found
 
 
+def _second_peak_compiled(kern, e: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`second_peak` of ``z_smooth(e)`` by the compiled kernel (``e`` is left as it is)."""
+    k2 = np.empty(e.shape[1:], np.intp)
+    found = np.empty(e.shape[1:], bool)
+    kern.second_peak(e, noise, _SECOND_SNR, _SECOND_DIP, k2, found)
+    return k2, found
+
+
+def _second_detail(FG, PB, planes, k2, found):
+    """numpy: the finest detail of each 2 x 2 block's second-depth plane (``k2``, where ``found``; 0
+    elsewhere): the guide's (H, W) from its detail ``FG`` (Z, H, W) and, with the channels' bins
+    ``PB`` (Z, C, h, w), every channel's (C, H, W) (made again for the planes that are chosen)."""
+    kf = np.repeat(np.repeat(k2, 2, 0), 2, 1)
+    keep = np.repeat(np.repeat(found, 2, 0), 2, 1)
+    dl = np.take_along_axis(FG, kf[None], 0)[0]
+    dl *= keep
+    if PB is None:
+        return dl, None
+    d = np.zeros((PB.shape[1],) + dl.shape, _F)
+    for k in np.unique(k2[found]):
+        np.copyto(d, np.moveaxis(planes[k], -1, 0) - up2(PB[k]), where=keep & (kf == k))
+    return dl, d
+
+
 def _less_mean(x: np.ndarray, r: int) -> np.ndarray:
     """``x`` less its (2r+1)^2 box mean, in place (the second depth's detail adds no local mean)."""
     x -= box_mean(x, r)
@@ -618,7 +642,7 @@ class FocusFuse:
                 bands.append(np.einsum("zchw,zhw->chw", B[lvl], wl))
             else:  # the exponents and the normalised sum compiled, the exponentials numpy's
                 if ov:
-                    k2, found = second_peak(z_smooth(E[lvl].copy()), s2 * _F(gains[lvl]))
+                    k2, found = _second_peak_compiled(kern, E[lvl], s2 * _F(gains[lvl]))
                 ex = np.exp(kern.soft_exponents(E[lvl], E[lvl], noise), out=E[lvl])
                 bands.append(kern.weighted_bands(B[lvl], ex, np.empty((C,) + ex.shape[1:], _F)))
             if ov:  # the second depth's band, less its local mean
@@ -645,46 +669,38 @@ class FocusFuse:
                 del EF0
         else:  # the smoothing, maximum, normalisation and blend compiled (EF is kept unsmoothed)
             if ov:
-                k2, found = second_peak(z_smooth(EF.copy()), sigma2 * _F(fine_gain))
+                k2, found = _second_peak_compiled(kern, EF, sigma2 * _F(fine_gain))
             wf = kern.soft_exponents(EF, np.empty_like(EF), noise)
             np.exp(wf, out=wf)
             kern.normalise_blend(wf, EF, sigma2 * _F(fine_gain), _F(p["z_blend"] if blend else 0), _BLEND_FROM)
         del EF
         second = ov and found.any()
-        if second:  # the second depth's finest detail: one-hot weights
-            w2 = np.zeros(wf.shape, _F)
-            np.put_along_axis(w2, k2[None], found[None].astype(_F), 0)
         if kern is None:
             dl, detail = _weighted_detail(FG, PB, planes, wf)
             if second:
-                dl2, detail2 = _weighted_detail(FG, PB, planes, w2)
+                dl2, detail2 = _second_detail(FG, PB, planes, k2, found)
             del FG
         else:
             dl = np.zeros((H, W), _F)
-            dl2 = np.zeros((H, W), _F) if second else None
             for k in range(Z):
                 kern.add_weighted_detail(guide[k], GB[k], wf[k], dl)
-                if second and (k2[found] == k).any():
-                    kern.add_weighted_detail(guide[k], GB[k], w2[k], dl2)
             detail = dl[None]
-            detail2 = dl2[None] if second else None
             if rgb:
                 detail = np.zeros((C, H, W), _F)
-                detail2 = np.zeros((C, H, W), _F) if second else None
                 for k in range(Z):
-                    used = second and (k2[found] == k).any()
                     for c in range(C):
                         kern.add_weighted_detail(planes[k, :, :, c], PB[k, c], wf[k], detail[c])
-                        if used:
-                            kern.add_weighted_detail(planes[k, :, :, c], PB[k, c], w2[k], detail2[c])
-        if second:  # less its local mean, added to every channel's detail (and the guide's)
-            dl = dl + ov * _less_mean(dl2, _SECOND_FINE_R)
-            if rgb:
-                detail = detail + ov * _less_mean(detail2, _SECOND_FINE_R)
-            else:
-                detail = dl[None]
-            del w2, dl2, detail2
+            if second:
+                dl2 = np.empty((H, W), _F)
+                kern.selected_detail(guide, GB, k2, found, dl2)
+                detail2 = np.empty((C, H, W), _F) if rgb else None
+                for c in range(C if rgb else 0):
+                    kern.selected_detail(planes[..., c], PB[:, c], k2, found, detail2[c])
         del wf
+        if second:  # the second depth's finest detail, less its local mean, in every channel
+            dl = dl + ov * _less_mean(dl2, _SECOND_FINE_R)
+            detail = detail + ov * _less_mean(detail2, _SECOND_FINE_R) if rgb else dl[None]
+            del dl2, detail2
         if p["detail_k"] > 0:  # on the guide: one decision for every channel
             gk = _F(fine_gain * p["detail_k"])
             if kern is None:
