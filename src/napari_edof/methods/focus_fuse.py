@@ -31,13 +31,20 @@ works at two scales, with every decision weighed against the noise measured wher
   instead of copying it), and detail of emitters at different depths is gathered from each. The
   base is interpolated from the planes around the index (filled from known pixels within
   ``fill``; the plane average beyond), since a small object's base changes with defocus.
+- *A second depth*: where emitters at different depths overlap (fluorescence: they add up) or a
+  layer shows through another, every plane holds one depth sharp and the other blurred, and a
+  convex combination of planes keeps only one of them. Where the (z-smoothed) energy has a second
+  peak over the planes, at least two planes from the first, with a dip below half of it in
+  between and far above the noise, that plane's band is added (weight ``overlap``), less its 3 x 3
+  mean (it adds detail, not a local level: without that, weak-noise photographs lost up to 0.3 dB).
 
 **Full resolution.** The finest detail (each plane minus its up-sampled bins) is weighed the same
 way by its own local energy (3 x 3, binned: one weight per 2 x 2 block), then shrunk by a local
 Wiener factor ``1 - detail_k x noise / energy`` where it is as weak as the noise. Where the planes
 just before and after the sharpest one keep nearly its detail energy (little defocus per plane, as
 in microscope stacks of many planes), they are blended in up to ``z_blend``: the same detail with
-less noise. The fused image
+less noise; a second depth (above) adds its plane's finest detail, less its 5 x 5 mean. The
+fused image
 is the up-sampled half-resolution fusion plus that detail, clipped per pixel to the range of the
 planes' values there (no overshoot at edges, no colour that no plane has); index and confidence
 are up-sampled.
