@@ -133,6 +133,41 @@ def test_halo_covers_the_reach(params):
     np.testing.assert_array_equal(whole.confidence, tiled.confidence)
 
 
+def test_halo_covers_the_second_depth():
+    """The same on a stack of many planes whose emitters overlap at different depths (a second
+    depth at many pixels: its band's and finest detail's local means reach further)."""
+    from napari_edof.methods.focus_fuse import SPEC
+
+    a = render(Config(seed=5, scene="fluorescence", colour="grey", noise="weak", bits=16, n_planes=24,
+                      shape=(288, 288))).planes
+    assert 2 * SPEC.halo(SPEC.defaults()) + 96 < 288
+    whole = ne.fuse(a, tile=None)
+    tiled = ne.fuse(a, tile=96, overlap=0)
+    assert tiled.provenance["tiles"] >= 9
+    np.testing.assert_array_equal(whole.fused, tiled.fused)
+
+
+def test_overlapping_emitters_at_two_depths():
+    """Emitters that add up (fluorescence), at two depths, overlapping: every plane holds one sharp
+    and the other blurred, so one depth per pixel (overlap 0) loses the other's detail; the second
+    depth's detail brings the fused image closer to the sum of both in focus."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(5)
+    em = [np.clip(ndi.gaussian_filter(rng.standard_normal((160, 160)), 1.5), 0, None) * 40000 for _ in range(2)]
+    depth = (3, 12)
+    planes = [1000 + sum(ndi.gaussian_filter(e, 0.05 + 0.6 * abs(k - d)) for e, d in zip(em, depth)) for k in range(16)]
+    a = np.clip(rng.poisson(np.stack(planes)), 0, 65535).astype(np.uint16)
+    truth = 1000 + em[0] + em[1]
+    c = (slice(16, -16), slice(16, -16))
+
+    def err(overlap):
+        f = ne.fuse(a, params={"overlap": overlap}).fused.astype(np.float64)
+        return float(np.sqrt(np.mean((f - truth)[c] ** 2)))
+
+    assert err(1.0) < 0.9 * err(0.0)
+
+
 def test_every_channel_follows_the_guide():
     """A channel fused beside others (guide = that channel) equals the channel fused alone."""
     s = render(Config(seed=4, scene="fluorescence", colour="grey", noise="moderate", bits=16, n_planes=6,
@@ -167,6 +202,29 @@ def test_compiled_kernels_agree_with_numpy(cfg, numpy_path, monkeypatch):
         assert np.mean(r.fused != ref.fused) < 1e-3
         np.testing.assert_allclose(r.index, ref.index, atol=1e-5)  # NaN where NaN
         np.testing.assert_allclose(r.confidence, ref.confidence, atol=1e-5)
+
+
+def test_compiled_second_peak_is_numpys():
+    """The compiled second-depth search (smoothing over the planes included) picks the numpy
+    path's planes, and the compiled second-depth detail is the numpy path's."""
+    numba_kernels = pytest.importorskip("napari_edof.methods._focus_fuse_numba")
+    from napari_edof.methods import focus_fuse as ff
+
+    rng = np.random.default_rng(2)
+    for Z in (2, 3, 7, 16):
+        e = (rng.random((Z, 40, 48)) ** 4 * 100).astype(np.float32)
+        noise = (rng.random((40, 48)) * 2).astype(np.float32)
+        k2, found = ff.second_peak(ff.z_smooth(e.copy()), noise)
+        ck, cf = ff._second_peak_compiled(numba_kernels, e, noise)
+        np.testing.assert_array_equal(cf, found)
+        np.testing.assert_array_equal(ck[found], k2[found])
+        assert found.any() == (Z >= 7)  # (three planes: only the two ends, rarely)
+    g = rng.random((Z, 80, 96)).astype(np.float32) * 1000
+    gb = ff.bin2(g)
+    out = np.empty((80, 96), np.float32)
+    numba_kernels.selected_detail(g, gb, k2, found, out)
+    ref, _ = ff._second_detail(g - ff.up2(gb), None, None, k2, found)
+    np.testing.assert_allclose(out, ref, atol=1e-3)
 
 
 def test_numba_switch(monkeypatch):

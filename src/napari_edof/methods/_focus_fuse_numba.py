@@ -491,3 +491,77 @@ def compose(half, detail, beta, planes, m):
                     v = (q3 * rc[x] + q1 * rn[x]) + dr[x]
                     o[x - m] = min(max(v, lo[x]), hi[x])
     return out
+
+
+@jit
+def second_peak(e, noise, snr, dip, k2, found):
+    """The numpy path's ``z_smooth`` then ``second_peak`` on the unsmoothed energies ``e`` (Z, h, w)
+    in one pass (the same float32 operations in the same order, so the same planes): into ``k2``
+    (h, w, int) and ``found`` (h, w, bool). Row by row: the row's smoothed energies of every plane
+    stay in the caches."""
+    Z, h, w = e.shape
+    s = np.empty((Z, w), np.float32)
+    two = np.float32(2)
+    for i in range(h):
+        for z in range(Z):
+            zl = z - 1 if z > 0 else 0
+            zr = z + 1 if z < Z - 1 else Z - 1
+            for j in range(w):
+                s[z, j] = (e[z, i, j] * two + e[zl, i, j] + e[zr, i, j]) * q1
+        for j in range(w):
+            k2[i, j] = 0
+            found[i, j] = False
+            if Z < 3:
+                continue
+            kb = 0
+            for z in range(1, Z):
+                if s[z, j] > s[kb, j]:
+                    kb = z
+            fl = noise[i, j] * snr
+            top = -np.inf
+            run = np.inf  # upward: the minimum strictly between kb and z
+            for z in range(kb + 1, Z):
+                v = s[z, j]
+                if (z > kb + 1 and run < dip * v and v > fl and v > top and v >= s[z - 1, j]
+                        and (z == Z - 1 or v >= s[z + 1, j])):
+                    top = v
+                    k2[i, j] = z
+                    found[i, j] = True
+                run = min(run, v)
+            run = np.inf
+            for z in range(kb - 1, -1, -1):
+                v = s[z, j]
+                if (z < kb - 1 and run < dip * v and v > fl and v > top and v >= s[z + 1, j]
+                        and (z == 0 or v >= s[z - 1, j])):
+                    top = v
+                    k2[i, j] = z
+                    found[i, j] = True
+                run = min(run, v)
+
+
+@jit
+def _ux(pb, k, i, j, b):
+    """``up2``'s first step (along x) of bin row ``i`` of plane ``k``, at column ``2j + b``."""
+    w = pb.shape[2]
+    if b == 0:
+        return pb[k, i, 0] if j == 0 else q3 * pb[k, i, j] + q1 * pb[k, i, j - 1]
+    return pb[k, i, w - 1] if j == w - 1 else q3 * pb[k, i, j] + q1 * pb[k, i, j + 1]
+
+
+@jit
+def selected_detail(p, pb, k2, found, out):
+    """``out`` (2h, 2w) = the finest detail of plane ``k2`` (that of the pixel's 2 x 2 block) where
+    ``found``, 0 elsewhere: ``p[k] - up2(pb[k])`` from the planes ``p`` (Z, 2h, 2w) and their bins
+    ``pb`` (Z, h, w), the numpy path's ``up2`` formulas."""
+    Z, h, w = pb.shape
+    for y in range(2 * h):
+        i, a = y // 2, y % 2
+        i2 = (i - 1 if i > 0 else 0) if a == 0 else (i + 1 if i < h - 1 else h - 1)
+        for x in range(2 * w):
+            j, b = x // 2, x % 2
+            if not found[i, j]:
+                out[y, x] = 0
+                continue
+            k = k2[i, j]
+            up = q3 * _ux(pb, k, i, j, b) + q1 * _ux(pb, k, i2, j, b)
+            out[y, x] = p[k, y, x] - up
