@@ -549,19 +549,21 @@ def _write_index_png(outdir, prefix, index, n, has_t) -> dict:
 
 
 def _write_index_map(path: Path, index: np.ndarray, n: int) -> Path:
-    """One (Y, X) index map as the PNG of :func:`colourise` (the same RGB values once decoded): a
-    palette PNG of the colour table's codes where it can be one (at most 256 colours: no unknown
-    pixels, or a code left unused for their black), 5x faster to encode than RGB (0.07 s against
-    0.38 s for 2048 x 2048) and smaller; RGB otherwise."""
+    """One (Y, X) index map as the PNG of :func:`colourise`: a palette PNG of the colour table's
+    codes, 5x faster to encode than RGB (0.07 s against 0.38 s for 2048 x 2048) and smaller. Unknown
+    pixels (black) take a code no finite value uses; where every one of the 256 is used, the pixels
+    of the least used code take its neighbour's (one step of the 256-colour table, in a preview:
+    the index itself is in ``focus_index.tif``). Otherwise the decoded RGB is colourise()'s."""
     codes, finite = _index_codes(index, n)
     lut = _lut("viridis")
     if finite is not None:
-        free = np.flatnonzero(np.bincount(codes[finite], minlength=256) == 0)
-        if not free.size:
-            return write_png(path, colourise(index, n))
+        counts = np.bincount(codes[finite], minlength=256)
+        free = int(np.argmin(counts))
+        if counts[free]:  # every code used: free the least used one
+            codes[finite & (codes == free)] = free + 1 if free < 255 else free - 1
         lut = lut.copy()
-        lut[free[0]] = 0
-        codes[~finite] = free[0]
+        lut[free] = 0
+        codes[~finite] = free
     return write_png(path, codes, palette=lut)
 
 
