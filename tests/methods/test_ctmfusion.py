@@ -11,6 +11,7 @@ import pytest
 import napari_edof as ne
 
 from ..conftest import psnr
+from ._pair_route import assert_cpu_route_matches_plain
 
 torch = pytest.importorskip("torch")
 
@@ -162,20 +163,10 @@ def test_cpu_route_gives_the_index_of_the_plain_path(monkeypatch, threads):
     (pairs one by one through ``decide``) on a small realistic stack, and restores the thread
     count."""
     from napari_edof.methods import ctmfusion as cm
-    from napari_edof.nn import accel
     from napari_edof.training.realistic import Config, render
 
     st = render(Config(seed=32, scene="photo", n_planes=5, shape=(80, 96))).planes
-    torch.set_num_threads(threads)
-    fast = ne.fuse(st, method="ctmfusion", tile=None)
-    assert torch.get_num_threads() == threads
-    monkeypatch.setattr(accel, "PAIR_CPU_ROUTE", False)
-    torch.set_num_threads(1)  # (the plain path is the slow one with intra-op threads under load)
-    plain = ne.fuse(st, method="ctmfusion", tile=None)
-    np.testing.assert_array_equal(fast.index, plain.index)
-    np.testing.assert_array_equal(fast.fused, plain.fused)
-    np.testing.assert_allclose(fast.confidence, plain.confidence, atol=1e-5)
-    monkeypatch.setattr(accel, "PAIR_CPU_ROUTE", True)
+    assert_cpu_route_matches_plain("ctmfusion", st, threads, monkeypatch)
     decide = cm.make_decide(cm.get_model("ours", "cpu"), "cpu")
     assert hasattr(decide, "against") and not hasattr(cm.make_decide(cm.get_model("ours", "cpu"), "cuda"), "against")
     rng = np.random.default_rng(7)

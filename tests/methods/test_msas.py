@@ -11,6 +11,7 @@ import pytest
 import napari_edof as ne
 
 from ..conftest import psnr
+from ._pair_route import assert_cpu_route_matches_plain
 
 torch = pytest.importorskip("torch")
 
@@ -177,20 +178,10 @@ def test_cpu_route_gives_the_index_of_the_plain_path(monkeypatch, threads):
     gives the same focus index as every pair through the plain network, on a small realistic
     stack; the decisions agree to round-off, and the thread count is restored."""
     from napari_edof.methods import msas as mm
-    from napari_edof.nn import accel
     from napari_edof.training.realistic import Config, render
 
     st = render(Config(seed=31, scene="brightfield", n_planes=6, shape=(80, 96))).planes
-    torch.set_num_threads(threads)
-    fast = ne.fuse(st, method="msas", tile=None)
-    assert torch.get_num_threads() == threads
-    monkeypatch.setattr(accel, "PAIR_CPU_ROUTE", False)
-    torch.set_num_threads(1)  # (the plain path is the slow one with intra-op threads under load)
-    plain = ne.fuse(st, method="msas", tile=None)
-    np.testing.assert_array_equal(fast.index, plain.index)
-    np.testing.assert_array_equal(fast.fused, plain.fused)
-    np.testing.assert_allclose(fast.confidence, plain.confidence, atol=1e-5)
-    monkeypatch.setattr(accel, "PAIR_CPU_ROUTE", True)
+    assert_cpu_route_matches_plain("msas", st, threads, monkeypatch)
     model = mm.get_model("cpu")
     rng = np.random.default_rng(6)
     planes = rng.random((3, 40, 56), dtype=np.float32)

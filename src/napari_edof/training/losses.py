@@ -37,16 +37,23 @@ def plane_cross_entropy(logits: torch.Tensor, index: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits, index.long())
 
 
-def stackmff_v2_loss(logits: torch.Tensor, depth: torch.Tensor, index: torch.Tensor,
-                     ce_weight: float = 0.1) -> tuple[torch.Tensor, dict]:
-    """``normalised_depth_mse + ce_weight * plane_cross_entropy``; returns (loss, metrics)."""
+def _depth_terms(logits, depth, index, cross_entropy, ce_weight: float):
+    """The two terms every StackMFF-V2 loss starts with: ``normalised_depth_mse(logits, depth) +
+    ce_weight * cross_entropy(logits, index)``; returns (loss, metrics with "mse" and "ce")."""
     mse = normalised_depth_mse(logits, depth)
     loss = mse
     metrics = {"mse": float(mse.detach())}
     if ce_weight:
-        ce = plane_cross_entropy(logits, index)
+        ce = cross_entropy(logits, index)
         loss = loss + ce_weight * ce
         metrics["ce"] = float(ce.detach())
+    return loss, metrics
+
+
+def stackmff_v2_loss(logits: torch.Tensor, depth: torch.Tensor, index: torch.Tensor,
+                     ce_weight: float = 0.1) -> tuple[torch.Tensor, dict]:
+    """``normalised_depth_mse + ce_weight * plane_cross_entropy``; returns (loss, metrics)."""
+    loss, metrics = _depth_terms(logits, depth, index, plane_cross_entropy, ce_weight)
     with torch.no_grad():
         metrics["acc"] = float((logits.argmax(dim=1) == index).float().mean())
     metrics["loss"] = float(loss.detach())
@@ -79,13 +86,7 @@ def stackmff_v2_realistic_loss(logits: torch.Tensor, stack: torch.Tensor, aif: t
     ``normalised_depth_mse + ce_weight * soft_plane_cross_entropy + fuse_weight * MSE(soft fusion,
     truth)``. The last term trains the probabilities as composition weights (the method's
     ``compose="soft"``): where no plane is sharper than the noise, averaging planes is rewarded."""
-    mse = normalised_depth_mse(logits, index)
-    loss = mse
-    metrics = {"mse": float(mse.detach())}
-    if ce_weight:
-        ce = soft_plane_cross_entropy(logits, index)
-        loss = loss + ce_weight * ce
-        metrics["ce"] = float(ce.detach())
+    loss, metrics = _depth_terms(logits, index, index, soft_plane_cross_entropy, ce_weight)
     fused = soft_fusion(logits, stack)
     img = F.mse_loss(fused, aif)
     if fuse_weight:
