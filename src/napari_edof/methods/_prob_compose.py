@@ -11,11 +11,16 @@ Two compositors for the methods whose network gives a probability per plane and 
   is sure and the detail agrees, that plane; where several planes hold detail of the same strength
   within the noise they are averaged (noise goes down instead of being copied), and detail of
   structures at different depths that overlap (emitters, transparent specimens) is gathered from
-  each plane, which no per-pixel choice can do. The noise energy is estimated per pixel from the
-  planes' weakest band energies (the most defocused planes hold only noise there). The finest band
-  is shrunk by a local Wiener factor ``1 - detail_k x noise / energy``; the base is the
-  probability-weighted average of the planes' bases. The result is clipped per pixel to the range
-  of the planes' values there.
+  each plane, which no per-pixel choice can do. The noise energy is estimated per pixel as
+  focus-fuse's: the floor over planes of the finest detail's local energy (the most defocused
+  planes hold only noise there), carried to each level by white noise's gain there. Where a
+  pixel's band energy has a second separate peak over the planes (focus-fuse's second depth:
+  overlapping emitters, a layer showing through another), that plane's band is added too (weight
+  ``overlap``), less its local mean. The finest band is shrunk by a local Wiener factor
+  ``1 - detail_k x noise / energy``; the base is the average of the planes' bases weighted by the
+  probabilities to the power ``base_power`` (3: the network's most likely planes; the plain
+  probabilities, spread over many planes of a deep stack, blurred the base: weak-noise brightfield
+  lost up to 10 dB). The result is clipped per pixel to the range of the planes' values there.
 
 Every filter is local (reflected at the window's border) and the pyramid's grid is the window's,
 so a window whose origin is a multiple of ``2 ** levels`` with a halo beyond :func:`pyramid_reach`
@@ -25,9 +30,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .focus_fuse import bin2, up2
+from .focus_fuse import _NOISE_K, bin2, noise_gains, second_peak, up2, z_smooth
 
 _F = np.float32
+
+
+_NOISE_R = 2  # the noise floor's window radius (5 x 5, as focus-fuse's default)
 
 
 def soft_compose(src: np.ndarray, prob: np.ndarray) -> np.ndarray:
@@ -52,17 +60,9 @@ def _box(a: np.ndarray, r: int) -> np.ndarray:
     return ndi.uniform_filter(a, size=(1,) * (a.ndim - 2) + (2 * r + 1, 2 * r + 1), mode="reflect")
 
 
-def _noise_energy(e: np.ndarray) -> np.ndarray:
-    """Per pixel, the mean of the weakest quarter (at least one) of the planes' energies."""
-    z = e.shape[0]
-    q = max(1, z // 4)
-    if q == 1:
-        return e.min(axis=0)
-    return np.partition(e, q - 1, axis=0)[:q].mean(axis=0)
-
-
 def pyramid_compose(planes: np.ndarray, guide: np.ndarray, prob: np.ndarray, *, levels: int = 3,
-                    softness: float = 1.0, prior: float = 1.0, detail_k: float = 0.5) -> np.ndarray:
+                    softness: float = 1.0, prior: float = 1.0, detail_k: float = 0.5,
+                    base_power: float = 3.0, overlap: float = 1.0) -> np.ndarray:
     """Fuse (Z, H, W, C) ``planes`` with (Z, H, W) ``prob`` (see the module docstring); ``guide``
     (Z, H, W) is the planes' luminance (or the planes themselves for one channel), whose band
     energies weigh the detail. Returns (H, W, C) float32. H and W are reflected up to a multiple of
@@ -81,6 +81,8 @@ def pyramid_compose(planes: np.ndarray, guide: np.ndarray, prob: np.ndarray, *, 
     one = P.shape[1] == 1  # one channel: the guide is that channel
     if one:
         G = P[:, 0]
+    _, fine, coarse = noise_gains(max(levels - 1, 1), 2)
+    gain = [fine, *coarse]  # white noise's band energy per level, for unit variance
     bands = []
     pl = pr
     cg, cp = G, P
@@ -93,7 +95,11 @@ def pyramid_compose(planes: np.ndarray, guide: np.ndarray, prob: np.ndarray, *, 
             ncp = bin2(cp)
             bp = cp - up2(ncp)
         e = _box(bg * bg, 1)
-        noise = _noise_energy(e)
+        if lvl == 0:  # the noise: the finest detail's energy floor over planes (as focus-fuse)
+            white = _box(bg * bg, _NOISE_R).min(axis=0) * _F(_NOISE_K / gain[0])
+        else:
+            white = bin2(white)
+        noise = white * _F(gain[lvl])
         lw = (e - e.max(axis=0)) / (_F(softness) * noise + _F(1e-12))
         if prior:
             lw += np.log(np.maximum(pl, _F(1e-6))) * _F(prior)
@@ -101,14 +107,26 @@ def pyramid_compose(planes: np.ndarray, guide: np.ndarray, prob: np.ndarray, *, 
         w = np.exp(lw)
         w /= w.sum(axis=0)
         band = np.einsum("zchw,zhw->chw", bp, w)
+        if overlap:  # a second depth's band, less its local mean (as focus-fuse)
+            k2, found = second_peak(z_smooth(e.copy()), noise)
+            r = 2 if lvl == 0 else 1
+            x = np.take_along_axis(bp, k2[None, None], 0)[0] * found
+            band += _F(overlap) * (x - _box(x, r))
+            if lvl == 0:
+                x = np.take_along_axis(bg, k2[None], 0)[0] * found
+                second_guide = _F(overlap) * (x - _box(x, r))
         if lvl == 0 and detail_k > 0:  # Wiener shrink of the finest detail, decided on the guide
             gd = np.einsum("zhw,zhw->hw", bg, w)
+            if overlap:
+                gd += second_guide
             ef = _box(gd * gd, 2)
             with np.errstate(divide="ignore", invalid="ignore"):
                 beta = np.clip(1 - _F(detail_k) * noise / ef, 0, 1)
             band *= np.nan_to_num(beta, nan=0.0).astype(_F)[None]
         bands.append(band)
         cg, cp, pl = ng, ncp, bin2(pl)
+    if base_power != 1:  # the base follows the network's most likely planes
+        pl = pl ** _F(base_power)
     pl = pl / np.maximum(pl.sum(axis=0), _F(1e-12))
     out = np.einsum("zchw,zhw->chw", cp, pl)
     for band in bands[::-1]:

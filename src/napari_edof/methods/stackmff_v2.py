@@ -23,8 +23,8 @@ Composition (``compose``; :mod:`._prob_compose`): the rule decides the index map
 - ``pyramid`` (default): a Laplacian pyramid whose per-level plane weights are the network's softmax
   probabilities times noise-aware weights of the planes' band energies (planes whose detail is
   equally strong within the noise are averaged; overlapping detail from different depths is
-  gathered), the finest detail Wiener-shrunk where it is as weak as the noise, the base the
-  probability-weighted average. Local: tiles aligned to 8 pixels with a halo of at least
+  gathered, ``overlap``), the finest detail Wiener-shrunk where it is as weak as the noise, the
+  base the average weighted by the probabilities cubed. Local: tiles aligned to 8 pixels with a halo of at least
   :func:`~._prob_compose.pyramid_reach` (the halo is ``max(context, 40)``) compose as the whole image;
 - ``soft``: per pixel, the planes averaged with the network's probabilities;
 - ``select``: the source pixels gathered at the rule's index (hard selection, the only composition
@@ -125,10 +125,14 @@ SPEC = MethodSpec(
               help="pyramid: multi-scale, the network's probabilities weighed with each scale's detail "
               "against the noise (noise averaged where no plane is sharper); soft: the planes averaged per "
               "pixel with the probabilities; select: the pixel of the chosen plane", choices=COMPOSE),
-        Param("softness", float, 2.0, label="Softness", advanced=True,
+        Param("softness", float, 4.0, label="Softness", advanced=True,
               help="compose=pyramid: how readily planes are averaged, the temperature of the detail "
               "weights in units of the noise energy (small: the most detailed plane, as the network allows)",
               min=0.05, max=100.0),
+        Param("overlap", float, 1.0, label="Overlapping depths", advanced=True,
+              help="compose=pyramid: detail of a second depth at the same pixel (a second peak of the "
+              "detail's energy over the planes, well apart from the first) is added with this weight; "
+              "0: off", min=0.0, max=1.0),
         Param("weights", str, "ours", label="Weights", advanced=True,
               help="network weights: ours (shipped, fine-tuned on synthetic stacks), realistic (shipped, "
               "fine-tuned further on realistic noisy stacks for compose=pyramid/soft; a worse index map) or "
@@ -256,7 +260,7 @@ class StackMFFV2Method(LearnedMethod):
         comp = self.p.get("compose", "select")
         if comp == "pyramid":
             fused = pyramid_compose(planes, guide, maps["prob"], levels=PYRAMID_LEVELS,
-                                    softness=self.p.get("softness", 2.0))
+                                    softness=self.p.get("softness", 4.0), overlap=self.p.get("overlap", 1.0))
             if halo:
                 fused = fused[halo:-halo, halo:-halo]
         elif comp == "soft":
