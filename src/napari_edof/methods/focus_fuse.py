@@ -221,9 +221,13 @@ def _win(f: np.ndarray, n: int, step: int) -> np.ndarray:
     ``f``, ``f[c]`` elsewhere."""
     r = n // 2
     L = f.shape[0] - (n - 1) * step
-    out = f.copy()
-    if L > 0 and n > 1:
-        _flat_box(f, n, step, out=out[r * step : r * step + L])
+    if L <= 0 or n <= 1:
+        return f.copy()
+    out = np.empty_like(f)  # (only the ends are copied: the middle is written by the sum)
+    a, b = r * step, r * step + L
+    out[:a] = f[:a]
+    out[b:] = f[b:]
+    _flat_box(f, n, step, out=out[a:b])
     return out
 
 
