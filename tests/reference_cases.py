@@ -71,6 +71,8 @@ def _method_cases() -> list[tuple[str, str, str, dict]]:
         opts = {"tile": tile}
         if m == "stackmff-v2":  # the reference was saved with the defaults before 2026-12-07 (issue 18)
             opts["params"] = dict(OLD_STACKMFF_V2)
+        if m in ("msas", "ctmfusion"):  # saved before their index was composed (2026-12-07, issue 18)
+            opts["params"] = {"compose": "select"}
         out.append((f"{m}/grey", "grey", m, opts))
         if not learned:
             out.append((f"{m}/rgb", "rgb", m, {"tile": 32}))

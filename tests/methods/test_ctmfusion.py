@@ -32,7 +32,9 @@ def test_spec():
     assert len(spec.weights.sha256) == 64
     d = spec.defaults()
     assert d["strategy"] == "reference" and d["two_planes"] == "soft"
-    assert spec.halo(d) == d["context"] and spec.default_overlap > 0
+    # the composition reads 40 pixels around the tile; selection only the context
+    assert spec.halo(d) == max(d["context"], 40) and spec.default_overlap > 0
+    assert spec.halo({**d, "compose": "select"}) == d["context"] and spec.tile_multiple(d) == 8
 
 
 def test_shipped_weights_hash_size_and_card():
@@ -85,11 +87,11 @@ def test_two_planes_apply_the_decision_map_to_the_sources():
     data = s.stack.data
     guide = data.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # the Y of YCbCr
     d = _decision(guide)
-    r = ne.fuse(s.stack, method="ctmfusion", tile=None, params={"context": 0})
+    r = ne.fuse(s.stack, method="ctmfusion", tile=None, params={"context": 0, "compose": "select"})  # (no halo)
     want = d[..., None] * data[0].astype(np.float32) + (1 - d[..., None]) * data[1].astype(np.float32)
     assert np.abs(r.fused.astype(np.float32) - want).max() <= 0.5 + 1e-3
     np.testing.assert_allclose(r.index, 1 - d, atol=1e-6)
-    h = ne.fuse(s.stack, method="ctmfusion", tile=None, params={"context": 0, "two_planes": "hard"})
+    h = ne.fuse(s.stack, method="ctmfusion", tile=None, params={"context": 0, "two_planes": "hard", "compose": "select"})
     np.testing.assert_array_equal(h.index, (d <= 0.5).astype(np.float32))
     np.testing.assert_array_equal(h.fused, np.where((d > 0.5)[..., None], data[0], data[1]))
 
@@ -97,8 +99,9 @@ def test_two_planes_apply_the_decision_map_to_the_sources():
 def test_order_independent_on_a_permuted_stack():
     s = ne.sample_stack(n_planes=5, shape=(48, 48), seed=13)
     perm = np.array([3, 0, 4, 1, 2])
-    a = ne.fuse(s.stack, method="ctmfusion", tile=None)
-    b = ne.fuse(s.stack.data[perm], method="ctmfusion", tile=None)
+    # (selection: the composition follows the planes' order, whose neighbours are near in depth)
+    a = ne.fuse(s.stack, method="ctmfusion", tile=None, params={"compose": "select"})
+    b = ne.fuse(s.stack.data[perm], method="ctmfusion", tile=None, params={"compose": "select"})
     np.testing.assert_array_equal(perm[b.index.astype(int)], a.index.astype(int))
     np.testing.assert_array_equal(a.fused, b.fused)
 
@@ -106,7 +109,7 @@ def test_order_independent_on_a_permuted_stack():
 @pytest.mark.parametrize("shape", [(64, 48), (37, 50)])
 def test_colour_comes_from_the_source_planes_at_any_size(shape):
     s = ne.sample_stack(n_planes=3, shape=shape, rgb=True, dtype=np.uint8, seed=14)
-    r = ne.fuse(s.stack, method="ctmfusion", tile=None)
+    r = ne.fuse(s.stack, method="ctmfusion", tile=None, params={"compose": "select"})
     assert r.fused.shape == shape + (3,) and r.fused.dtype == np.uint8 and r.index.shape == shape
     idx = r.index.astype(int)
     np.testing.assert_array_equal(r.fused, np.take_along_axis(s.stack.data, idx[None, :, :, None], axis=0)[0])
@@ -122,17 +125,17 @@ def test_strategies_are_offered():
 def test_fuses_better_than_an_untrained_network(monkeypatch):
     """Index accuracy and PSNR on a small synthetic stack, with the shipped weights and with the
     same network randomly initialised (the floors sit between the two; measured values in the
-    comments)."""
+    comments); the pixels of the chosen planes (``compose="select"``), so that the PSNR is the network's."""
     from napari_edof.methods import ctmfusion as CM
     from napari_edof.nn.ctmfusion import build
 
     s = ne.sample_stack(n_planes=6, shape=(80, 80), seed=16)
-    r = ne.fuse(s.stack, method="ctmfusion", tile=None)
+    r = ne.fuse(s.stack, method="ctmfusion", tile=None, params={"compose": "select"})
     acc = float((np.abs(r.index - s.index) <= 1).mean())
     ps = psnr(r.fused, s.all_in_focus, 60000)
     torch.manual_seed(0)
     monkeypatch.setitem(CM._MODELS, ("ours", "cpu"), build(CM.ARCH["ours"]).eval())
-    u = ne.fuse(s.stack, method="ctmfusion", tile=None)
+    u = ne.fuse(s.stack, method="ctmfusion", tile=None, params={"compose": "select"})
     acc_u = float((np.abs(u.index - s.index) <= 1).mean())
     ps_u = psnr(u.fused, s.all_in_focus, 60000)
     assert acc_u < ACC_FLOOR < acc, (acc_u, acc)

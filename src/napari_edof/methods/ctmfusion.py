@@ -29,7 +29,8 @@ from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
 from ..nn.learned import LearnedMethod, load_network
 from ..nn.pairwise import REFERENCES, STRATEGIES
-from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
+from ._prob_compose import compose_index, pair_compose_param, pair_halo, pair_multiple
+from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Deng, X., Liu, X. et al., 'Endoscopic Depth-of-Field Expansion via Cascaded Network with "
             "Two-streamed Multi-scale Fusion', MICCAI; network written from the paper, "
@@ -57,6 +58,7 @@ SPEC = MethodSpec(
             "against a common reference.",
     family="learned",
     params=(
+        pair_compose_param(),
         Param("strategy", str, "reference", label="Strategy",
               help="how the pair network fuses N planes: each plane against a common reference composite "
               "(order-free), sequential pairwise fusion (the order-dependent baseline), or every pair "
@@ -87,7 +89,8 @@ SPEC = MethodSpec(
               "it: peak RSS 0.73 GB at 1, 2.0 GB at 4 for 8 x 512 x 512 on a CPU); on a CPU the "
               "reference strategy runs one plane per worker thread instead", min=0, max=256),
     ),
-    halo=context_halo,
+    halo=pair_halo,
+    tile_multiple=pair_multiple,
     devices=("cuda", "mps", "cpu"),
     backend="torch",
     default_tile=512,
@@ -197,6 +200,9 @@ class CTMFusionMethod(LearnedMethod):
             idx = (d <= 0.5).astype(np.int16)
             return {"fused": gather(src, idx), "index": idx.astype(np.float32), "confidence": conf}
         idx, conf = self.index(guide, planes.dtype)
+        if self.p["compose"] == "pyramid":  # (the whole window's index: the composition reads the halo)
+            fused = compose_index(planes, guide, idx, halo)
         idx, conf = idx[crop], conf[crop]
-        fused = gather(planes[(slice(None),) + crop], idx)
+        if self.p["compose"] != "pyramid":
+            fused = gather(planes[(slice(None),) + crop], idx)
         return {"fused": fused, "index": idx.astype(np.float32), "confidence": conf.astype(np.float32)}

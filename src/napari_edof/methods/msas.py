@@ -33,7 +33,8 @@ from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
 from ..nn.learned import LearnedMethod, load_network
 from ..nn.pairwise import STRATEGIES
-from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
+from ._prob_compose import compose_index, pair_compose_param, pair_halo, pair_multiple
+from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Multi-focus image fusion via multi-scale attention and Siamese networks; "
             "network re-implemented from the paper's text, weights trained by napari-edof on synthetic pairs.")
@@ -52,6 +53,7 @@ SPEC = MethodSpec(
             "stacks through an order-free pairs-to-stack strategy.",
     family="learned",
     params=(
+        pair_compose_param(),
         Param("strategy", str, "reference", label="Strategy",
               help="how more than two planes are fused with the pair model: each plane against one common "
               "max-contrast reference (order-free), the sequential chain (plane 0 with 1, the result with "
@@ -74,7 +76,8 @@ SPEC = MethodSpec(
               "on a CPU the reference strategy runs one plane per worker thread instead",
               min=0, max=256),
     ),
-    halo=context_halo,
+    halo=pair_halo,
+    tile_multiple=pair_multiple,
     devices=("cuda", "mps", "cpu"),
     backend="torch",
     default_tile=512,
@@ -287,6 +290,10 @@ class MSASMethod(LearnedMethod):
     def fuse_tile(self, planes, guide, *, halo, stats=None):
         x = normalise_guide(guide, planes.dtype, self.p["normalise"])
         idx, conf = decide_stack(x, self.decide, self.p)
+        compose = self.p["compose"] == "pyramid" and planes.shape[0] > 2  # (two planes: the paper's map)
+        if compose:  # (the whole window's index: the composition reads the halo)
+            fused = compose_index(planes, guide, idx, halo)
         idx, conf = self.crop(idx, halo), self.crop(conf, halo)
-        src = self.crop(planes, halo, (1, 2))
-        return {"fused": gather(src, idx), "index": idx.astype(np.float32), "confidence": conf}
+        if not compose:
+            fused = gather(self.crop(planes, halo, (1, 2)), idx)
+        return {"fused": fused, "index": idx.astype(np.float32), "confidence": conf}
