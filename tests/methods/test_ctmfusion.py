@@ -87,11 +87,12 @@ def test_two_planes_apply_the_decision_map_to_the_sources():
     data = s.stack.data
     guide = data.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # the Y of YCbCr
     d = _decision(guide)
-    r = ne.fuse(s.stack, method="ctmfusion", tile=None, params={"context": 0, "compose": "select"})  # (no halo)
+    r = ne.fuse(s.stack, method="ctmfusion", tile=None, params={"context": 0, "compose": "select"})  # no halo
     want = d[..., None] * data[0].astype(np.float32) + (1 - d[..., None]) * data[1].astype(np.float32)
     assert np.abs(r.fused.astype(np.float32) - want).max() <= 0.5 + 1e-3
     np.testing.assert_allclose(r.index, 1 - d, atol=1e-6)
-    h = ne.fuse(s.stack, method="ctmfusion", tile=None, params={"context": 0, "two_planes": "hard", "compose": "select"})
+    hard = {"context": 0, "two_planes": "hard", "compose": "select"}
+    h = ne.fuse(s.stack, method="ctmfusion", tile=None, params=hard)
     np.testing.assert_array_equal(h.index, (d <= 0.5).astype(np.float32))
     np.testing.assert_array_equal(h.fused, np.where((d > 0.5)[..., None], data[0], data[1]))
 

@@ -64,7 +64,7 @@ def test_two_planes_is_the_papers_pipeline():
     from napari_edof.nn.msas import fuse_pair
 
     s = ne.sample_stack(n_planes=2, shape=(64, 64), seed=12)
-    r = ne.fuse(s.stack, method="msas", tile=None, params={"context": 0, "compose": "select"})  # the window is the image
+    r = ne.fuse(s.stack, method="msas", tile=None, params={"context": 0, "compose": "select"})  # window = image
     x = normalise_guide(s.stack.data.astype(np.float32), s.stack.data.dtype, "range")
     d = make_decide(get_model("cpu"), "cpu")(x[:1], x[1:])[0]
     fused, D = fuse_pair(s.stack.data[0], s.stack.data[1], d)

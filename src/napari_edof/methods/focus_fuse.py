@@ -577,6 +577,7 @@ class FocusFuse:
         B = [np.empty((Z, C, h >> lvl, w >> lvl), _F) for lvl in range(L)]
         BASE = np.empty((Z, C, h >> L, w >> L), _F)
         PB = np.empty((Z, C, h, w), _F) if rgb else None
+        noise_fine = None  # the finest detail's energy floor over planes (the noise's, below)
         for k in range(Z):
             g = guide[k]
             if kern is None:
@@ -594,10 +595,8 @@ class FocusFuse:
                 PB[k] = cp = bin2(np.moveaxis(planes[k], -1, 0))
             FM[k] = box_mean(laplacian_energy(gb), p["radius"])
             nf = box_mean(EF[k], p["radius"])  # the finest detail's energy in the measure's window
-            if k:
-                np.minimum(noise_fine, nf, out=noise_fine)
-            else:
-                noise_fine = nf  # (a new array: the radius is at least 1)
+            # (box_mean makes a new array: the radius is at least 1)
+            noise_fine = nf if noise_fine is None else np.minimum(noise_fine, nf, out=noise_fine)
             if kern is not None:
                 for lvl in range(L):
                     if rgb:
