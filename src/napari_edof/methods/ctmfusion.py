@@ -6,8 +6,11 @@ first is the in-focus one. A stack of N planes is fused through
 :func:`napari_edof.nn.pairwise.fuse_stack_pairwise` (``strategy``): by default every plane is
 compared against one max-contrast reference composite, so the result does not depend on the
 plane order and no decision feeds another; ``sequential`` is the order-dependent baseline and
-``round-robin`` every pair both ways. The focus index picks, per pixel, the plane whose colour is
-gathered from the sources (:func:`napari_edof.core.colour.gather`).
+``round-robin`` every pair both ways. The image is composed around the focus index
+(``compose="pyramid"``, default: :func:`._prob_compose.compose_index`, the planes near it weighed
+by their detail against the noise, as stackmff-v2's composition) or, with ``"select"`` (the
+behaviour before 2026-12-07), the index picks per pixel the plane whose colour is gathered from the
+sources (:func:`napari_edof.core.colour.gather`).
 
 Two planes are the paper's case: the decision map ``D`` = P(plane 0 in focus) of the pair is
 applied to the sources, ``D * plane0 + (1 - D) * plane1`` in every channel (``two_planes="soft"``,

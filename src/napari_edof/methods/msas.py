@@ -11,7 +11,10 @@ For N > 2 planes the pair model runs through :func:`napari_edof.nn.pairwise.fuse
 composite (order-independent, no error accumulation), or the sequential chain the StackMFF-V2
 paper criticises, or a round-robin. The small-area filter then acts on the focus index: regions
 of one plane's mask under ``min_area`` take the plane of the nearest kept region (for two
-planes this is exactly the paper's flip).
+planes this is exactly the paper's flip). The image is then composed around that index
+(``compose="pyramid"``, default: :func:`._prob_compose.compose_index`, the planes near it weighed
+by their detail against the noise, as stackmff-v2's composition) or gathered from the chosen plane
+(``"select"``, every pixel a source pixel: the behaviour before 2026-12-07).
 
 Tiling: the attention blocks pool over their whole input and the small-area filter counts areas
 within what it sees, so each tile is processed with ``context`` pixels around it (reflected at
