@@ -347,7 +347,9 @@ def case_extreme_float_ranges(tmp_path, capsys):
     assert main(["fuse", str(f), "-o", str(tmp_path / "out"), "-q"]) == EXIT_OK
     fused = tifffile.imread(tmp_path / "out" / "fused.tif")
     assert np.isfinite(fused).all() and np.isfinite(tifffile.imread(tmp_path / "out" / "confidence.tif")).all()
-    np.testing.assert_allclose(fused / 1e19, api.fuse(s.astype(np.float32)).fused, rtol=1e-5, atol=1e-6)
+    # (s * 1e19 and s round differently to float32; on this noise-free stack the default's noise
+    # floor is near zero, so its soft weights carry that rounding up to ~1e-5 of the range)
+    np.testing.assert_allclose(fused / 1e19, api.fuse(s.astype(np.float32)).fused, rtol=1e-4, atol=1e-5)
 
 
 def _unsupported_dtype(dtype, tmp_path, capsys):
