@@ -500,6 +500,10 @@ def second_peak(e, noise, snr, dip, k2, found):
     (h, w, int) and ``found`` (h, w, bool). Row by row: the row's smoothed energies of every plane
     stay in the caches."""
     Z, h, w = e.shape
+    k2[:] = 0
+    found[:] = False
+    if Z < 3:  # (no plane two away from the best with one between)
+        return
     s = np.empty((Z, w), np.float32)
     two = np.float32(2)
     for i in range(h):
@@ -509,10 +513,6 @@ def second_peak(e, noise, snr, dip, k2, found):
             for j in range(w):
                 s[z, j] = (e[z, i, j] * two + e[zl, i, j] + e[zr, i, j]) * q1
         for j in range(w):
-            k2[i, j] = 0
-            found[i, j] = False
-            if Z < 3:
-                continue
             kb = 0
             for z in range(1, Z):
                 if s[z, j] > s[kb, j]:

@@ -49,10 +49,12 @@ def soft_compose(src: np.ndarray, prob: np.ndarray) -> np.ndarray:
     return out
 
 
-def index_prob(index: np.ndarray, n: int, sigma: float = 2.0) -> np.ndarray:
+def index_prob(index: np.ndarray, n: int, sigma: float | None = None) -> np.ndarray:
     """(Z, h, w) float32 weights summing to 1 per pixel from an (h, w) plane index of ``n`` planes: a
-    Gaussian of ``sigma`` planes around it (the pair networks' decision, which has no probability per
-    plane, as :func:`pyramid_compose`'s prior: near planes stay in reach of the detail weights)."""
+    Gaussian of ``sigma`` planes around it (default :data:`PAIR_SIGMA`; the pair networks' decision,
+    which has no probability per plane, as :func:`pyramid_compose`'s prior: near planes stay in reach
+    of the detail weights)."""
+    sigma = PAIR_SIGMA if sigma is None else sigma
     z = np.arange(n, dtype=_F)[:, None, None]
     d = (z - np.asarray(index, _F)[None]) * _F(1 / sigma)
     p = np.exp(_F(-0.5) * d * d)
@@ -106,9 +108,10 @@ def pyramid_compose(planes: np.ndarray, guide: np.ndarray, prob: np.ndarray, *, 
         else:
             ncp = bin2(cp)
             bp = cp - up2(ncp)
-        e = _box(bg * bg, 1)
+        sq = bg * bg
+        e = _box(sq, 1)
         if lvl == 0:  # the noise: the finest detail's energy floor over planes (as focus-fuse)
-            white = _box(bg * bg, _NOISE_R).min(axis=0) * _F(_NOISE_K / gain[0])
+            white = _box(sq, _NOISE_R).min(axis=0) * _F(_NOISE_K / gain[0])
         else:
             white = bin2(white)
         noise = white * _F(gain[lvl])
@@ -150,9 +153,9 @@ def pyramid_compose(planes: np.ndarray, guide: np.ndarray, prob: np.ndarray, *, 
 
 
 # --------------------------------------------------------------------------------------------
-# the pair networks (msas, ctmfusion): their index, composed instead of gathered
+# the methods that compose (stackmff-v2; the pair networks msas, ctmfusion: their index, composed)
 # --------------------------------------------------------------------------------------------
-PAIR_LEVELS = 3
+LEVELS = 3  # the composition's pyramid levels (tiles aligned to 2 ** LEVELS)
 #: the Gaussian around a pair network's index, in planes. Chosen on the tuning stacks (seeds 9100 and
 #: 9300 of the realistic generator, 24 stacks): msas 0.5 / 1 / 2 / 3 planes gave 37.51 / 38.35 /
 #: 38.46 / 38.33 dB, ctmfusion 1 / 2 / 3 gave 38.30 / 38.46 / 38.33 (their gathered pixels: 34.75, 34.48)
@@ -168,13 +171,15 @@ def pair_compose_param() -> Param:
                  "the chosen plane (every fused pixel a source pixel)", choices=("pyramid", "select"))
 
 
-def pair_halo(p: dict) -> int:
+def compose_halo(p: dict) -> int:
+    """A composing method's halo: its context, and with ``compose="pyramid"`` at least what the
+    composition reads."""
     h = context_halo(p)
-    return max(h, pyramid_reach(PAIR_LEVELS)) if p.get("compose") == "pyramid" else h
+    return max(h, pyramid_reach(LEVELS)) if p.get("compose") == "pyramid" else h
 
 
-def pair_multiple(p: dict) -> int:
-    return 2 ** PAIR_LEVELS if p.get("compose") == "pyramid" else 1
+def compose_multiple(p: dict) -> int:
+    return 2 ** LEVELS if p.get("compose") == "pyramid" else 1
 
 
 def compose_index(planes: np.ndarray, guide: np.ndarray, index: np.ndarray, halo: int) -> np.ndarray:
@@ -182,8 +187,8 @@ def compose_index(planes: np.ndarray, guide: np.ndarray, index: np.ndarray, halo
     ``index`` of the whole window: (H - 2 halo, W - 2 halo, C) float32 (the tile). ``planes``
     (Z, H, W, C) or (Z, H, W)."""
     p4 = planes if planes.ndim == 4 else planes[..., None]
-    prob = index_prob(index, planes.shape[0], PAIR_SIGMA)
-    fused = pyramid_compose(p4, guide, prob, levels=PAIR_LEVELS, softness=PAIR_SOFTNESS)
+    prob = index_prob(index, planes.shape[0])
+    fused = pyramid_compose(p4, guide, prob, levels=LEVELS, softness=PAIR_SOFTNESS)
     if halo:
         fused = fused[halo:-halo, halo:-halo]
     return fused if planes.ndim == 4 else fused[..., 0]

@@ -36,7 +36,7 @@ from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
 from ..nn.learned import LearnedMethod, load_network
 from ..nn.pairwise import STRATEGIES
-from ._prob_compose import compose_index, pair_compose_param, pair_halo, pair_multiple
+from ._prob_compose import compose_halo, compose_index, compose_multiple, pair_compose_param
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Multi-focus image fusion via multi-scale attention and Siamese networks; "
@@ -79,8 +79,8 @@ SPEC = MethodSpec(
               "on a CPU the reference strategy runs one plane per worker thread instead",
               min=0, max=256),
     ),
-    halo=pair_halo,
-    tile_multiple=pair_multiple,
+    halo=compose_halo,
+    tile_multiple=compose_multiple,
     devices=("cuda", "mps", "cpu"),
     backend="torch",
     default_tile=512,

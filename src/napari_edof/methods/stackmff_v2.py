@@ -43,8 +43,8 @@ from ..core.colour import gather
 from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
 from ..nn.learned import LearnedMethod, load_network
-from ._prob_compose import pyramid_compose, pyramid_reach, soft_compose
-from ._registry import MethodSpec, Param, WeightsSpec, context_halo, register
+from ._prob_compose import LEVELS, compose_halo, compose_multiple, pyramid_compose, soft_compose
+from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Xie, X. et al., 'StackMFF V2: One-shot multi-focus image stack fusion via focal depth "
             "regression'; code and weights: github.com/Xinzhe99/StackMFF-V2 (MIT).")
@@ -84,16 +84,6 @@ MODELS: dict[str, WeightsSpec] = {
 
 RULES = ("argmax", "official", "matched", "smooth-argmax")
 COMPOSE = ("pyramid", "soft", "select")
-PYRAMID_LEVELS = 3
-
-
-def _halo(p: dict) -> int:
-    h = context_halo(p)
-    return max(h, pyramid_reach(PYRAMID_LEVELS)) if p.get("compose") == "pyramid" else h
-
-
-def _multiple(p: dict) -> int:
-    return 2 ** PYRAMID_LEVELS if p.get("compose") == "pyramid" else 1
 GLOBAL_RULES = ("official", "matched")
 QUANTILES = (0.01, 0.99)
 DEFAULT_RULE = "argmax"  # with our weights (docs/stackmff_v2.md: 0.900 exact, 42.4 dB on 46 stacks)
@@ -147,8 +137,8 @@ SPEC = MethodSpec(
         Param("smooth", int, 1, label="Smoothing radius",
               help="box radius for rule='smooth-argmax' (pixels)", min=1, max=16),
     ),
-    halo=_halo,
-    tile_multiple=_multiple,
+    halo=compose_halo,
+    tile_multiple=compose_multiple,
     devices=("cuda", "mps", "cpu"),
     backend="torch",
     default_tile=default_tile,
@@ -259,7 +249,7 @@ class StackMFFV2Method(LearnedMethod):
         src = planes[:, halo : planes.shape[1] - halo, halo : planes.shape[2] - halo] if halo else planes
         comp = self.p.get("compose", "select")
         if comp == "pyramid":
-            fused = pyramid_compose(planes, guide, maps["prob"], levels=PYRAMID_LEVELS,
+            fused = pyramid_compose(planes, guide, maps["prob"], levels=LEVELS,
                                     softness=self.p.get("softness", 4.0), overlap=self.p.get("overlap", 1.0))
             if halo:
                 fused = fused[halo:-halo, halo:-halo]
