@@ -92,7 +92,9 @@ def test_rules_on_ground_truth(rule):
 
 def test_official_rule_tiled_uses_one_global_min_max():
     s = ne.sample_stack(n_planes=6, shape=(128, 128), seed=5)
-    r = ne.fuse(s.stack, method="stackmff-v2", params={"rule": "official"}, tile=64, overlap=0)
+    # (the network at full resolution: at half, its smoother expectation on this small sample rounds to
+    # the lowest plane in every tile even with the one global range)
+    r = ne.fuse(s.stack, method="stackmff-v2", params={"rule": "official", "resolution": "full"}, tile=64, overlap=0)
     assert r.provenance["tiles"] == 4
     # with per-tile min-max every tile would reach both ends; one global range reaches each once
     lo_tiles = [r.index[y:y + 64, x:x + 64].min() for y in (0, 64) for x in (0, 64)]
@@ -104,7 +106,7 @@ def test_tiled_close_to_whole_image():
     # 6 / 7 / 8 (four 96 px tiles of a 192 px image, much smaller than the default 1024 px tiles;
     # real stacks at the defaults: docs/stackmff_v2.md)
     s = ne.sample_stack(n_planes=6, shape=(192, 192), seed=6)
-    p = {"weights": "official", "rule": "matched"}  # the measured figures above are for these
+    p = {"weights": "official", "rule": "matched", "resolution": "full"}  # the measured figures above are for these
     whole = ne.fuse(s.stack, method="stackmff-v2", params=p, tile=None)
     tiled = ne.fuse(s.stack, method="stackmff-v2", params=p, tile=96, overlap=32)
     assert tiled.provenance["tiles"] == 4
@@ -173,9 +175,13 @@ def test_our_shipped_weights_run_offline_through_the_api(monkeypatch, tmp_path):
 def test_defaults_are_our_weights_with_the_local_argmax_rule():
     """Defaults chosen by benchmarks/rules_stackmff_v2.py --weights ours (docs/stackmff_v2.md).
 
-    Measured on seeds 6 / 7 / 8 (192 px, 6 planes): whole-image index accuracy 0.956 / 0.967 /
-    0.973; four 96 px tiles against the whole image: agreement 0.850 / 0.873 / 0.876, within one
-    plane 0.995 / 0.995 / 0.989, fused PSNR 38.6 / 40.4 / 37.1 dB.
+    Measured on seeds 6 / 7 / 8 (192 px, 6 planes), the network at full resolution: whole-image index
+    accuracy 0.957 / 0.966 / 0.973; four 96 px tiles against the whole image: agreement 0.859 / 0.879 /
+    0.878, within one plane 0.995 / 0.996 / 0.989. At half resolution (the default with
+    compose=pyramid): accuracy 0.873 / 0.878 / 0.941 (this noise-free sample's depth steps are sharp
+    and the up-sampled logits round them off by a pixel or two), agreement 0.729 / 0.798 / 0.762,
+    within one plane 0.988 / 0.992 / 0.955, the fused image against the truth 39.8 / 40.3 / 40.6 dB
+    (full: 39.9 / 40.3 / 40.8).
     """
     from napari_edof.methods.stackmff_v2 import MODELS, SPEC
 
@@ -183,7 +189,9 @@ def test_defaults_are_our_weights_with_the_local_argmax_rule():
     s = ne.sample_stack(n_planes=6, shape=(192, 192), seed=6)
     whole = ne.fuse(s.stack, method="stackmff-v2", tile=None)
     assert whole.provenance["weights_sha256"] == MODELS["ours"].sha256
-    assert (whole.index == s.index).mean() > 0.93
+    assert (whole.index == s.index).mean() > 0.85
     tiled = ne.fuse(s.stack, method="stackmff-v2", tile=96, overlap=32)
-    assert (whole.index == tiled.index).mean() > 0.82
+    assert (whole.index == tiled.index).mean() > 0.7
     assert (np.abs(whole.index - tiled.index) <= 1).mean() > 0.98
+    full = ne.fuse(s.stack, method="stackmff-v2", tile=None, params={"resolution": "full"})
+    assert (full.index == s.index).mean() > 0.93

@@ -74,9 +74,11 @@ def test_compose_options_through_the_api():
     from napari_edof.methods.stackmff_v2 import SPEC
 
     assert SPEC.defaults()["compose"] == "pyramid"
-    # (context 40: the pyramid's halo, so that the network sees the same window in all three)
-    out = {c: ne.fuse(s.stack, method="stackmff-v2", tile=None, params={"compose": c, "context": 40}) for c in
-           ("pyramid", "soft", "select")}
+    # (context 40: the pyramid's halo, so that the network sees the same window in all three; the network
+    # at one resolution in all three: "auto" runs it at half with compose=pyramid only)
+    out = {c: ne.fuse(s.stack, method="stackmff-v2", tile=None, params={"compose": c, "context": 40,
+                                                                        "resolution": "full"})
+           for c in ("pyramid", "soft", "select")}
     for r in out.values():
         assert r.fused.shape == (64, 80, 3) and r.fused.dtype == np.uint8
     # the index map is the rule's whatever the composition
@@ -85,6 +87,29 @@ def test_compose_options_through_the_api():
     assert not np.array_equal(out["pyramid"].fused, out["select"].fused)
     lo, hi = s.stack.data.min(0), s.stack.data.max(0)
     assert ((out["pyramid"].fused >= lo) & (out["pyramid"].fused <= hi)).all()
+
+
+def test_network_resolution():
+    """resolution="auto" runs the network on 2 x 2 bins with compose=pyramid (the composition's detail
+    comes from the planes) and at full resolution with soft and select (the network alone makes
+    the image there); half and full give nearly the same index; odd sides are binned too."""
+    from napari_edof.methods import stackmff_v2 as sm
+
+    assert sm.SPEC.defaults()["resolution"] == "auto"
+    assert sm.half_resolution({"resolution": "auto", "compose": "pyramid"})
+    assert not sm.half_resolution({"resolution": "auto", "compose": "select"})
+    assert sm.half_resolution({"resolution": "half", "compose": "soft"})
+    s = ne.sample_stack(n_planes=5, shape=(64, 80), seed=3)
+    r = {res: ne.fuse(s.stack, method="stackmff-v2", tile=None, params={"resolution": res})
+         for res in ("auto", "half", "full")}
+    np.testing.assert_array_equal(r["auto"].index, r["half"].index)
+    assert not np.array_equal(r["half"].index, r["full"].index)
+    assert (np.abs(r["half"].index - r["full"].index) <= 1).mean() > 0.95
+    odd = ne.fuse(s.stack.data[:, :63, :77], method="stackmff-v2", tile=None,
+                  params={"resolution": "half", "compose": "select"})
+    assert odd.index.shape == (63, 77) and (np.abs(odd.index - r["half"].index[:63, :77]) <= 1).mean() > 0.9
+    # a tile multiple of 2 keeps every tile's bins on the image's grid
+    assert sm.SPEC.tile_multiple({"resolution": "half", "compose": "select"}) == 2
 
 
 def test_pyramid_tiled_close_to_whole_image():
