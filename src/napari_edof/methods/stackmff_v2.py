@@ -51,8 +51,8 @@ from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
 from ..nn.learned import LearnedMethod, load_network
 from ._prob_compose import LEVELS, compose_halo, compose_multiple, pyramid_compose, soft_compose
-from .focus_fuse import bin2
 from ._registry import MethodSpec, Param, WeightsSpec, register
+from .focus_fuse import bin2
 
 CITATION = ("Xie, X. et al., 'StackMFF V2: One-shot multi-focus image stack fusion via focal depth "
             "regression'; code and weights: github.com/Xinzhe99/StackMFF-V2 (MIT).")
