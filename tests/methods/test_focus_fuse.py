@@ -320,3 +320,48 @@ def test_one_shot_numpy_path_gives_the_numpy_result(numpy_path, monkeypatch):
         r = ne.fuse(s)
     np.testing.assert_array_equal(r.fused, ref.fused)
     np.testing.assert_array_equal(r.index, ref.index)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
+def test_integer_guide_is_read_in_place(dtype, compiled, numpy_path, monkeypatch):
+    """A grey 8/16-bit stack's guide reaches fuse_tile as a view of the window in its own dtype (no
+    float32 copy per tile), with the same result as the float32 guide, on both paths; float stacks
+    and colour stacks still get a float32 guide."""
+    import dataclasses
+
+    from napari_edof.methods import focus_fuse as ff
+    from napari_edof.methods._registry import get_method
+
+    if compiled:
+        pytest.importorskip("numba")
+        monkeypatch.setattr(numpy_path, "_KERNELS", [])  # compiled again (numba is installed)
+    cfg = Config(seed=11, scene="fluorescence", colour="grey", noise="strong", bits=16, n_planes=8, shape=(96, 128))
+    a = render(cfg).planes
+    if dtype == np.uint8:
+        a = (a >> 8).astype(np.uint8)
+    seen = []
+    orig = ff.FocusFuse.fuse_tile
+
+    def spy(self, planes, guide, **kw):
+        seen.append((guide.dtype, np.shares_memory(guide, planes)))
+        return orig(self, planes, guide, **kw)
+
+    monkeypatch.setattr(ff.FocusFuse, "fuse_tile", spy)
+    got = ne.fuse(a, tile=64)
+    assert seen and all(d == dtype and shared for d, shared in seen)
+    spec, _ = get_method("focus-fuse")
+    assert spec.integer_guide
+    import napari_edof.core.spec as reg
+
+    monkeypatch.setitem(reg._REGISTRY, "focus-fuse", (dataclasses.replace(spec, integer_guide=False),
+                                                       reg._REGISTRY["focus-fuse"][1]))
+    seen.clear()
+    ref = ne.fuse(a, tile=64)
+    assert all(d == np.float32 and not shared for d, shared in seen)
+    np.testing.assert_array_equal(got.fused, ref.fused)
+    np.testing.assert_array_equal(got.index, ref.index)
+    np.testing.assert_array_equal(got.confidence, ref.confidence)
+    seen.clear()
+    ne.fuse(a.astype(np.float32), tile=64)
+    assert all(d == np.float32 for d, _ in seen)

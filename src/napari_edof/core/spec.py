@@ -132,6 +132,9 @@ class MethodSpec:
     ``synthesises(params)`` says whether the method, with these parameters, may put values in the
     fused image that no source plane holds (a network's output rather than a selection or a blend
     of the planes): those runs get the audit (:mod:`napari_edof.core.audit`) by default.
+    ``integer_guide``: ``fuse_tile`` takes the guide of a one-channel stack of 8- or 16-bit integers
+    in the planes' own dtype (a view of the window, every value exact in float32), instead of a
+    float32 copy made per tile.
     """
 
     name: str
@@ -148,6 +151,7 @@ class MethodSpec:
     #: measured: in half precision on CUDA the focus index stays identical (``precision="auto"``
     #: then uses it there); see ``benchmarks/gpu_check.py``
     half_precision: bool = False
+    integer_guide: bool = False
     synthesises: Callable[[dict], bool] = lambda p: False
     citation: str = ""
     paper: str = ""

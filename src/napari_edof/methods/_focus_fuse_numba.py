@@ -34,8 +34,8 @@ def _bin_rows(g, gb):
     h, w = gb.shape
     for i in range(h):
         for j in range(w):
-            a = g[2 * i, 2 * j] + g[2 * i + 1, 2 * j]  # the order of bin2's sums
-            b = g[2 * i, 2 * j + 1] + g[2 * i + 1, 2 * j + 1]
+            a = _F(g[2 * i, 2 * j]) + _F(g[2 * i + 1, 2 * j])  # the order of bin2's sums (integers: as float32)
+            b = _F(g[2 * i, 2 * j + 1]) + _F(g[2 * i + 1, 2 * j + 1])
             gb[i, j] = (a + b) * q1
 
 @jit
@@ -51,9 +51,10 @@ def _up_x(a, i, row):
 
 @jit
 def plane_detail(g, ef):
-    """One plane ``g`` (2h, 2w): returns its bins (h, w) (``bin2``) and writes the binned 3 x 3
-    energy of its finest detail ``g - up2(bins)`` (``_binned_box3(detail**2)``) into ``ef``
-    (h, w). The detail itself is made a row at a time and not kept."""
+    """One plane ``g`` (2h, 2w; float32, or 8/16-bit integers read as float32): returns its bins
+    (h, w) (``bin2``) and writes the binned 3 x 3 energy of its finest detail ``g - up2(bins)``
+    (``_binned_box3(detail**2)``) into ``ef`` (h, w). The detail itself is made a row at a time and
+    not kept."""
     H, W = g.shape
     h, w = H // 2, W // 2
     gb = np.empty((h, w), np.float32)
@@ -78,8 +79,8 @@ def plane_detail(g, ef):
         g1 = g[2 * i + 1]
         vi = v[i]
         for j in range(W):
-            a = g0[j] - (q3 * r1[j] + q1 * r0[j])
-            b = g1[j] - (q3 * r1[j] + q1 * r2[j])
+            a = _F(g0[j]) - (q3 * r1[j] + q1 * r0[j])
+            b = _F(g1[j]) - (q3 * r1[j] + q1 * r2[j])
             sq_a[j] = a * a
             sq_b[j] = b * b
         for j in range(W):
@@ -564,4 +565,4 @@ def selected_detail(p, pb, k2, found, out):
                 continue
             k = k2[i, j]
             up = q3 * _ux(pb, k, i, j, b) + q1 * _ux(pb, k, i2, j, b)
-            out[y, x] = p[k, y, x] - up
+            out[y, x] = _F(p[k, y, x]) - up

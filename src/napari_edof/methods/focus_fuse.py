@@ -170,6 +170,9 @@ SPEC = MethodSpec(
     # working volumes fall out of the caches) and 512 (whose halos are 1.9x their area); memory
     # grows with the planes, so fewer planes per tile get larger tiles
     default_tile=lambda p, n: 768 if n <= 16 else (512 if n <= 32 else 384),
+    # a grey 8/16-bit stack's guide is read in its own dtype: the float32 copy of every tile's window was
+    # 12 % of a 16 x 904 x 904 tile's time (and its page faults)
+    integer_guide=True,
     citation="Burt & Adelson, 'The Laplacian pyramid as a compact image code', IEEE Trans. Commun. 31(4), "
              "1983; Nayar & Nakagawa, 'Shape from focus', IEEE TPAMI 16(8), 1994.",
 )
