@@ -506,19 +506,33 @@ def second_peak(e, noise, snr, dip, k2, found):
     if Z < 3:  # (no plane two away from the best with one between)
         return
     s = np.empty((Z, w), np.float32)
+    bv = np.empty(w, np.float32)
+    kbr = np.empty(w, np.int32)
     two = np.float32(2)
     for i in range(h):
         for z in range(Z):
             zl = z - 1 if z > 0 else 0
             zr = z + 1 if z < Z - 1 else Z - 1
+            sz = s[z]
+            el = e[zl, i]
+            ec = e[z, i]
+            er = e[zr, i]
             for j in range(w):
-                s[z, j] = (e[z, i, j] * two + e[zl, i, j] + e[zr, i, j]) * q1
+                sz[j] = (ec[j] * two + el[j] + er[j]) * q1
+        for j in range(w):  # the highest plane, across the row (plane by plane: vector instructions)
+            bv[j] = s[0, j]
+            kbr[j] = 0
+        for z in range(1, Z):
+            sz = s[z]
+            for j in range(w):
+                up = sz[j] > bv[j]  # the first maximum wins, as argmax
+                bv[j] = sz[j] if up else bv[j]
+                kbr[j] = z if up else kbr[j]
         for j in range(w):
-            kb = 0
-            for z in range(1, Z):
-                if s[z, j] > s[kb, j]:
-                    kb = z
             fl = noise[i, j] * snr
+            if bv[j] <= fl:  # no plane stands above the floor: no second peak (most flat pixels)
+                continue
+            kb = kbr[j]
             top = -np.inf
             run = np.inf  # upward: the minimum strictly between kb and z
             for z in range(kb + 1, Z):
