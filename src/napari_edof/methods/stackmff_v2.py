@@ -90,6 +90,7 @@ MODELS: dict[str, WeightsSpec] = {
     ),
 }
 
+
 def half_resolution(p: dict) -> bool:
     """Whether the network runs on 2 x 2 bins (``resolution``; "auto": with ``compose="pyramid"``).
 
