@@ -4,6 +4,8 @@ Plugins menu action hand the widget a *proxied* viewer), the sample data, a two-
 and a laptop's 1366 x 768 window. Small stacks (8 x 64 x 64), bounded in time."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import tifffile
@@ -230,6 +232,51 @@ def test_inspector_through_the_plugin(viewer, qtbot, stack_file):
     assert fuse.last_layers["fused"].visible  # the layers' visibility restored
 
 
+def test_progress_display_is_throttled(viewer, qtbot, stack_file, monkeypatch):
+    """Fast tiles: every step is counted (``progressed``), but the display (status line, napari's
+    progress bar) is redrawn at most every SHOW_EVERY seconds, the first time that long after Run
+    (a run shorter than that shows none; its summary comes at once); a step held back is shown by
+    a timer when its time comes."""
+    import napari_edof._qt.fusion_widget as fw
+    from napari_edof.core.result import Progress
+
+    monkeypatch.setattr(fw, "SHOW_EVERY", 60.0)
+    shown = []
+    orig = fw.FusionWidget._display_progress
+
+    def display(self, step):
+        shown.append((step.done, step.total))
+        return orig(self, step)
+
+    monkeypatch.setattr(fw.FusionWidget, "_display_progress", display)
+    viewer.open(str(stack_file), plugin=PLUGIN)
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, FUSE)
+    w.tile_spin.setValue(16)  # 64 x 64 in 16 tiles
+    steps = []
+    w.progressed.connect(steps.append)
+    status = _run(w, qtbot)
+    n = w.last_result.provenance["tiles"]
+    assert n == 16
+    assert [(s.done, s.total) for s in steps] == [(k, n) for k in range(1, n + 1)]
+    assert shown == []
+    assert status.startswith(w.last_result.summary()) and not w._flush_timer.isActive()
+    # once SHOW_EVERY has passed a step is shown at once; the next is held back and shown when the
+    # timer fires (here by hand), the latest one
+    w._active, w._cancelled, w._shown_at = True, False, -math.inf
+    w._show_progress(Progress(1, 4, "fuse"))
+    assert shown == [(1, 4)] and w.status.text() == "fuse: 1/4 tile steps"
+    w._show_progress(Progress(2, 4, "fuse"))
+    w._show_progress(Progress(3, 4, "fuse"))
+    assert shown == [(1, 4)] and w._flush_timer.isActive()
+    w._flush_timer.stop()
+    w._flush_progress()
+    assert shown == [(1, 4), (3, 4)] and w.status.text() == "fuse: 3/4 tile steps"
+    w._active = False
+    w._show_progress(Progress(4, 4, "fuse"))  # the run is over: nothing shown
+    w._close_pbar()
+    assert shown == [(1, 4), (3, 4)] and w._pending is None
+
+
 @pytest.mark.parametrize("setup", ["tiles", "two passes", "registered", "time-lapse"])
 def test_progress_in_the_activity_dock(viewer, qtbot, stack_file, sample, tmp_path, monkeypatch, setup):
     """What napari's progress bar (the activity dock) receives over a run of several tiles: every
@@ -248,6 +295,7 @@ def test_progress_in_the_activity_dock(viewer, qtbot, stack_file, sample, tmp_pa
             self.events.eta.connect(lambda e: events.append(("label", e.value)))
 
     monkeypatch.setattr(fw, "napari_progress", Recorded)
+    monkeypatch.setattr(fw, "SHOW_EVERY", 0.0)  # every step shown (the throttle: the test below)
     if setup == "time-lapse":  # two frames: one bar over both
         stack_file = tmp_path / "tzyx.tif"
         tifffile.imwrite(stack_file, np.stack([sample.stack.data, sample.stack.data[::-1]]), imagej=True,

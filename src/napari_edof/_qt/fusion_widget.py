@@ -12,6 +12,7 @@ Errors are shown as napari notifications with their message, never raised.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 from napari.layers import Image
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -263,6 +264,13 @@ def _message(exc: BaseException) -> str:
     return f"napari-edof: fusion failed: {type(exc).__name__}: {exc}"
 
 
+#: the fewest seconds between two redraws of the progress display, and from Run to the first. Each
+#: redraw repaints the window around napari's canvas: in a viewer under Xvfb (software OpenGL) 9
+#: redraws for the 9 tiles of a 16 x 2048 x 2048 stack took 0.5-0.7 s of a 2 s run (Run -> layers
+#: 1.3-1.4 s with no progress display at all; benchmarks/bench_viewer.py)
+SHOW_EVERY = 0.5
+
+
 class FusionWidget(QWidget):
     """Dock widget: fuse an Image layer's focus stack into an all-in-focus image.
 
@@ -287,6 +295,10 @@ class FusionWidget(QWidget):
         self._worker = None
         self._gen = None
         self._pbar = None
+        self._pending, self._shown_at = None, -math.inf  # (the progress display)
+        self._flush_timer = QTimer(self)
+        self._flush_timer.setSingleShot(True)
+        self._flush_timer.timeout.connect(self._flush_progress)
         self._cancelled = False
         self._active = False
         self._steps: list | None = None  # worker signals that arrived while one was being handled
@@ -865,6 +877,7 @@ class FusionWidget(QWidget):
             return None
         self._cancelled = False
         self._active = True
+        self._pending, self._shown_at = None, time.monotonic()  # (the progress display: from now on)
         self._n_frames = job.stack.n_times
         self.status.setText(f"fusing {job.stack.describe()} with {job.kwargs['method']}…")
         if sync:
@@ -967,14 +980,39 @@ class FusionWidget(QWidget):
         self._in_order(self._show_progress, step)
 
     def _show_progress(self, step) -> None:
+        """Every step is counted (``progressed``); the display (status line, napari's progress bar)
+        is redrawn at most every :data:`SHOW_EVERY` seconds, the first time that long after Run (a
+        shorter run shows no bar: its result comes first); a step held back is shown when its time
+        comes (a timer), unless a later one or the result came first."""
         if not self._active or self._cancelled:
             return  # a late signal after finish/cancel (napari's progress may process events)
+        wait = SHOW_EVERY - (time.monotonic() - self._shown_at)
+        if wait <= 0:
+            self._pending = None
+            if not self._display_progress(step):
+                return
+        else:
+            self._pending = step
+            if not self._flush_timer.isActive():
+                self._flush_timer.start(int(1000 * wait) + 1)
+        self.progressed.emit(step)
+
+    def _flush_progress(self) -> None:
+        step, self._pending = self._pending, None
+        if step is not None:
+            self._in_order(self._display_progress, step)
+
+    def _display_progress(self, step) -> bool:
+        """Show ``step``; False when the run turned out to be over (nothing shown)."""
+        if not self._active or self._cancelled:
+            return False
+        self._shown_at = time.monotonic()
         pbar = self._pbar
         if pbar is None:
             pbar = self._pbar = napari_progress(total=step.total, desc="napari-edof")
             if not self._active or self._cancelled:  # (creating it processed events: the run may be over)
                 self._close_pbar()
-                return
+                return False
         frames = f", frame {step.frame + 1}/{self._n_frames}" if self._n_frames > 1 else ""
         if pbar.total != step.total:
             pbar.total = step.total
@@ -986,9 +1024,11 @@ class FusionWidget(QWidget):
         # after the update: set_description redraws, so the activity dock's count label ("3/4")
         # shows this step (tqdm redraws on update only every 0.1 s: the label lagged behind the bar)
         pbar.set_description(f"napari-edof {step.stage}{frames}")
-        self.progressed.emit(step)
+        return True
 
     def _close_pbar(self) -> None:
+        self._pending = None
+        self._flush_timer.stop()
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
