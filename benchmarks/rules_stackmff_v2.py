@@ -2,8 +2,9 @@
 
     python benchmarks/rules_stackmff_v2.py [--quick] [--size 256] [--threads 1]
 
-The network runs once per stack (whole image, the method's input scaling and context); every
-rule is then applied to the same logits. Synthetic stacks come from
+The network runs once per stack (whole image, the method's input scaling and context, at full
+resolution: the rules were studied before ``resolution="auto"``); every rule is then applied to
+the same logits. Synthetic stacks come from
 ``napari_edof.data.synthetic.sample_stack`` (both scenes, 4..16 planes, three blur steps, one seed
 per stack; depth spanning all the planes or only part of them); the smooth-argmax radius is
 calibrated first on separate seeds. Real stacks from
@@ -146,7 +147,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    impl = M.StackMFFV2Method(M.SPEC.resolve({"weights": args.weights}), device="cpu")
+    impl = M.StackMFFV2Method(M.SPEC.resolve({"weights": args.weights, "resolution": "full"}), device="cpu")
     print(f"StackMFF-V2 decision rules; input scaling {impl.p['normalise']!r}, context {impl.p['context']} px, "
           f"torch {torch.__version__}, {args.threads} thread(s)")
     best_r = calibrate(impl, args.size, args.quick)
@@ -215,7 +216,7 @@ def main(argv=None):
         print("|---|" + "---|" * len(RULES))
         for label, p in (("authors' scaling, no context", dict(normalise="dtype", context=0)),
                          ("method defaults", {})):
-            im = M.StackMFFV2Method(M.SPEC.resolve({"weights": args.weights, **p}), device="cpu")
+            im = M.StackMFFV2Method(M.SPEC.resolve({"weights": args.weights, "resolution": "full", **p}), device="cpu")
             im.p = dict(im.p, smooth=best_r)
             lg, planes = logits_of(im, d["stack"], False)
             cells = []
@@ -242,8 +243,8 @@ def scaling(size, quick, weights="official"):
         for rule in ("official", "argmax"):
             res = {}
             for norm in ("range", "dtype"):
-                im = M.StackMFFV2Method(M.SPEC.resolve({"weights": weights, "normalise": norm, "rule": rule}),
-                                        device="cpu")
+                im = M.StackMFFV2Method(M.SPEC.resolve({"weights": weights, "normalise": norm, "rule": rule,
+                                                        "resolution": "full"}), device="cpu")
                 vals = []
                 for c in cases:
                     s = ne.sample_stack(**c)
