@@ -223,6 +223,14 @@ def test_compiled_second_peak_is_numpys():
         np.testing.assert_array_equal(cf, found)
         np.testing.assert_array_equal(ck[found], k2[found])
         assert found.any() == (Z >= 7)  # (three planes: only the two ends, rarely)
+    for zt in (3, 4, 5, 8, 16, 31):  # energies in a few levels: ties everywhere (the first maximum wins)
+        for q in (3, 8):
+            e = np.round((rng.random((zt, 30, 37)) ** 4) * q).astype(np.float32)
+            noise = (rng.random((30, 37)) * 0.2).astype(np.float32)
+            k2t, ft = ff.second_peak(ff.z_smooth(e.copy()), noise)
+            ck, cf = ff._second_peak_compiled(numba_kernels, e, noise)
+            np.testing.assert_array_equal(cf, ft)
+            np.testing.assert_array_equal(ck[ft], k2t[ft])
     g = rng.random((Z, 80, 96)).astype(np.float32) * 1000
     gb = ff.bin2(g)
     out = np.empty((80, 96), np.float32)
