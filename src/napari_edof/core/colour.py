@@ -30,8 +30,12 @@ def resolve_guide(guide, n_channels: int, rgb: bool):
     return g
 
 
-def make_guide(planes: np.ndarray, guide) -> np.ndarray:
-    """(Z, Y, X, C) planes of any dtype -> (Z, Y, X) float32 guide."""
+def make_guide(planes: np.ndarray, guide, *, integers: bool = False) -> np.ndarray:
+    """(Z, Y, X, C) planes of any dtype -> (Z, Y, X) float32 guide. With ``integers`` (a method
+    that reads them itself: ``MethodSpec.integer_guide``), the guide of one channel of 8- or 16-bit
+    integers is that channel as it is, a view (every value exact in float32), not a copy."""
+    if planes.shape[-1] == 1 and integers and planes.dtype.kind in "ui" and planes.dtype.itemsize <= 2:
+        return planes[..., 0]
     if isinstance(guide, int):
         return planes[..., guide].astype(np.float32)
     if guide == "luminance":

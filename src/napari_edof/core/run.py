@@ -169,16 +169,13 @@ def run_region(pl: FusionPlan, impl, frame: np.ndarray, *, r0: int, s0: int, s1:
     gate = pl.gate
 
     vs = pl.value_scale
-    raw_guide = bool(getattr(pl.spec, "integer_guide", False)) and vs == 1.0
+    raw_guide = bool(getattr(pl.spec, "integer_guide", False)) and vs == 1.0  # (scaled planes are floats)
 
     def job(t_):
         planes = read_window(frame, _shift(t_, -r0).window)
         if vs != 1.0:  # extreme floats: fused near magnitude 1, exactly (a power of two), then scaled back
             planes = planes * planes.dtype.type(vs)
-        if raw_guide and planes.dtype.kind in "ui" and planes.dtype.itemsize <= 2 and planes.shape[-1] == 1:
-            gd = planes[..., 0]  # (the method reads the integers itself: no float32 copy of the window)
-        else:
-            gd = make_guide(planes, g)
+        gd = make_guide(planes, g, integers=raw_guide)
         if check:
             _check_finite(gd, stack, t_index)
         if pass1:  # (in float32: its statistics reach every tile, and only the index is checked)

@@ -202,10 +202,10 @@ class CTMFusionMethod(LearnedMethod):
                 return {"fused": f.astype(dt), "index": (1 - d).astype(np.float32), "confidence": conf}
             idx = (d <= 0.5).astype(np.int16)
             return {"fused": gather(src, idx), "index": idx.astype(np.float32), "confidence": conf}
-        idx, conf = self.index(guide, planes.dtype)
+        whole, conf = self.index(guide, planes.dtype)
+        idx, conf = whole[crop], conf[crop]
         if self.p["compose"] == "pyramid":  # (the whole window's index: the composition reads the halo)
-            fused = compose_index(planes, guide, idx, halo)
-        idx, conf = idx[crop], conf[crop]
-        if self.p["compose"] != "pyramid":
+            fused = compose_index(planes, guide, whole, halo)
+        else:
             fused = gather(planes[(slice(None),) + crop], idx)
         return {"fused": fused, "index": idx.astype(np.float32), "confidence": conf.astype(np.float32)}

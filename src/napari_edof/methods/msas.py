@@ -292,11 +292,10 @@ class MSASMethod(LearnedMethod):
 
     def fuse_tile(self, planes, guide, *, halo, stats=None):
         x = normalise_guide(guide, planes.dtype, self.p["normalise"])
-        idx, conf = decide_stack(x, self.decide, self.p)
-        compose = self.p["compose"] == "pyramid" and planes.shape[0] > 2  # (two planes: the paper's map)
-        if compose:  # (the whole window's index: the composition reads the halo)
-            fused = compose_index(planes, guide, idx, halo)
-        idx, conf = self.crop(idx, halo), self.crop(conf, halo)
-        if not compose:
+        whole, conf = decide_stack(x, self.decide, self.p)
+        idx, conf = self.crop(whole, halo), self.crop(conf, halo)
+        if self.p["compose"] == "pyramid" and planes.shape[0] > 2:  # (two planes: the paper's map)
+            fused = compose_index(planes, guide, whole, halo)  # (the whole window's index: it reads the halo)
+        else:
             fused = gather(self.crop(planes, halo, (1, 2)), idx)
         return {"fused": fused, "index": idx.astype(np.float32), "confidence": conf}
