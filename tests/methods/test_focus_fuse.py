@@ -296,6 +296,85 @@ def test_pure_noise_is_unknown_without_lone_specks():
     assert (r.confidence[~np.isfinite(r.index)] == 0).all()
 
 
+def _jpeg_like(seed=0, n=5, shape=(192, 256), sharp=2):
+    """uint8 planes: a textured disc sharp in plane ``sharp`` on a flat background whose every plane is
+    flattened block by block (the 8 x 8 means of the noisy plane, with a little jitter, rounded): JPEG's
+    flat blocks, a level or two apart, a different pattern in each plane. Returns planes and the disc."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    H, W = shape
+    yy, xx = np.mgrid[:H, :W]
+    disc = (yy - H / 2) ** 2 + (xx - W / 4) ** 2 < (H / 4) ** 2
+    tex = ndi.gaussian_filter(rng.standard_normal(shape), 1.0) * 60 * disc
+    slow = 3 * np.sin(xx / 23.0) * np.cos(yy / 17.0)
+    near = ndi.binary_dilation(disc, iterations=12)
+    out = []
+    for k in range(n):
+        p = 180 + ndi.gaussian_filter(tex, 0.01 + 2.0 * abs(k - sharp)) + slow + 1.2 * rng.standard_normal(shape)
+        blocks = p.reshape(H // 8, 8, W // 8, 8).mean(axis=(1, 3)) + 0.7 * rng.standard_normal((H // 8, W // 8))
+        p = np.where(near, p, np.repeat(np.repeat(blocks, 8, 0), 8, 1))
+        out.append(np.clip(np.round(p), 0, 255).astype(np.uint8))
+    return np.stack(out), disc
+
+
+def test_compressed_flat_background_is_unknown_not_blotches():
+    """JPEG-like planes: in the flat background some planes' blocks hold one value (no energy) and others
+    the block edges, so the noise floor is not the noise and the in-focus test passes there (94 % of the
+    background before the consistency test). The map shows the disc's plane and marks the background
+    unknown; the fused image does not change."""
+    a, disc = _jpeg_like()
+    far = np.zeros(disc.shape, bool)
+    far[8:-8, a.shape[2] // 2 + 40 : -8] = True
+    before = ne.fuse(a, params={"consistency": 0})
+    assert np.isfinite(before.index[far]).mean() > 0.8  # the blotches the test removes
+    r = ne.fuse(a)  # the default
+    assert np.isfinite(r.index[far]).mean() < 0.05
+    assert np.isfinite(r.index[disc]).all() and np.abs(r.index[disc] - 2).max() < 0.5
+    assert (r.confidence[~np.isfinite(r.index)] == 0).all()
+    np.testing.assert_array_equal(r.fused, before.fused)
+
+
+@pytest.mark.parametrize("params", [{}, {"unknown": "fill"}], ids=str)
+def test_consistency_test_tiles_agree_with_the_whole_image(params):
+    from napari_edof.methods.focus_fuse import SPEC
+
+    a, _ = _jpeg_like(seed=1, shape=(320, 352))
+    whole = ne.fuse(a, tile=None, params=params)
+    tiled = ne.fuse(a, tile=96 if SPEC.halo(dict(SPEC.defaults(), **params)) < 100 else 128, overlap=0, params=params)
+    assert tiled.provenance["tiles"] >= 6
+    assert np.isnan(whole.index).mean() > 0.3  # the test did mark the background
+    np.testing.assert_array_equal(whole.index, tiled.index)
+    np.testing.assert_array_equal(whole.confidence, tiled.confidence)
+
+
+def test_consistent_index_measures_departure_from_a_smooth_surface():
+    from napari_edof.methods.focus_fuse import consistent_index
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :80].astype(np.float32)
+    c = (slice(12, -12), slice(12, -12))
+    tilted = 1 + 0.05 * xx + 0.03 * yy  # a tilted surface, 8 planes
+    full, half = consistent_index(tilted, 8)
+    assert full[c].max() < 1e-3 and half[c].max() < 1e-3
+    noise = rng.integers(0, 8, (64, 80)).astype(np.float32)  # an index drawn at random
+    full, half = consistent_index(noise, 8)
+    assert 0.7 < np.median(full[c]) < 1.3 and half[c].min() > 0.3
+    step = np.where(xx < 40, 1.0, 6.0).astype(np.float32)  # a depth edge: its sides are smooth, across it is not
+    full, half = consistent_index(step, 8)
+    assert full[c][:, 40 - 12 - 2 : 40 - 12 + 2].min() > 0.15  # (columns beside the edge, in c's frame)
+    assert half[c].max() < 1e-3
+
+
+def test_noisy_stacks_maps_do_not_change():
+    """Where every plane shows at least its rounding's noise (a camera's 16 bits), the consistency test
+    does not apply: the map is the in-focus test's. (8-bit stacks have flat planes where they saturate:
+    there it does.)"""
+    for cfg in (FLOORS[0][0], FLOORS[2][0]):  # 16-bit fluorescence and bright field
+        a = render(cfg).planes
+        np.testing.assert_array_equal(ne.fuse(a).index, ne.fuse(a, params={"consistency": 0}).index)
+
+
 @pytest.mark.parametrize("work, loaded, env, numpy_path", [
     (10**6, False, None, True),  # a small one-shot job, numba not loaded: the numpy path
     (10**9, False, None, False),  # enough work to pay for loading numba

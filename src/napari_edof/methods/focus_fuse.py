@@ -29,6 +29,17 @@ works at two scales, with every decision weighed against the noise measured wher
   is *unknown*: no plane is in focus there. Its confidence is 0 and its
   index NaN (``unknown="nan"``, the default), interpolated from the known pixels near it
   (``"fill"``, for height views) or the argmax as it came (``"keep"``).
+- *Consistency of the map*: that test assumes the noise a plane shows is the noise of every plane
+  there. Where it is not (JPEG: a block holds a single value in one plane and the block edges of
+  another; noise-free flat areas quantised to one value), the weak evidence of a flat background
+  passes it and the index there is the argmax of the compression's noise: blotches. So where a
+  pixel's own evidence is not strong (its best measure below 16 x the in-focus threshold times the
+  floor, the floor at least an integer image's rounding error), its index is shown only if the
+  index around it follows a smooth surface: at quarter resolution, the least, over the four halves
+  of the 36 x 36 window on the pixel's side (one of them lies beside a depth edge, not across it),
+  of the index's variance about a fitted plane, below ``consistency`` (0.15) times the variance
+  of a random index. Elsewhere it is unknown. This changes only the map (index and confidence):
+  the fusion's base follows the test above, so the fused image does not change.
 - *Impulses*: every energy is smoothed [1 2 1] over z first: detail in focus persists over
   neighbouring planes, a hot or dead pixel is in one plane only.
 - *Fusion*: a Laplacian pyramid. Per level, each plane's weight is ``exp(-(best energy - its
@@ -73,12 +84,25 @@ from ._registry import MethodSpec, Param, register
 
 UNKNOWN = ("nan", "fill", "keep")
 _F = np.float32
+#: a pixel whose best measure stands this many times above the in-focus threshold shows its index
+#: whatever the index around it does (depth edges, isolated sharp objects)
+_STRONG = _F(16.0)
+#: the consistency window's radius (quarter-resolution pixels: 52 x 52 full-resolution pixels, its halves 52 x 28)
+_CONSIST_R = 6
 
 
 def _index_reach(p: dict) -> int:
     """Half-resolution pixels from which the index (and the base's filled index) is read."""
     coarse = 2 * ((p["coarse_r"] + 1) // 2) + 3 if p["coarse_r"] else 0  # a quarter-resolution box
     return 1 + p["radius"] + coarse + 1 + 1 + p["fill"]  # (+1: the known mask's 3 x 3 majority)
+
+
+def _shown_reach(p: dict) -> int:
+    """Half-resolution pixels from which the shown index (the consistency test, the map's fill) is read."""
+    coarse = 2 * ((p["coarse_r"] + 1) // 2) + 3 if p["coarse_r"] else 0
+    # (the consistency window's reach at quarter resolution, 2 r + 1 half-resolution pixels)
+    extra = 2 * _CONSIST_R + 1 + (p["fill"] if p["unknown"] == "fill" else 0) if p.get("consistency", 0) > 0 else 0
+    return 1 + p["radius"] + coarse + 1 + 1 + extra
 
 
 def _pyramid_reach(levels: int, extra: int = 0) -> int:
@@ -112,7 +136,7 @@ def _halo(p: dict) -> int:
     realistic stacks before the second depth)."""
     second = 1 if p.get("overlap", 0) > 0 else 0
     bands = _pyramid_reach(p["levels"] - 1, second) + 1 + p["radius"]
-    half = max(_base_reach(p), bands) + 2
+    half = max(_base_reach(p), bands, _shown_reach(p)) + 2
     return 2 * half + 2 + p["detail_window"] + 2 + _SECOND_FINE_R * second
 
 
@@ -159,6 +183,11 @@ SPEC = MethodSpec(
               help="pixels where no plane is in focus: index NaN; fill: interpolated from "
               "the known pixels within 'fill' (NaN beyond); keep: the argmax as it came (confidence is 0 in all "
               "three)", choices=UNKNOWN),
+        Param("consistency", float, 0.15, label="Index consistency", advanced=True,
+              help="where a pixel's own evidence is weak, its index is shown only if the index around it (the "
+              "half of a 36 x 36 window on its side) follows a smooth surface, within this fraction of a random "
+              "index's variance (JPEG blocks, flat backgrounds); unknown otherwise. The image does not "
+              "change; 0: off", min=0.0, max=1.0),
         Param("unknown_k", float, 1.0, label="In-focus threshold", advanced=True,
               help="a pixel is in focus in some plane when its best focus measure stands "
               "above its noise floor by unknown_k x what noise alone reaches (0.5 marks less unknown)",
@@ -334,6 +363,77 @@ def noise_ratio(n: int, radius: int, coarse: int = 0) -> float:
         fm = fm[:, m:-m, m:-m]
         _NOISE_RATIO[key] = float(np.quantile(fm.max(axis=0) / fm.min(axis=0), 0.995))
     return _NOISE_RATIO[key]
+
+
+def _ramp(f: np.ndarray, r: int, step: int) -> np.ndarray:
+    """1D ``f``: ``out[c] = sum(j * f[c + j * step] for j in -r..r)`` (the ends are not meaningful)."""
+    out = np.zeros_like(f)
+    a, b = r * step, f.shape[0] - r * step
+    if b <= a:
+        return out
+    o = out[a:b]
+    for j in range(1, r + 1):
+        t = np.subtract(f[a + j * step : b + j * step], f[a - j * step : b - j * step])
+        t *= _F(j)
+        o += t
+    return out
+
+
+def _fit_residual(d: np.ndarray, ry: int, rx: int) -> np.ndarray:
+    """Per pixel, the variance of ``d`` (h, w) about the plane fitted to it by least squares over the
+    (2 ry + 1) x (2 rx + 1) window centred there (the outer ``ry`` rows and ``rx`` columns are not
+    meaningful). Windowed sums on the flattened map, as :func:`box_mean`."""
+    w = d.shape[-1]
+    n = _F(1.0 / ((2 * rx + 1) * (2 * ry + 1)))
+    f = np.ascontiguousarray(d, _F).reshape(-1)
+
+    def box(x):
+        return _win(_win(x, 2 * rx + 1, 1), 2 * ry + 1, w)
+
+    m = box(f) * n
+    v = box(f * f) * n
+    v -= m * m
+    cx = _win(_ramp(f, rx, 1), 2 * ry + 1, w) * n  # covariance with the column offset
+    cy = _win(_ramp(f, ry, w), 2 * rx + 1, 1) * n  # and with the row offset
+    v -= cx * cx * _F(3.0 / (rx * (rx + 1)))  # (the offsets' variance is r (r + 1) / 3)
+    v -= cy * cy * _F(3.0 / (ry * (ry + 1)))
+    np.maximum(v, 0, out=v)
+    return v.reshape(d.shape)
+
+
+def consistent_index(d: np.ndarray, n: int, r: int = _CONSIST_R) -> tuple[np.ndarray, np.ndarray]:
+    """How far the (h, w) sub-plane index ``d`` of ``n`` planes departs from a smooth surface around
+    each pixel: the index's variance about the plane fitted to it over the (2r + 1)^2 window, over
+    the variance of an index drawn at random ((n^2 - 1) / 12): about 1 where the index is noise, near 0
+    on smooth and tilted surfaces. Returns that and the same over the best of the window's four
+    halves (left, right, upper, lower: a pixel beside a depth edge has one on its side, not across
+    it). The outer ``r`` rows and columns are not meaningful."""
+    a = r // 2
+    k = _F(12.0 / (n * n - 1))
+    full = _fit_residual(d, r, r)
+    full *= k
+    h1 = _fit_residual(d, r, a).reshape(-1)  # the halves' windows, shifted to either side below
+    h2 = _fit_residual(d, a, r).reshape(-1)
+    w = d.shape[-1]
+    half = np.full(h1.shape, np.inf, _F)
+    for f, s in ((h1, a), (h2, a * w)):
+        np.minimum(half[s:], f[:-s], out=half[s:])  # the window to the left (above) of the pixel
+        np.minimum(half[:-s], f[s:], out=half[:-s])  # to the right (below)
+    half *= k
+    return full, half.reshape(d.shape)
+
+
+def _fill_from(d: np.ndarray, known: np.ndarray, r: int) -> np.ndarray:
+    """``d`` where ``known``, elsewhere the mean of the known values within ``r`` (NaN where under 2 %
+    of that window is known, or everywhere off it with ``r`` 0)."""
+    out = np.where(known, d, np.nan).astype(_F)
+    if r:
+        num = box_mean(np.where(known, d, 0).astype(_F), r)
+        den = box_mean(known.astype(_F), r)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            near = np.where(den > 0.02, num / den, np.nan).astype(_F)
+        out = np.where(known, d, near).astype(_F)
+    return out
 
 
 def sub_plane(vol) -> np.ndarray:
@@ -650,16 +750,31 @@ class FocusFuse:
         else:
             d = _median3(sub_plane(FM))
         del FM
+        shown = known  # where the index is shown (the fusion's base uses ``known``)
+        d_shown = None
+        # where some plane is cleaner than an integer image's rounding alone makes it (uniform error, 1/12
+        # per channel: a JPEG block or a noise-free flat area quantised to one value has no energy at all),
+        # the floor does not measure the noise and the test above passes on the compression's noise: there
+        # the index is shown only where the evidence is strong or the index around it is consistent
+        qf = _F(fm_gain / (12.0 * C)) if planes.dtype.kind in "ui" else _F(0)
+        clean = floor < qf
+        m = p["radius"] + 2  # (the measure's outer rows and columns are not meaningful: zeros)
+        if p["consistency"] > 0 and Z > 2 and clean[m:-m, m:-m].any():
+            suspect = box_mean(clean.astype(_F), 2 * _CONSIST_R) > 0
+            strong = best > kq * _STRONG * np.maximum(floor, qf)
+            full, half = consistent_index(bin2(d), Z)  # at quarter resolution (a tenth of the work)
+            c = _F(p["consistency"])
+            edge = box_mean(bin2(strong.astype(_F)), _CONSIST_R) > 0  # strong evidence in the window
+            smooth = (full < c) | ((half < c) & edge)
+            smooth = np.repeat(np.repeat(smooth, 2, 0), 2, 1)
+            drop = _median3((suspect & ~strong & ~smooth).astype(_F)) > 0.5  # (no lone specks of either)
+            shown = known & ~drop
+            if p["unknown"] == "fill":  # the map is filled from the shown pixels near (as the base from the known)
+                d_shown = _fill_from(d, shown, p["fill"])
         with np.errstate(divide="ignore", invalid="ignore"):
             conf = np.where(best > 0, (best - mean) / (best * _F(1 - 1 / Z)), 0).astype(_F)
-        conf[~known] = 0
-        base_index = np.where(known, d, np.nan).astype(_F)
-        if p["fill"]:
-            num = box_mean(np.where(known, d, 0).astype(_F), p["fill"])
-            den = box_mean(known.astype(_F), p["fill"])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                near = np.where(den > 0.02, num / den, np.nan).astype(_F)
-            base_index = np.where(known, d, near).astype(_F)
+        conf[~shown] = 0
+        base_index = _fill_from(d, known, p["fill"])
 
         # ---- half-resolution fusion of every channel (one channel: the guide is that channel)
         bands, s2, bi = [], sigma2, base_index
@@ -759,15 +874,17 @@ class FocusFuse:
 
         # ---- outputs (cropped by the halo)
         ch = (slice(halo // 2, (H - halo) // 2), slice(halo // 2, (W - halo) // 2))
-        shown = base_index if p["unknown"] == "fill" else d
-        index = up2(shown[ch[0].start - 1 : ch[0].stop + 1, ch[1].start - 1 : ch[1].stop + 1])[2:-2, 2:-2]
+        if p["unknown"] == "fill":
+            filled = base_index if d_shown is None else d_shown
+        out_index = filled if p["unknown"] == "fill" else d
+        index = up2(out_index[ch[0].start - 1 : ch[0].stop + 1, ch[1].start - 1 : ch[1].stop + 1])[2:-2, 2:-2]
         conf_f = up2(conf[ch[0].start - 1 : ch[0].stop + 1, ch[1].start - 1 : ch[1].stop + 1])[2:-2, 2:-2]
-        kn = np.repeat(np.repeat(known[ch], 2, 0), 2, 1)
+        kn = np.repeat(np.repeat(shown[ch], 2, 0), 2, 1)
         conf_f[~kn] = 0
         np.clip(conf_f, 0, 1, out=conf_f)
         np.clip(index, 0, Z - 1, out=index)
         if p["unknown"] == "nan":
             index[~kn] = np.nan
         elif p["unknown"] == "fill":  # the up-sampling spreads NaN by one pixel: only where nothing is near
-            index[~kn & ~np.repeat(np.repeat(np.isfinite(base_index[ch]), 2, 0), 2, 1)] = np.nan
+            index[~kn & ~np.repeat(np.repeat(np.isfinite(filled[ch]), 2, 0), 2, 1)] = np.nan
         return {"fused": fused, "index": index, "confidence": conf_f}
