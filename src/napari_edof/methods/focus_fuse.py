@@ -313,6 +313,12 @@ def laplacian_energy(a: np.ndarray) -> np.ndarray:
     return out.reshape(a.shape)
 
 
+def _majority3(mask: np.ndarray) -> np.ndarray:
+    """The 3 x 3 majority of a boolean map (its median, from the windowed count: a tenth of the
+    sorting network's time; the outer rows and columns are not meaningful)."""
+    return box3(mask.astype(_F)) > _F(0.5)
+
+
 def _median3(a: np.ndarray) -> np.ndarray:
     return median3(np.pad(a, 1, mode="edge"))
 
@@ -739,7 +745,7 @@ class FocusFuse:
             fc = box_mean(bin2(FM), cr)
             kc = _F(p["unknown_k"] * noise_ratio(Z, p["radius"], cr))
             known |= up2(fc.max(axis=0) > kc * fc.min(axis=0)) > 0.5
-        known = _median3(known.astype(_F)) > 0.5  # the majority of 3 x 3: no lone specks either way
+        known = _majority3(known)  # no lone specks either way
         cw = _F(p["coarse_w"])
         if kern is not None:
             coarse = p["coarse_r"] and p["coarse_w"]
@@ -760,14 +766,15 @@ class FocusFuse:
         clean = floor < qf
         m = p["radius"] + 2  # (the measure's outer rows and columns are not meaningful: zeros)
         if p["consistency"] > 0 and Z > 2 and clean[m:-m, m:-m].any():
-            suspect = box_mean(clean.astype(_F), 2 * _CONSIST_R) > 0
+            suspect = box_mean(bin2(clean.astype(_F)), _CONSIST_R) > 0  # (quarter resolution)
+            suspect = np.repeat(np.repeat(suspect, 2, 0), 2, 1)
             strong = best > kq * _STRONG * np.maximum(floor, qf)
             full, half = consistent_index(bin2(d), Z)  # at quarter resolution (a tenth of the work)
             c = _F(p["consistency"])
             edge = box_mean(bin2(strong.astype(_F)), _CONSIST_R) > 0  # strong evidence in the window
             smooth = (full < c) | ((half < c) & edge)
             smooth = np.repeat(np.repeat(smooth, 2, 0), 2, 1)
-            drop = _median3((suspect & ~strong & ~smooth).astype(_F)) > 0.5  # (no lone specks of either)
+            drop = _majority3(suspect & ~strong & ~smooth)  # (no lone specks of either)
             shown = known & ~drop
             if p["unknown"] == "fill":  # the map is filled from the shown pixels near (as the base from the known)
                 d_shown = _fill_from(d, shown, p["fill"])
