@@ -171,6 +171,36 @@ def pair_compose_param() -> Param:
                  "the chosen plane (every fused pixel a source pixel)", choices=("pyramid", "select"))
 
 
+def pair_resolution_param() -> Param:
+    """The pair networks' ``resolution`` parameter (one declaration for both methods)."""
+    return Param("resolution", str, "full", label="Network resolution", advanced=True,
+                 help="where the network decides for more than two planes: full, or half (on 2 x 2 bins of the "
+                 "guide, the index spread back over each bin's pixels: about 4x less network work; with "
+                 "compose=pyramid the detail still comes from the planes at full resolution)",
+                 choices=("full", "half"))
+
+
+def pair_half(p: dict) -> bool:
+    """Whether a pair network decides on 2 x 2 bins (``resolution="half"``, more than two planes)."""
+    return p.get("resolution", "full") == "half"
+
+
+def pair_multiple(p: dict) -> int:
+    """A pair network's tile multiple: the composition's grid, and whole bins at half resolution."""
+    return max(compose_multiple(p), 2 if pair_half(p) else 1)
+
+
+def binned(decide_window, x: np.ndarray):
+    """``decide_window`` ((N, H, W) -> (index, confidence), each (H, W)) run on the 2 x 2 bins of ``x``
+    (an odd side reflected by one row or column first), its maps spread back over each bin's pixels."""
+    N, H, W = x.shape
+    if H % 2 or W % 2:
+        x = np.pad(x, ((0, 0), (0, H % 2), (0, W % 2)), mode="reflect" if min(H, W) > 1 else "edge")
+    idx, conf = decide_window(bin2(x))
+    up = lambda a: np.repeat(np.repeat(a, 2, 0), 2, 1)[:H, :W]  # noqa: E731
+    return up(idx), up(conf)
+
+
 def compose_halo(p: dict) -> int:
     """A composing method's halo: its context, and with ``compose="pyramid"`` at least what the
     composition reads."""

@@ -32,7 +32,7 @@ from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
 from ..nn.learned import LearnedMethod, load_network
 from ..nn.pairwise import REFERENCES, STRATEGIES
-from ._prob_compose import compose_halo, compose_index, compose_multiple, pair_compose_param
+from ._prob_compose import binned, compose_halo, compose_index, pair_compose_param, pair_half, pair_multiple, pair_resolution_param
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Deng, X., Liu, X. et al., 'Endoscopic Depth-of-Field Expansion via Cascaded Network with "
@@ -62,6 +62,7 @@ SPEC = MethodSpec(
     family="learned",
     params=(
         pair_compose_param(),
+        pair_resolution_param(),
         Param("strategy", str, "reference", label="Strategy",
               help="how the pair network fuses N planes: each plane against a common reference composite "
               "(order-free), sequential pairwise fusion (the order-dependent baseline), or every pair "
@@ -93,7 +94,7 @@ SPEC = MethodSpec(
               "reference strategy runs one plane per worker thread instead", min=0, max=256),
     ),
     halo=compose_halo,
-    tile_multiple=compose_multiple,
+    tile_multiple=pair_multiple,
     devices=("cuda", "mps", "cpu"),
     backend="torch",
     default_tile=512,
@@ -183,8 +184,12 @@ class CTMFusionMethod(LearnedMethod):
 
         p = self.p
         x = to_unit(guide, dtype, p["normalise"])
-        return fuse_stack_pairwise(x, self.decide, strategy=p["strategy"], reference=p["reference"],
-                                   symmetric=p["symmetric"], refine=p["refine"], batch=p["batch"])
+
+        def window(x):
+            return fuse_stack_pairwise(x, self.decide, strategy=p["strategy"], reference=p["reference"],
+                                       symmetric=p["symmetric"], refine=p["refine"], batch=p["batch"])
+
+        return binned(window, x) if pair_half(p) and x.shape[0] > 2 else window(x)
 
     def fuse_tile(self, planes, guide, *, halo, stats=None):
         crop = (slice(halo, -halo),) * 2 if halo else (slice(None),) * 2

@@ -156,6 +156,21 @@ class FusionNet(nn.Module):
             y = y + base
         return (y, idx) if return_index else y
 
+    @property
+    def score_radius(self) -> int:
+        """How far (pixels) the selection head's score of a pixel sees: FMB and the two feature convs."""
+        return self.fmb.radius + 2
+
+    @torch.inference_mode()
+    def plane_probs(self, x: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+        """(B, N, 3, H, W) -> (B, N, H, W): the selection head's softmax over the planes (``skip``
+        only; the refinement blocks are not run). Planes go through the feature module ``chunk`` at
+        a time."""
+        B, N, C, H, W = x.shape
+        sc = torch.cat([self._scores(self._pre(x[:, n0:n0 + chunk]), x[:, n0:n0 + chunk].shape)
+                        for n0 in range(0, N, chunk)], dim=1)
+        return torch.softmax(sc, dim=1)
+
     @torch.inference_mode()
     def infer(self, x: torch.Tensor, chunk: int = 4):
         """Inference without autograd, planes through the feature module ``chunk`` at a time and
