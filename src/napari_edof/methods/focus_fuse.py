@@ -29,17 +29,19 @@ works at two scales, with every decision weighed against the noise measured wher
   is *unknown*: no plane is in focus there. Its confidence is 0 and its
   index NaN (``unknown="nan"``, the default), interpolated from the known pixels near it
   (``"fill"``, for height views) or the argmax as it came (``"keep"``).
-- *Consistency of the map*: that test assumes the noise a plane shows is the noise of every plane
-  there. Where it is not (JPEG: a block holds a single value in one plane and the block edges of
-  another; noise-free flat areas quantised to one value), the weak evidence of a flat background
-  passes it and the index there is the argmax of the compression's noise: blotches. So where a
-  pixel's own evidence is not strong (its best measure below 16 x the in-focus threshold times the
-  floor, the floor at least an integer image's rounding error), its index is shown only if the
-  index around it follows a smooth surface: at quarter resolution, the least, over the four halves
-  of the 36 x 36 window on the pixel's side (one of them lies beside a depth edge, not across it),
-  of the index's variance about a fitted plane, below ``consistency`` (0.15) times the variance
-  of a random index. Elsewhere it is unknown. This changes only the map (index and confidence):
-  the fusion's base follows the test above, so the fused image does not change.
+- *Consistency of the map*: that test assumes the floor is the noise every plane shows there.
+  Where some plane is cleaner than an integer image's rounding alone makes it (JPEG: a block holds
+  a single value in one plane and the block edges of another; noise-free flat areas quantised to
+  one value), it is not: the weak evidence of a flat background passes the test and the index there
+  is the argmax of the compression's noise, blotches. So within about 50 pixels of such a place, a
+  pixel whose own evidence is not strong (its best measure below 16 x the in-focus threshold times
+  the floor, the floor taken at least at the rounding) shows its index only if the index around it
+  follows a smooth surface: at quarter resolution, the index's variance about a plane fitted over
+  the 52 x 52 window (or, where strong evidence lies in that window, a depth edge, over the best of
+  its four halves, one of which lies on the pixel's side of the edge) below ``consistency`` (0.15)
+  times the variance of a random index. Elsewhere it is unknown. This changes only the map (index,
+  confidence): the fusion's base follows the test above, so the fused image does not change. A
+  camera's own noise is always above its rounding, so on such stacks the map does not change.
 - *Impulses*: every energy is smoothed [1 2 1] over z first: detail in focus persists over
   neighbouring planes, a hot or dead pixel is in one plane only.
 - *Fusion*: a Laplacian pyramid. Per level, each plane's weight is ``exp(-(best energy - its
@@ -184,10 +186,10 @@ SPEC = MethodSpec(
               "the known pixels within 'fill' (NaN beyond); keep: the argmax as it came (confidence is 0 in all "
               "three)", choices=UNKNOWN),
         Param("consistency", float, 0.15, label="Index consistency", advanced=True,
-              help="where a pixel's own evidence is weak, its index is shown only if the index around it (the "
-              "half of a 36 x 36 window on its side) follows a smooth surface, within this fraction of a random "
-              "index's variance (JPEG blocks, flat backgrounds); unknown otherwise. The image does not "
-              "change; 0: off", min=0.0, max=1.0),
+              help="near planes cleaner than the image's rounding (JPEG blocks, flat quantised areas), a pixel "
+              "with weak evidence shows its index only if the index around it (52 x 52 px) follows a smooth "
+              "surface, within this fraction of a random index's variance; unknown otherwise. The image does "
+              "not change; 0: off", min=0.0, max=1.0),
         Param("unknown_k", float, 1.0, label="In-focus threshold", advanced=True,
               help="a pixel is in focus in some plane when its best focus measure stands "
               "above its noise floor by unknown_k x what noise alone reaches (0.5 marks less unknown)",
