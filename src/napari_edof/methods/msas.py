@@ -36,7 +36,15 @@ from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
 from ..nn.learned import LearnedMethod, load_network
 from ..nn.pairwise import STRATEGIES
-from ._prob_compose import binned, compose_halo, compose_index, pair_compose_param, pair_half, pair_multiple, pair_resolution_param
+from ._prob_compose import (
+    binned,
+    compose_halo,
+    compose_index,
+    pair_compose_param,
+    pair_half,
+    pair_multiple,
+    pair_resolution_param,
+)
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Multi-focus image fusion via multi-scale attention and Siamese networks; "

@@ -178,6 +178,12 @@ def dtype_range(dtype) -> tuple[float, float]:
     return 0.0, 1.0
 
 
+def group_input(x: np.ndarray, grp: tuple[int, ...]) -> np.ndarray:
+    """The network's RGB input for one channel group of (..., C) ``x``: the group itself, or its one
+    channel replicated to three."""
+    return x[..., list(grp)] if len(grp) == 3 else np.repeat(x[..., grp[0]:grp[0] + 1], 3, axis=-1)
+
+
 def channel_groups(c: int) -> list[tuple[int, ...]]:
     """How C channels are fed to the RGB network: RGB(A) as one group (alpha is not fed), anything
     else channel by channel (each replicated to 3)."""
@@ -301,8 +307,7 @@ class FMBFN(LearnedMethod):
         groups = channel_groups(C)
         prob = None
         for grp in groups:
-            xin = x[..., list(grp)] if len(grp) == 3 else np.repeat(x[..., grp[0]:grp[0] + 1], 3, axis=-1)
-            q = self.probs(xin)
+            q = self.probs(group_input(x, grp))
             prob = q if prob is None else prob + q
         if len(groups) > 1:
             prob /= np.float32(len(groups))
@@ -312,6 +317,9 @@ class FMBFN(LearnedMethod):
         p = core.max(axis=0)
         conf = (p - 1.0 / Z) / (1.0 - 1.0 / Z) if Z > 1 else np.ones_like(p)
         fused = _crop(fused, halo, (0, 1)) if halo else fused
+        if C == 4:  # alpha: not fed to the network, taken from the chosen plane (as with the network's image)
+            raw = _crop(planes, halo)
+            fused[..., 3] = np.take_along_axis(raw[..., 3], idx[None].astype(np.intp), axis=0)[0]
         return {"fused": fused, "index": idx.astype(np.float32), "confidence": np.clip(conf, 0, 1).astype(np.float32)}
 
     def fuse_tile(self, planes, guide, *, halo, stats=None):
@@ -326,8 +334,7 @@ class FMBFN(LearnedMethod):
         out = np.zeros((h - 2 * keep, w - 2 * keep, C), np.float32)
         provs, sels, probs = [], [], []
         for grp in channel_groups(C):
-            xin = x[..., list(grp)] if len(grp) == 3 else np.repeat(x[..., grp[0]:grp[0] + 1], 3, axis=-1)
-            y, prov, sel, prob = self.run(xin)
+            y, prov, sel, prob = self.run(group_input(x, grp))
             y, prov = _crop(y, keep, (0, 1)), _crop(prov, keep)
             sels.append(None if sel is None else _crop(sel, keep, (0, 1)))
             probs.append(None if prob is None else _crop(prob, keep, (0, 1)))
