@@ -73,6 +73,8 @@ def _method_cases() -> list[tuple[str, str, str, dict]]:
             opts["params"] = dict(OLD_STACKMFF_V2)
         if m in ("msas", "ctmfusion"):  # saved before their index was composed (2026-12-07, issue 18)
             opts["params"] = {"compose": "select"}
+        if m == "fmb-fn":  # saved when its default output was the network's image (before 2026-12-07, issue 18)
+            opts["params"] = {"output": "network"}
         out.append((f"{m}/grey", "grey", m, opts))
         if not learned:
             out.append((f"{m}/rgb", "rgb", m, {"tile": 32}))
@@ -83,7 +85,8 @@ def _method_cases() -> list[tuple[str, str, str, dict]]:
                 {"tile": 32, "params": {"lowtexture": "blend"}}))
     out.append(("focus-select/movie/lowtexture", "movie", "focus-select",
                 {"tile": 32, "params": {"lowtexture": "mask"}}))
-    out.append(("fmb-fn/grey/dtype", "grey", "fmb-fn", {"tile": 48, "params": {"normalise": "dtype"}}))
+    out.append(("fmb-fn/grey/dtype", "grey", "fmb-fn",
+                {"tile": 48, "params": {"normalise": "dtype", "output": "network"}}))
     out.append(("stackmff-v2/grey/official", "grey", "stackmff-v2",
                 {"tile": 48, "params": {"rule": "official", **OLD_STACKMFF_V2}}))
     out.append(("stackmff-v2/grey/matched", "grey", "stackmff-v2",

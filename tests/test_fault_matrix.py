@@ -700,9 +700,15 @@ def case_ctrl_c_with_workers(tmp_path, capsys):
     proc = subprocess.Popen([sys.executable, "-m", "napari_edof.cli", "fuse", str(src), "-o", str(out), "--workers",
                              "2", "--format", "zarr", "--tile", "64", "-q"], env=env, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
+    def started():  # (the run may create and rename folders there while we look)
+        try:
+            return any(p.name.startswith(".partial-") for p in out.iterdir())
+        except FileNotFoundError:
+            return False
+
     try:
         deadline = time.monotonic() + 120
-        while not (out.is_dir() and any(p.name.startswith(".partial-") for p in out.iterdir())):
+        while not started():
             assert proc.poll() is None, proc.stderr.read()
             assert time.monotonic() < deadline, "the run never started"
             time.sleep(0.05)

@@ -164,7 +164,8 @@ def test_on_by_default_only_for_methods_that_synthesise(grey16):
     pytest.importorskip("torch")
     assert plan_fusion(grey16, method="vaeedof").audit
     assert plan_fusion(grey16, method="vaeedof", params={"mode": "latent"}).audit
-    assert plan_fusion(grey16, method="fmb-fn").audit
+    assert not plan_fusion(grey16, method="fmb-fn").audit  # the default composes the planes (output=pyramid)
+    assert plan_fusion(grey16, method="fmb-fn", params={"output": "network"}).audit
     assert not plan_fusion(grey16, method="fmb-fn", params={"output": "snap"}).audit
     assert not plan_fusion(grey16, method="vaeedof", audit=False).audit
     with pytest.raises(ne.EdofError, match="audit"):
