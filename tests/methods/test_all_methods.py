@@ -126,10 +126,13 @@ def test_learned_methods_run_under_autocast(method, sample_grey):
     """precision="half" (bfloat16 autocast on the CPU, float16 on CUDA): the network runs (no
     dtype clash in a hand-written layer), and the gate's decision is honest: one tile, so a kept
     half precision gives the float32 index exactly."""
-    r = ne.fuse(sample_grey.stack, method=method, precision="half", tile=0)
+    stack = sample_grey.stack
+    if method == "vaeedof":  # bfloat16 convolutions are emulated on most CPUs: its autoencoder at 96 px (padded to
+        stack = np.ascontiguousarray(np.asarray(stack.data)[:, :64, :64])  # 128) took over 300 s on two busy cores
+    r = ne.fuse(stack, method=method, precision="half", tile=0)
     check = r.provenance["half_precision_check"]
     assert "error" not in check, check.get("error")
-    ref = ne.fuse(sample_grey.stack, method=method, tile=0)
+    ref = ne.fuse(stack, method=method, tile=0)
     assert r.provenance["precision"] == ("half" if check["kept"] else "float32")
     if check["kept"]:
         np.testing.assert_array_equal(r.index, ref.index)
