@@ -239,6 +239,25 @@ def test_compiled_second_peak_is_numpys():
     np.testing.assert_allclose(out, ref, atol=1e-3)
 
 
+def test_compiled_median_is_numpys():
+    """The compiled 3 x 3 median of the index (its sorting network pixel by pixel) gives numpy's
+    values exactly, ties included."""
+    from napari_edof.core.select import median3
+    from napari_edof.methods._focus_fuse_kernels import kernels
+
+    kern = kernels()
+    if kern is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(7)
+    for shape in ((61, 47), (5, 9), (1, 1)):
+        for step in (0, 1.0):  # continuous values, and quantised ones with many ties
+            a = (rng.random(shape) * 15).astype(np.float32)
+            if step:
+                a = np.round(a / step).astype(np.float32) * np.float32(step)
+            p = np.pad(a, 1, mode="edge")
+            np.testing.assert_array_equal(kern.median3(p, np.empty(a.shape, np.float32)), median3(p))
+
+
 def test_numba_switch(monkeypatch):
     """NAPARI_EDOF_NUMBA=0 selects the numpy path."""
     from napari_edof.methods import _focus_fuse_kernels as k

@@ -580,3 +580,40 @@ def selected_detail(p, pb, k2, found, out):
             k = k2[i, j]
             up = q3 * _ux(pb, k, i, j, b) + q1 * _ux(pb, k, i2, j, b)
             out[y, x] = _F(p[k, y, x]) - up
+
+
+@jit
+def median3(a, out):
+    """The 3 x 3 median of the (h + 2, w + 2) ``a`` (padded by the caller) into (h, w) ``out``: the
+    19-comparison sorting network of :func:`napari_edof.core.select.median3`, pixel by pixel along
+    each row (the same comparisons: the same values, for maps without NaN). 13.7 -> about 1 ms for a
+    tile's 452 x 452 index."""
+    h, w = out.shape
+    for y in range(h):
+        r0, r1, r2 = a[y], a[y + 1], a[y + 2]
+        o = out[y]
+        for x in range(w):
+            v0, v1, v2 = r0[x], r0[x + 1], r0[x + 2]
+            v3, v4, v5 = r1[x], r1[x + 1], r1[x + 2]
+            v6, v7, v8 = r2[x], r2[x + 1], r2[x + 2]
+            v1, v2 = min(v1, v2), max(v1, v2)
+            v4, v5 = min(v4, v5), max(v4, v5)
+            v7, v8 = min(v7, v8), max(v7, v8)
+            v0, v1 = min(v0, v1), max(v0, v1)
+            v3, v4 = min(v3, v4), max(v3, v4)
+            v6, v7 = min(v6, v7), max(v6, v7)
+            v1, v2 = min(v1, v2), max(v1, v2)
+            v4, v5 = min(v4, v5), max(v4, v5)
+            v7, v8 = min(v7, v8), max(v7, v8)
+            v0, v3 = min(v0, v3), max(v0, v3)
+            v5, v8 = min(v5, v8), max(v5, v8)
+            v4, v7 = min(v4, v7), max(v4, v7)
+            v3, v6 = min(v3, v6), max(v3, v6)
+            v1, v4 = min(v1, v4), max(v1, v4)
+            v2, v5 = min(v2, v5), max(v2, v5)
+            v4, v7 = min(v4, v7), max(v4, v7)
+            v4, v2 = min(v4, v2), max(v4, v2)
+            v6, v4 = min(v6, v4), max(v6, v4)
+            v4, v2 = min(v4, v2), max(v4, v2)
+            o[x] = v4
+    return out

@@ -321,8 +321,10 @@ def _majority3(mask: np.ndarray) -> np.ndarray:
     return box3(mask.astype(_F)) > _F(0.5)
 
 
-def _median3(a: np.ndarray) -> np.ndarray:
-    return median3(np.pad(a, 1, mode="edge"))
+def _median3(a: np.ndarray, kern=None) -> np.ndarray:
+    """The same-size 3 x 3 median (edges replicated); compiled with ``kern`` (the same values)."""
+    p = np.pad(a, 1, mode="edge")
+    return median3(p) if kern is None else kern.median3(p, np.empty(a.shape, p.dtype))
 
 
 _NOISE: dict = {}
@@ -751,7 +753,7 @@ class FocusFuse:
         cw = _F(p["coarse_w"])
         if kern is not None:
             coarse = p["coarse_r"] and p["coarse_w"]
-            d = _median3(kern.sub_plane(FM, fc if coarse else _NONE3, cw, floor, best, kq))
+            d = _median3(kern.sub_plane(FM, fc if coarse else _NONE3, cw, floor, best, kq), kern)
         elif p["coarse_r"] and p["coarse_w"]:
             cwm = cw * neighbourhood_weight(floor, best, kq)
             d = _median3(sub_plane([lambda z=z, fm=FM: fm[z] + cwm * up2(fc[z]) for z in range(Z)]))
