@@ -171,9 +171,9 @@ def pair_compose_param() -> Param:
                  "the chosen plane (every fused pixel a source pixel)", choices=("pyramid", "select"))
 
 
-def pair_resolution_param() -> Param:
-    """The pair networks' ``resolution`` parameter (one declaration for both methods)."""
-    return Param("resolution", str, "full", label="Network resolution", advanced=True,
+def pair_params() -> tuple[Param, Param]:
+    """The pair networks' ``compose`` and ``resolution`` parameters (one declaration for both methods)."""
+    return pair_compose_param(), Param("resolution", str, "full", label="Network resolution", advanced=True,
                  help="where the network decides for more than two planes: full, or half (on 2 x 2 bins of the "
                  "guide, the index spread back over each bin's pixels: about 4x less network work; with "
                  "compose=pyramid the detail still comes from the planes at full resolution)",
@@ -181,8 +181,14 @@ def pair_resolution_param() -> Param:
 
 
 def pair_half(p: dict) -> bool:
-    """Whether a pair network decides on 2 x 2 bins (``resolution="half"``, more than two planes)."""
+    """Whether a pair network decides on 2 x 2 bins (``resolution="half"``)."""
     return p.get("resolution", "full") == "half"
+
+
+def pair_decide(decide_window, x: np.ndarray, p: dict):
+    """``decide_window`` ((N, H, W) -> (index, confidence)) on ``x``, or on its 2 x 2 bins with
+    ``resolution="half"`` and more than two planes (:func:`binned`; two planes keep the paper's map)."""
+    return binned(decide_window, x) if pair_half(p) and x.shape[0] > 2 else decide_window(x)
 
 
 def pair_multiple(p: dict) -> int:

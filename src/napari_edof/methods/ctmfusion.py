@@ -32,15 +32,7 @@ from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
 from ..nn.learned import LearnedMethod, load_network
 from ..nn.pairwise import REFERENCES, STRATEGIES
-from ._prob_compose import (
-    binned,
-    compose_halo,
-    compose_index,
-    pair_compose_param,
-    pair_half,
-    pair_multiple,
-    pair_resolution_param,
-)
+from ._prob_compose import compose_halo, compose_index, pair_decide, pair_multiple, pair_params
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Deng, X., Liu, X. et al., 'Endoscopic Depth-of-Field Expansion via Cascaded Network with "
@@ -69,8 +61,7 @@ SPEC = MethodSpec(
             "against a common reference.",
     family="learned",
     params=(
-        pair_compose_param(),
-        pair_resolution_param(),
+        *pair_params(),
         Param("strategy", str, "reference", label="Strategy",
               help="how the pair network fuses N planes: each plane against a common reference composite "
               "(order-free), sequential pairwise fusion (the order-dependent baseline), or every pair "
@@ -197,7 +188,7 @@ class CTMFusionMethod(LearnedMethod):
             return fuse_stack_pairwise(x, self.decide, strategy=p["strategy"], reference=p["reference"],
                                        symmetric=p["symmetric"], refine=p["refine"], batch=p["batch"])
 
-        return binned(window, x) if pair_half(p) and x.shape[0] > 2 else window(x)
+        return pair_decide(window, x, p)
 
     def fuse_tile(self, planes, guide, *, halo, stats=None):
         crop = (slice(halo, -halo),) * 2 if halo else (slice(None),) * 2

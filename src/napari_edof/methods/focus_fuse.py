@@ -93,18 +93,22 @@ _STRONG = _F(16.0)
 _CONSIST_R = 6
 
 
+def _decision_reach(p: dict) -> int:
+    """Half-resolution pixels from which the index and the known mask are read."""
+    coarse = 2 * ((p["coarse_r"] + 1) // 2) + 3 if p["coarse_r"] else 0  # a quarter-resolution box
+    return 1 + p["radius"] + coarse + 1 + 1  # (+1: the known mask's 3 x 3 majority)
+
+
 def _index_reach(p: dict) -> int:
     """Half-resolution pixels from which the index (and the base's filled index) is read."""
-    coarse = 2 * ((p["coarse_r"] + 1) // 2) + 3 if p["coarse_r"] else 0  # a quarter-resolution box
-    return 1 + p["radius"] + coarse + 1 + 1 + p["fill"]  # (+1: the known mask's 3 x 3 majority)
+    return _decision_reach(p) + p["fill"]
 
 
 def _shown_reach(p: dict) -> int:
-    """Half-resolution pixels from which the shown index (the consistency test, the map's fill) is read."""
-    coarse = 2 * ((p["coarse_r"] + 1) // 2) + 3 if p["coarse_r"] else 0
-    # (the consistency window's reach at quarter resolution, 2 r + 1 half-resolution pixels)
+    """Half-resolution pixels from which the shown index (the consistency test, the map's fill) is read:
+    the consistency window's reach at quarter resolution is 2 r + 1 half-resolution pixels."""
     extra = 2 * _CONSIST_R + 1 + (p["fill"] if p["unknown"] == "fill" else 0) if p.get("consistency", 0) > 0 else 0
-    return 1 + p["radius"] + coarse + 1 + 1 + extra
+    return _decision_reach(p) + extra
 
 
 def _pyramid_reach(levels: int, extra: int = 0) -> int:
@@ -886,8 +890,9 @@ class FocusFuse:
         # ---- outputs (cropped by the halo)
         ch = (slice(halo // 2, (H - halo) // 2), slice(halo // 2, (W - halo) // 2))
         if p["unknown"] == "fill":
-            filled = base_index if d_shown is None else d_shown
-        out_index = filled if p["unknown"] == "fill" else d
+            out_index = base_index if d_shown is None else d_shown
+        else:
+            out_index = d
         index = up2(out_index[ch[0].start - 1 : ch[0].stop + 1, ch[1].start - 1 : ch[1].stop + 1])[2:-2, 2:-2]
         conf_f = up2(conf[ch[0].start - 1 : ch[0].stop + 1, ch[1].start - 1 : ch[1].stop + 1])[2:-2, 2:-2]
         kn = np.repeat(np.repeat(shown[ch], 2, 0), 2, 1)
@@ -897,5 +902,5 @@ class FocusFuse:
         if p["unknown"] == "nan":
             index[~kn] = np.nan
         elif p["unknown"] == "fill":  # the up-sampling spreads NaN by one pixel: only where nothing is near
-            index[~kn & ~np.repeat(np.repeat(np.isfinite(filled[ch]), 2, 0), 2, 1)] = np.nan
+            index[~kn & ~np.repeat(np.repeat(np.isfinite(out_index[ch]), 2, 0), 2, 1)] = np.nan
         return {"fused": fused, "index": index, "confidence": conf_f}

@@ -36,15 +36,7 @@ from ..core.scaling import MODES as NORMALISE
 from ..core.scaling import to_unit
 from ..nn.learned import LearnedMethod, load_network
 from ..nn.pairwise import STRATEGIES
-from ._prob_compose import (
-    binned,
-    compose_halo,
-    compose_index,
-    pair_compose_param,
-    pair_half,
-    pair_multiple,
-    pair_resolution_param,
-)
+from ._prob_compose import compose_halo, compose_index, pair_decide, pair_multiple, pair_params
 from ._registry import MethodSpec, Param, WeightsSpec, register
 
 CITATION = ("Multi-focus image fusion via multi-scale attention and Siamese networks; "
@@ -64,8 +56,7 @@ SPEC = MethodSpec(
             "stacks through an order-free pairs-to-stack strategy.",
     family="learned",
     params=(
-        pair_compose_param(),
-        pair_resolution_param(),
+        *pair_params(),
         Param("strategy", str, "reference", label="Strategy",
               help="how more than two planes are fused with the pair model: each plane against one common "
               "max-contrast reference (order-free), the sequential chain (plane 0 with 1, the result with "
@@ -301,10 +292,7 @@ class MSASMethod(LearnedMethod):
 
     def fuse_tile(self, planes, guide, *, halo, stats=None):
         x = normalise_guide(guide, planes.dtype, self.p["normalise"])
-        if pair_half(self.p) and planes.shape[0] > 2:
-            whole, conf = binned(lambda xb: decide_stack(xb, self.decide, self.p), x)
-        else:
-            whole, conf = decide_stack(x, self.decide, self.p)
+        whole, conf = pair_decide(lambda xw: decide_stack(xw, self.decide, self.p), x, self.p)
         idx, conf = self.crop(whole, halo), self.crop(conf, halo)
         if self.p["compose"] == "pyramid" and planes.shape[0] > 2:  # (two planes: the paper's map)
             fused = compose_index(planes, guide, whole, halo)  # (the whole window's index: it reads the halo)

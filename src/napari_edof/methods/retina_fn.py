@@ -246,6 +246,13 @@ class FMBFN(LearnedMethod):
     first_pass: tuple[str, ...] = ()
 
     def __init__(self, params: dict, *, device: str = "cpu"):
+        if output_mode(params) == "pyramid":  # (refused before the network loads)
+            if not HAS_HEAD[params["weights"]]:
+                raise MethodError("fmb-fn: output='pyramid' needs a network with a selection head (weights='ours'); "
+                                  "use output='network' or 'snap' with weights='paper'")
+            if index_rule(params) != "select":
+                raise MethodError(f"fmb-fn: output='pyramid' composes around the selection head's choice; index="
+                                  f"{params['index']!r} needs output='network' or 'snap'")
         self.p = params
         self.device = device
         self.model = get_model(params["weights"], device)
@@ -277,33 +284,27 @@ class FMBFN(LearnedMethod):
         (h, w), its probability (h, w))."""
         import torch
 
-        from ..nn.accel import to_device
-
-        xt = to_device(x.transpose(0, 3, 1, 2), self.device, x.dtype)[None]
         with torch.inference_mode():
-            y, prov, sel, prob = self.model.infer(xt)
+            y, prov, sel, prob = self.model.infer(self._tensor(x))
         if sel is None:  # a network without the selection head (the paper's FN)
             return y[0].permute(1, 2, 0).float().cpu().numpy(), prov[0].cpu().numpy(), None, None
         return (y[0].permute(1, 2, 0).float().cpu().numpy(), prov[0].cpu().numpy(),
                 sel[0].cpu().numpy(), prob[0].float().cpu().numpy())
 
-    def probs(self, x: np.ndarray) -> np.ndarray:
-        """(Z, h, w, 3) float32 in [0, 1] -> (Z, h, w) float32: the selection head's probabilities."""
+    def _tensor(self, x: np.ndarray):
+        """(Z, h, w, 3) float32 -> the network's (1, Z, 3, h, w) input on its device."""
         from ..nn.accel import to_device
 
-        xt = to_device(x.transpose(0, 3, 1, 2), self.device, x.dtype)[None]
-        return self.model.plane_probs(xt)[0].float().cpu().numpy()
+        return to_device(x.transpose(0, 3, 1, 2), self.device, x.dtype)[None]
+
+    def probs(self, x: np.ndarray) -> np.ndarray:
+        """(Z, h, w, 3) float32 in [0, 1] -> (Z, h, w) float32: the selection head's probabilities."""
+        return self.model.plane_probs(self._tensor(x))[0].float().cpu().numpy()
 
     def _compose(self, planes, guide, x, halo):
         """output='pyramid': the planes composed around the head's probabilities over the whole
         window (every channel group's, averaged); index and confidence as ``select``."""
         Z, C = planes.shape[0], planes.shape[-1]
-        if not HAS_HEAD[self.p["weights"]]:
-            raise MethodError("fmb-fn: output='pyramid' needs a network with a selection head (weights='ours'); "
-                              "use output='network' or 'snap' with weights='paper'")
-        if index_rule(self.p) != "select":
-            raise MethodError(f"fmb-fn: output='pyramid' composes around the selection head's choice; index="
-                              f"{self.p['index']!r} needs output='network' or 'snap'")
         groups = channel_groups(C)
         prob = None
         for grp in groups:

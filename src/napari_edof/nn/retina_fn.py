@@ -166,9 +166,8 @@ class FusionNet(nn.Module):
         """(B, N, 3, H, W) -> (B, N, H, W): the selection head's softmax over the planes (``skip``
         only; the refinement blocks are not run). Planes go through the feature module ``chunk`` at
         a time."""
-        B, N, C, H, W = x.shape
-        sc = torch.cat([self._scores(self._pre(x[:, n0:n0 + chunk]), x[:, n0:n0 + chunk].shape)
-                        for n0 in range(0, N, chunk)], dim=1)
+        chunks = [x[:, n0:n0 + chunk] for n0 in range(0, x.shape[1], chunk)]
+        sc = torch.cat([self._scores(self._pre(xc), xc.shape) for xc in chunks], dim=1)
         return torch.softmax(sc, dim=1)
 
     @torch.inference_mode()
