@@ -12,8 +12,9 @@ float32 rounding (``tests/methods/test_focus_fuse.py`` compares them), and every
 direct, so tiles still agree with the whole image. Full-resolution maps are made row by row and
 never stored whole (the detail volume, Z x H x W, is not kept: the bins are, and the detail is
 made again when it is weighted). Where numba was no faster than numpy (the box-mean focus measure:
-27-30 ms against numpy's 9-10 ms for 16 planes of 476^2 with the engine's allocator tuning; the
-exponentials of the soft weights), numpy stays.
+27-30 ms against numpy's 9-10 ms for 16 planes of 476^2 with the engine's allocator tuning), numpy
+stays. The soft weights' exponentials are compiled (:func:`_exp_row`): numpy's ``exp`` is not
+vectorised in its x86-64-v3 build (about 3 ns a value against 0.7).
 
 numba is optional: without it (or with ``NAPARI_EDOF_NUMBA=0``) focus-fuse runs its numpy path.
 The kernels are compiled at first use and cached on disk (``cache=True``); they release the GIL,
@@ -30,13 +31,28 @@ q1 = np.float32(0.25)
 q3 = np.float32(0.75)
 
 @jit
+def _row(g, y, buf):
+    """Row ``y`` of a plane (any dtype, any strides: the engine's tiles are views into the image)
+    into the contiguous float32 ``buf``: the loops that read it then run on vector instructions
+    (on a strided view they did not: 2x the time of the whole finest-scale pass)."""
+    r = g[y]
+    for j in range(buf.shape[0]):
+        buf[j] = _F(r[j])
+
+
+@jit
 def _bin_rows(g, gb):
     h, w = gb.shape
+    ra = np.empty(2 * w, np.float32)
+    rb = np.empty(2 * w, np.float32)
     for i in range(h):
+        _row(g, 2 * i, ra)
+        _row(g, 2 * i + 1, rb)
+        o = gb[i]
         for j in range(w):
-            a = _F(g[2 * i, 2 * j]) + _F(g[2 * i + 1, 2 * j])  # the order of bin2's sums (integers: as float32)
-            b = _F(g[2 * i, 2 * j + 1]) + _F(g[2 * i + 1, 2 * j + 1])
-            gb[i, j] = (a + b) * q1
+            a = ra[2 * j] + rb[2 * j]  # the order of bin2's sums (integers: as float32)
+            b = ra[2 * j + 1] + rb[2 * j + 1]
+            o[j] = (a + b) * q1
 
 @jit
 def _up_x(a, i, row):
@@ -66,6 +82,8 @@ def plane_detail(g, ef):
     sq_prev = np.empty(W, np.float32)  # row 2i - 1 of the squared detail
     sq_a = np.empty(W, np.float32)  # rows 2i and 2i + 1
     sq_b = np.empty(W, np.float32)
+    g0 = np.empty(W, np.float32)  # rows 2i and 2i + 1 of the plane, as float32
+    g1 = np.empty(W, np.float32)
     _up_x(gb, 0, r1)
     r0[:] = r1
     for i in range(h):
@@ -75,12 +93,12 @@ def plane_detail(g, ef):
             r2[:] = r1
         mid = 0 < i < h - 1  # the first and last bin rows get no neighbour rows (as _binned_box3)
         # up2 along y: row 2i mixes bin rows i and i - 1, row 2i + 1 rows i and i + 1
-        g0 = g[2 * i]
-        g1 = g[2 * i + 1]
+        _row(g, 2 * i, g0)
+        _row(g, 2 * i + 1, g1)
         vi = v[i]
         for j in range(W):
-            a = _F(g0[j]) - (q3 * r1[j] + q1 * r0[j])
-            b = _F(g1[j]) - (q3 * r1[j] + q1 * r2[j])
+            a = g0[j] - (q3 * r1[j] + q1 * r0[j])
+            b = g1[j] - (q3 * r1[j] + q1 * r2[j])
             sq_a[j] = a * a
             sq_b[j] = b * b
         for j in range(W):
@@ -111,6 +129,8 @@ def add_weighted_detail(p, pb, wk, acc):
     r1 = np.empty(W, np.float32)
     r2 = np.empty(W, np.float32)
     wr = np.empty(W, np.float32)  # the row's block weights, each for both of its columns
+    p0 = np.empty(W, np.float32)  # rows 2i and 2i + 1 of the plane, as float32
+    p1 = np.empty(W, np.float32)
     _up_x(pb, 0, r1)
     r0[:] = r1
     for i in range(h):
@@ -122,13 +142,13 @@ def add_weighted_detail(p, pb, wk, acc):
         for j in range(w):
             wr[2 * j] = wi[j]
             wr[2 * j + 1] = wi[j]
-        p0 = p[2 * i]
-        p1 = p[2 * i + 1]
+        _row(p, 2 * i, p0)
+        _row(p, 2 * i + 1, p1)
         a0 = acc[2 * i]
         a1 = acc[2 * i + 1]
         for j in range(W):
-            a0[j] += wr[j] * (_F(p0[j]) - (q3 * r1[j] + q1 * r0[j]))
-            a1[j] += wr[j] * (_F(p1[j]) - (q3 * r1[j] + q1 * r2[j]))
+            a0[j] += wr[j] * (p0[j] - (q3 * r1[j] + q1 * r0[j]))
+            a1[j] += wr[j] * (p1[j] - (q3 * r1[j] + q1 * r2[j]))
         r0, r1, r2 = r1, r2, r0
 
 
@@ -296,17 +316,56 @@ def bin_channels(p, out):
                 o[j] = (a + b) * q1
 
 
+_EXP_LO = _F(-87.0)  # exp(-87) = 1.6e-38, still a normal float32; below it the weights are 0
+
+
 @jit
-def soft_exponents(e, out, noise):
-    """The soft weights' exponents: ``out = (s - max_z s) / (noise + 1e-30)`` where ``s`` is ``e``
-    (Z, h, w) smoothed [1 2 1] / 4 over the planes (the numpy path's ``z_smooth``, ends
-    replicated) and ``noise`` is (h, w); ``out`` may be ``e`` itself. Row by row, so a row of every
-    plane stays in the caches between the smoothing, the maximum and the scaling."""
+def _exp_row(x, o, ib):
+    """``o = exp(x)`` for a row ``x`` of exponents <= 0 (Cephes' ``expf``: range reduction by ln 2 in
+    two parts, a degree-6 polynomial, the power of two made in the exponent bits of ``ib``, int32
+    scratch of the row's length); within 1.5 float32 ulp of the exact value, 0 below -87. numpy's
+    ``exp`` is not vectorised in this numpy build (3 ns a value); this loop is (about 0.7)."""
+    n = x.shape[0]
+    for j in range(n):
+        v = max(x[j], _EXP_LO)
+        fx = np.floor(v * _F(1.44269504088896341) + _F(0.5))
+        r = v - fx * _F(0.693359375)
+        r = r + fx * _F(2.12194440e-4)
+        p = _F(1.9875691500e-4)
+        p = p * r + _F(1.3981999507e-3)
+        p = p * r + _F(8.3334519073e-3)
+        p = p * r + _F(4.1665795894e-2)
+        p = p * r + _F(1.6666665459e-1)
+        p = p * r + _F(5.0000001201e-1)
+        p = p * (r * r) + r + _F(1)
+        o[j] = p if x[j] >= _EXP_LO else _F(0)
+        ib[j] = (np.int32(fx) + np.int32(127)) << 23
+    two = ib.view(np.float32)
+    for j in range(n):
+        o[j] = o[j] * two[j]
+
+
+@jit
+def soft_weights(e, out, noise, pnoise, snr, dip, k2, found):
+    """The soft weights, unnormalised: ``out = exp((s - max_z s) / (noise + 1e-30))`` where ``s`` is
+    ``e`` (Z, h, w) smoothed [1 2 1] / 4 over the planes (the numpy path's ``z_smooth``, ends
+    replicated) and ``noise`` is (h, w); ``out`` may be ``e`` itself. Unless ``k2`` is empty, also
+    the numpy path's ``second_peak`` of ``s`` with the noise ``pnoise`` (the same float32 operations
+    in the same order, so the same planes) into ``k2`` (h, w, int) and ``found`` (h, w, bool): the
+    smoothing and the maximum are shared. Row by row, so a row of every plane stays in the caches
+    between the smoothing, the maximum, the second peak, the scaling and the exponential
+    (:func:`_exp_row`: the numpy path's ``np.exp`` to 1.5 float32 ulp)."""
     Z, h, w = e.shape
-    best = np.empty(w, np.float32)
-    prev = np.empty(w, np.float32)  # plane z - 1 of this row before smoothing
-    cur = np.empty(w, np.float32)
+    second = k2.shape[0] > 0
+    if second:
+        k2[:] = 0
+        found[:] = False
+    s = np.empty((Z, w), np.float32)
+    bv = np.empty(w, np.float32)
+    kbr = np.empty(w, np.int32)
     inv = np.empty(w, np.float32)
+    x = np.empty(w, np.float32)
+    ib = np.empty(w, np.int32)
     for i in range(h):
         ni = noise[i]
         for j in range(w):
@@ -314,26 +373,63 @@ def soft_exponents(e, out, noise):
         if Z < 2:
             o = out[0, i]
             for j in range(w):
-                o[j] = _F(0)
+                o[j] = _F(1)
             continue
-        prev[:] = e[0, i]
         for z in range(Z):
-            nxt = e[z + 1, i] if z + 1 < Z else e[z, i]
-            cur[:] = e[z, i]
-            o = out[z, i]
-            for j in range(w):  # (the last plane's next is itself: read before it is written)
-                o[j] = (cur[j] * _F(2) + prev[j] + nxt[j]) * _F(0.25)
-            if z == 0:
-                best[:] = o
-            else:
-                for j in range(w):
-                    best[j] = max(best[j], o[j])
-            prev[:] = cur
-        for z in range(Z):
-            o = out[z, i]
+            sz = s[z]
+            el = e[z - 1 if z > 0 else 0, i]
+            ec = e[z, i]
+            er = e[z + 1 if z < Z - 1 else Z - 1, i]
             for j in range(w):
-                o[j] = (o[j] - best[j]) * inv[j]
+                sz[j] = (ec[j] * _F(2) + el[j] + er[j]) * q1
+        for j in range(w):  # the highest plane, across the row (plane by plane: vector instructions)
+            bv[j] = s[0, j]
+            kbr[j] = 0
+        for z in range(1, Z):
+            sz = s[z]
+            for j in range(w):
+                up = sz[j] > bv[j]  # the first maximum wins, as argmax
+                bv[j] = sz[j] if up else bv[j]
+                kbr[j] = z if up else kbr[j]
+        if second and Z >= 3:  # (fewer: no plane two away from the best with one between)
+            _second_row(s, bv, kbr, pnoise[i], snr, dip, k2[i], found[i])
+        for z in range(Z):
+            sz = s[z]
+            for j in range(w):
+                x[j] = (sz[j] - bv[j]) * inv[j]
+            _exp_row(x, out[z, i], ib)
     return out
+
+
+@jit
+def _second_row(s, bv, kbr, noise, snr, dip, k2, found):
+    """One row of the numpy path's ``second_peak``: ``s`` (Z, w) the smoothed energies, ``bv`` and
+    ``kbr`` their maximum and its plane."""
+    Z, w = s.shape
+    for j in range(w):
+        fl = noise[j] * snr
+        if bv[j] <= fl:  # no plane stands above the floor: no second peak (most flat pixels)
+            continue
+        kb = kbr[j]
+        top = -np.inf
+        run = np.inf  # upward: the minimum strictly between kb and z
+        for z in range(kb + 1, Z):
+            v = s[z, j]
+            if (z > kb + 1 and run < dip * v and v > fl and v > top and v >= s[z - 1, j]
+                    and (z == Z - 1 or v >= s[z + 1, j])):
+                top = v
+                k2[j] = z
+                found[j] = True
+            run = min(run, v)
+        run = np.inf
+        for z in range(kb - 1, -1, -1):
+            v = s[z, j]
+            if (z < kb - 1 and run < dip * v and v > fl and v > top and v >= s[z + 1, j]
+                    and (z == 0 or v >= s[z - 1, j])):
+                top = v
+                k2[j] = z
+                found[j] = True
+            run = min(run, v)
 
 
 @jit
@@ -492,66 +588,6 @@ def compose(half, detail, beta, planes, m):
                     v = (q3 * rc[x] + q1 * rn[x]) + dr[x]
                     o[x - m] = min(max(v, lo[x]), hi[x])
     return out
-
-
-@jit
-def second_peak(e, noise, snr, dip, k2, found):
-    """The numpy path's ``z_smooth`` then ``second_peak`` on the unsmoothed energies ``e`` (Z, h, w)
-    in one pass (the same float32 operations in the same order, so the same planes): into ``k2``
-    (h, w, int) and ``found`` (h, w, bool). Row by row: the row's smoothed energies of every plane
-    stay in the caches."""
-    Z, h, w = e.shape
-    k2[:] = 0
-    found[:] = False
-    if Z < 3:  # (no plane two away from the best with one between)
-        return
-    s = np.empty((Z, w), np.float32)
-    bv = np.empty(w, np.float32)
-    kbr = np.empty(w, np.int32)
-    two = np.float32(2)
-    for i in range(h):
-        for z in range(Z):
-            zl = z - 1 if z > 0 else 0
-            zr = z + 1 if z < Z - 1 else Z - 1
-            sz = s[z]
-            el = e[zl, i]
-            ec = e[z, i]
-            er = e[zr, i]
-            for j in range(w):
-                sz[j] = (ec[j] * two + el[j] + er[j]) * q1
-        for j in range(w):  # the highest plane, across the row (plane by plane: vector instructions)
-            bv[j] = s[0, j]
-            kbr[j] = 0
-        for z in range(1, Z):
-            sz = s[z]
-            for j in range(w):
-                up = sz[j] > bv[j]  # the first maximum wins, as argmax
-                bv[j] = sz[j] if up else bv[j]
-                kbr[j] = z if up else kbr[j]
-        for j in range(w):
-            fl = noise[i, j] * snr
-            if bv[j] <= fl:  # no plane stands above the floor: no second peak (most flat pixels)
-                continue
-            kb = kbr[j]
-            top = -np.inf
-            run = np.inf  # upward: the minimum strictly between kb and z
-            for z in range(kb + 1, Z):
-                v = s[z, j]
-                if (z > kb + 1 and run < dip * v and v > fl and v > top and v >= s[z - 1, j]
-                        and (z == Z - 1 or v >= s[z + 1, j])):
-                    top = v
-                    k2[i, j] = z
-                    found[i, j] = True
-                run = min(run, v)
-            run = np.inf
-            for z in range(kb - 1, -1, -1):
-                v = s[z, j]
-                if (z < kb - 1 and run < dip * v and v > fl and v > top and v >= s[z + 1, j]
-                        and (z == 0 or v >= s[z - 1, j])):
-                    top = v
-                    k2[i, j] = z
-                    found[i, j] = True
-                run = min(run, v)
 
 
 @jit

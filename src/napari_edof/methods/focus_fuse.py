@@ -577,11 +577,20 @@ def second_peak(ez: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return k2, found
 
 
-def _second_peak_compiled(kern, e: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`second_peak` of ``z_smooth(e)`` by the compiled kernel (``e`` is left as it is)."""
+def _soft_compiled(kern, e: np.ndarray, out: np.ndarray, noise: np.ndarray, peak_noise=None):
+    """The compiled soft weights of ``z_smooth(e)`` (unnormalised, into ``out``, which may be ``e``)
+    and, with ``peak_noise``, its :func:`second_peak` (k2, found) in the same pass; else None, None."""
+    if peak_noise is None:
+        k2, found = np.empty((0, 0), np.intp), np.empty((0, 0), bool)
+        return kern.soft_weights(e, out, noise, _NONE, _SECOND_SNR, _SECOND_DIP, k2, found), None, None
     k2 = np.empty(e.shape[1:], np.intp)
     found = np.empty(e.shape[1:], bool)
-    kern.second_peak(e, noise, _SECOND_SNR, _SECOND_DIP, k2, found)
+    return kern.soft_weights(e, out, noise, peak_noise, _SECOND_SNR, _SECOND_DIP, k2, found), k2, found
+
+
+def _second_peak_compiled(kern, e: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`second_peak` of ``z_smooth(e)`` by the compiled kernel (``e`` is left as it is)."""
+    _, k2, found = _soft_compiled(kern, e, np.empty_like(e), np.ones(e.shape[1:], _F), noise)
     return k2, found
 
 
@@ -802,10 +811,8 @@ class FocusFuse:
                     k2, found = second_peak(ez, s2 * _F(gains[lvl]))
                 wl = soft_weights(ez, noise)
                 bands.append(np.einsum("zchw,zhw->chw", B[lvl], wl))
-            else:  # the exponents and the normalised sum compiled, the exponentials numpy's
-                if ov:
-                    k2, found = _second_peak_compiled(kern, E[lvl], s2 * _F(gains[lvl]))
-                ex = np.exp(kern.soft_exponents(E[lvl], E[lvl], noise), out=E[lvl])
+            else:  # the weights (exponentials and second depth included) and the normalised sum compiled
+                ex, k2, found = _soft_compiled(kern, E[lvl], E[lvl], noise, s2 * _F(gains[lvl]) if ov else None)
                 bands.append(kern.weighted_bands(B[lvl], ex, np.empty((C,) + ex.shape[1:], _F)))
             if ov:  # the second depth's band, less its local mean
                 x = np.take_along_axis(B[lvl], k2[None, None], 0)[0]
@@ -830,10 +837,7 @@ class FocusFuse:
                 blend_neighbours(wf, EF0, sigma2 * _F(fine_gain), _F(p["z_blend"]))
                 del EF0
         else:  # the smoothing, maximum, normalisation and blend compiled (EF is kept unsmoothed)
-            if ov:
-                k2, found = _second_peak_compiled(kern, EF, sigma2 * _F(fine_gain))
-            wf = kern.soft_exponents(EF, np.empty_like(EF), noise)
-            np.exp(wf, out=wf)
+            wf, k2, found = _soft_compiled(kern, EF, np.empty_like(EF), noise, sigma2 * _F(fine_gain) if ov else None)
             kern.normalise_blend(wf, EF, sigma2 * _F(fine_gain), _F(p["z_blend"] if blend else 0), _BLEND_FROM)
         del EF
         second = ov and found.any()
