@@ -208,6 +208,27 @@ def test_compiled_kernels_agree_with_numpy(cfg, numpy_path, monkeypatch):
         np.testing.assert_allclose(r.confidence, ref.confidence, atol=1e-5)
 
 
+def test_compiled_focus_measure_is_numpys_exactly():
+    """The compiled focus measure (radius 2) and noise energy are the numpy path's, bit for bit (the
+    same additions in the same order: the index's argmax must not change), maps of any size."""
+    numba_kernels = pytest.importorskip("napari_edof.methods._focus_fuse_numba")
+    from napari_edof.methods import focus_fuse as ff
+
+    rng = np.random.default_rng(5)
+    for h, w in ((64, 48), (9, 7), (5, 6), (3, 4), (2, 2)):
+        gbs = [(rng.random((h, w)) ** 3 * 1000).astype(np.float32) for _ in range(3)]
+        efs = [(rng.random((h, w)) * 50).astype(np.float32) for _ in range(3)]
+        nf = np.empty((h, w), np.float32)
+        ref_nf = None
+        for k, (gb, ef) in enumerate(zip(gbs, efs)):
+            fm = np.empty((h, w), np.float32)
+            numba_kernels.focus_measure5(gb, ef, fm, nf, k == 0)
+            np.testing.assert_array_equal(fm, ff.box_mean(ff.laplacian_energy(gb), 2))
+            e = ff.box_mean(ef, 2)
+            ref_nf = e if ref_nf is None else np.minimum(ref_nf, e)
+            np.testing.assert_array_equal(nf, ref_nf)
+
+
 def test_compiled_second_peak_is_numpys():
     """The compiled second-depth search (smoothing over the planes included) picks the numpy
     path's planes, and the compiled second-depth detail is the numpy path's."""

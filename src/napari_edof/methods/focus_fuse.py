@@ -577,15 +577,19 @@ def second_peak(ez: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return k2, found
 
 
-def _soft_compiled(kern, e: np.ndarray, out: np.ndarray, noise: np.ndarray, peak_noise=None):
+def _soft_compiled(kern, e: np.ndarray, out: np.ndarray, noise: np.ndarray, peak_noise=None, blend=None):
     """The compiled soft weights of ``z_smooth(e)`` (unnormalised, into ``out``, which may be ``e``)
-    and, with ``peak_noise``, its :func:`second_peak` (k2, found) in the same pass; else None, None."""
+    and, with ``peak_noise``, its :func:`second_peak` (k2, found) in the same pass, else None, None;
+    with ``blend`` (noise, weight; ``out`` not ``e``), normalised and blended as
+    :func:`blend_neighbours` with ``e`` as the energies (``weight`` 0: only normalised)."""
     if peak_noise is None:
-        k2, found = np.empty((0, 0), np.intp), np.empty((0, 0), bool)
-        return kern.soft_weights(e, out, noise, _NONE, _SECOND_SNR, _SECOND_DIP, k2, found), None, None
-    k2 = np.empty(e.shape[1:], np.intp)
-    found = np.empty(e.shape[1:], bool)
-    return kern.soft_weights(e, out, noise, peak_noise, _SECOND_SNR, _SECOND_DIP, k2, found), k2, found
+        k2, found, peak_noise = np.empty((0, 0), np.intp), np.empty((0, 0), bool), _NONE
+    else:
+        k2, found = np.empty(e.shape[1:], np.intp), np.empty(e.shape[1:], bool)
+    bn, bw = blend if blend is not None else (_NONE, _F(0))
+    kern.soft_weights(e, out, noise, peak_noise, _SECOND_SNR, _SECOND_DIP, k2, found, blend is not None, bn, _F(bw),
+                      _BLEND_FROM)
+    return out, (k2 if k2.size else None), (found if k2.size else None)
 
 
 def _second_peak_compiled(kern, e: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -719,10 +723,15 @@ class FocusFuse:
                 cp = PB[k]
             elif rgb:
                 PB[k] = cp = bin2(np.moveaxis(planes[k], -1, 0))
-            FM[k] = box_mean(laplacian_energy(gb), p["radius"])
-            nf = box_mean(EF[k], p["radius"])  # the finest detail's energy in the measure's window
-            # (box_mean makes a new array: the radius is at least 1)
-            noise_fine = nf if noise_fine is None else np.minimum(noise_fine, nf, out=noise_fine)
+            if kern is not None and p["radius"] == 2:  # (the same values, a fifth of the time)
+                if noise_fine is None:
+                    noise_fine = np.empty((h, w), _F)
+                kern.focus_measure5(gb, EF[k], FM[k], noise_fine, k == 0)
+            else:
+                FM[k] = box_mean(laplacian_energy(gb), p["radius"])
+                nf = box_mean(EF[k], p["radius"])  # the finest detail's energy in the measure's window
+                # (box_mean makes a new array: the radius is at least 1)
+                noise_fine = nf if noise_fine is None else np.minimum(noise_fine, nf, out=noise_fine)
             if kern is not None:
                 for lvl in range(L):
                     if rgb:
@@ -837,8 +846,8 @@ class FocusFuse:
                 blend_neighbours(wf, EF0, sigma2 * _F(fine_gain), _F(p["z_blend"]))
                 del EF0
         else:  # the smoothing, maximum, normalisation and blend compiled (EF is kept unsmoothed)
-            wf, k2, found = _soft_compiled(kern, EF, np.empty_like(EF), noise, sigma2 * _F(fine_gain) if ov else None)
-            kern.normalise_blend(wf, EF, sigma2 * _F(fine_gain), _F(p["z_blend"] if blend else 0), _BLEND_FROM)
+            wf, k2, found = _soft_compiled(kern, EF, np.empty_like(EF), noise, sigma2 * _F(fine_gain) if ov else None,
+                                           blend=(sigma2 * _F(fine_gain), p["z_blend"] if blend else 0))
         del EF
         second = ov and found.any()
         if kern is None:
