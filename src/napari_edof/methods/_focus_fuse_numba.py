@@ -31,28 +31,13 @@ q1 = np.float32(0.25)
 q3 = np.float32(0.75)
 
 @jit
-def _row(g, y, buf):
-    """Row ``y`` of a plane (any dtype, any strides: the engine's tiles are views into the image)
-    into the contiguous float32 ``buf``: the loops that read it then run on vector instructions
-    (on a strided view they did not: 2x the time of the whole finest-scale pass)."""
-    r = g[y]
-    for j in range(buf.shape[0]):
-        buf[j] = _F(r[j])
-
-
-@jit
 def _bin_rows(g, gb):
     h, w = gb.shape
-    ra = np.empty(2 * w, np.float32)
-    rb = np.empty(2 * w, np.float32)
     for i in range(h):
-        _row(g, 2 * i, ra)
-        _row(g, 2 * i + 1, rb)
-        o = gb[i]
         for j in range(w):
-            a = ra[2 * j] + rb[2 * j]  # the order of bin2's sums (integers: as float32)
-            b = ra[2 * j + 1] + rb[2 * j + 1]
-            o[j] = (a + b) * q1
+            a = _F(g[2 * i, 2 * j]) + _F(g[2 * i + 1, 2 * j])  # the order of bin2's sums (integers: as float32)
+            b = _F(g[2 * i, 2 * j + 1]) + _F(g[2 * i + 1, 2 * j + 1])
+            gb[i, j] = (a + b) * q1
 
 @jit
 def _up_x(a, i, row):
@@ -82,8 +67,6 @@ def plane_detail(g, ef):
     sq_prev = np.empty(W, np.float32)  # row 2i - 1 of the squared detail
     sq_a = np.empty(W, np.float32)  # rows 2i and 2i + 1
     sq_b = np.empty(W, np.float32)
-    g0 = np.empty(W, np.float32)  # rows 2i and 2i + 1 of the plane, as float32
-    g1 = np.empty(W, np.float32)
     _up_x(gb, 0, r1)
     r0[:] = r1
     for i in range(h):
@@ -93,12 +76,12 @@ def plane_detail(g, ef):
             r2[:] = r1
         mid = 0 < i < h - 1  # the first and last bin rows get no neighbour rows (as _binned_box3)
         # up2 along y: row 2i mixes bin rows i and i - 1, row 2i + 1 rows i and i + 1
-        _row(g, 2 * i, g0)
-        _row(g, 2 * i + 1, g1)
+        g0 = g[2 * i]
+        g1 = g[2 * i + 1]
         vi = v[i]
         for j in range(W):
-            a = g0[j] - (q3 * r1[j] + q1 * r0[j])
-            b = g1[j] - (q3 * r1[j] + q1 * r2[j])
+            a = _F(g0[j]) - (q3 * r1[j] + q1 * r0[j])
+            b = _F(g1[j]) - (q3 * r1[j] + q1 * r2[j])
             sq_a[j] = a * a
             sq_b[j] = b * b
         for j in range(W):
@@ -193,8 +176,6 @@ def add_weighted_detail(p, pb, wk, acc):
     r1 = np.empty(W, np.float32)
     r2 = np.empty(W, np.float32)
     wr = np.empty(W, np.float32)  # the row's block weights, each for both of its columns
-    p0 = np.empty(W, np.float32)  # rows 2i and 2i + 1 of the plane, as float32
-    p1 = np.empty(W, np.float32)
     _up_x(pb, 0, r1)
     r0[:] = r1
     for i in range(h):
@@ -206,13 +187,13 @@ def add_weighted_detail(p, pb, wk, acc):
         for j in range(w):
             wr[2 * j] = wi[j]
             wr[2 * j + 1] = wi[j]
-        _row(p, 2 * i, p0)
-        _row(p, 2 * i + 1, p1)
+        p0 = p[2 * i]
+        p1 = p[2 * i + 1]
         a0 = acc[2 * i]
         a1 = acc[2 * i + 1]
         for j in range(W):
-            a0[j] += wr[j] * (p0[j] - (q3 * r1[j] + q1 * r0[j]))
-            a1[j] += wr[j] * (p1[j] - (q3 * r1[j] + q1 * r2[j]))
+            a0[j] += wr[j] * (_F(p0[j]) - (q3 * r1[j] + q1 * r0[j]))
+            a1[j] += wr[j] * (_F(p1[j]) - (q3 * r1[j] + q1 * r2[j]))
         r0, r1, r2 = r1, r2, r0
 
 
