@@ -414,7 +414,7 @@ def soft_weights(e, out, noise, pnoise, snr, dip, k2, found, norm, bnoise, weigh
     x = np.empty(w, np.float32)
     ib = np.empty(w, np.int32)
     ns = np.empty(w, np.float32)  # normalise_blend's scratch
-    kb = np.zeros(w, np.int64)
+    kb = np.zeros(w, np.int32)
     top = np.empty(w, np.float32)
     for i in range(h):
         ni = noise[i]
@@ -536,10 +536,10 @@ def _normalise_blend_row(wt, i, ef, ni, weight, lo, s, kb, top):
     kb[:] = 0
     for z in range(1, Z):
         wz = wt[z, i]
-        for j in range(w):
-            if wz[j] > top[j]:  # the first maximum wins, as argmax
-                top[j] = wz[j]
-                kb[j] = z
+        for j in range(w):  # (selects, not branches: vector instructions)
+            up = wz[j] > top[j]  # the first maximum wins, as argmax
+            top[j] = wz[j] if up else top[j]
+            kb[j] = z if up else kb[j]
     for j in range(w):
         k = kb[j]
         eb = ef[k, i, j] - ni[j]
