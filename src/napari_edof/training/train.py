@@ -339,6 +339,9 @@ RANGE_P = Option("range_p", float, "fraction of stacks contrast-stretched like t
                  minimum=0)
 EMA_DECAY = Option("ema_decay", float, "decay of the weights' moving average (the weights written)", minimum=0)
 THREADS = _count("threads", "torch CPU threads (none: torch's own choice)")
+DATA = Option("data", str, "training stacks: 'synthetic' (the layered and thin-lens model of training.synth) or "
+                           "'realistic' (training.realistic: continuous defocus, occlusion, Poisson-Gaussian noise, "
+                           "8/16-bit; seeds disjoint from the quality benchmark's)")
 
 
 @recipe("stackmff-v2", options=(
@@ -346,9 +349,7 @@ THREADS = _count("threads", "torch CPU threads (none: torch's own choice)")
     Option("ce_weight", float, "weight of the per-pixel cross-entropy added to the paper's loss (0: the paper's "
                                "loss only)", minimum=0),
     RANGE_P, THREADS,
-    Option("data", str, "training stacks: 'synthetic' (the layered and thin-lens model of training.synth) or "
-                        "'realistic' (training.realistic: continuous defocus, occlusion, Poisson-Gaussian noise, "
-                        "8/16-bit; seeds disjoint from the quality benchmark's)"),
+    DATA,
     Option("fuse_weight", float, "realistic data: weight of the MSE between the probability-weighted average of "
                                  "the planes (compose='soft') and the truth", minimum=0)))
 def train_stackmff_v2(*, steps: int, out: str | Path, seed: int = 0, resume: bool = False,
