@@ -694,6 +694,11 @@ class FocusFuse:
         rgb = C > 1
 
         kern = kernels() if self.compiled else None  # compiled passes (numba), or None: numpy
+        if kern is not None and C == 1 and not guide.flags.c_contiguous and guide.dtype == planes.dtype:
+            # a tile inside the image is a strided view into it: the kernels read contiguous planes several
+            # times faster (one copy, then every pass vectorised: 18 -> 14 ns a voxel on 16 x 912^2)
+            guide = np.ascontiguousarray(guide)
+            planes = guide[..., None]
 
         # ---- one plane at a time (its maps stay in the caches): the finest detail and its energy,
         # the focus measure, and the half-resolution pyramid's bands and energies
