@@ -50,3 +50,19 @@ def test_warmup_racing_the_first_kernels_gives_the_same_result(tmp_path, monkeyp
         warm = tmp_path / f"warm{delay}.npy"
         subprocess.run([sys.executable, "-c", RUN, "warm", delay, str(warm)], check=True, timeout=300)
         np.testing.assert_array_equal(np.load(warm), np.load(cold))
+
+
+def test_warmup_loads_the_kernels_a_grey_stack_needs(monkeypatch):
+    """After the warm-up, every compiled kernel a 16-bit grey stack's tiles call is loaded (the first
+    Run does not wait for numba's cache): each dispatcher has its signature (RGB's channel binning is
+    the one left)."""
+    monkeypatch.delenv("NAPARI_EDOF_NUMBA", raising=False)
+    code = r"""
+from napari_edof.core import warmup
+warmup.load_numba()
+from napari_edof.methods import _focus_fuse_numba as K
+public = [n for n in dir(K) if not n.startswith("_") and hasattr(getattr(K, n), "signatures")]
+print(",".join(sorted(n for n in public if not getattr(K, n).signatures)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=300, capture_output=True, text=True)
+    assert out.stdout.strip() == "bin_channels"
