@@ -65,4 +65,4 @@ public = [n for n in dir(K) if not n.startswith("_") and hasattr(getattr(K, n), 
 print(",".join(sorted(n for n in public if not getattr(K, n).signatures)))
 """
     out = subprocess.run([sys.executable, "-c", code], check=True, timeout=300, capture_output=True, text=True)
-    assert out.stdout.strip() == "bin_channels"
+    assert out.stdout.strip() == "bin_planes"
