@@ -135,6 +135,9 @@ class MethodSpec:
     ``integer_guide``: ``fuse_tile`` takes the guide of a one-channel stack of 8- or 16-bit integers
     in the planes' own dtype (a view of the window, every value exact in float32), instead of a
     float32 copy made per tile.
+    ``warm()``, where given, loads what the method's first tile would otherwise wait for (compiled
+    kernels from numba's cache), run by :mod:`napari_edof.core.warmup` in a thread while the widget
+    waits for Run.
     """
 
     name: str
@@ -152,6 +155,7 @@ class MethodSpec:
     #: then uses it there); see ``benchmarks/gpu_check.py``
     half_precision: bool = False
     integer_guide: bool = False
+    warm: Callable[[], object] | None = None
     synthesises: Callable[[dict], bool] = lambda p: False
     citation: str = ""
     paper: str = ""

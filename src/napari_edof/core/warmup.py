@@ -36,8 +36,9 @@ def wanted(method: str | None) -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-def load_numba() -> None:
-    """Import numba and fill its CPU typing and target contexts (what its first call does).
+def load_numba(method: str | None = None) -> None:
+    """Import numba and fill its CPU typing and target contexts (what its first call does), then
+    run ``method``'s own warm-up (``MethodSpec.warm``: focus-fuse loads its compiled kernels).
     Never raises: a failure here shows again, with its own message, where the kernels load."""
     try:
         import numba  # noqa: F401
@@ -49,36 +50,13 @@ def load_numba() -> None:
         ctx = cpu_target.target_context
         with global_compiler_lock:  # (as the dispatchers refresh: numba's compile holds this lock)
             ctx.refresh()  # (the typing context's too)
-        load_kernels()
+        from .spec import DEFAULT_METHOD, get_method
+
+        spec, _ = get_method(DEFAULT_METHOD if method is None else method)
+        if spec.warm is not None:
+            spec.warm()
     except Exception:  # noqa: BLE001 - only a head start
         pass
-
-
-def load_kernels() -> bool:
-    """focus-fuse once on a tiny 16-bit grey stack (every pass: the second depth, the consistency test),
-    so that its compiled kernels are loaded from numba's disk cache (about 0.8 s on 2 cores) before the
-    first real tile needs them; a stack of another dtype loads the few kernels that read its planes
-    (the rest take float32 maps). Returns whether the kernels are there (numba installed and on)."""
-    import numpy as np
-
-    from ..methods._focus_fuse_kernels import kernels
-    from ..methods._registry import get_method
-    from ..methods.focus_fuse import FocusFuse
-
-    if kernels() is None:
-        return False
-    spec, _ = get_method("focus-fuse")
-    p = spec.defaults()
-    m = FocusFuse(p)
-    if not m.compiled:
-        return False
-    rng = np.random.default_rng(0)
-    x = rng.integers(100, 140, (5, 176, 176)).astype(np.uint16)
-    x[1, :, ::3] += 400  # detail in one plane and, weaker, two planes away: a second depth
-    x[4, :, ::3] += 300
-    x[0, 60:120, 60:120] = 7  # a plane flatter than its rounding (the consistency test's gate)
-    m.fuse_tile(x[..., None], x, halo=72)
-    return True
 
 
 def start(method: str | None = None) -> threading.Thread | None:
@@ -90,10 +68,10 @@ def start(method: str | None = None) -> threading.Thread | None:
     with _LOCK:
         if _STARTED:
             return _STARTED[0]
-        t = threading.Thread(target=load_numba, name="edof-numba-warmup")
+        t = threading.Thread(target=load_numba, args=(method,), name="edof-numba-warmup")
         _STARTED.append(t)
         t.start()
         return t
 
 
-__all__ = ["NUMBA_METHODS", "load_kernels", "load_numba", "start", "wanted"]
+__all__ = ["NUMBA_METHODS", "load_numba", "start", "wanted"]
