@@ -23,8 +23,11 @@ _KERNELS: list = []  # [the kernels module or None], filled at first use
 #: off in a one-shot process: break-even measured at about 190 M for grey and 130 M for RGB on an
 #: AVX512 machine; on an AVX2 one (AMD EPYC, 2 cores) numba's start-up was 1.2 s and the kernels
 #: saved about 10 ns per grey voxel: about 125 M (the CLI on 16 x 2048 x 2048: 2.73 s against
-#: 3.33 s with the kernels, pcb 2.80 against 3.35)
-COMPILED_MIN_WORK = 150_000_000
+#: 3.33 s with the kernels, pcb 2.80 against 3.35). With the kernels of 2026-12-07 (15 ns a voxel
+#: saved), the whole CLI process alternating three rounds: 16 x 2048^2 (67 M) numpy 2.97 / 2.82 /
+#: 2.44 s against compiled 2.92 / 2.80 / 2.75 s (even); 16 x 2560^2 (105 M) 4.16 / 4.25 / 3.69 s
+#: against 3.65 / 3.44 / 3.69 s: the kernels from 100 M
+COMPILED_MIN_WORK = 100_000_000
 
 _NUMPY_HERE = contextvars.ContextVar("napari_edof_focus_fuse_numpy", default=False)
 
