@@ -83,6 +83,11 @@ def make_item(rng: np.random.Generator, pairs, stacks, mix: tuple[float, float, 
     if rng.random() < range_p:
         ab = stretch(np.stack([a, b]))
         a, b = ab[0], ab[1]
+    return _swapped(rng, a, b, t, w)
+
+
+def _swapped(rng: np.random.Generator, a, b, t, w):
+    """The pair in a random order (target ``1 - t`` when swapped), as contiguous float32 arrays."""
     if rng.random() < 0.5:
         a, b, t = b, a, 1 - t
     return (np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32),
@@ -116,10 +121,7 @@ def realistic_pairs(rng: np.random.Generator, crop: int, n_range: tuple, mix: tu
             di, dj = np.abs(idx - i), np.abs(idx - j)
             t = (di < dj).astype(np.float32)
             w = ((np.abs(di - dj) >= 0.5) & info).astype(np.float32)
-        if rng.random() < 0.5:
-            a, b, t = b, a, 1 - t
-        out.append((np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32),
-                    np.ascontiguousarray(t, np.float32), np.ascontiguousarray(w, np.float32)))
+        out.append(_swapped(rng, a, b, t, w))
     return out
 
 
