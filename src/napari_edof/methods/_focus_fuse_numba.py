@@ -210,15 +210,25 @@ def wiener_beta(dl, noise_half, k, r):
     """The finest detail's shrink ``clip(1 - k x up2(noise_half) / box_mean(dl**2, r), 0, 1)``
     (NaN: 0); the ``r`` outer rows and columns are not meaningful (as ``box_mean``'s). The
     window sums are direct (no running sums), so every pixel's value is independent of where
-    the tile starts."""
+    the tile starts; each is added term after term, left to right and top to bottom. Every loop
+    runs along a row on contiguous slices and the clip is two selects (vector instructions)."""
     H, W = dl.shape
     n = 2 * r + 1
     inv = _F(1.0 / (n * n))
     sx = np.zeros((H, W), np.float32)  # sums along x
+    sq = np.empty(W, np.float32)
+    m = W - 2 * r
     for i in range(H):
+        d = dl[i]
+        for j in range(W):
+            sq[j] = d[j] * d[j]
+        if m <= 0:
+            continue
+        o = sx[i, r : W - r]
         for t in range(-r, r + 1):
-            for j in range(r, W - r):
-                sx[i, j] += dl[i, j + t] * dl[i, j + t]
+            a = sq[r + t : W - r + t]
+            for j in range(m):
+                o[j] += a[j]
     beta = np.zeros((H, W), np.float32)
     h = noise_half.shape[0]
     up0 = np.empty(W, np.float32)
@@ -231,21 +241,19 @@ def wiener_beta(dl, noise_half, k, r):
         _up_x(noise_half, min(i + 1, h - 1), up2_)
         for half in range(2):
             y = 2 * i + half
-            if y < r or y >= H - r:
+            if y < r or y >= H - r or m <= 0:
                 continue
             nb = up0 if half == 0 else up2_
-            for j in range(W):
-                e[j] = sx[y - r, j]
+            e[:] = sx[y - r]
             for t in range(-r + 1, r + 1):
+                a = sx[y + t]
                 for j in range(W):
-                    e[j] += sx[y + t, j]
-            for j in range(r, W - r):
-                b = _F(1) - k * (q3 * up1[j] + q1 * nb[j]) / (e[j] * inv)
-                if not (b > 0):  # NaN too
-                    b = _F(0)
-                elif b > 1:
-                    b = _F(1)
-                beta[y, j] = b
+                    e[j] += a[j]
+            ec, u1, u2, br = e[r : W - r], up1[r : W - r], nb[r : W - r], beta[y, r : W - r]
+            for j in range(m):
+                b = _F(1) - k * (q3 * u1[j] + q1 * u2[j]) / (ec[j] * inv)
+                b = b if b > 0 else _F(0)  # NaN too
+                br[j] = b if b <= 1 else _F(1)
     return beta
 
 @jit
@@ -312,6 +320,8 @@ def sub_plane(fm, fc, cw, floor, top, kq):
     rb = np.empty(w, np.float32)
     cwr = np.empty(w, np.float32)
     hc = fc.shape[1] if coarse else 1
+    best, best2 = np.empty(w, np.float32), np.empty(w, np.float32)  # the argmax's row buffers
+    kk, kk2 = np.empty(w, np.int32), np.empty(w, np.int32)
     for i in range(h):
         if coarse:  # the numpy path's neighbourhood_weight, times cw
             for j in range(w):
@@ -333,22 +343,30 @@ def sub_plane(fm, fc, cw, floor, top, kq):
             else:
                 for j in range(w):
                     vals[z, j] = fm[z, i, j]
+        # the highest plane (the first maximum wins, as argmax), plane by plane across the row: selects
+        # into the other buffers (vector instructions; in place, or a branch per pixel and plane, the
+        # loop is scalar)
+        best[:] = vals[0]
+        kk[:] = 0
+        for z in range(1, Z):
+            vz = vals[z]
+            for j in range(w):
+                up = vz[j] > best[j]
+                best2[j] = vz[j] if up else best[j]
+                kk2[j] = z if up else kk[j]
+            best, best2, kk, kk2 = best2, best, kk2, kk
+        o = out[i]
         for j in range(w):
-            k = 0
-            best = vals[0, j]
-            for z in range(1, Z):
-                if vals[z, j] > best:
-                    best = vals[z, j]
-                    k = z
+            k = kk[j]
             off = _F(0)
             if 0 < k < Z - 1:
                 left = vals[k - 1, j]
                 right = vals[k + 1, j]
-                den = left - _F(2) * best + right
+                den = left - _F(2) * best[j] + right
                 if den < 0:
                     off = _F(0.5) * (left - right) / den
                     off = min(max(off, _F(-0.49)), _F(0.49))
-            out[i, j] = _F(k) + off
+            o[j] = _F(k) + off
     return out
 
 
@@ -410,12 +428,16 @@ def soft_weights(e, out, noise, pnoise, snr, dip, k2, found, norm, bnoise, weigh
     s = np.empty((Z, w), np.float32)
     bv = np.empty(w, np.float32)
     kbr = np.empty(w, np.int32)
+    bv2 = np.empty(w, np.float32)  # (the maximum's running values are written to the other buffer: a
+    kb2 = np.empty(w, np.int32)  # select that updates its own array in place compiles to a scalar loop)
     inv = np.empty(w, np.float32)
     x = np.empty(w, np.float32)
     ib = np.empty(w, np.int32)
     ns = np.empty(w, np.float32)  # normalise_blend's scratch
     kb = np.zeros(w, np.int32)
     top = np.empty(w, np.float32)
+    kb3 = np.zeros(w, np.int32)
+    top3 = np.empty(w, np.float32)
     for i in range(h):
         ni = noise[i]
         for j in range(w):
@@ -439,35 +461,48 @@ def soft_weights(e, out, noise, pnoise, snr, dip, k2, found, norm, bnoise, weigh
             sz = s[z]
             for j in range(w):
                 up = sz[j] > bv[j]  # the first maximum wins, as argmax
-                bv[j] = sz[j] if up else bv[j]
-                kbr[j] = z if up else kbr[j]
+                bv2[j] = sz[j] if up else bv[j]
+                kb2[j] = z if up else kbr[j]
+            bv, bv2, kbr, kb2 = bv2, bv, kb2, kbr
         if second and Z >= 3:  # (fewer: no plane two away from the best with one between)
-            _second_row(s, bv, kbr, pnoise[i], snr, dip, k2[i], found[i])
+            _second_row(s, kbr, pnoise[i], snr, dip, k2[i], found[i], ns, kb)
         for z in range(Z):
             sz = s[z]
             for j in range(w):
                 x[j] = (sz[j] - bv[j]) * inv[j]
             _exp_row(x, out[z, i], ib)
         if norm:
-            _normalise_blend_row(out, i, e, bnoise[i], weight, lo, ns, kb, top)
+            _normalise_blend_row(out, i, e, bnoise[i], weight, lo, ns, kb, top, kb3, top3)
     return out
 
 
 @jit
-def _second_row(s, bv, kbr, noise, snr, dip, k2, found):
-    """One row of the numpy path's ``second_peak``: ``s`` (Z, w) the smoothed energies, ``bv`` and
-    ``kbr`` their maximum and its plane."""
+def _second_row(s, kbr, noise, snr, dip, k2, found, fl, cnt):
+    """One row of the numpy path's ``second_peak``: ``s`` (Z, w) the smoothed energies, ``kbr`` the
+    plane of their maximum (``fl``, ``cnt``: scratch of the row's length). First, across
+    the row and plane by plane (vector instructions), the pixels that may have a second peak at all:
+    a plane two or more from the highest that is a local maximum over the planes (as the search asks,
+    ends one-sided) above the floor. Only those are searched, pixel by pixel, as the numpy path."""
     Z, w = s.shape
     for j in range(w):
-        fl = noise[j] * snr
-        if bv[j] <= fl:  # no plane stands above the floor: no second peak (most flat pixels)
+        fl[j] = noise[j] * snr
+        cnt[j] = 0
+    for z in range(Z):
+        sz, sl, sr = s[z], s[max(z - 1, 0)], s[min(z + 1, Z - 1)]
+        for j in range(w):
+            v = sz[j]
+            far = (z - kbr[j] >= 2) | (kbr[j] - z >= 2)
+            cnt[j] += np.int32(far & (v >= sl[j]) & (v >= sr[j]) & (v > fl[j]))
+    for j in range(w):
+        if cnt[j] == 0:  # no candidate (most pixels: one peak, or nothing above the floor)
             continue
+        fl_ = fl[j]
         kb = kbr[j]
         top = -np.inf
         run = np.inf  # upward: the minimum strictly between kb and z
         for z in range(kb + 1, Z):
             v = s[z, j]
-            if (z > kb + 1 and run < dip * v and v > fl and v > top and v >= s[z - 1, j]
+            if (z > kb + 1 and run < dip * v and v > fl_ and v > top and v >= s[z - 1, j]
                     and (z == Z - 1 or v >= s[z + 1, j])):
                 top = v
                 k2[j] = z
@@ -476,7 +511,7 @@ def _second_row(s, bv, kbr, noise, snr, dip, k2, found):
         run = np.inf
         for z in range(kb - 1, -1, -1):
             v = s[z, j]
-            if (z < kb - 1 and run < dip * v and v > fl and v > top and v >= s[z + 1, j]
+            if (z < kb - 1 and run < dip * v and v > fl_ and v > top and v >= s[z + 1, j]
                     and (z == 0 or v >= s[z - 1, j])):
                 top = v
                 k2[j] = z
@@ -511,12 +546,12 @@ def weighted_bands(b, wt, out):
 
 
 @jit
-def _normalise_blend_row(wt, i, ef, ni, weight, lo, s, kb, top):
+def _normalise_blend_row(wt, i, ef, ni, weight, lo, s, kb, top, kb2, top2):
     """Row ``i`` of unnormalised weights ``wt`` (Z, h, w), in place: normalised over the planes, then
     (``weight`` > 0) the numpy path's ``blend_neighbours``: the planes just before and after each
     pixel's most-weighted plane gain ``weight x clip((r - lo) / (1 - lo), 0, 1)``, ``r`` their share
     of its detail energy ``ef`` above the noise (``ni``: row ``i``), and the weights are normalised
-    again (``s``, ``kb``, ``top``: scratch of the row's length)."""
+    again (``s``, ``kb``, ``top``, ``kb2``, ``top2``: scratch of the row's length)."""
     Z, h, w = wt.shape
     scale = _F(1) / (_F(1) - lo)
     s[:] = wt[0, i]
@@ -536,10 +571,11 @@ def _normalise_blend_row(wt, i, ef, ni, weight, lo, s, kb, top):
     kb[:] = 0
     for z in range(1, Z):
         wz = wt[z, i]
-        for j in range(w):  # (selects, not branches: vector instructions)
+        for j in range(w):  # (selects into the other buffer, not branches: vector instructions)
             up = wz[j] > top[j]  # the first maximum wins, as argmax
-            top[j] = wz[j] if up else top[j]
-            kb[j] = z if up else kb[j]
+            top2[j] = wz[j] if up else top[j]
+            kb2[j] = z if up else kb[j]
+        top, top2, kb, kb2 = top2, top, kb2, kb
     for j in range(w):
         k = kb[j]
         eb = ef[k, i, j] - ni[j]
@@ -570,6 +606,8 @@ def plane_stats(fm):
     hi = np.empty((h, w), np.float32)
     mean = np.empty((h, w), np.float32)
     zf = _F(Z)
+    a2 = np.empty(w, np.float32)  # the running minimum and maximum go to the other buffer (an in-place
+    b2 = np.empty(w, np.float32)  # update compiles to a scalar loop), the row's own at the end
     for i in range(h):
         a = lo[i]
         b = hi[i]
@@ -583,9 +621,14 @@ def plane_stats(fm):
             f = fm[z, i]
             for j in range(w):
                 v = f[j]
-                a[j] = min(a[j], v)
-                b[j] = max(b[j], v)
+                a2[j] = min(a[j], v)
+                b2[j] = max(b[j], v)
                 m[j] += v
+            a, a2, b, b2 = a2, a, b2, b
+        if Z % 2 == 0:  # (the last plane's values are in the scratch rows)
+            lo[i] = a
+            hi[i] = b
+            a2, b2 = a, b
         for j in range(w):
             m[j] = m[j] / zf
     return lo, hi, mean
