@@ -135,6 +135,112 @@ def _sum5(src, dst, st, N):
 
 
 @jit
+def _ends(src, dst, st, N, r, L):
+    """The ends of a flattened window sum (``r * st`` values each side) copied, as ``_win``'s."""
+    for i in range(r * st):
+        dst[i] = src[i]
+    for i in range(r * st + L, N):
+        dst[i] = src[i]
+
+
+@jit
+def _sum3(src, dst, st, N):
+    """``_win(src, 3, st)`` exactly (``a0 + (a1 + a2)``, ``_flat_box``'s order for three terms)."""
+    L = N - 2 * st
+    if L <= 0:
+        dst[:N] = src[:N]
+        return
+    _ends(src, dst, st, N, 1, L)
+    a, b, c = src[0:L], src[st : st + L], src[2 * st : 2 * st + L]
+    o = dst[st : st + L]
+    for i in range(L):
+        o[i] = a[i] + (b[i] + c[i])
+
+
+@jit
+def _sum9(src, dst, st, N):
+    """``_win(src, 9, st)`` exactly (``a0 + (((a1 + a2) + (a3 + a4)) + ((a5 + a6) + (a7 + a8)))``,
+    ``_flat_box``'s order for nine terms)."""
+    L = N - 8 * st
+    if L <= 0:
+        dst[:N] = src[:N]
+        return
+    _ends(src, dst, st, N, 4, L)
+    a0, a1, a2 = src[0:L], src[st : st + L], src[2 * st : 2 * st + L]
+    a3, a4, a5 = src[3 * st : 3 * st + L], src[4 * st : 4 * st + L], src[5 * st : 5 * st + L]
+    a6, a7, a8 = src[6 * st : 6 * st + L], src[7 * st : 7 * st + L], src[8 * st : 8 * st + L]
+    o = dst[4 * st : 4 * st + L]
+    for i in range(L):
+        o[i] = a0[i] + (((a1[i] + a2[i]) + (a3[i] + a4[i])) + ((a5[i] + a6[i]) + (a7[i] + a8[i])))
+
+
+@jit
+def _box_sum(src, dst, tmp, n, w, N):
+    """The (n x n) window sums (n = 3, 5 or 9) of a flattened (N / w, w) map, exactly as
+    ``box_mean``'s before its scaling: along x into ``tmp``, then along y into ``dst``."""
+    if n == 3:
+        _sum3(src, tmp, 1, N)
+        _sum3(tmp, dst, w, N)
+    elif n == 5:
+        _sum5(src, tmp, 1, N)
+        _sum5(tmp, dst, w, N)
+    else:
+        _sum9(src, tmp, 1, N)
+        _sum9(tmp, dst, w, N)
+
+
+@jit
+def coarse_measure9(fm, out):
+    """``box_mean(bin2(fm), 4)`` of the focus measure (Z, h, w) into ``out`` (Z, h / 2, w / 2): the
+    same values as numpy's (the same float32 operations in the same order), one plane at a time."""
+    Z = fm.shape[0]
+    hc, wc = out.shape[1], out.shape[2]
+    N = hc * wc
+    b = np.empty((hc, wc), np.float32)
+    tmp = np.empty(N, np.float32)
+    inv = _F(1.0 / 81)
+    for z in range(Z):
+        _bin_rows(fm[z], b)
+        o = out[z].reshape(N)
+        _box_sum(b.reshape(N), o, tmp, 9, wc, N)
+        for i in range(N):
+            o[i] *= inv
+    return out
+
+
+@jit
+def add_less_mean(acc, x, ov, n):
+    """``acc += ov * (x - box_mean(x, n // 2))`` on (H, W) maps (n = 3, 5 or 9), the same float32
+    operations in the same order as numpy's ``acc + ov * _less_mean(x, n // 2)`` (``x`` is left as
+    it is)."""
+    H, W = x.shape
+    N = H * W
+    s = np.empty(N, np.float32)
+    tmp = np.empty(N, np.float32)
+    f = x.reshape(N)
+    _box_sum(f, s, tmp, n, W, N)
+    inv = _F(1.0 / (n * n))
+    a = acc.reshape(N)
+    for i in range(N):
+        a[i] = a[i] + ov * (f[i] - s[i] * inv)
+
+
+@jit
+def selected_band(b, k2, found, out):
+    """``out`` (C, h, w) = the band ``b`` (Z, C, h, w) of plane ``k2`` (h, w) times ``found`` (numpy's
+    ``take_along_axis(b, k2, 0) * found``: 0 where nothing was found)."""
+    Z, C, h, w = b.shape
+    for c in range(C):
+        for i in range(h):
+            o = out[c, i]
+            kr = k2[i]
+            fr = found[i]
+            for j in range(w):
+                o[j] = b[kr[j], c, i, j] * _F(fr[j])
+    return out
+
+
+@jit
 def focus_measure5(gb, ef, fm, nf_min, first):
     """For the focus measure's default window (radius 2), one plane's measure and noise energy,
     exactly as the numpy path makes them (the same float32 operations in the same order):

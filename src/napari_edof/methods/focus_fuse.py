@@ -796,7 +796,10 @@ class FocusFuse:
         known = best > kq * floor
         if p["coarse_r"]:  # at quarter resolution: the same reach, a quarter of the work
             cr = (p["coarse_r"] + 1) // 2
-            fc = box_mean(bin2(FM), cr)
+            if kern is not None and cr == 4:  # (the default: the same values, compiled)
+                fc = kern.coarse_measure9(FM, np.empty((Z, h // 2, w // 2), _F))
+            else:
+                fc = box_mean(bin2(FM), cr)
             kc = _F(p["unknown_k"] * noise_ratio(Z, p["radius"], cr))
             known |= up2(fc.max(axis=0) > kc * fc.min(axis=0)) > 0.5
         known = _majority3(known)  # no lone specks either way
@@ -851,7 +854,10 @@ class FocusFuse:
             else:  # the weights (exponentials and second depth included) and the normalised sum compiled
                 ex, k2, found = _soft_compiled(kern, E[lvl], E[lvl], noise, s2 * _F(gains[lvl]) if ov else None)
                 bands.append(kern.weighted_bands(B[lvl], ex, np.empty((C,) + ex.shape[1:], _F)))
-            if ov:  # the second depth's band, less its local mean
+            if ov and kern is not None:  # the second depth's band, less its local mean (the same values)
+                x = kern.selected_band(B[lvl], k2, found, np.empty(B[lvl].shape[1:], _F))
+                kern.add_less_mean(bands[-1].reshape(-1, x.shape[-1]), x.reshape(-1, x.shape[-1]), ov, 3)
+            elif ov:
                 x = np.take_along_axis(B[lvl], k2[None, None], 0)[0]
                 x *= found
                 bands[-1] += ov * _less_mean(x, 1)
@@ -900,7 +906,13 @@ class FocusFuse:
                 for c in range(C if rgb else 0):
                     kern.selected_detail(src[:, c], PB[:, c], k2, found, detail2[c])
         del wf
-        if second:  # the second depth's finest detail, less its local mean, in every channel
+        if second and kern is not None:  # the second depth's finest detail, less its local mean, in every
+            # channel (compiled: the same values, in place; the grey detail is ``dl`` itself)
+            kern.add_less_mean(dl, dl2, ov, 2 * _SECOND_FINE_R + 1)
+            if rgb:
+                kern.add_less_mean(detail.reshape(-1, W), detail2.reshape(-1, W), ov, 2 * _SECOND_FINE_R + 1)
+            del dl2, detail2
+        elif second:
             dl = dl + ov * _less_mean(dl2, _SECOND_FINE_R)
             detail = detail + ov * _less_mean(detail2, _SECOND_FINE_R) if rgb else dl[None]
             del dl2, detail2
