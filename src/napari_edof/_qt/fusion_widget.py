@@ -292,6 +292,9 @@ class FusionWidget(QWidget):
         # napari hands plugins a proxy of the viewer whose layers are new proxies at every access:
         # the widget keeps the viewer itself, so that layers can be matched by identity
         self.viewer = unwrap(napari_viewer)
+        from . import warm
+
+        warm.start()  # what napari imports for the first Run's decision layer (a Labels layer), now
         self._worker = None
         self._gen = None
         self._pbar = None
