@@ -381,9 +381,10 @@ def band(cg, B, E):
             _up_x(ng, i + 1, r2)
         else:
             r2[:] = r1
+        b0, b1, c0, c1 = B[2 * i], B[2 * i + 1], cg[2 * i], cg[2 * i + 1]  # (rows: vector instructions)
         for j in range(W):
-            B[2 * i, j] = _F(cg[2 * i, j]) - (q3 * r1[j] + q1 * r0[j])
-            B[2 * i + 1, j] = _F(cg[2 * i + 1, j]) - (q3 * r1[j] + q1 * r2[j])
+            b0[j] = _F(c0[j]) - (q3 * r1[j] + q1 * r0[j])
+            b1[j] = _F(c1[j]) - (q3 * r1[j] + q1 * r2[j])
         r0, r1, r2 = r1, r2, r0
     if E.shape[0] == 0:
         return ng
@@ -395,10 +396,10 @@ def band(cg, B, E):
             qi[j] = bi[j] * bi[j]
     sx = np.zeros((H, W), np.float32)  # 3-sums along x (the outer columns: 0)
     for i in range(H):
-        qi = sq[i]
-        si = sx[i]
-        for j in range(1, W - 1):
-            si[j] = qi[j - 1] + qi[j] + qi[j + 1]
+        a, b, c = sq[i, 0 : W - 2], sq[i, 1 : W - 1], sq[i, 2:W]  # (each term its own slice: vector instructions)
+        si = sx[i, 1 : W - 1]
+        for j in range(W - 2):
+            si[j] = a[j] + b[j] + c[j]
     for i in range(H):
         ei = E[i]
         if 0 < i < H - 1:
