@@ -118,19 +118,29 @@ _INV25 = _F(1.0 / 25)
 
 
 @jit
+def _ends(src, dst, st, N, r):
+    """For a flattened window sum of ``2r + 1`` terms ``st`` apart: copies the ends (``r * st`` values
+    each side; everything when the window is longer than the map, as ``_win``) and returns the
+    number of sums to make (<= 0: none)."""
+    L = N - 2 * r * st
+    if L <= 0:
+        dst[:N] = src[:N]
+        return L
+    for i in range(r * st):
+        dst[i] = src[i]
+    for i in range(r * st + L, N):
+        dst[i] = src[i]
+    return L
+
+
+@jit
 def _sum5(src, dst, st, N):
     """``_win(src, 5, st)`` of a flattened map (the window sums of ``box_mean``'s radius 2), exactly:
     each sum in ``_flat_box``'s order of additions for five terms (``a0 + ((a1 + a2) + (a3 + a4))``),
     the ends copied. The five terms are separate slices, so the loop runs on vector instructions."""
-    L = N - 4 * st
+    L = _ends(src, dst, st, N, 2)
     if L <= 0:
-        for i in range(N):
-            dst[i] = src[i]
         return
-    for i in range(2 * st):
-        dst[i] = src[i]
-    for i in range(2 * st + L, N):
-        dst[i] = src[i]
     a, b, c = src[0:L], src[st : st + L], src[2 * st : 2 * st + L]
     d, e = src[3 * st : 3 * st + L], src[4 * st : 4 * st + L]
     o = dst[2 * st : 2 * st + L]
@@ -139,22 +149,11 @@ def _sum5(src, dst, st, N):
 
 
 @jit
-def _ends(src, dst, st, N, r, L):
-    """The ends of a flattened window sum (``r * st`` values each side) copied, as ``_win``'s."""
-    for i in range(r * st):
-        dst[i] = src[i]
-    for i in range(r * st + L, N):
-        dst[i] = src[i]
-
-
-@jit
 def _sum3(src, dst, st, N):
     """``_win(src, 3, st)`` exactly (``a0 + (a1 + a2)``, ``_flat_box``'s order for three terms)."""
-    L = N - 2 * st
+    L = _ends(src, dst, st, N, 1)
     if L <= 0:
-        dst[:N] = src[:N]
         return
-    _ends(src, dst, st, N, 1, L)
     a, b, c = src[0:L], src[st : st + L], src[2 * st : 2 * st + L]
     o = dst[st : st + L]
     for i in range(L):
@@ -165,11 +164,9 @@ def _sum3(src, dst, st, N):
 def _sum9(src, dst, st, N):
     """``_win(src, 9, st)`` exactly (``a0 + (((a1 + a2) + (a3 + a4)) + ((a5 + a6) + (a7 + a8)))``,
     ``_flat_box``'s order for nine terms)."""
-    L = N - 8 * st
+    L = _ends(src, dst, st, N, 4)
     if L <= 0:
-        dst[:N] = src[:N]
         return
-    _ends(src, dst, st, N, 4, L)
     a0, a1, a2 = src[0:L], src[st : st + L], src[2 * st : 2 * st + L]
     a3, a4, a5 = src[3 * st : 3 * st + L], src[4 * st : 4 * st + L], src[5 * st : 5 * st + L]
     a6, a7, a8 = src[6 * st : 6 * st + L], src[7 * st : 7 * st + L], src[8 * st : 8 * st + L]
