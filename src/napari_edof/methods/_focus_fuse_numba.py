@@ -416,12 +416,15 @@ def band(cg, B, E):
     return ng
 
 @jit
-def sub_plane(fm, fc, cw, floor, top, kq):
+def sub_plane(fm, fc, cw, floor, top, mean, kq):
     """Argmax over planes of ``fm[z] + cw x neighbourhood_weight(floor, top, kq) x up2(fc[z])``
     (``fc`` empty: of ``fm[z]``) with the parabolic sub-plane refinement of the numpy path's
-    ``sub_plane``: (h, w) float32."""
+    ``sub_plane``: (h, w) float32. ``floor``, ``top`` and ``mean`` (h, w) are written here first,
+    row by row: the minimum, maximum and mean of ``fm`` over the planes (numpy's ``min``, ``max``,
+    ``mean(axis=0)``), so the focus measure is read once for both."""
     Z, h, w = fm.shape
     out = np.empty((h, w), np.float32)
+    a2, b2 = np.empty(w, np.float32), np.empty(w, np.float32)
     coarse = fc.shape[0] > 0
     vals = np.empty((Z, w), np.float32)
     ra = np.empty(w, np.float32)
@@ -431,6 +434,7 @@ def sub_plane(fm, fc, cw, floor, top, kq):
     best, best2 = np.empty(w, np.float32), np.empty(w, np.float32)  # the argmax's row buffers
     kk, kk2 = np.empty(w, np.int32), np.empty(w, np.int32)
     for i in range(h):
+        _stats_row(fm, i, floor[i], top[i], mean[i], a2, b2)
         if coarse:  # the numpy path's neighbourhood_weight, times cw
             for j in range(w):
                 t = _F(1)
@@ -706,40 +710,32 @@ def _normalise_blend_row(wt, i, ef, ni, weight, lo, s, kb, top, kb2, top2):
 
 
 @jit
-def plane_stats(fm):
-    """Minimum, maximum and mean over the planes of ``fm`` (Z, h, w), in one pass (the mean summed
-    plane after plane and divided, as numpy's ``mean(axis=0)``)."""
-    Z, h, w = fm.shape
-    lo = np.empty((h, w), np.float32)
-    hi = np.empty((h, w), np.float32)
-    mean = np.empty((h, w), np.float32)
+def _stats_row(fm, i, lo, hi, mean, a2, b2):
+    """Row ``i`` of the minimum, maximum and mean over the planes of ``fm`` (Z, h, w) into the rows
+    ``lo``, ``hi``, ``mean`` (the mean summed plane after plane and divided, as numpy's
+    ``mean(axis=0)``; ``a2``, ``b2``: scratch rows). The running minimum and maximum go to the other
+    buffer after each plane (an in-place update compiles to a scalar loop), the row's own at the end."""
+    Z, w = fm.shape[0], fm.shape[2]
+    a, b, m = lo, hi, mean
+    f0 = fm[0, i]
+    for j in range(w):
+        a[j] = f0[j]
+        b[j] = f0[j]
+        m[j] = f0[j]
+    for z in range(1, Z):
+        f = fm[z, i]
+        for j in range(w):
+            v = f[j]
+            a2[j] = min(a[j], v)
+            b2[j] = max(b[j], v)
+            m[j] += v
+        a, a2, b, b2 = a2, a, b2, b
+    if Z % 2 == 0:  # (the last plane's values are in the scratch rows)
+        lo[:] = a
+        hi[:] = b
     zf = _F(Z)
-    a2 = np.empty(w, np.float32)  # the running minimum and maximum go to the other buffer (an in-place
-    b2 = np.empty(w, np.float32)  # update compiles to a scalar loop), the row's own at the end
-    for i in range(h):
-        a = lo[i]
-        b = hi[i]
-        m = mean[i]
-        f0 = fm[0, i]
-        for j in range(w):
-            a[j] = f0[j]
-            b[j] = f0[j]
-            m[j] = f0[j]
-        for z in range(1, Z):
-            f = fm[z, i]
-            for j in range(w):
-                v = f[j]
-                a2[j] = min(a[j], v)
-                b2[j] = max(b[j], v)
-                m[j] += v
-            a, a2, b, b2 = a2, a, b2, b
-        if Z % 2 == 0:  # (the last plane's values are in the scratch rows)
-            lo[i] = a
-            hi[i] = b
-            a2, b2 = a, b
-        for j in range(w):
-            m[j] = m[j] / zf
-    return lo, hi, mean
+    for j in range(w):
+        m[j] = m[j] / zf
 
 
 @jit
