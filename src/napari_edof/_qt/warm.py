@@ -11,11 +11,10 @@ from __future__ import annotations
 import importlib
 import threading
 
+from napari_edof.core.warmup import start_once
+
 #: the modules a viewer's first Labels layer imports (napari 0.9), heaviest first
 LABELS_FIRST_IMPORTS = ("pandas", "skimage.color")
-
-_STARTED: list[threading.Thread] = []
-_LOCK = threading.Lock()
 
 
 def _import_all() -> None:
@@ -27,11 +26,5 @@ def _import_all() -> None:
 
 
 def start() -> threading.Thread:
-    """Start the imports in a thread (once per process) and return it. Not a daemon: the process
-    waits for it at exit rather than stopping it inside an import."""
-    with _LOCK:
-        if not _STARTED:
-            t = threading.Thread(target=_import_all, name="edof-layer-imports")
-            _STARTED.append(t)
-            t.start()
-        return _STARTED[0]
+    """Start the imports in a thread (once per process) and return it."""
+    return start_once("edof-layer-imports", _import_all)

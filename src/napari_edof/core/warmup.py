@@ -18,7 +18,7 @@ import threading
 #: Methods whose kernels are compiled with numba (see ``methods/_focus_fuse_kernels.py``).
 NUMBA_METHODS = frozenset({"focus-fuse"})
 
-_STARTED: list[threading.Thread] = []
+_STARTED: dict[str, threading.Thread] = {}  # name -> the thread started under it (once per process)
 _LOCK = threading.Lock()
 
 
@@ -61,17 +61,22 @@ def load_numba(method: str | None = None) -> None:
 
 def start(method: str | None = None) -> threading.Thread | None:
     """Start :func:`load_numba` in a thread when a run of ``method`` would need it (once per
-    process); returns the thread, or None when nothing is to be done. The thread is not a daemon:
-    the process waits for it at exit rather than stopping it inside an import."""
+    process); returns the thread, or None when nothing is to be done."""
     if not wanted(method):
         return None
+    return start_once("edof-numba-warmup", load_numba, method)
+
+
+def start_once(name: str, target, *args) -> threading.Thread:
+    """``target(*args)`` in a thread called ``name``, started the first time this is called with
+    that name in the process; returns that thread. Not a daemon: the process waits for it at exit
+    rather than stopping it inside an import."""
     with _LOCK:
-        if _STARTED:
-            return _STARTED[0]
-        t = threading.Thread(target=load_numba, args=(method,), name="edof-numba-warmup")
-        _STARTED.append(t)
-        t.start()
-        return t
+        if name not in _STARTED:
+            t = threading.Thread(target=target, args=args, name=name)
+            _STARTED[name] = t
+            t.start()
+        return _STARTED[name]
 
 
-__all__ = ["NUMBA_METHODS", "load_numba", "start", "wanted"]
+__all__ = ["NUMBA_METHODS", "load_numba", "start", "start_once", "wanted"]

@@ -266,12 +266,10 @@ def focus_measure5(gb, ef, fm, nf_min, first):
             o[i] = v * v
     tmp = np.empty(N, np.float32)
     f = fm.reshape(N)
-    _sum5(lap, tmp, 1, N)
-    _sum5(tmp, f, w, N)
+    _box_sum(lap, f, tmp, 5, w, N)
     for i in range(N):
         f[i] *= _INV25
-    _sum5(ef.reshape(N), tmp, 1, N)
-    _sum5(tmp, lap, w, N)  # (lap reused)
+    _box_sum(ef.reshape(N), lap, tmp, 5, w, N)  # (lap reused)
     m = nf_min.reshape(N)
     if first:
         for i in range(N):
@@ -416,6 +414,25 @@ def band(cg, B, E):
     return ng
 
 @jit
+def _argmax_rows(v, best, k, best2, k2):
+    """Per column of ``v`` (Z, w), the highest row and its index (the first maximum wins, as
+    ``argmax``), row by row across the columns: each step is a select into the other pair of
+    buffers (``best2``, ``k2``), the pairs swapped after each row (a select that updates its own
+    buffer compiles to a scalar loop). Returns the pair (values, index) that holds the result."""
+    Z, w = v.shape
+    best[:] = v[0]
+    k[:] = 0
+    for z in range(1, Z):
+        vz = v[z]
+        for j in range(w):
+            up = vz[j] > best[j]
+            best2[j] = vz[j] if up else best[j]
+            k2[j] = z if up else k[j]
+        best, best2, k, k2 = best2, best, k2, k
+    return best, k
+
+
+@jit
 def sub_plane(fm, fc, cw, floor, top, mean, kq):
     """Argmax over planes of ``fm[z] + cw x neighbourhood_weight(floor, top, kq) x up2(fc[z])``
     (``fc`` empty: of ``fm[z]``) with the parabolic sub-plane refinement of the numpy path's
@@ -455,26 +472,17 @@ def sub_plane(fm, fc, cw, floor, top, mean, kq):
             else:
                 for j in range(w):
                     vals[z, j] = fm[z, i, j]
-        # the highest plane (the first maximum wins, as argmax), plane by plane across the row: selects
-        # into the other buffers (vector instructions; in place, or a branch per pixel and plane, the
-        # loop is scalar)
-        best[:] = vals[0]
-        kk[:] = 0
-        for z in range(1, Z):
-            vz = vals[z]
-            for j in range(w):
-                up = vz[j] > best[j]
-                best2[j] = vz[j] if up else best[j]
-                kk2[j] = z if up else kk[j]
-            best, best2, kk, kk2 = best2, best, kk2, kk
+        # the highest plane, plane by plane across the row (vector instructions; a branch per pixel and
+        # plane kept the loop scalar), then each pixel's parabola through its neighbours
+        bv, kb = _argmax_rows(vals, best, kk, best2, kk2)
         o = out[i]
         for j in range(w):
-            k = kk[j]
+            k = kb[j]
             off = _F(0)
             if 0 < k < Z - 1:
                 left = vals[k - 1, j]
                 right = vals[k + 1, j]
-                den = left - _F(2) * best[j] + right
+                den = left - _F(2) * bv[j] + right
                 if den < 0:
                     off = _F(0.5) * (left - right) / den
                     off = min(max(off, _F(-0.49)), _F(0.49))
@@ -538,10 +546,8 @@ def soft_weights(e, out, noise, pnoise, snr, dip, k2, found, norm, bnoise, weigh
         k2[:] = 0
         found[:] = False
     s = np.empty((Z, w), np.float32)
-    bv = np.empty(w, np.float32)
-    kbr = np.empty(w, np.int32)
-    bv2 = np.empty(w, np.float32)  # (the maximum's running values are written to the other buffer: a
-    kb2 = np.empty(w, np.int32)  # select that updates its own array in place compiles to a scalar loop)
+    bv, bv2 = np.empty(w, np.float32), np.empty(w, np.float32)  # the highest plane's buffers (two pairs)
+    kbs, kb2 = np.empty(w, np.int32), np.empty(w, np.int32)
     inv = np.empty(w, np.float32)
     x = np.empty(w, np.float32)
     ib = np.empty(w, np.int32)
@@ -566,22 +572,13 @@ def soft_weights(e, out, noise, pnoise, snr, dip, k2, found, norm, bnoise, weigh
             er = e[z + 1 if z < Z - 1 else Z - 1, i]
             for j in range(w):
                 sz[j] = (ec[j] * _F(2) + el[j] + er[j]) * q1
-        for j in range(w):  # the highest plane, across the row (plane by plane: vector instructions)
-            bv[j] = s[0, j]
-            kbr[j] = 0
-        for z in range(1, Z):
-            sz = s[z]
-            for j in range(w):
-                up = sz[j] > bv[j]  # the first maximum wins, as argmax
-                bv2[j] = sz[j] if up else bv[j]
-                kb2[j] = z if up else kbr[j]
-            bv, bv2, kbr, kb2 = bv2, bv, kb2, kbr
+        top_s, kbr = _argmax_rows(s, bv, kbs, bv2, kb2)  # the highest plane, across the row
         if second and Z >= 3:  # (fewer: no plane two away from the best with one between)
             _second_row(s, kbr, pnoise[i], snr, dip, k2[i], found[i], ns, kb)
         for z in range(Z):
             sz = s[z]
             for j in range(w):
-                x[j] = (sz[j] - bv[j]) * inv[j]
+                x[j] = (sz[j] - top_s[j]) * inv[j]
             _exp_row(x, out[z, i], ib)
         if norm:
             _normalise_blend_row(out, i, e, bnoise[i], weight, lo, ns, kb, top, kb3, top3)

@@ -799,12 +799,17 @@ class FocusFuse:
                 fc = kern.coarse_measure9(FM, np.empty((Z, h // 2, w // 2), _F))
             else:
                 fc = box_mean(bin2(FM), cr)
-        if kern is None:
-            floor, best, mean = FM.min(axis=0), FM.max(axis=0), FM.mean(axis=0)
-        else:  # the index, and the measure's minimum, maximum and mean over the planes, in one pass
-            coarse = p["coarse_r"] and p["coarse_w"]
+        coarse = p["coarse_r"] and p["coarse_w"]
+        if kern is not None:  # the index, and the measure's minimum, maximum and mean over the planes, in one pass
             floor, best, mean = np.empty((h, w), _F), np.empty((h, w), _F), np.empty((h, w), _F)
             d = _median3(kern.sub_plane(FM, fc if coarse else _NONE3, cw, floor, best, mean, kq), kern)
+        else:
+            floor, best, mean = FM.min(axis=0), FM.max(axis=0), FM.mean(axis=0)
+            if coarse:
+                cwm = cw * neighbourhood_weight(floor, best, kq)
+                d = _median3(sub_plane([lambda z=z, fm=FM: fm[z] + cwm * up2(fc[z]) for z in range(Z)]))
+            else:
+                d = _median3(sub_plane(FM))
         # local noise variance, full-resolution units (see the module's docstring)
         sigma2 = noise_fine
         sigma2 *= _F(_NOISE_K / fine_gain)
@@ -815,11 +820,6 @@ class FocusFuse:
             kc = _F(p["unknown_k"] * noise_ratio(Z, p["radius"], cr))
             known |= up2(fc.max(axis=0) > kc * fc.min(axis=0)) > 0.5
         known = _majority3(known)  # no lone specks either way
-        if kern is None and p["coarse_r"] and p["coarse_w"]:  # (compiled: the index was made above)
-            cwm = cw * neighbourhood_weight(floor, best, kq)
-            d = _median3(sub_plane([lambda z=z, fm=FM: fm[z] + cwm * up2(fc[z]) for z in range(Z)]))
-        elif kern is None:
-            d = _median3(sub_plane(FM))
         del FM
         shown = known  # where the index is shown (the fusion's base uses ``known``)
         d_shown = None
