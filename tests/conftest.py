@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,16 @@ def pytest_configure(config):
         os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
     else:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    # napari-edof's cache folder in a temporary one (subprocesses inherit it), where focus-fuse's
+    # compiled kernels are recorded as built: every test (and its subprocesses) takes them, compiled
+    # at first use as before, instead of the numpy path while a build runs beside the tests
+    # (tests/methods/test_focus_fuse_build.py tests that policy with the record removed)
+    if "NAPARI_EDOF_CACHE" not in os.environ:
+        os.environ["NAPARI_EDOF_CACHE"] = tempfile.mkdtemp(prefix="napari-edof-cache-")
+        config.add_cleanup(lambda: shutil.rmtree(os.environ.pop("NAPARI_EDOF_CACHE"), ignore_errors=True))
+    from napari_edof.methods._focus_fuse_kernels import mark_built
+
+    mark_built()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The command-line tool: ``napari-edof fuse | methods | evaluate | train``.
+"""The command-line tool: ``napari-edof fuse | methods | evaluate | train | build-kernels``.
 
 Exit codes: 0 done, 1 unexpected failure, 2 bad usage or bad input, 3 the output could not be
 written, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); interrupted or terminated, no partial
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -99,6 +100,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     m = sub.add_parser("methods", help="list the fusion methods")
     m.add_argument("-v", "--verbose", action="store_true", help="show each method's parameters")
+
+    sub.add_parser("build-kernels", help="compile focus-fuse's numba kernels now (once after installing, about a "
+                                         "minute; until then `fuse` takes the numpy path)")
 
     e = sub.add_parser("evaluate", help="score a fused image: PSNR/SSIM against a ground truth, fusion "
                                         "metrics (Q^AB/F, NMI, FMI, Q_Y, Q_CB) against its source stack")
@@ -536,7 +540,7 @@ def _guide(g: str):
 
 def _summary(run: dict, outdir: Path) -> str:
     from .core.audit import audit_note
-    from .core.result import precision_note, unknown_note
+    from .core.result import method_note, precision_note, unknown_note
 
     r, st = run["result"], run["stack"]
     p = r.provenance
@@ -545,7 +549,7 @@ def _summary(run: dict, outdir: Path) -> str:
         f"napari-edof: {p['method']} fused {r.n_planes} planes of {st.yx_shape[0]}x{st.yx_shape[1]} "
         f"{st.dtype}{' RGB' if st.rgb else ''}{f' x {st.n_times} time points' if st.n_times > 1 else ''} "
         f"in {p['seconds']:.2f} s ({p['mvoxel_per_s']:.1f} Mvoxel/s, {_tiles_said(p, st)}, {p['device']})"
-        f"{precision_note(p)}{unknown_note(r.index)}{audit_note(p)}\n"
+        f"{precision_note(p)}{unknown_note(r.index)}{audit_note(p)}{method_note(p)}\n"
         f"  wrote to {outdir}: {names}"
     )
 
@@ -707,6 +711,30 @@ def cmd_methods(args) -> int:
     return EXIT_OK
 
 
+def cmd_build_kernels(args) -> int:
+    """Compile focus-fuse's kernels for the common stacks and record them built (what the napari
+    widget and the Python API do in a thread at their first focus-fuse run)."""
+    import time
+
+    from .methods import _focus_fuse_kernels as k
+
+    if os.environ.get("NAPARI_EDOF_NUMBA", "") == "0":
+        print("napari-edof: NAPARI_EDOF_NUMBA=0 switches the compiled kernels off; nothing to build", file=sys.stderr)
+        return EXIT_INPUT
+    if k.kernels() is None:
+        print("napari-edof: numba is not installed, so focus-fuse runs its numpy path: pip install numba",
+              file=sys.stderr)
+        return EXIT_INPUT
+    from .methods.focus_fuse import build_kernels
+
+    t0 = time.perf_counter()
+    was = k.built()
+    print("napari-edof: " + ("loading" if was else "compiling") + " focus-fuse's kernels…", file=sys.stderr, flush=True)
+    build_kernels(force=True)
+    print(f"napari-edof: focus-fuse's kernels are built ({time.perf_counter() - t0:.1f} s)")
+    return EXIT_OK
+
+
 def cmd_evaluate(args) -> int:
     import json
 
@@ -803,6 +831,8 @@ def _dispatch(args) -> int:
         return cmd_train(args)
     if args.command == "evaluate":
         return cmd_evaluate(args)
+    if args.command == "build-kernels":
+        return cmd_build_kernels(args)
     return EXIT_FAIL
 
 

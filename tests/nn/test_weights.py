@@ -38,6 +38,9 @@ def test_cache_dir_env_var(monkeypatch, tmp_path):
     monkeypatch.setenv(W.ENV, str(tmp_path))
     assert W.cache_dir() == tmp_path
     monkeypatch.delenv(W.ENV)
+    monkeypatch.setenv("NAPARI_EDOF_CACHE", str(tmp_path / "c"))  # the package's cache folder
+    assert W.cache_dir() == tmp_path / "c" / "weights"
+    monkeypatch.delenv("NAPARI_EDOF_CACHE")
     assert W.cache_dir().name == "weights" and "napari-edof" in str(W.cache_dir())
 
 

@@ -120,8 +120,14 @@ class FusionResult:
             f"method {p.get('method')}: {self.n_planes} planes of "
             f"{'x'.join(map(str, np.shape(self.index)[-2:]))} in {p.get('seconds', float('nan')):.2f} s "
             f"({p.get('mvoxel_per_s', float('nan')):.1f} Mvoxel/s)" + precision_note(p) + unknown_note(self.index)
-            + audit_note(p)
+            + audit_note(p) + method_note(p)
         )
+
+
+def method_note(prov: dict) -> str:
+    """The method's own note on its run (``provenance["method_note"]``), for a summary ("" if none)."""
+    note = prov.get("method_note")
+    return f"; {note}" if note else ""
 
 
 def unknown_note(index) -> str:

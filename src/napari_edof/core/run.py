@@ -98,6 +98,8 @@ def provenance(pl: FusionPlan, seconds: float, impl=None) -> dict:
         prov["weights_sha256"] = spec.weights.sha256
     if impl is not None and impl.weights_sha256:  # the weights the instance loaded (a method may offer several)
         prov["weights_sha256"] = impl.weights_sha256
+    if getattr(impl, "run_note", None):  # (focus-fuse: the numpy path while its kernels are built)
+        prov["method_note"] = impl.run_note
     if stack.metadata.get("reconciled"):  # the input's metadata did not match its data (see io.metadata)
         prov["input_warnings"] = list(stack.metadata["reconciled"])
     chans = stack.metadata.get("channels")  # names from the file (io/metadata.py: tiff_channels)

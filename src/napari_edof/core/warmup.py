@@ -18,6 +18,7 @@ import threading
 #: Methods whose kernels are compiled with numba (see ``methods/_focus_fuse_kernels.py``).
 NUMBA_METHODS = frozenset({"focus-fuse"})
 
+THREAD = "edof-numba-warmup"  # the name of :func:`start`'s thread
 _STARTED: dict[str, threading.Thread] = {}  # name -> the thread started under it (once per process)
 _LOCK = threading.Lock()
 
@@ -64,7 +65,13 @@ def start(method: str | None = None) -> threading.Thread | None:
     process); returns the thread, or None when nothing is to be done."""
     if not wanted(method):
         return None
-    return start_once("edof-numba-warmup", load_numba, method)
+    return start_once(THREAD, load_numba, method)
+
+
+def running(name: str) -> bool:
+    """Whether the thread started under ``name`` (:func:`start_once`) is running now."""
+    t = _STARTED.get(name)
+    return t is not None and t.is_alive()
 
 
 def start_once(name: str, target, *args) -> threading.Thread:
@@ -79,4 +86,4 @@ def start_once(name: str, target, *args) -> threading.Thread:
         return _STARTED[name]
 
 
-__all__ = ["NUMBA_METHODS", "load_numba", "start", "start_once", "wanted"]
+__all__ = ["NUMBA_METHODS", "THREAD", "load_numba", "running", "start", "start_once", "wanted"]

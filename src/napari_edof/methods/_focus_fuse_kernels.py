@@ -3,19 +3,32 @@ not switched off (``NAPARI_EDOF_NUMBA=0``), else None (focus-fuse then runs its 
 kernels are compiled at first use and cached on disk beside the module (numba's ``cache=True``;
 where that folder is read-only, in the user's cache), so a later process loads them.
 
+Compiling them takes about 45 s on 2 cores (once per install: numba's cache then loads them in about
+1 s), which a first fusion must not wait for. So an instance uses the kernels only once they are
+**built** (:func:`built`: a record in napari-edof's cache folder, written after a full build and
+keyed to the kernels' source, numba, Python and the machine); until then it takes the numpy path
+(the same image to float32 rounding) and the build starts in a thread (:func:`start_build`; the
+napari widget starts it when it opens). ``NAPARI_EDOF_NUMBA=1`` uses the kernels regardless,
+compiling them where needed.
+
 Loading them still costs a process about 0.6-1 s (numba's import and its typing and target
 contexts, which import ``scipy.linalg``), and they save about 4 ns per grey voxel (16 ns per RGB
 voxel) on two cores: a one-shot process (the command line) with less work than
-:data:`COMPILED_MIN_WORK` is faster on the numpy path. :func:`one_shot` lets such a caller say so;
-everything else (the Python API, the napari widget, dask tasks, whose instances are
-made in their own threads) uses the kernels whenever they are there. The two paths give the
-same image to float32 rounding (at most one grey level) and the same index."""
+:data:`COMPILED_MIN_WORK` is faster on the numpy path. :func:`one_shot` lets such a caller say so
+(and whether its work is worth a build: :data:`BUILD_MIN_WORK`); everything else (the Python API,
+the napari widget, dask tasks, whose instances are made in their own threads) uses the kernels
+whenever they are built. The two paths give the same image to float32 rounding (at most one grey
+level) and the same index."""
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import os
+import platform
 import sys
+import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 _KERNELS: list = []  # [the kernels module or None], filled at first use
 
@@ -29,7 +42,15 @@ _KERNELS: list = []  # [the kernels module or None], filled at first use
 #: against 3.65 / 3.44 / 3.69 s: the kernels from 100 M
 COMPILED_MIN_WORK = 100_000_000
 
+#: channel-voxels of a one-shot job from which it builds the kernels in a thread while its first
+#: stacks take the numpy path (a batch of about 45 stacks of 16 x 2048^2: the build's 45 s of one
+#: core are then a fraction of the command's time); a smaller one-shot job does not build them
+BUILD_MIN_WORK = 3_000_000_000
+
 _NUMPY_HERE = contextvars.ContextVar("napari_edof_focus_fuse_numpy", default=False)
+_BUILD_HERE = contextvars.ContextVar("napari_edof_focus_fuse_build", default=True)
+_BUILT: list = []  # [True] once the kernels are known to be built, in this process
+_BUILT_LOCK = threading.Lock()
 
 
 def kernels():
@@ -49,21 +70,109 @@ def _numba_loaded() -> bool:
     return "numba" in sys.modules
 
 
+def _record() -> Path | None:
+    """The file that says the kernels are built: its name hashes what numba's cache is keyed to
+    (the kernels' source file and its stamp) and what a new numba, Python or machine changes
+    (numba's ``__init__.py`` and its stamp, Python's version, the machine), all without importing
+    numba (0.5 s) or reading package metadata (0.05 s)."""
+    try:
+        import importlib.util
+
+        nb = importlib.util.find_spec("numba")
+        if nb is None or not nb.origin:
+            return None
+        key = [sys.version, platform.machine()]
+        for f in (Path(__file__).with_name("_focus_fuse_numba.py"), Path(nb.origin)):
+            st = f.stat()
+            key += [str(f.resolve()), str(st.st_mtime_ns), str(st.st_size)]
+    except OSError:  # (no source): never built
+        return None
+    from ..core.userdirs import cache_root
+
+    return cache_root() / "kernels" / f"focus-fuse-{hashlib.sha1('|'.join(key).encode()).hexdigest()[:16]}"
+
+
+def built() -> bool:
+    """Whether the kernels are compiled and in numba's cache (recorded by :func:`mark_built`), or
+    ``NAPARI_EDOF_NUMBA=1`` asks for them regardless."""
+    if _BUILT or os.environ.get("NAPARI_EDOF_NUMBA", "") == "1":
+        return True
+    rec = _record()
+    if rec is not None and rec.is_file():
+        _BUILT.append(True)
+        return True
+    return False
+
+
+def mark_built() -> None:
+    """Record that the kernels are built (after a full build: ``focus_fuse._warm``). A cache folder
+    that cannot be written only means the next process builds (loads) them again."""
+    with _BUILT_LOCK:
+        if not _BUILT:
+            _BUILT.append(True)
+    rec = _record()
+    if rec is None or rec.is_file():
+        return
+    try:
+        rec.parent.mkdir(parents=True, exist_ok=True)
+        tmp = rec.with_name(f"{rec.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text("focus-fuse's compiled kernels are in numba's cache\n")
+        os.replace(tmp, rec)
+    except OSError:
+        pass
+
+
+def start_build():
+    """Build the kernels in a thread (once per process; ``core.warmup.start``): numba loaded,
+    every kernel compiled for the common stacks, then :func:`mark_built`. Returns the thread, or
+    None where there are no kernels (numba missing or switched off)."""
+    from ..core import warmup
+
+    return warmup.start("focus-fuse")
+
+
 def wanted() -> bool:
-    """Whether a focus-fuse instance made now (in this thread's context) uses the kernels."""
-    return not _NUMPY_HERE.get()
+    """Whether a focus-fuse instance made now (in this thread's context) uses the kernels: not in a
+    one-shot job that is faster on numpy, and the kernels built; where they are not, the build
+    starts in a thread (unless a one-shot job is too small for it) and this instance takes the
+    numpy path."""
+    if _NUMPY_HERE.get():
+        return False
+    if built():
+        return True
+    if _BUILD_HERE.get():
+        start_build()
+    return False
+
+
+def numpy_note() -> str | None:
+    """Why an instance made now takes the numpy path where the kernels would have been used (a
+    note for the run's summary), or None: built, switched off, numba missing, or a one-shot job too
+    small for them."""
+    if _NUMPY_HERE.get() or built() or os.environ.get("NAPARI_EDOF_NUMBA", "") == "0" or _record() is None:
+        return None
+    from ..core import warmup
+
+    if warmup.running(warmup.THREAD):
+        return ("numpy path while focus-fuse's compiled kernels are built (once after installing, about a "
+                "minute; later runs use them)")
+    return ("numpy path: focus-fuse's compiled kernels are not built yet (`napari-edof build-kernels` builds "
+            "them once, about a minute)")
 
 
 @contextmanager
 def one_shot(work: int):
     """For a process that runs one job of ``work`` channel-voxels: inside, focus-fuse instances take
     the numpy path when loading numba would cost more than it saves (less work than
-    :data:`COMPILED_MIN_WORK`, numba not imported yet, ``NAPARI_EDOF_NUMBA`` not set to 1).
-    Yields whether they do."""
+    :data:`COMPILED_MIN_WORK`, numba not imported yet, ``NAPARI_EDOF_NUMBA`` not set to 1), and
+    while the kernels are not built they start building them only for :data:`BUILD_MIN_WORK` or
+    more. Yields whether they take the numpy path for the work's size."""
     numpy_path = (os.environ.get("NAPARI_EDOF_NUMBA", "") != "1" and not _numba_loaded()
                   and int(work) < COMPILED_MIN_WORK)
     token = _NUMPY_HERE.set(numpy_path)
+    token_b = _BUILD_HERE.set(int(work) >= BUILD_MIN_WORK)
     try:
         yield numpy_path
     finally:
+        _BUILD_HERE.reset(token_b)
         _NUMPY_HERE.reset(token)

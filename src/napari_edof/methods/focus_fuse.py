@@ -81,7 +81,7 @@ import numpy as np
 
 from ..core.focus import _flat_box
 from ..core.select import median3
-from ._focus_fuse_kernels import kernels, wanted
+from ._focus_fuse_kernels import kernels, numpy_note, wanted
 from ._registry import MethodSpec, Param, register
 
 UNKNOWN = ("nan", "fill", "keep")
@@ -150,23 +150,55 @@ def _multiple(p: dict) -> int:
     return max(4, 2 ** p["levels"])  # the neighbourhood evidence is binned twice
 
 
-def _warm() -> bool:
-    """focus-fuse once on a tiny 16-bit grey stack through every pass (the second depth, the consistency
-    test), so that its compiled kernels are loaded from numba's disk cache (about 0.8 s on 2 cores)
-    before the first real tile needs them (``MethodSpec.warm``); a stack of another dtype then loads
-    only the few kernels that read its planes. Returns whether the kernels are there."""
+def _warm_stack(dtype, rgb: bool) -> np.ndarray:
+    """A tiny (5, 176, 176[, 3]) stack that takes every pass of focus-fuse: detail in one plane and,
+    weaker, two planes away (a second depth), and a plane flatter than its rounding (the
+    consistency test's gate)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(100, 140, (5, 176, 176)).astype(np.float32)
+    x[1, :, ::3] += 400
+    x[4, :, ::3] += 300
+    x[0, 60:120, 60:120] = 7
+    if np.dtype(dtype) == np.uint8:
+        x *= 0.25
+    if rgb:
+        x = np.stack([x, 0.8 * x, 0.6 * x], axis=-1)
+    return x.astype(dtype)
+
+
+#: the stacks a build compiles the kernels for (dtype, RGB): the common ones; another dtype compiles
+#: the few kernels that read its planes at its first use
+_BUILD_FOR = ((np.uint16, False), (np.uint8, False), (np.float32, False), (np.uint8, True), (np.uint16, True))
+
+
+def build_kernels(*, force: bool = False) -> bool:
+    """focus-fuse's kernels made ready before the first real tile needs them. Built already
+    (:func:`._focus_fuse_kernels.built`) and not ``force``: one tiny 16-bit grey stack through every
+    pass loads them from numba's disk cache (about 0.8 s on 2 cores; a stack of another dtype then
+    loads only the few kernels that read its planes). Otherwise (the first run after installing, or
+    ``napari-edof build-kernels``): they are compiled (or loaded) for the common stacks
+    (:data:`_BUILD_FOR`, each as a whole tile and as a strided window of a larger image: about 55 s
+    of one core from nothing), then recorded as built. Returns whether the kernels are there."""
+    from ..core.colour import make_guide
+    from ._focus_fuse_kernels import built, mark_built
+
     if kernels() is None:
         return False
-    m = FocusFuse(SPEC.defaults())
-    if not m.compiled:
-        return False
-    rng = np.random.default_rng(0)
-    x = rng.integers(100, 140, (5, 176, 176)).astype(np.uint16)
-    x[1, :, ::3] += 400  # detail in one plane and, weaker, two planes away: a second depth
-    x[4, :, ::3] += 300
-    x[0, 60:120, 60:120] = 7  # a plane flatter than its rounding (the consistency test's gate)
-    m.fuse_tile(x[..., None], x, halo=72)
+    build = force or not built()
+    m = FocusFuse(SPEC.defaults(), compiled=True)
+    for dtype, rgb in _BUILD_FOR if build else _BUILD_FOR[:1]:
+        x = _warm_stack(dtype, rgb)
+        planes = x if rgb else x[..., None]
+        for p in (planes, planes[:, 4:-4, 4:-4]) if build else (planes,):
+            m.fuse_tile(p, make_guide(p, "luminance" if rgb else 0, integers=True), halo=72)
+    if build:
+        mark_built()
     return True
+
+
+def _warm() -> bool:
+    """``MethodSpec.warm`` (run in a thread by ``core.warmup``): :func:`build_kernels`."""
+    return build_kernels()
 
 
 SPEC = MethodSpec(
@@ -700,9 +732,13 @@ def _weighted_detail(FG, PB, planes, wf):
 
 @register(SPEC)
 class FocusFuse:
-    def __init__(self, params: dict, *, device: str = "cpu"):
+    def __init__(self, params: dict, *, device: str = "cpu", compiled: bool | None = None):
         self.p = params
-        self.compiled = wanted()  # (decided where the instance is made: see _focus_fuse_kernels.one_shot)
+        # decided where the instance is made (see _focus_fuse_kernels.wanted and one_shot); ``compiled``
+        # True: the kernels whatever (compiled now if need be: the build itself), False: numpy
+        self.compiled = wanted() if compiled is None else compiled
+        #: why this instance takes the numpy path where the kernels would pay (the run's summary says it)
+        self.run_note = numpy_note() if compiled is None and not self.compiled else None
 
     def fuse_tile(self, planes, guide, *, halo, stats=None):
         p = self.p

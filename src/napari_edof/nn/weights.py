@@ -5,9 +5,9 @@ checks their sha256 and only then loads them (always with ``torch.load(weights_o
 Weights shipped inside the package (``napari_edof/weights/``, a :class:`WeightsSpec` without
 URLs) are hash-checked the same way.
 
-The cache folder is ``$NAPARI_EDOF_WEIGHTS`` when set (a folder), otherwise
-``<user cache dir>/napari-edof/weights``. To install a file by hand (offline machines), copy it
-there under the name the error message gives.
+The cache folder is ``$NAPARI_EDOF_WEIGHTS`` when set (a folder), otherwise ``weights`` in
+napari-edof's cache folder (``$NAPARI_EDOF_CACHE``, or ``<user cache dir>/napari-edof``). To
+install a file by hand (offline machines), copy it there under the name the error message gives.
 """
 from __future__ import annotations
 
@@ -33,17 +33,14 @@ class WeightsError(EdofError):
 
 
 def cache_dir() -> Path:
-    """Where downloaded weights live: ``$NAPARI_EDOF_WEIGHTS`` or the user cache folder."""
+    """Where downloaded weights live: ``$NAPARI_EDOF_WEIGHTS``, or ``weights`` in the cache folder
+    (:func:`napari_edof.core.userdirs.cache_root`)."""
     env = os.environ.get(ENV)
     if env:
         return Path(env).expanduser()
-    try:
-        from platformdirs import user_cache_dir
+    from ..core.userdirs import cache_root
 
-        base = Path(user_cache_dir("napari-edof"))
-    except ImportError:  # pragma: no cover - platformdirs comes with napari / pooch
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "napari-edof"
-    return base / "weights"
+    return cache_root() / "weights"
 
 
 def sha256_of(path: str | Path) -> str:

@@ -1,0 +1,138 @@
+"""focus-fuse's compiled kernels are used only once built (methods/_focus_fuse_kernels.py): until
+then a run takes the numpy path, says so, and the build runs in a thread; the build records itself
+and covers what real runs of the common stacks need (no compilation left for them)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from napari_edof.methods import _focus_fuse_kernels as k  # noqa: E402
+from napari_edof.methods.focus_fuse import FocusFuse  # noqa: E402
+
+
+@pytest.fixture
+def not_built(tmp_path, monkeypatch):
+    """An empty cache folder (no record), nothing known in this process, the environment neutral;
+    the build thread replaced by a recorder (a real one runs in test_a_build_covers_the_common_stacks)."""
+    monkeypatch.setenv("NAPARI_EDOF_CACHE", str(tmp_path))
+    monkeypatch.delenv("NAPARI_EDOF_NUMBA", raising=False)
+    monkeypatch.setattr(k, "_BUILT", [])
+    started = []
+    monkeypatch.setattr(k, "start_build", lambda: started.append(1))
+    return started
+
+
+def test_not_built_takes_the_numpy_path_and_starts_the_build(not_built, monkeypatch):
+    m = FocusFuse({})
+    assert not m.compiled and not_built == [1]
+    from napari_edof.core import warmup
+
+    monkeypatch.setattr(warmup, "running", lambda name: name == warmup.THREAD)  # the build under way
+    assert "built" in FocusFuse({}).run_note
+
+
+def test_a_run_says_it_took_the_numpy_path(not_built, sample_grey):
+    import napari_edof
+
+    r = napari_edof.fuse(sample_grey.stack.data, axes="ZYX")
+    assert "numpy path" in r.provenance["method_note"] and "numpy path" in r.summary()
+    assert not_built  # the build was asked for
+
+
+def test_numpy_path_result_is_the_numpy_paths(not_built, sample_grey, monkeypatch):
+    """While not built, a run gives exactly what NAPARI_EDOF_NUMBA=0 gives."""
+    import napari_edof
+
+    a = napari_edof.fuse(sample_grey.stack.data, axes="ZYX")
+    monkeypatch.setenv("NAPARI_EDOF_NUMBA", "0")
+    b = napari_edof.fuse(sample_grey.stack.data, axes="ZYX")
+    assert np.array_equal(a.fused, b.fused) and np.array_equal(a.index, b.index, equal_nan=True)
+    assert "method_note" not in b.provenance  # switched off: nothing to say
+
+
+@pytest.mark.parametrize("work, builds", [(k.COMPILED_MIN_WORK, False), (k.BUILD_MIN_WORK, True)])
+def test_one_shot_jobs_build_only_when_large(not_built, work, builds, monkeypatch):
+    """The command line: a job that would use the kernels but is too small to pay for a build takes
+    the numpy path without one, and says how to build them."""
+    monkeypatch.setattr(k, "_numba_loaded", lambda: False)  # (as in a fresh command-line process)
+    with k.one_shot(work) as numpy_path:
+        m = FocusFuse({})
+    assert not numpy_path and not m.compiled
+    assert bool(not_built) is builds
+    if not builds:
+        assert "napari-edof build-kernels" in m.run_note
+    with k.one_shot(1000):  # a small job takes the numpy path anyway: nothing to say
+        assert FocusFuse({}).run_note is None
+
+
+def test_the_record_is_per_numba_install_and_env_1_forces(not_built, tmp_path, monkeypatch):
+    k.mark_built()
+    rec = k._record()
+    assert rec.is_file() and rec.parent == tmp_path / "kernels"
+    monkeypatch.setattr(k, "_BUILT", [])
+    assert k.built() and FocusFuse({}).compiled and not not_built
+    import importlib.util
+    import types
+
+    other = tmp_path / "numba_init.py"  # another numba (its __init__.py elsewhere): its cache is another
+    other.write_text("")
+    real = importlib.util.find_spec
+    fake = types.SimpleNamespace(origin=str(other))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake if name == "numba" else real(name, *a))
+    monkeypatch.setattr(k, "_BUILT", [])
+    assert k._record() != rec and not k.built()
+    monkeypatch.setenv("NAPARI_EDOF_NUMBA", "1")  # the kernels regardless (compiled where needed)
+    assert k.built() and FocusFuse({}).compiled
+
+
+def test_an_unwritable_cache_folder_only_means_not_recorded(not_built, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("NAPARI_EDOF_CACHE", str(blocker))  # a file where the folder would be
+    k.mark_built()  # no error
+    assert k.built()  # (known in this process)
+    monkeypatch.setattr(k, "_BUILT", [])
+    assert not k.built()
+
+
+def test_a_build_covers_the_common_stacks(tmp_path):
+    """In a fresh process with no record: the build (the widget's warm-up thread, or the
+    build-kernels command) records itself; afterwards runs of every common stack, tiled as the
+    engine tiles them, take the kernels and need no kernel signature the build did not make."""
+    script = textwrap.dedent("""
+        import json
+        import numpy as np
+        import napari_edof
+        from napari_edof.methods import _focus_fuse_kernels as k, focus_fuse as ff
+        assert not k.built()
+        assert ff._warm() and k.built()
+        import napari_edof.methods._focus_fuse_numba as ns
+        ds = {n: d for n, d in vars(ns).items() if hasattr(d, "signatures")}
+        before = {n: len(d.signatures) for n, d in ds.items()}
+        rng = np.random.default_rng(1)
+        notes = []
+        for dtype, rgb in ff._BUILD_FOR:
+            shape = (5, 150, 170, 3) if rgb else (6, 150, 170)
+            hi = 250 if dtype == np.uint8 else (60000 if dtype == np.uint16 else 1)
+            x = (rng.random(shape) * hi).astype(dtype)
+            r = napari_edof.fuse(x, tile=96, axes="ZYXC" if rgb else "ZYX")
+            notes.append(r.provenance.get("method_note"))
+        new = {n: len(d.signatures) - before[n] for n, d in ds.items() if len(d.signatures) != before[n]}
+        print(json.dumps({"new": new, "notes": notes}))
+    """)
+    env = dict(os.environ, NAPARI_EDOF_CACHE=str(tmp_path))
+    env.pop("NAPARI_EDOF_NUMBA", None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["new"] == {}  # nothing compiled after the build
+    assert got["notes"] == [None] * 5  # every run took the kernels
+    assert list((tmp_path / "kernels").iterdir())  # the record
