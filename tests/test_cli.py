@@ -155,6 +155,22 @@ def test_methods_lists_the_registry(capsys):
     assert "--param radius=4" in text
 
 
+def test_build_kernels_builds_and_records(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("numba")
+    from napari_edof.methods import _focus_fuse_kernels as k
+
+    monkeypatch.setenv("NAPARI_EDOF_CACHE", str(tmp_path))  # no record there
+    monkeypatch.delenv("NAPARI_EDOF_NUMBA", raising=False)
+    monkeypatch.setattr(k, "_BUILT", [])
+    assert not k.built()
+    assert cli.main(["build-kernels"]) == 0
+    assert "kernels are built" in capsys.readouterr().out
+    assert list((tmp_path / "kernels").iterdir()) and k.built()
+    monkeypatch.setenv("NAPARI_EDOF_NUMBA", "0")  # switched off: nothing to build, and it says why
+    assert cli.main(["build-kernels"]) == 2
+    assert "NAPARI_EDOF_NUMBA=0" in capsys.readouterr().err
+
+
 def test_entry_point_sample(tmp_path):
     out = tmp_path / "edof-out"
     exe = [sys.executable, "-m", "napari_edof.cli", "fuse", "--sample", "-o", str(out)]
