@@ -17,6 +17,8 @@ pytest.importorskip("numba")
 from napari_edof.methods import _focus_fuse_kernels as k  # noqa: E402
 from napari_edof.methods.focus_fuse import FocusFuse  # noqa: E402
 
+START_BUILD = k.start_build  # (the not_built fixture replaces it by a recorder)
+
 
 @pytest.fixture
 def not_built(tmp_path, monkeypatch):
@@ -103,20 +105,54 @@ def test_an_unwritable_cache_folder_only_means_not_recorded(not_built, tmp_path,
     assert not k.built()
 
 
+@pytest.fixture
+def fake_child(not_built, monkeypatch):
+    """The build's child process replaced by a quick command; _CHILD emptied."""
+    monkeypatch.setattr(k, "_CHILD", [])
+
+    def use(code: str):
+        monkeypatch.setattr(k, "_child_command", lambda: [sys.executable, "-c", code])
+    return use
+
+
+def test_the_build_runs_in_a_child_process_waited_for_by_a_daemon_thread(fake_child, monkeypatch):
+    from napari_edof.core import warmup
+
+    monkeypatch.setattr(warmup, "_STARTED", {})
+    fake_child("from napari_edof.methods._focus_fuse_kernels import mark_built; mark_built()")
+    t = START_BUILD()  # (the fixture replaced k.start_build by a recorder)
+    assert t is not None and t.daemon and t.name == k.BUILD_THREAD
+    t.join(120)
+    assert k.built() and len(k._CHILD) == 1 and k._CHILD[0].returncode == 0
+    assert FocusFuse({}).compiled  # the next instance takes the kernels
+
+
+def test_a_failed_child_leaves_it_to_the_caller(fake_child):
+    fake_child("raise SystemExit(3)")
+    assert not k.build_in_child() and not k.built()
+    assert not k.build_in_child() and len(k._CHILD) == 1  # one child per process, however many ask
+
+
 def test_a_build_covers_the_common_stacks(tmp_path):
-    """In a fresh process with no record: the build (the widget's warm-up thread, or the
-    build-kernels command) records itself; afterwards runs of every common stack, tiled as the
-    engine tiles them, take the kernels and need no kernel signature the build did not make."""
-    script = textwrap.dedent("""
+    """From nothing (an empty numba cache, no record): the widget's warm-up has a child process
+    compile the kernels and record them, then loads them; a fresh process then fuses every common
+    stack, tiled as the engine tiles it, on the kernels, with nothing left to compile (every
+    kernel it calls loaded from numba's cache)."""
+    env = dict(os.environ, NAPARI_EDOF_CACHE=str(tmp_path / "cache"), NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    env.pop("NAPARI_EDOF_NUMBA", None)
+    build = textwrap.dedent("""
+        from napari_edof.methods import _focus_fuse_kernels as k, focus_fuse as ff
+        assert not k.built()
+        assert ff._warm() and k.built() and len(k._CHILD) == 1 and k._CHILD[0].returncode == 0
+    """)
+    out = subprocess.run([sys.executable, "-c", build], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr
+    assert list((tmp_path / "cache" / "kernels").iterdir())  # the record
+    use = textwrap.dedent("""
         import json
         import numpy as np
         import napari_edof
-        from napari_edof.methods import _focus_fuse_kernels as k, focus_fuse as ff
-        assert not k.built()
-        assert ff._warm() and k.built()
-        import napari_edof.methods._focus_fuse_numba as ns
-        ds = {n: d for n, d in vars(ns).items() if hasattr(d, "signatures")}
-        before = {n: len(d.signatures) for n, d in ds.items()}
+        from napari_edof.methods import focus_fuse as ff
         rng = np.random.default_rng(1)
         notes = []
         for dtype, rgb in ff._BUILD_FOR:
@@ -125,14 +161,13 @@ def test_a_build_covers_the_common_stacks(tmp_path):
             x = (rng.random(shape) * hi).astype(dtype)
             r = napari_edof.fuse(x, tile=96, axes="ZYXC" if rgb else "ZYX")
             notes.append(r.provenance.get("method_note"))
-        new = {n: len(d.signatures) - before[n] for n, d in ds.items() if len(d.signatures) != before[n]}
-        print(json.dumps({"new": new, "notes": notes}))
+        import napari_edof.methods._focus_fuse_numba as ns
+        ds = [d for d in vars(ns).values() if hasattr(d, "stats")]
+        print(json.dumps({"misses": sum(sum(d.stats.cache_misses.values()) for d in ds),
+                          "hits": sum(sum(d.stats.cache_hits.values()) for d in ds), "notes": notes}))
     """)
-    env = dict(os.environ, NAPARI_EDOF_CACHE=str(tmp_path))
-    env.pop("NAPARI_EDOF_NUMBA", None)
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", use], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got["new"] == {}  # nothing compiled after the build
+    assert got["misses"] == 0 and got["hits"] > 10  # nothing compiled: all from the cache
     assert got["notes"] == [None] * 5  # every run took the kernels
-    assert list((tmp_path / "kernels").iterdir())  # the record

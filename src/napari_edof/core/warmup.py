@@ -74,13 +74,14 @@ def running(name: str) -> bool:
     return t is not None and t.is_alive()
 
 
-def start_once(name: str, target, *args) -> threading.Thread:
+def start_once(name: str, target, *args, daemon: bool = False) -> threading.Thread:
     """``target(*args)`` in a thread called ``name``, started the first time this is called with
-    that name in the process; returns that thread. Not a daemon: the process waits for it at exit
-    rather than stopping it inside an import."""
+    that name in the process; returns that thread. Not a daemon unless asked (a thread that only
+    waits for another process): the process waits for it at exit rather than stopping it inside an
+    import."""
     with _LOCK:
         if name not in _STARTED:
-            t = threading.Thread(target=target, args=args, name=name)
+            t = threading.Thread(target=target, args=args, name=name, daemon=daemon)
             _STARTED[name] = t
             t.start()
         return _STARTED[name]

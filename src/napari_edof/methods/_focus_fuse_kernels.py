@@ -7,8 +7,8 @@ Compiling them takes about 45 s on 2 cores (once per install: numba's cache then
 1 s), which a first fusion must not wait for. So an instance uses the kernels only once they are
 **built** (:func:`built`: a record in napari-edof's cache folder, written after a full build and
 keyed to the kernels' source, numba, Python and the machine); until then it takes the numpy path
-(the same image to float32 rounding) and the build starts in a thread (:func:`start_build`; the
-napari widget starts it when it opens). ``NAPARI_EDOF_NUMBA=1`` uses the kernels regardless,
+(the same image to float32 rounding) and a child process builds them (:func:`start_build`; the
+napari widget's warm-up starts it when the widget opens). ``NAPARI_EDOF_NUMBA=1`` uses the kernels regardless,
 compiling them where needed.
 
 Loading them still costs a process about 0.6-1 s (numba's import and its typing and target
@@ -51,6 +51,8 @@ _NUMPY_HERE = contextvars.ContextVar("napari_edof_focus_fuse_numpy", default=Fal
 _BUILD_HERE = contextvars.ContextVar("napari_edof_focus_fuse_build", default=True)
 _BUILT: list = []  # [True] once the kernels are known to be built, in this process
 _BUILT_LOCK = threading.Lock()
+_CHILD: list = []  # [the build process this process started] (build_in_child)
+BUILD_THREAD = "edof-kernel-build"  # the thread that waits for it (start_build)
 
 
 def kernels():
@@ -122,13 +124,48 @@ def mark_built() -> None:
         pass
 
 
+def _child_command() -> list | None:
+    """The command of a build process (this Python running :mod:`._focus_fuse_build`), or None
+    where there is no interpreter to run (a frozen application)."""
+    if getattr(sys, "frozen", False) or not sys.executable:
+        return None
+    return [sys.executable, "-m", "napari_edof.methods._focus_fuse_build"]
+
+
+def build_in_child() -> bool:
+    """Compile the kernels in a child process at the lowest priority and wait for it: it compiles
+    them into numba's disk cache and writes the record; this process's kernels then load from that
+    cache at their first call. Compiling in this process instead would hold its interpreter lock
+    for most of a minute, beside whatever the process does meanwhile (a Run in napari on the numpy
+    path: 10-13 s instead of 2-3 s, measured). One child per process, whoever asks; returns whether
+    the kernels are built afterwards (False where no child could be started or it failed: the
+    caller then compiles them itself)."""
+    import subprocess
+
+    with _BUILT_LOCK:
+        if not _CHILD:
+            cmd = _child_command()
+            if cmd is None:
+                return False
+            try:
+                _CHILD.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL))
+            except OSError:
+                return False
+        child = _CHILD[0]
+    return child.wait() == 0 and built()
+
+
 def start_build():
-    """Build the kernels in a thread (once per process; ``core.warmup.start``): numba loaded,
-    every kernel compiled for the common stacks, then :func:`mark_built`. Returns the thread, or
-    None where there are no kernels (numba missing or switched off)."""
+    """Build the kernels in a child process (:func:`build_in_child`), waited for by a daemon
+    thread of this process (once per process): nothing runs here meanwhile, and a script that ends
+    first neither waits for it nor stops it. Returns the thread, or None where there are no kernels
+    to build (numba missing or switched off)."""
+    if os.environ.get("NAPARI_EDOF_NUMBA", "") == "0" or _record() is None:
+        return None
     from ..core import warmup
 
-    return warmup.start("focus-fuse")
+    return warmup.start_once(BUILD_THREAD, build_in_child, daemon=True)
 
 
 def wanted() -> bool:
@@ -153,7 +190,7 @@ def numpy_note() -> str | None:
         return None
     from ..core import warmup
 
-    if warmup.running(warmup.THREAD):
+    if warmup.running(BUILD_THREAD) or warmup.running(warmup.THREAD):
         return ("numpy path while focus-fuse's compiled kernels are built (once after installing, about a "
                 "minute; later runs use them)")
     return ("numpy path: focus-fuse's compiled kernels are not built yet (`napari-edof build-kernels` builds "
