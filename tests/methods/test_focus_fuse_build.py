@@ -133,6 +133,20 @@ def test_a_failed_child_leaves_it_to_the_caller(fake_child):
     assert not k.build_in_child() and len(k._CHILD) == 1  # one child per process, however many ask
 
 
+def test_a_child_finds_the_kernels_built_by_another(tmp_path):
+    """Under the build lock, a child that finds the record (another process built them while it
+    waited) exits at once, successfully."""
+    env = dict(os.environ, NAPARI_EDOF_CACHE=str(tmp_path))
+    env.pop("NAPARI_EDOF_NUMBA", None)
+    subprocess.run([sys.executable, "-c", "from napari_edof.methods._focus_fuse_kernels import mark_built; "
+                    "mark_built()"], env=env, check=True, timeout=120)
+    code = "import sys; from napari_edof.methods._focus_fuse_build import main; r = main(); " \
+           "print(r, 'numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["0", "False"], out.stderr  # built: numba not even imported
+    assert (tmp_path / "kernels" / "build.lock").exists()
+
+
 def test_a_build_covers_the_common_stacks(tmp_path):
     """From nothing (an empty numba cache, no record): the widget's warm-up has a child process
     compile the kernels and record them, then loads them; a fresh process then fuses every common
