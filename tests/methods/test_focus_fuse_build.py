@@ -133,6 +133,32 @@ def test_a_failed_child_leaves_it_to_the_caller(fake_child):
     assert not k.build_in_child() and len(k._CHILD) == 1  # one child per process, however many ask
 
 
+def test_a_process_ending_does_not_wait_for_the_build(tmp_path):
+    """The widget's warm-up thread (not a daemon) waits for the build's child, but not once the
+    process is ending: it returns, the process exits, the child goes on alone (here a child that
+    would take 10 minutes)."""
+    env = dict(os.environ, NAPARI_EDOF_CACHE=str(tmp_path))
+    env.pop("NAPARI_EDOF_NUMBA", None)
+    code = textwrap.dedent("""
+        import sys, time
+        from napari_edof.methods import _focus_fuse_kernels as k
+        k._child_command = lambda: [sys.executable, "-c", "import time; time.sleep(600)"]
+        from napari_edof.core import warmup
+        t = warmup.start("focus-fuse")
+        while not k._CHILD:
+            time.sleep(0.05)
+        print(k._CHILD[0].pid, t.daemon, flush=True)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    pid, daemon = out.stdout.split()
+    try:
+        assert out.returncode == 0, out.stderr
+        assert daemon == "False"  # (the warm-up thread: the process would wait for it)
+        os.kill(int(pid), 0)  # the child still runs
+    finally:
+        os.kill(int(pid), 9)
+
+
 def test_a_child_finds_the_kernels_built_by_another(tmp_path):
     """Under the build lock, a child that finds the record (another process built them while it
     waited) exits at once, successfully."""
@@ -147,6 +173,7 @@ def test_a_child_finds_the_kernels_built_by_another(tmp_path):
     assert (tmp_path / "kernels" / "build.lock").exists()
 
 
+@pytest.mark.timeout(900)  # (a minute and a half when the machine is otherwise idle, as in CI)
 def test_a_build_covers_the_common_stacks(tmp_path):
     """From nothing (an empty numba cache, no record): the widget's warm-up has a child process
     compile the kernels and record them, then loads them; a fresh process then fuses every common

@@ -1,8 +1,8 @@
 """``python -m napari_edof.methods._focus_fuse_build``: compile focus-fuse's kernels into numba's
-disk cache and record them built, at the lowest CPU priority (the child process of
-:func:`._focus_fuse_kernels.build_in_child`). One build at a time per cache folder: a second child
-(another napari, the workers of a local dask cluster) waits for the first and then finds the
-kernels built. Exit code 0 when built, 1 otherwise."""
+disk cache and record them built, at a low CPU priority (nice 10: about a tenth of a busy core's
+share; the child process of :func:`._focus_fuse_kernels.build_in_child`). One build at a time per
+cache folder: a second child (another napari, the workers of a local dask cluster) waits for the
+first and then finds the kernels built. Exit code 0 when built, 1 otherwise."""
 from __future__ import annotations
 
 import os
@@ -28,7 +28,7 @@ def _lock():
 
 def main() -> int:
     try:
-        os.nice(19)  # only the CPU nobody else wants
+        os.nice(10)  # the CPU others leave, and a little of a busy machine's (19 all but stopped it there)
     except (AttributeError, OSError):  # (not on Windows)
         pass
     from ._focus_fuse_kernels import built

@@ -3,13 +3,13 @@ not switched off (``NAPARI_EDOF_NUMBA=0``), else None (focus-fuse then runs its 
 kernels are compiled at first use and cached on disk beside the module (numba's ``cache=True``;
 where that folder is read-only, in the user's cache), so a later process loads them.
 
-Compiling them takes about 45 s on 2 cores (once per install: numba's cache then loads them in about
-1 s), which a first fusion must not wait for. So an instance uses the kernels only once they are
-**built** (:func:`built`: a record in napari-edof's cache folder, written after a full build and
-keyed to the kernels' source, numba, Python and the machine); until then it takes the numpy path
-(the same image to float32 rounding) and a child process builds them (:func:`start_build`; the
-napari widget's warm-up starts it when the widget opens). ``NAPARI_EDOF_NUMBA=1`` uses the kernels regardless,
-compiling them where needed.
+Compiling them takes about a minute of one core (once per install: numba's cache then loads them
+in about 1 s), which a first fusion must not wait for. So an instance uses the kernels only once
+they are **built** (:func:`built`: a record in napari-edof's cache folder, written after a full
+build and keyed to the kernels' source, numba, Python and the machine); until then it takes the
+numpy path (the same image to float32 rounding) and a child process builds them
+(:func:`start_build`; the napari widget's warm-up starts it when the widget opens).
+``NAPARI_EDOF_NUMBA=1`` uses the kernels regardless, compiling them where needed.
 
 Loading them still costs a process about 0.6-1 s (numba's import and its typing and target
 contexts, which import ``scipy.linalg``), and they save about 4 ns per grey voxel (16 ns per RGB
@@ -42,9 +42,9 @@ _KERNELS: list = []  # [the kernels module or None], filled at first use
 #: against 3.65 / 3.44 / 3.69 s: the kernels from 100 M
 COMPILED_MIN_WORK = 100_000_000
 
-#: channel-voxels of a one-shot job from which it builds the kernels in a thread while its first
-#: stacks take the numpy path (a batch of about 45 stacks of 16 x 2048^2: the build's 45 s of one
-#: core are then a fraction of the command's time); a smaller one-shot job does not build them
+#: channel-voxels of a one-shot job from which it has the kernels built (in a child process) while
+#: its first stacks take the numpy path (a batch of about 45 stacks of 16 x 2048^2: the build's
+#: minute of one core is then a fraction of the command's time); a smaller one-shot job does not
 BUILD_MIN_WORK = 3_000_000_000
 
 _NUMPY_HERE = contextvars.ContextVar("napari_edof_focus_fuse_numpy", default=False)
@@ -107,7 +107,7 @@ def built() -> bool:
 
 
 def mark_built() -> None:
-    """Record that the kernels are built (after a full build: ``focus_fuse._warm``). A cache folder
+    """Record that the kernels are built (after a full build: ``focus_fuse.build_kernels``). A cache folder
     that cannot be written only means the next process builds (loads) them again."""
     with _BUILT_LOCK:
         if not _BUILT:
@@ -133,7 +133,7 @@ def _child_command() -> list | None:
 
 
 def build_in_child() -> bool:
-    """Compile the kernels in a child process at the lowest priority and wait for it: it compiles
+    """Compile the kernels in a child process at a low priority and wait for it: it compiles
     them into numba's disk cache and writes the record; this process's kernels then load from that
     cache at their first call. Compiling in this process instead would hold its interpreter lock
     for most of a minute, beside whatever the process does meanwhile (a Run in napari on the numpy
@@ -170,9 +170,9 @@ def start_build():
 
 def wanted() -> bool:
     """Whether a focus-fuse instance made now (in this thread's context) uses the kernels: not in a
-    one-shot job that is faster on numpy, and the kernels built; where they are not, the build
-    starts in a thread (unless a one-shot job is too small for it) and this instance takes the
-    numpy path."""
+    one-shot job that is faster on numpy, and the kernels built; where they are not, a child
+    process starts building them (:func:`start_build`; unless a one-shot job is too small for it)
+    and this instance takes the numpy path."""
     if _NUMPY_HERE.get():
         return False
     if built():

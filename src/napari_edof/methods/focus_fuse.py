@@ -176,19 +176,27 @@ def build_kernels(*, force: bool = False) -> bool:
     (:func:`._focus_fuse_kernels.built`) and not ``force``: one tiny 16-bit grey stack through every
     pass loads them from numba's disk cache (about 0.8 s on 2 cores; a stack of another dtype then
     loads only the few kernels that read its planes). Not built yet (the first run after
-    installing): a child process builds them first (:func:`._focus_fuse_kernels.build_in_child`),
-    then they load as above. ``force`` (``napari-edof build-kernels``, and that child itself), or no
-    child to be had: they are compiled (or loaded) here for the common stacks (:data:`_BUILD_FOR`,
-    each as a whole tile and as a strided window of a larger image: about 55 s of one core from
-    nothing), then recorded as built. Returns whether the kernels are there."""
+    installing): a child process builds them first (:func:`._focus_fuse_kernels.start_build`), then
+    they load as above; a process that ends meanwhile does not wait for it. ``force``
+    (``napari-edof build-kernels``, and that child itself), or no child to be had: they are compiled
+    (or loaded) here for the common stacks (:data:`_BUILD_FOR`, each as a whole tile and as a
+    strided window of a larger image: about 55 s of one core from nothing), then recorded as built.
+    Returns whether the kernels are there."""
+    import threading
+
     from ..core.colour import make_guide
-    from ._focus_fuse_kernels import build_in_child, built, mark_built
+    from ._focus_fuse_kernels import built, mark_built, start_build
 
     if kernels() is None:
         return False
     build = force or not built()
-    if build and not force and build_in_child():
-        build = False
+    if build and not force:  # the child builds them; waited for here, unless the process is ending
+        waiter = start_build()
+        while waiter is not None and waiter.is_alive():
+            waiter.join(0.25)
+            if not threading.main_thread().is_alive():  # (interpreter shutdown: leave it to the child)
+                return False
+        build = not built()  # (a failed child, or none to be had: compiled here)
     m = FocusFuse(SPEC.defaults(), compiled=True)
     for dtype, rgb in _BUILD_FOR if build else _BUILD_FOR[:1]:
         x = _warm_stack(dtype, rgb)
