@@ -712,8 +712,8 @@ def cmd_methods(args) -> int:
 
 
 def cmd_build_kernels(args) -> int:
-    """Compile focus-fuse's kernels for the common stacks and record them built (what the napari
-    widget and the Python API do in a thread at their first focus-fuse run)."""
+    """Compile focus-fuse's kernels for the common stacks and record them built, here and now (what
+    the napari widget and the Python API have a child process do at their first focus-fuse run)."""
     import time
 
     from .methods import _focus_fuse_kernels as k

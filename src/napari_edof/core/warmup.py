@@ -7,8 +7,11 @@ in the tile threads while they wait; then every kernel is loaded from the cache 
 (about 0.8 s more). :func:`start` does both in a thread while the napari widget waits for its Run
 button (the first Run no longer stalls the viewer 1-1.5 s, nor waits for the kernels). It changes
 nothing the fusion computes: the same contexts are filled once, under numba's compiler lock,
-whoever comes first. (The command line does not use it: started beside the reading, under load
-9-10 on 2 cores, it gained nothing and raised the peak RSS 16-26 MiB.)
+whoever comes first. Where the kernels are not built yet (the first run after installing), the
+method's warm-up first waits for the child process that builds them
+(``methods/_focus_fuse_kernels.py``), unless the process is ending. (The command line does not
+use it: started beside the reading, under load 9-10 on 2 cores, it gained nothing and raised the
+peak RSS 16-26 MiB.)
 """
 from __future__ import annotations
 
