@@ -60,6 +60,36 @@ def test_numpy_path_result_is_the_numpy_paths(not_built, sample_grey, monkeypatc
     assert "method_note" not in b.provenance  # switched off: nothing to say
 
 
+def test_a_lazy_computation_keeps_its_kind_of_instance(not_built, sample_grey, monkeypatch):
+    """A lazy graph built before the kernels are: all its tasks on the numpy path, even computed
+    after they are built (one computation never mixes the two); a graph built afterwards takes them."""
+    import dask.array as da
+
+    import napari_edof
+    from napari_edof.core import stream
+
+    stream._impl_for.cache_clear()
+    calls = []
+    real = FocusFuse.fuse_tile
+
+    def recorded(self, *a, **kw):
+        calls.append(self.compiled)
+        return real(self, *a, **kw)
+    monkeypatch.setattr(FocusFuse, "fuse_tile", recorded)
+    x = da.from_array(sample_grey.stack.data, chunks=(1, -1, -1))
+    before = napari_edof.fuse(x, axes="ZYX", tile=48)
+    assert "numpy path" in before.provenance["method_note"]
+    k.mark_built()
+    after = napari_edof.fuse(x, axes="ZYX", tile=48)
+    assert "method_note" not in after.provenance
+    before.compute()
+    assert calls and not any(calls)
+    calls.clear()
+    after.compute()
+    assert calls and all(calls)
+    stream._impl_for.cache_clear()
+
+
 @pytest.mark.parametrize("work, builds", [(k.COMPILED_MIN_WORK, False), (k.BUILD_MIN_WORK, True)])
 def test_one_shot_jobs_build_only_when_large(not_built, work, builds, monkeypatch):
     """The command line: a job that would use the kernels but is too small to pay for a build takes

@@ -65,6 +65,9 @@ class FusionPlan:
     #: the options the plan was made with (``register`` left out: the plan's stack is aligned), for
     #: :meth:`replan`
     options: dict = field(default_factory=dict, compare=False)
+    #: ``spec.instance_key()`` when a lazy graph was built (its tasks share one method instance per
+    #: process and key: see ``core.stream._impl``); None otherwise
+    instance_key: Any = None
 
     def impl_params(self) -> dict:
         """The parameters the method instance gets: those in image units scaled like the planes."""

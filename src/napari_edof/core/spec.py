@@ -32,7 +32,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -138,6 +138,10 @@ class MethodSpec:
     ``warm()``, where given, loads what the method's first tile would otherwise wait for (compiled
     kernels from numba's cache), run by :mod:`napari_edof.core.warmup` in a thread while the widget
     waits for Run.
+    ``instance_key()``, where given, says what besides the parameters and the device makes the
+    instance made now differ from one made earlier (focus-fuse: whether its compiled kernels are
+    built): a lazy graph's tasks, which share one instance per process, share it per key too, taken
+    when the graph is built (so one computation never mixes two kinds of instance).
     """
 
     name: str
@@ -156,6 +160,7 @@ class MethodSpec:
     half_precision: bool = False
     integer_guide: bool = False
     warm: Callable[[], object] | None = None
+    instance_key: Callable[[], Hashable] | None = None
     synthesises: Callable[[dict], bool] = lambda p: False
     citation: str = ""
     paper: str = ""

@@ -66,18 +66,20 @@ def _light(pl: FusionPlan) -> FusionPlan:
 
 
 @lru_cache(maxsize=8)
-def _impl_for(cls, params_key, device):
-    """One method instance per process and configuration (a network loads its weights once)."""
+def _impl_for(cls, params_key, device, instance_key=None):
+    """One method instance per process and configuration (a network loads its weights once), and
+    per ``spec.instance_key()`` as the graph was built (focus-fuse: a computation after its kernels
+    are built gets a new instance, one that takes them)."""
     return cls(dict(params_key), device=device)
 
 
 def _impl(pl: FusionPlan):
     try:
         key = tuple(sorted(pl.impl_params().items()))
-        hash(key)
+        hash((key, pl.instance_key))
     except TypeError:
         return pl.make_impl()
-    return _impl_for(pl.cls, key, pl.device)
+    return _impl_for(pl.cls, key, pl.device, pl.instance_key)
 
 
 def _stripe_task(block, r0, stripe: Stripe, pl: FusionPlan, t_index: int, stats=None, pass1: bool = False):
@@ -203,6 +205,8 @@ def stripe_tasks(stack, *, budget: int = STRIPE_BUDGET, **options):
 
     options.setdefault("workers", 1)
     pl = plan_fusion(stack, **options)
+    if pl.spec.instance_key is not None:
+        pl = replace(pl, instance_key=pl.spec.instance_key())
     st = pl.stack
     canon = st.canonical()
     if not is_dask(canon):

@@ -81,7 +81,7 @@ import numpy as np
 
 from ..core.focus import _flat_box
 from ..core.select import median3
-from ._focus_fuse_kernels import kernels, numpy_note, wanted
+from ._focus_fuse_kernels import built, kernels, numpy_note, wanted
 from ._registry import MethodSpec, Param, register
 
 UNKNOWN = ("nan", "fill", "keep")
@@ -185,7 +185,7 @@ def build_kernels(*, force: bool = False) -> bool:
     import threading
 
     from ..core.colour import make_guide
-    from ._focus_fuse_kernels import built, mark_built, start_build
+    from ._focus_fuse_kernels import mark_built, start_build
 
     if kernels() is None:
         return False
@@ -272,6 +272,7 @@ SPEC = MethodSpec(
     # 12 % of a 16 x 904 x 904 tile's time (and its page faults)
     integer_guide=True,
     warm=_warm,
+    instance_key=built,  # (a lazy computation after the kernels are built gets an instance that takes them)
     citation="Burt & Adelson, 'The Laplacian pyramid as a compact image code', IEEE Trans. Commun. 31(4), "
              "1983; Nayar & Nakagawa, 'Shape from focus', IEEE TPAMI 16(8), 1994.",
 )
