@@ -157,6 +157,16 @@ def test_the_build_runs_in_a_child_process_waited_for_by_a_daemon_thread(fake_ch
     assert FocusFuse({}).compiled  # the next instance takes the kernels
 
 
+def test_a_child_that_built_them_counts_without_the_record(fake_child, tmp_path, monkeypatch):
+    """An unwritable cache folder: the child builds (exit 0) but no record can be written; this
+    process still knows they are built and takes them."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("NAPARI_EDOF_CACHE", str(blocker))
+    fake_child("pass")
+    assert k.build_in_child() and k.built() and FocusFuse({}).compiled
+
+
 def test_a_failed_child_leaves_it_to_the_caller(fake_child):
     fake_child("raise SystemExit(3)")
     assert not k.build_in_child() and not k.built()

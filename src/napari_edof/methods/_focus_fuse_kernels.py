@@ -153,7 +153,11 @@ def build_in_child() -> bool:
             except OSError:
                 return False
         child = _CHILD[0]
-    return child.wait() == 0 and built()
+    if child.wait() != 0:
+        return False
+    if not built():  # built, but the record could not be written (an unwritable cache folder): known here
+        mark_built()
+    return True
 
 
 def start_build():
