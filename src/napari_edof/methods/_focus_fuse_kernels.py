@@ -115,12 +115,13 @@ def mark_built() -> None:
     rec = _record()
     if rec is None or rec.is_file():
         return
+    from ..core.errors import EdofError
+    from ..io.writers import _atomic_write
+
     try:
         rec.parent.mkdir(parents=True, exist_ok=True)
-        tmp = rec.with_name(f"{rec.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text("focus-fuse's compiled kernels are in numba's cache\n")
-        os.replace(tmp, rec)
-    except OSError:
+        _atomic_write(rec, lambda tmp: tmp.write_text("focus-fuse's compiled kernels are in numba's cache\n"))
+    except (OSError, EdofError):
         pass
 
 
@@ -165,10 +166,10 @@ def start_build():
     thread of this process (once per process): nothing runs here meanwhile, and a script that ends
     first neither waits for it nor stops it. Returns the thread, or None where there are no kernels
     to build (numba missing or switched off)."""
-    if os.environ.get("NAPARI_EDOF_NUMBA", "") == "0" or _record() is None:
-        return None
     from ..core import warmup
 
+    if not warmup.wanted("focus-fuse"):
+        return None
     return warmup.start_once(BUILD_THREAD, build_in_child, daemon=True)
 
 
@@ -190,10 +191,10 @@ def numpy_note() -> str | None:
     """Why an instance made now takes the numpy path where the kernels would have been used (a
     note for the run's summary), or None: built, switched off, numba missing, or a one-shot job too
     small for them."""
-    if _NUMPY_HERE.get() or built() or os.environ.get("NAPARI_EDOF_NUMBA", "") == "0" or _record() is None:
-        return None
     from ..core import warmup
 
+    if _NUMPY_HERE.get() or built() or not warmup.wanted("focus-fuse"):
+        return None
     if warmup.running(BUILD_THREAD) or warmup.running(warmup.THREAD):
         return ("numpy path while focus-fuse's compiled kernels are built (once after installing, about a "
                 "minute; later runs use them)")
