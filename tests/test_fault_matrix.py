@@ -610,6 +610,16 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def _hidden_entry(out: Path) -> bool:
+    """A hidden staging/partial/work entry in ``out`` (not the short write probe made before the run);
+    False while ``out`` is not there, also when it goes between the look and the listing (the probe's
+    folder is removed again until the run writes)."""
+    try:
+        return any(p.name.startswith(".") and not p.name.startswith(".napari-edof-probe-") for p in out.iterdir())
+    except FileNotFoundError:
+        return False
+
+
 def case_sigterm_mid_run(tmp_path, capsys):
     """SIGTERM is handled as Ctrl-C: exit 143, no hidden .staging-/.partial-/.work- folder or
     partial file left in the output, the previous result kept byte for byte."""
@@ -635,8 +645,7 @@ def case_sigterm_mid_run(tmp_path, capsys):
         try:
             deadline = time.monotonic() + 120
             # a hidden staging/partial/work entry (not the short write probe made before the run)
-            while not (out.is_dir() and any(p.name.startswith(".") and not p.name.startswith(".napari-edof-probe-")
-                                            for p in out.iterdir())):
+            while not _hidden_entry(out):
                 assert proc.poll() is None, proc.stderr.read()
                 assert time.monotonic() < deadline, "the run never started writing"
                 time.sleep(0.02)
